@@ -1,0 +1,99 @@
+"""The Litestar app factory: routes, error answers, and a lifespan that runs the loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from receiver.api import ADMIN_ROUTES, OPEN_ROUTES
+from receiver.config import Settings, load_settings
+from receiver.dispatch import Registry
+from receiver.errors import StoreUnavailable
+from receiver.hooks import HOOK_ROUTES
+from receiver.runtime import Runtime
+from receiver.store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("receiver")
+
+
+def _store_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    runtime: Runtime = request.app.state.runtime
+    return Response(
+        {"error": "store unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": str(runtime.settings.retry_after)},
+    )
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    content: dict[str, Any] = {"error": exc.detail}
+    if exc.extra:
+        content["extra"] = exc.extra
+    return Response(content, status_code=exc.status_code, headers=exc.headers)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    # Logged for the operator; the caller learns nothing about our insides.
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"error": "internal error"}, status_code=500)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    handlers: Registry | None = None,
+    client: httpx.AsyncClient | None = None,
+    run_loops: bool = True,
+) -> Litestar:
+    """Build the receiver. With `run_loops`, the dispatcher and poller run inside the app."""
+    settings = settings or load_settings()
+    runtime = Runtime.build(settings, store=store, handlers=handlers, client=client)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.store.open()
+        tasks: list[asyncio.Task[None]] = []
+        if run_loops:
+            tasks = [
+                asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
+                asyncio.create_task(runtime.poller.run(), name="poller"),
+            ]
+        try:
+            yield
+        finally:
+            runtime.poller.stop()
+            await runtime.dispatcher.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if client is None:
+                await runtime.client.aclose()
+            await runtime.store.close()
+
+    app = Litestar(
+        route_handlers=[*HOOK_ROUTES, *ADMIN_ROUTES, *OPEN_ROUTES],
+        lifespan=[lifespan],
+        exception_handlers={
+            StoreUnavailable: _store_unavailable,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="receiver", version="0.1.0", path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,137 @@
+"""Settings from `receiver.toml` and `RECEIVER_*` variables (variables win), decoded with msgspec."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from receiver.errors import ConfigError
+from receiver.providers import PROVIDERS, ProviderSettings
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "RECEIVER_"
+log = logging.getLogger("receiver.config")
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything the receiver can be told; each field is also `RECEIVER_<FIELD>`."""
+
+    database_url: str = "sqlite:///./receiver.db"
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    handlers: str = "handlers"
+    admin_token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    handler_max_attempts: int = 8
+    handler_timeout: float = 300.0
+    handler_concurrency: int = 16
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 3600.0
+    poll_interval: float = 10.0
+    poll_max_interval: float = 300.0
+    retry_after: int = 5
+    log_level: str = "WARNING"
+    providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.public_url):
+            raise ConfigError(
+                f"RECEIVER_PUBLIC_URL must be an http(s) URL, got {self.public_url!r}"
+            )
+        if not self.database_url.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ConfigError(
+                "RECEIVER_DATABASE_URL must start with sqlite:/// or postgresql://, "
+                f"got {self.database_url.split(':', 1)[0]!r}"
+            )
+        for name in self.providers:
+            if name not in PROVIDERS:
+                raise ConfigError(f"unknown provider {name!r} in settings")
+        for name in ("max_body_bytes", "handler_max_attempts", "handler_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
+        for name in ("handler_timeout", "poll_interval", "retry_base_delay"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers.get(name) or ProviderSettings()
+
+
+_FIELDS = {f for f in Settings.__struct_fields__ if f != "providers"}
+_PROVIDER_FIELDS = set(ProviderSettings.__struct_fields__)
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    providers: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "RECEIVER_CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in _FIELDS:
+            raw[name] = value
+            continue
+        for provider in PROVIDERS:
+            prefix = provider + "_"
+            if name.startswith(prefix) and name[len(prefix) :] in _PROVIDER_FIELDS:
+                providers.setdefault(provider, {})[name[len(prefix) :]] = value
+                break
+        else:
+            log.warning("ignoring unknown setting %s", key)
+    if providers:
+        raw["providers"] = providers
+    return raw
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _setting_name(path: str) -> str:
+    """`$.providers.apiframe.timeout` -> RECEIVER_APIFRAME_TIMEOUT, for error messages."""
+    parts = [p for p in path.removeprefix("$").split(".") if p and p != "providers"]
+    return ENV_PREFIX + "_".join(parts).upper() if parts else "settings"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Read `receiver.toml` (or RECEIVER_CONFIG) then `RECEIVER_*`; ConfigError names a bad setting."""
+    environ = os.environ if environ is None else environ
+    path = Path(config_file or environ.get("RECEIVER_CONFIG") or "receiver.toml")
+    from_file: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            from_file = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    elif config_file or environ.get("RECEIVER_CONFIG"):
+        raise ConfigError(f"configuration file {path} does not exist")
+    raw = _merge(from_file, _from_env(environ))
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = re.search(r" - at `([^`]+)`", message)
+        where = _setting_name(match.group(1)) if match else "settings"
+        detail = message.split(" - at ")[0]
+        if detail.startswith("Object contains unknown field"):
+            field = re.search(r"`([^`]+)`", detail)
+            where = _setting_name(f"{match.group(1) if match else '$'}.{field.group(1) if field else ''}")
+            detail = "unknown setting"
+        raise ConfigError(f"{where}: {detail}") from None

@@ -1,0 +1,50 @@
+"""Exceptions of the receiver, all rooted in one `ReceiverError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ProviderError",
+    "ReceiverError",
+    "Retry",
+    "StoreUnavailable",
+    "UnknownProvider",
+    "UnparseablePayload",
+]
+
+
+class ReceiverError(Exception):
+    """Base of every error the receiver raises on purpose."""
+
+
+class ConfigError(ReceiverError):
+    """A setting is missing or has a value that cannot be used."""
+
+
+class UnknownProvider(ReceiverError):
+    """A provider name that no adapter answers to."""
+
+
+class StoreUnavailable(ReceiverError):
+    """The store cannot read or commit right now; callers should retry later."""
+
+
+class UnparseablePayload(ReceiverError):
+    """A provider's body is valid JSON but not a shape its adapter understands."""
+
+
+class ProviderError(ReceiverError):
+    """A provider refused or failed a request we sent it."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+class Retry(ReceiverError):
+    """Raised by a handler to ask for another attempt after `defer` seconds."""
+
+    def __init__(self, defer: float | None = None):
+        super().__init__(f"retry requested (defer={defer})")
+        self.defer = defer

@@ -1,0 +1,179 @@
+"""The canonical data model: jobs, the events that move them, and handler deliveries."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "TERMINAL",
+    "Delivery",
+    "DeliveryState",
+    "Disposition",
+    "Event",
+    "Job",
+    "Quarantined",
+    "RawRequest",
+    "Status",
+    "Update",
+    "new_id",
+    "now",
+]
+
+
+class Status(str, enum.Enum):
+    """The canonical status every provider's own vocabulary is mapped onto."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class Disposition(str, enum.Enum):
+    """What the state machine made of an event."""
+
+    APPLIED = "applied"  # moved the job forward and fired handlers
+    DUPLICATE = "duplicate"  # same dedupe key as an earlier event: stored, fires nothing
+    LATE = "late"  # arrived after a terminal state or with older progress: stored, fires nothing
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unguessable id: 48 bits of milliseconds then 80 random bits (ULID layout)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch; every stored time uses it."""
+    return time.time()
+
+
+class Update(msgspec.Struct, frozen=True):
+    """A provider's statement about a task, already in canonical terms (an adapter's output)."""
+
+    status: Status
+    raw_status: str
+    task_id: str | None = None
+    progress: float | None = None
+    result_url: str | None = None
+    preview_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    # The provider's own id for this notification, when it has one: a better dedupe key.
+    delivery_id: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One generation task at one provider, as the receiver knows it now."""
+
+    id: str
+    provider: str
+    task_id: str | None
+    status: Status
+    raw_status: str | None = None
+    progress: float | None = None
+    result_url: str | None = None
+    preview_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: float
+    updated_at: float
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One stored statement about a job, whatever its disposition."""
+
+    id: str
+    job_id: str
+    provider: str
+    task_id: str | None
+    status: Status
+    raw_status: str
+    progress: float | None = None
+    result_url: str | None = None
+    preview_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    source: str  # callback | pull | poll | submit
+    disposition: Disposition = Disposition.APPLIED
+    received_at: float
+    request_id: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One (event, handler) pair; its id is the handler's idempotency key."""
+
+    id: str
+    event_id: str
+    job_id: str
+    handler: str
+    state: DeliveryState
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    lease_until: float | None = None
+    last_error: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class RawRequest(msgspec.Struct, kw_only=True):
+    """A request as it reached us, with secrets already redacted; kept for diagnosis."""
+
+    id: str
+    received_at: float
+    provider: str
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str | None = None
+
+
+class Quarantined(msgspec.Struct, kw_only=True):
+    """A rejected request and why it was rejected."""
+
+    id: str
+    received_at: float
+    provider: str
+    reason: str
+    status_code: int
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str | None = None

@@ -1,0 +1,188 @@
+"""The provider seam: what every adapter knows about one provider's API, and how we call it.
+
+An adapter is pure translation: it builds the provider's own requests and turns the
+provider's answers and callbacks into canonical `Update`s. `ProviderGateway` does the
+HTTP, always against the configured base URL, so nothing in a callback body can pick
+a URL we fetch.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+import msgspec
+
+from receiver.errors import ConfigError, ProviderError, UnparseablePayload
+from receiver.models import Update
+
+__all__ = [
+    "CallbackStyle",
+    "Created",
+    "Provider",
+    "ProviderGateway",
+    "ProviderRequest",
+    "ProviderSettings",
+    "valid_task_id",
+]
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def valid_task_id(task_id: object) -> bool:
+    """Task ids are put in URLs and queries: only a short, plain token is accepted."""
+    return isinstance(task_id, str) and _TASK_ID.fullmatch(task_id) is not None
+
+
+class CallbackStyle(enum.StrEnum):
+    """How results reach us from a provider."""
+
+    SECRET_POST = "secret_post"  # POST with our secret echoed in x-webhook-secret
+    POST = "post"  # unauthenticated POST on every status change
+    NUDGE = "nudge"  # a bare GET ?uuid= that only says "ask me"
+    POLL = "poll"  # no callbacks: we poll the status API
+    SYNC = "sync"  # the create call answers with the result
+
+
+class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-provider configuration (RECEIVER_<PROVIDER>_BASE_URL / _API_KEY / _WEBHOOK_SECRET)."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    webhook_secret: str | None = None
+    timeout: float = 30.0
+
+
+class ProviderRequest(msgspec.Struct, kw_only=True):
+    """A request to a provider, relative to its configured base URL."""
+
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, str] | None = None
+    data: dict[str, str] | None = None
+    # name -> (filename, bytes, content type), for multipart uploads
+    files: dict[str, tuple[str, bytes, str]] | None = None
+
+
+class Created(msgspec.Struct, kw_only=True):
+    """What a create call told us: the provider's task id and, for a synchronous one, the result."""
+
+    task_id: str | None
+    update: Update | None = None
+
+
+class Provider(abc.ABC):
+    """One provider's API, as translation only (no I/O)."""
+
+    name: ClassVar[str]
+    callback_style: ClassVar[CallbackStyle]
+
+    @abc.abstractmethod
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers that authenticate our requests to this provider."""
+
+    @abc.abstractmethod
+    def create_request(
+        self, fields: Mapping[str, Any], *, hook_url: str | None, webhook_secret: str | None
+    ) -> ProviderRequest:
+        """The provider's own create request for the user's fields, callback fields filled in."""
+
+    @abc.abstractmethod
+    def parse_created(self, body: Any) -> Created:
+        """Read a 2xx create answer; raise ProviderError when it reports a failure."""
+
+    def parse_callback(self, body: dict[str, Any]) -> Update:
+        """Turn a callback body into an Update; raise UnparseablePayload when it cannot."""
+        raise UnparseablePayload(f"{self.name} does not send callback bodies")
+
+    def status_request(self, task_id: str) -> ProviderRequest | None:
+        """The request that pulls a task's status, or None if this provider has none."""
+        return None
+
+    def parse_status(self, body: Any, task_id: str) -> Update:
+        """Turn a status answer into an Update; raise UnparseablePayload when it cannot."""
+        raise UnparseablePayload(f"{self.name} has no status API")
+
+    @property
+    def can_pull(self) -> bool:
+        return self.status_request("probe") is not None
+
+    def error_message(self, body: Any, status_code: int) -> str:
+        """A readable message from a provider's error answer."""
+        if isinstance(body, dict):
+            for key in ("message", "msg", "error", "detail", "errors"):
+                value = body.get(key)
+                if isinstance(value, dict):
+                    value = value.get("message") or value.get("msg")
+                if value:
+                    return f"{self.name} answered {status_code}: {str(value)[:500]}"
+        return f"{self.name} answered {status_code}"
+
+
+class ProviderGateway:
+    """Sends an adapter's requests over HTTP to the provider's configured base URL."""
+
+    def __init__(self, adapter: Provider, settings: ProviderSettings, client: httpx.AsyncClient):
+        self.adapter = adapter
+        self.settings = settings
+        self.client = client
+
+    def _base_url(self) -> str:
+        if not self.settings.base_url:
+            env = f"RECEIVER_{self.adapter.name.upper()}_BASE_URL"
+            raise ConfigError(f"{env} is not set: the provider's base URL is required")
+        return self.settings.base_url.rstrip("/")
+
+    async def send(self, request: ProviderRequest) -> Any:
+        """Send one request and return the decoded JSON answer; ProviderError on failure."""
+        headers = self.adapter.auth_headers(self.settings.api_key or "")
+        url = self._base_url() + request.path
+        try:
+            response = await self.client.request(
+                request.method,
+                url,
+                json=request.json if request.files is None else None,
+                params=request.params,
+                data=request.data,
+                files=request.files,
+                headers=headers,
+                timeout=self.settings.timeout,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                f"{self.adapter.name} unreachable: {type(exc).__name__}", retryable=True
+            ) from None
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = None
+        if response.status_code >= 300:
+            raise ProviderError(
+                self.adapter.error_message(body, response.status_code),
+                status_code=response.status_code,
+                retryable=response.status_code == 429 or response.status_code >= 500,
+            )
+        return body
+
+    async def create(
+        self, fields: Mapping[str, Any], *, hook_url: str | None, webhook_secret: str | None
+    ) -> Created:
+        request = self.adapter.create_request(
+            fields, hook_url=hook_url, webhook_secret=webhook_secret
+        )
+        return self.adapter.parse_created(await self.send(request))
+
+    async def pull(self, task_id: str) -> Update:
+        """Ask the provider's status API about one task."""
+        if not valid_task_id(task_id):
+            raise UnparseablePayload("task id is not a plain token")
+        request = self.adapter.status_request(task_id)
+        if request is None:
+            raise ProviderError(f"{self.adapter.name} has no status API")
+        return self.adapter.parse_status(await self.send(request), task_id)

@@ -1,0 +1,121 @@
+"""The running receiver's parts, built once at start and shared by routes and loops."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from receiver.config import Settings
+from receiver.dispatch import Dispatcher, Registry, load_handlers
+from receiver.ingest import Ingest
+from receiver.poller import Poller
+from receiver.providers import PROVIDERS, ProviderGateway
+from receiver.store import Store, store_for
+from receiver.store.sqlite import sqlite_path
+from receiver.submit import Submitter
+from receiver.verify import digest, mint_token
+
+__all__ = ["Runtime", "admin_token_file", "ensure_admin_token"]
+
+log = logging.getLogger("receiver")
+
+
+class Runtime(msgspec.Struct, kw_only=True, dict=True):
+    """Everything a route or a loop needs; one per app."""
+
+    settings: Settings
+    store: Store
+    handlers: Registry
+    client: httpx.AsyncClient
+    gateways: dict[str, ProviderGateway]
+    ingest: Ingest
+    dispatcher: Dispatcher
+    poller: Poller
+    submitter: Submitter
+    admin_token_digest: str
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        handlers: Registry | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> Runtime:
+        store = store or store_for(settings.database_url)
+        handlers = handlers if handlers is not None else load_handlers(settings.handlers)
+        client = client or httpx.AsyncClient(follow_redirects=False)
+        gateways = {
+            name: ProviderGateway(adapter, settings.provider(name), client)
+            for name, adapter in PROVIDERS.items()
+        }
+        dispatcher = Dispatcher(
+            store,
+            handlers,
+            max_attempts=settings.handler_max_attempts,
+            timeout=settings.handler_timeout,
+            concurrency=settings.handler_concurrency,
+            retry_base=settings.retry_base_delay,
+            retry_cap=settings.retry_max_delay,
+        )
+        ingest = Ingest(store, handlers, dispatcher.wake)
+        poller = Poller(
+            store,
+            ingest,
+            gateways,
+            interval=settings.poll_interval,
+            max_interval=settings.poll_max_interval,
+        )
+        submitter = Submitter(
+            store,
+            ingest,
+            gateways,
+            public_url=settings.public_url,
+            poll_interval=settings.poll_interval,
+            wake_poller=poller.wake,
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            handlers=handlers,
+            client=client,
+            gateways=gateways,
+            ingest=ingest,
+            dispatcher=dispatcher,
+            poller=poller,
+            submitter=submitter,
+            admin_token_digest=digest(ensure_admin_token(settings)),
+        )
+
+
+def admin_token_file(settings: Settings) -> Path:
+    """Where a generated admin token is kept: beside the SQLite file, else the working directory."""
+    if settings.database_url.startswith("sqlite:"):
+        path = sqlite_path(settings.database_url)
+        if path != ":memory:":
+            return Path(path + ".admin-token")
+    return Path("receiver.admin-token")
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """RECEIVER_ADMIN_TOKEN, or the token generated at first start (created 0600 if absent)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = admin_token_file(settings)
+    if path.exists():
+        return path.read_text().strip()
+    token = mint_token()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.warning("no RECEIVER_ADMIN_TOKEN set: generated one and wrote it to %s", path.resolve())
+    return token

@@ -1,0 +1,38 @@
+"""Running an ASGI app on uvicorn inside the current event loop (tests, sandbox, benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+__all__ = ["serve_in_loop"]
+
+
+@contextlib.asynccontextmanager
+async def serve_in_loop(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> AsyncIterator[str]:
+    """Serve `app` until the block ends; yields its base URL (`port=0` picks a free port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise RuntimeError("server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()

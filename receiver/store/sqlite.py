@@ -1,0 +1,667 @@
+"""The embedded default store: one SQLite file in WAL mode, through aiosqlite.
+
+Writes are serialised by one asyncio lock around `BEGIN IMMEDIATE` transactions, so
+the state machine always reads the job it is about to change. `synchronous=FULL`
+makes every acknowledged commit survive a power cut, not only a killed process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from receiver.errors import ConfigError, StoreUnavailable
+from receiver.models import (
+    Delivery,
+    DeliveryState,
+    Disposition,
+    Event,
+    Job,
+    Quarantined,
+    RawRequest,
+    Status,
+    Update,
+    new_id,
+    now,
+)
+from receiver.state import advance, dedupe_key
+from receiver.store.base import (
+    Claimed,
+    JobPage,
+    NewJob,
+    Recorded,
+    Router,
+    Store,
+    TokenMatch,
+)
+from receiver.store.migrations import migrations
+
+__all__ = ["SQLiteStore", "sqlite_path"]
+
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+_JOB_COLUMNS = (
+    "id, provider, task_id, status, raw_status, progress, result_url, preview_url, "
+    "error, error_code, metadata, created_at, updated_at"
+)
+_EVENT_COLUMNS = (
+    "id, job_id, provider, task_id, status, raw_status, progress, result_url, preview_url, "
+    "error, error_code, source, disposition, received_at, request_id, payload"
+)
+_DELIVERY_COLUMNS = (
+    "id, event_id, job_id, handler, state, attempts, next_attempt_at, lease_until, "
+    "last_error, created_at, updated_at"
+)
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///./receiver.db` -> `./receiver.db`; `sqlite:///:memory:` -> `:memory:`."""
+    if not url.startswith("sqlite:"):
+        raise ConfigError(f"not a sqlite URL: {url.split(':', 1)[0]}")
+    path = url.removeprefix("sqlite:").removeprefix("//")
+    if path.startswith("/./") or path == "/:memory:":
+        path = path[1:]
+    if not path:
+        raise ConfigError("RECEIVER_DATABASE_URL names no SQLite file")
+    return path
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        provider=row[1],
+        task_id=row[2],
+        status=Status(row[3]),
+        raw_status=row[4],
+        progress=row[5],
+        result_url=row[6],
+        preview_url=row[7],
+        error=row[8],
+        error_code=row[9],
+        metadata=_json_decode(row[10]),
+        created_at=row[11],
+        updated_at=row[12],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=row[0],
+        job_id=row[1],
+        provider=row[2],
+        task_id=row[3],
+        status=Status(row[4]),
+        raw_status=row[5],
+        progress=row[6],
+        result_url=row[7],
+        preview_url=row[8],
+        error=row[9],
+        error_code=row[10],
+        source=row[11],
+        disposition=Disposition(row[12]),
+        received_at=row[13],
+        request_id=row[14],
+        payload=_json_decode(row[15]) if row[15] is not None else None,
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        event_id=row[1],
+        job_id=row[2],
+        handler=row[3],
+        state=DeliveryState(row[4]),
+        attempts=row[5],
+        next_attempt_at=row[6],
+        lease_until=row[7],
+        last_error=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def _raw_values(raw: RawRequest, job_id: str | None) -> tuple[Any, ...]:
+    return (
+        raw.id,
+        job_id,
+        raw.provider,
+        raw.received_at,
+        raw.method,
+        raw.path,
+        raw.query,
+        _json_encode(raw.headers).decode(),
+        raw.body,
+        raw.client,
+    )
+
+
+class SQLiteStore(Store):
+    """Store on one SQLite file (or `:memory:` for tests)."""
+
+    def __init__(self, url: str = "sqlite:///./receiver.db", *, busy_timeout_ms: int = 5000):
+        self.url = url
+        self.path = sqlite_path(url)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    # Connection and transactions
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = FULL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("store is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        async with self.db.execute("SELECT version FROM schema_migrations") as cursor:
+            applied = {row[0] for row in await cursor.fetchall()}
+        for migration in migrations("sqlite"):
+            if migration.version in applied:
+                continue
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migration.sql.split(";\n"):
+                    if statement.strip():
+                        await self.db.execute(statement)
+                await self.db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, now()),
+                )
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; any SQLite failure becomes StoreUnavailable."""
+        async with self._write_lock:
+            db = self.db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(str(exc)) from None
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(str(exc)) from None
+                raise
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self.db.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # Jobs
+
+    async def create_job(self, new: NewJob) -> None:
+        async with self._transaction() as db:
+            await self._insert_job(db, new)
+
+    async def _insert_job(self, db: aiosqlite.Connection, new: NewJob) -> None:
+        job = new.job
+        await db.execute(
+            "INSERT INTO jobs (id, provider, task_id, token_hash, secret_hash, status, raw_status,"
+            " progress, result_url, preview_url, error, error_code, metadata, input, created_at,"
+            " updated_at, next_poll_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job.id,
+                job.provider,
+                job.task_id,
+                new.token_hash,
+                new.secret_hash,
+                job.status.value,
+                job.raw_status,
+                job.progress,
+                job.result_url,
+                job.preview_url,
+                job.error,
+                job.error_code,
+                _json_encode(job.metadata).decode(),
+                _json_encode(new.input).decode(),
+                job.created_at,
+                job.updated_at,
+                new.next_poll_at,
+            ),
+        )
+
+    async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET task_id = ?, next_poll_at = ?, updated_at = ? WHERE id = ?",
+                (task_id, next_poll_at, now(), job_id),
+            )
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(row) if row else None
+
+    async def job_by_token(self, token_hash: str) -> TokenMatch | None:
+        row = await self._fetchone(
+            f"SELECT {_JOB_COLUMNS}, secret_hash FROM jobs WHERE token_hash = ?", (token_hash,)
+        )
+        return TokenMatch(job=_job(row), secret_hash=row[13]) if row else None
+
+    async def job_by_task(self, provider: str, task_id: str) -> Job | None:
+        row = await self._fetchone(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND task_id = ?",
+            (provider, task_id),
+        )
+        return _job(row) if row else None
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        provider: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> JobPage:
+        clauses, params = [], []
+        for column, value in (("status", status), ("provider", provider), ("task_id", task_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        items = [_job(row) for row in rows[:limit]]
+        return JobPage(items=items, next=items[-1].id if len(rows) > limit else None)
+
+    async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
+        rows = await self._fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
+            (job_id, limit),
+        )
+        return [_event(row) for row in rows]
+
+    # The hot path
+
+    async def record(
+        self,
+        job_id: str | None,
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        new_job: NewJob | None = None,
+        next_poll_at: float | None = None,
+        at: float | None = None,
+    ) -> Recorded:
+        at = now() if at is None else at
+        async with self._transaction() as db:
+            job = await self._job_for_update(db, job_id, new_job)
+            if raw is not None:
+                await db.execute(
+                    "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)", _raw_values(raw, job.id)
+                )
+            key = dedupe_key(job.provider, job.task_id or update.task_id, update)
+            async with db.execute(
+                "SELECT 1 FROM events WHERE job_id = ? AND dedupe_key = ? LIMIT 1", (job.id, key)
+            ) as cursor:
+                duplicate = await cursor.fetchone() is not None
+            transition = advance(job, update, duplicate=duplicate, at=at)
+            event = Event(
+                id=new_id("evt"),
+                job_id=job.id,
+                provider=job.provider,
+                task_id=update.task_id or job.task_id,
+                status=update.status,
+                raw_status=update.raw_status,
+                progress=update.progress,
+                result_url=update.result_url,
+                preview_url=update.preview_url,
+                error=update.error,
+                error_code=update.error_code,
+                source=source,
+                disposition=transition.disposition,
+                received_at=at,
+                request_id=raw.id if raw is not None else None,
+                payload=update.payload,
+            )
+            await db.execute(
+                "INSERT INTO events (id, job_id, provider, task_id, status, raw_status, progress,"
+                " result_url, preview_url, error, error_code, source, disposition, dedupe_key,"
+                " received_at, request_id, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    event.id,
+                    event.job_id,
+                    event.provider,
+                    event.task_id,
+                    event.status.value,
+                    event.raw_status,
+                    event.progress,
+                    event.result_url,
+                    event.preview_url,
+                    event.error,
+                    event.error_code,
+                    event.source,
+                    event.disposition.value,
+                    key,
+                    event.received_at,
+                    event.request_id,
+                    _json_encode(event.payload).decode() if event.payload is not None else None,
+                ),
+            )
+            after = transition.job
+            if transition.changed:
+                await self._save_job_state(db, after)
+            if after.status.terminal:
+                await db.execute("UPDATE jobs SET next_poll_at = NULL WHERE id = ?", (job.id,))
+            elif next_poll_at is not None:
+                await db.execute(
+                    "UPDATE jobs SET next_poll_at = ? WHERE id = ?", (next_poll_at, job.id)
+                )
+            deliveries: list[Delivery] = []
+            if transition.disposition is Disposition.APPLIED:
+                for handler in route(event, after):
+                    delivery = Delivery(
+                        id=new_id("dlv"),
+                        event_id=event.id,
+                        job_id=job.id,
+                        handler=handler,
+                        state=DeliveryState.PENDING,
+                        next_attempt_at=at,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                    await db.execute(
+                        "INSERT INTO deliveries (id, event_id, job_id, handler, state, attempts,"
+                        " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,0,?,?,?)",
+                        (
+                            delivery.id,
+                            delivery.event_id,
+                            delivery.job_id,
+                            delivery.handler,
+                            delivery.state.value,
+                            at,
+                            at,
+                            at,
+                        ),
+                    )
+                    deliveries.append(delivery)
+        return Recorded(event=event, job=after, deliveries=deliveries)
+
+    async def _job_for_update(
+        self, db: aiosqlite.Connection, job_id: str | None, new_job: NewJob | None
+    ) -> Job:
+        if job_id is not None:
+            async with db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise LookupError(f"no job {job_id}")
+            return _job(row)
+        if new_job is None or new_job.job.task_id is None:
+            raise ValueError("record() needs a job id or a new job with a task id")
+        async with db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND task_id = ?",
+            (new_job.job.provider, new_job.job.task_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None:
+            return _job(row)
+        await self._insert_job(db, new_job)
+        return new_job.job
+
+    async def _save_job_state(self, db: aiosqlite.Connection, job: Job) -> None:
+        await db.execute(
+            "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
+            " preview_url = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ?",
+            (
+                job.task_id,
+                job.status.value,
+                job.raw_status,
+                job.progress,
+                job.result_url,
+                job.preview_url,
+                job.error,
+                job.error_code,
+                job.updated_at,
+                job.id,
+            ),
+        )
+
+    async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)", _raw_values(raw, job_id)
+            )
+            await db.execute(
+                "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+                (poll_at, job_id),
+            )
+
+    async def quarantine(self, entry: Quarantined) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO quarantine VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    entry.id,
+                    entry.received_at,
+                    entry.provider,
+                    entry.reason,
+                    entry.status_code,
+                    entry.method,
+                    entry.path,
+                    entry.query,
+                    _json_encode(entry.headers).decode(),
+                    entry.body,
+                    entry.client,
+                ),
+            )
+
+    async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
+        rows = await self._fetchall(
+            "SELECT id, received_at, provider, reason, status_code, method, path, query, headers,"
+            " body, client FROM quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            Quarantined(
+                id=r[0],
+                received_at=r[1],
+                provider=r[2],
+                reason=r[3],
+                status_code=r[4],
+                method=r[5],
+                path=r[6],
+                query=r[7],
+                headers=_json_decode(r[8]),
+                body=bytes(r[9]),
+                client=r[10],
+            )
+            for r in rows
+        ]
+
+    async def list_requests(self, job_id: str) -> list[RawRequest]:
+        rows = await self._fetchall(
+            "SELECT id, received_at, provider, method, path, query, headers, body, client"
+            " FROM requests WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [
+            RawRequest(
+                id=r[0],
+                received_at=r[1],
+                provider=r[2],
+                method=r[3],
+                path=r[4],
+                query=r[5],
+                headers=_json_decode(r[6]),
+                body=bytes(r[7]),
+                client=r[8],
+            )
+            for r in rows
+        ]
+
+    # Deliveries
+
+    async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
+        async with self._transaction() as db:
+            # A delivery waits while an earlier one of the same job and handler is unfinished:
+            # that is what keeps one job's events in order for each handler.
+            async with db.execute(
+                "UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
+                " lease_until = ?, updated_at = ? WHERE seq IN ("
+                "  SELECT d.seq FROM deliveries d"
+                "  WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?)"
+                "         OR (d.state = 'running' AND d.lease_until < ?))"
+                "    AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
+                "         AND e.handler = d.handler AND e.seq < d.seq"
+                "         AND e.state IN ('pending', 'running'))"
+                "  ORDER BY d.next_attempt_at, d.seq LIMIT ?)"
+                f" RETURNING {_DELIVERY_COLUMNS}",
+                (at + lease, at, at, at, limit),
+            ) as cursor:
+                deliveries = [_delivery(row) for row in await cursor.fetchall()]
+            claimed = []
+            for delivery in deliveries:
+                async with db.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (delivery.event_id,)
+                ) as cursor:
+                    event = _event(await cursor.fetchone())  # type: ignore[arg-type]
+                async with db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (delivery.job_id,)
+                ) as cursor:
+                    job = _job(await cursor.fetchone())  # type: ignore[arg-type]
+                claimed.append(Claimed(delivery=delivery, event=event, job=job))
+        return claimed
+
+    async def finish_delivery(self, delivery_id: str, *, at: float) -> None:
+        await self._set_delivery(delivery_id, DeliveryState.DONE, None, None, at)
+
+    async def retry_delivery(
+        self, delivery_id: str, *, error: str, next_attempt_at: float, at: float
+    ) -> None:
+        await self._set_delivery(delivery_id, DeliveryState.PENDING, error, next_attempt_at, at)
+
+    async def kill_delivery(self, delivery_id: str, *, error: str, at: float) -> None:
+        await self._set_delivery(delivery_id, DeliveryState.DEAD, error, None, at)
+
+    async def _set_delivery(
+        self,
+        delivery_id: str,
+        state: DeliveryState,
+        error: str | None,
+        next_attempt_at: float | None,
+        at: float,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"
+                " next_attempt_at = COALESCE(?, next_attempt_at), lease_until = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (state.value, error, next_attempt_at, at, delivery_id),
+            )
+
+    async def release_running(self) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'running'"
+            )
+            return cursor.rowcount
+
+    async def next_delivery_at(self) -> float | None:
+        row = await self._fetchone(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        )
+        return row[0] if row else None
+
+    async def list_deliveries(
+        self, *, job_id: str | None = None, state: DeliveryState | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        clauses, params = [], []
+        if job_id is not None:
+            clauses.append("job_id = ?")
+            params.append(job_id)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
+        return [_delivery(row) for row in rows]
+
+    # Polls
+
+    async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
+        async with self._transaction() as db:
+            async with db.execute(
+                "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
+                "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
+                "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
+                f" RETURNING {_JOB_COLUMNS}",
+                (at + lease, at, limit),
+            ) as cursor:
+                return [_job(row) for row in await cursor.fetchall()]
+
+    async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
+                " THEN ? END, poll_attempts = poll_attempts + ? WHERE id = ?",
+                (at, 1 if attempted else 0, job_id),
+            )
+
+    async def next_poll_at(self) -> float | None:
+        row = await self._fetchone(
+            "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+            " AND status IN ('queued', 'running')"
+        )
+        return row[0] if row else None

@@ -1,0 +1,139 @@
+"""Submitting jobs: mint the job's credentials, fill the callback fields, call the provider.
+
+The job row is written before the provider is called, so a callback that races the
+create answer still finds its job by token. A provider that refuses or fails the
+create call leaves a failed job carrying the provider's error, which fires the
+`failed` handlers like any other failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from receiver.errors import ConfigError, ProviderError
+from receiver.ingest import Ingest
+from receiver.models import Job, Status, Update, new_id, now
+from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
+from receiver.store.base import NewJob, Store
+from receiver.verify import digest, mint_secret, mint_token
+
+__all__ = ["Submitted", "Submitter"]
+
+_WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
+
+
+class Submitted(msgspec.Struct, kw_only=True):
+    """A submitted job. `hook_url` carries the job's token and is shown only here, once."""
+
+    job: Job
+    hook_url: str | None = None
+
+
+class Submitter:
+    """Creates jobs at providers and records them."""
+
+    def __init__(
+        self,
+        store: Store,
+        ingest: Ingest,
+        gateways: Mapping[str, ProviderGateway],
+        *,
+        public_url: str,
+        poll_interval: float,
+        wake_poller: Any = None,
+    ):
+        self.store = store
+        self.ingest = ingest
+        self.gateways = gateways
+        self.public_url = public_url.rstrip("/")
+        self.poll_interval = poll_interval
+        self.wake_poller = wake_poller or (lambda: None)
+
+    def _gateway(self, provider: str) -> ProviderGateway:
+        adapter = get_provider(provider)  # UnknownProvider for a bad name
+        gateway = self.gateways[adapter.name]
+        if not gateway.settings.base_url:
+            raise ConfigError(f"RECEIVER_{provider.upper()}_BASE_URL is not set")
+        return gateway
+
+    async def submit(
+        self,
+        provider: str,
+        fields: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Submitted:
+        """Create a job at `provider` with the user's `fields`; never raises for a provider's refusal."""
+        gateway = self._gateway(provider)
+        style = gateway.adapter.callback_style
+        token = mint_token()
+        secret = mint_secret() if style is CallbackStyle.SECRET_POST else None
+        hook_url = f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
+        at = now()
+        job = Job(
+            id=new_id("job"),
+            provider=provider,
+            task_id=None,
+            status=Status.QUEUED,
+            metadata=dict(metadata or {}),
+            created_at=at,
+            updated_at=at,
+        )
+        await self.store.create_job(
+            NewJob(
+                job=job,
+                token_hash=digest(token),
+                secret_hash=digest(secret) if secret else None,
+                input=dict(fields),
+            )
+        )
+        try:
+            created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
+        except ProviderError as exc:
+            failure = Update(
+                status=Status.FAILED,
+                raw_status="create_failed",
+                error=str(exc),
+                error_code=str(exc.status_code) if exc.status_code else None,
+            )
+            recorded = await self.ingest.record(job.id, failure, source="submit")
+            return Submitted(job=recorded.job)
+        if created.task_id is not None:
+            polled = style is CallbackStyle.POLL
+            await self.store.set_task_id(
+                job.id, created.task_id, now() + self.poll_interval if polled else None
+            )
+        if created.update is not None:
+            recorded = await self.ingest.record(job.id, created.update, source="submit")
+            return Submitted(job=recorded.job, hook_url=hook_url)
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
+
+    async def track(
+        self, provider: str, task_id: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Follow a task submitted elsewhere: record it and poll it when the provider allows."""
+        adapter = get_provider(provider)
+        if not valid_task_id(task_id):
+            raise ConfigError("task_id must be a plain token of letters, digits and ._:-")
+        existing = await self.store.job_by_task(provider, task_id)
+        if existing is not None:
+            return existing
+        at = now()
+        job = Job(
+            id=new_id("job"),
+            provider=provider,
+            task_id=task_id,
+            status=Status.QUEUED,
+            metadata=dict(metadata or {}),
+            created_at=at,
+            updated_at=at,
+        )
+        await self.store.create_job(
+            NewJob(job=job, next_poll_at=at if adapter.status_request(task_id) else None)
+        )
+        self.wake_poller()
+        return job

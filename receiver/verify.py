@@ -1,0 +1,89 @@
+"""Credentials: minting per-job tokens and secrets, hashing them, comparing in constant time.
+
+Tokens and secrets are 256-bit random values, so a plain SHA-256 is enough to store them:
+there is nothing to brute-force. Comparisons are made between digests with
+`hmac.compare_digest`, so timing reveals nothing about the stored value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "REDACTED",
+    "SECRET_HEADERS",
+    "digest",
+    "matches",
+    "matches_any",
+    "mint_secret",
+    "mint_token",
+    "redact_headers",
+    "redact_path",
+    "redact_query",
+]
+
+REDACTED = "[redacted]"
+SECRET_HEADERS = frozenset(
+    {"x-webhook-secret", "authorization", "cookie", "x-api-key", "proxy-authorization"}
+)
+
+
+def mint_token() -> str:
+    """A per-job URL token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def mint_secret() -> str:
+    """A per-job webhook secret: 256 random bits, hex so every provider accepts it."""
+    return secrets.token_hex(32)
+
+
+def digest(value: str) -> str:
+    """The stored form of a token or secret."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def matches(candidate: str | None, stored_digest: str | None) -> bool:
+    """Whether `candidate` hashes to `stored_digest`, compared in constant time."""
+    if candidate is None or not stored_digest:
+        return False
+    return hmac.compare_digest(digest(candidate), stored_digest)
+
+
+def matches_any(candidate: str | None, secrets_: Iterable[str | None]) -> bool:
+    """Whether `candidate` equals any configured plain secret; every one is compared."""
+    if candidate is None:
+        return False
+    found = False
+    for secret in secrets_:
+        if secret and hmac.compare_digest(digest(candidate), digest(secret)):
+            found = True
+    return found
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers with credentials replaced, for the raw-request and quarantine tables."""
+    return {
+        name: (REDACTED if name.lower() in SECRET_HEADERS else value)
+        for name, value in headers.items()
+    }
+
+
+_HOOK_PATH = re.compile(r"^(/hooks/[^/]+/)([^/?]+)")
+
+
+def redact_path(path: str) -> str:
+    """`/hooks/p/<token>` with the token replaced by a short digest, so rows can be correlated."""
+    return _HOOK_PATH.sub(lambda m: f"{m.group(1)}[token:{digest(m.group(2))[:12]}]", path)
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|secret|key|api_key|signature)=)[^&?]*", re.I)
+
+
+def redact_query(query: str) -> str:
+    """A query string with anything named like a credential replaced."""
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + REDACTED, query)
