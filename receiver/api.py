@@ -10,7 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from receiver.errors import ConfigError, StoreUnavailable, UnknownProvider
 from receiver.models import Delivery, Event, Job, Status
@@ -57,7 +57,7 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 @post("/jobs", guards=[admin_guard], status_code=201)
-async def create_job(request: Request[Any, Any, Any], data: SubmitRequest) -> Job:
+async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitRequest]) -> Job:
     """Submit a job to a provider (or track one), answering with the job."""
     runtime = _runtime(request)
     try:
@@ -74,11 +74,11 @@ async def create_job(request: Request[Any, Any, Any], data: SubmitRequest) -> Jo
 @get("/jobs", guards=[admin_guard])
 async def list_jobs(
     request: Request[Any, Any, Any],
-    status: Status | None = None,
-    provider: str | None = None,
-    task_id: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    next_: Annotated[str | None, Parameter(query="next")] = None,
+    status: FromQuery[Status | None] = None,
+    provider: FromQuery[str | None] = None,
+    task_id: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    next_: Annotated[str | None, QueryParameter(name="next")] = None,
 ) -> JobList:
     """Jobs, newest first; `next` is the cursor for the following page."""
     page = await _runtime(request).store.list_jobs(
@@ -99,12 +99,12 @@ async def _job_or_404(runtime: Runtime, job_id: str) -> Job:
 
 
 @get("/jobs/{job_id:str}", guards=[admin_guard])
-async def get_job(request: Request[Any, Any, Any], job_id: str) -> Job:
+async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
     return await _job_or_404(_runtime(request), job_id)
 
 
 @get("/jobs/{job_id:str}/events", guards=[admin_guard])
-async def get_job_events(request: Request[Any, Any, Any], job_id: str) -> EventList:
+async def get_job_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> EventList:
     """Every event of a job, oldest first, whatever its disposition."""
     runtime = _runtime(request)
     await _job_or_404(runtime, job_id)
@@ -112,7 +112,7 @@ async def get_job_events(request: Request[Any, Any, Any], job_id: str) -> EventL
 
 
 @get("/jobs/{job_id:str}/deliveries", guards=[admin_guard])
-async def get_job_deliveries(request: Request[Any, Any, Any], job_id: str) -> DeliveryList:
+async def get_job_deliveries(request: Request[Any, Any, Any], job_id: FromPath[str]) -> DeliveryList:
     """Every handler delivery of a job, with attempts and the last error."""
     runtime = _runtime(request)
     await _job_or_404(runtime, job_id)

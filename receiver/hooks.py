@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException
+from litestar.params import FromPath
 
 from receiver.errors import StoreUnavailable, UnknownProvider, UnparseablePayload
 from receiver.models import Job, Quarantined, RawRequest, Status, new_id, now
@@ -182,7 +183,7 @@ async def _guarded(
 
 @post("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=200)
 async def job_callback(
-    request: Request[Any, Any, Any], provider: str, token: str
+    request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
 ) -> Response[dict[str, Any]]:
     """A provider's callback to a job's own URL."""
 
@@ -208,7 +209,7 @@ async def job_callback(
 
 @get("/hooks/{provider:str}/{token:str}", status_code=202)
 async def job_nudge(
-    request: Request[Any, Any, Any], provider: str, token: str
+    request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
 ) -> Response[dict[str, Any]]:
     """A bare GET that only says "ask me": schedule a pull of the job's status."""
 
@@ -228,7 +229,9 @@ async def job_nudge(
 
 
 @post("/hooks/{provider:str}", request_max_body_size=None, status_code=200)
-async def provider_callback(request: Request[Any, Any, Any], provider: str) -> Response[dict[str, Any]]:
+async def provider_callback(
+    request: Request[Any, Any, Any], provider: FromPath[str]
+) -> Response[dict[str, Any]]:
     """A callback for a task submitted by another tool, proven by the provider's static secret."""
 
     async def handle(runtime: Runtime, body: bytes) -> Response[dict[str, Any]]:

@@ -10,17 +10,24 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["serve_in_loop"]
+__all__ = ["bind", "serve_in_loop"]
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening-ready TCP socket; `port=0` picks a free port (read it with getsockname)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
 
 
 @contextlib.asynccontextmanager
 async def serve_in_loop(
-    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    app: Any, *, sock: socket.socket | None = None, log_level: str = "warning"
 ) -> AsyncIterator[str]:
-    """Serve `app` until the block ends; yields its base URL (`port=0` picks a free port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    """Serve `app` until the block ends; yields its base URL."""
+    sock = sock or bind()
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -30,7 +37,7 @@ async def serve_in_loop(
                 task.result()  # raises what stopped it
                 raise RuntimeError("server stopped before it started")
             await asyncio.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,471 @@
+"""The ingest routes over real HTTP: what each kind of callback does, and every rejection."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.dispatch import Registry
+from receiver.hooks import nudge_uuid
+from receiver.models import Job, Status, new_id, now
+from receiver.store import NewJob, SQLiteStore
+from receiver.testing import LiveReceiver, running_receiver
+from receiver.verify import digest
+
+TOKEN = "tok-" + "a" * 40
+SECRET = "s3cret-" + "b" * 40
+STATIC_SECRET = "static-" + "c" * 40
+
+# The two result shapes of apiframe's document: "40" as a string, 100 as a number.
+APIFRAME_PROGRESS = {
+    "task_id": "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a",
+    "task_type": "runway",
+    "status": "processing",
+    "percentage": "40",
+}
+APIFRAME_FINISHED = {
+    "task_id": "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a",
+    "task_type": "runway",
+    "video_url": "https://cdn.example/xxxx.mp4",
+    "status": "finished",
+    "percentage": 100,
+}
+
+
+class Calls:
+    """What the registered handlers were called with, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float | None]] = []
+        self.changed = asyncio.Event()
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def handlers(calls: Calls) -> Registry:
+    registry = Registry()
+
+    @registry.on("*")
+    async def record(event: Any, job: Any) -> None:
+        calls.events.append((job.id, event.status.value, event.progress))
+        calls.changed.set()
+
+    return registry
+
+
+@pytest.fixture
+async def live(tmp_path: Path, handlers: Registry) -> AsyncIterator[LiveReceiver]:
+    env = {
+        "RECEIVER_APIFRAME_WEBHOOK_SECRET": STATIC_SECRET,
+        "RECEIVER_MAX_BODY_BYTES": "4096",
+        "RECEIVER_AIVIDEOAPI_BASE_URL": "http://127.0.0.1:9",
+    }
+    async with running_receiver(tmp_path, handlers=handlers, env=env) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def client(live: LiveReceiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+        yield http
+
+
+async def make_job(
+    live: LiveReceiver,
+    provider: str = "apiframe",
+    *,
+    task_id: str | None = "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a",
+    token: str = TOKEN,
+    secret: str | None = SECRET,
+) -> Job:
+    at = now()
+    job = Job(
+        id=new_id("job"),
+        provider=provider,
+        task_id=task_id,
+        status=Status.QUEUED,
+        created_at=at,
+        updated_at=at,
+    )
+    await live.runtime.store.create_job(
+        NewJob(job=job, token_hash=digest(token), secret_hash=digest(secret) if secret else None)
+    )
+    return job
+
+
+async def settle(live: LiveReceiver) -> None:
+    """Let the dispatcher run everything that is due."""
+    await live.runtime.dispatcher.drain(timeout=5)
+
+
+async def assert_untouched(live: LiveReceiver, job: Job, calls: Calls) -> None:
+    await settle(live)
+    stored = await live.runtime.store.get_job(job.id)
+    assert stored == job
+    assert [] == await live.runtime.store.list_events(job.id)
+    assert [] == await live.runtime.store.list_deliveries(job_id=job.id)
+    assert [] == calls.events
+
+
+async def quarantine_reasons(live: LiveReceiver) -> list[str]:
+    return [entry.reason for entry in await live.runtime.store.list_quarantine()]
+
+
+class TestApiframeCallbacks:
+    """A job's own URL takes apiframe's posts when the secret matches."""
+
+    async def test_progress_then_result_moves_the_job_and_fires_handlers_in_order(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """The documented "40" progress post and 100 result post become running then succeeded."""
+        job = await make_job(live)
+        headers = {"x-webhook-secret": SECRET}
+        first = await client.post(f"/hooks/apiframe/{TOKEN}", json=APIFRAME_PROGRESS, headers=headers)
+        second = await client.post(f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers=headers)
+        assert (200, 200) == (first.status_code, second.status_code)
+        await settle(live)
+        stored = await live.runtime.store.get_job(job.id)
+        assert stored is not None
+        assert (Status.SUCCEEDED, 1.0, "https://cdn.example/xxxx.mp4") == (
+            stored.status,
+            stored.progress,
+            stored.result_url,
+        )
+        assert [(job.id, "running", 0.4), (job.id, "succeeded", 1.0)] == calls.events
+
+    async def test_the_static_secret_is_accepted_on_a_job_url(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A callback carrying the provider's configured static secret is genuine too."""
+        await make_job(live)
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}",
+            json=APIFRAME_PROGRESS,
+            headers={"x-webhook-secret": STATIC_SECRET},
+        )
+        assert 200 == answer.status_code
+
+    async def test_duplicate_and_late_posts_are_stored_and_fire_nothing(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A repeated result and a progress post after it answer 2xx, are kept, and fire nothing."""
+        job = await make_job(live)
+        headers = {"x-webhook-secret": SECRET}
+        for body in (APIFRAME_FINISHED, APIFRAME_FINISHED, APIFRAME_PROGRESS):
+            answer = await client.post(f"/hooks/apiframe/{TOKEN}", json=body, headers=headers)
+            assert 200 == answer.status_code
+        await settle(live)
+        events = await live.runtime.store.list_events(job.id)
+        assert ["applied", "duplicate", "late"] == [e.disposition.value for e in events]
+        assert [(job.id, "succeeded", 1.0)] == calls.events
+        stored = await live.runtime.store.get_job(job.id)
+        assert stored is not None and Status.SUCCEEDED == stored.status
+
+    async def test_raw_request_is_kept_with_the_secret_redacted(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """The stored raw request has the body as sent, and neither the secret nor the token."""
+        job = await make_job(live)
+        await client.post(
+            f"/hooks/apiframe/{TOKEN}",
+            json=APIFRAME_PROGRESS,
+            headers={"x-webhook-secret": SECRET},
+        )
+        [raw] = await live.runtime.store.list_requests(job.id)
+        assert b'"percentage":"40"' in raw.body
+        assert SECRET not in repr(raw.headers)
+        assert TOKEN not in raw.path
+
+
+class TestRejections:
+    """Every rejected request gets a bare answer, changes nothing, and is quarantined."""
+
+    async def test_wrong_secret_is_401_without_detail(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A wrong x-webhook-secret is refused, and the quarantine copy hides what was offered."""
+        job = await make_job(live)
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers={"x-webhook-secret": "nope"}
+        )
+        assert (401, {"error": "unauthorized"}) == (answer.status_code, answer.json())
+        await assert_untouched(live, job, calls)
+        [entry] = await live.runtime.store.list_quarantine()
+        assert ("wrong_secret", 401) == (entry.reason, entry.status_code)
+        assert "nope" not in repr(entry.headers)
+
+    async def test_missing_secret_is_401(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A callback without x-webhook-secret is refused."""
+        job = await make_job(live)
+        answer = await client.post(f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED)
+        assert 401 == answer.status_code
+        await assert_untouched(live, job, calls)
+        assert ["missing_secret"] == await quarantine_reasons(live)
+
+    async def test_unknown_token_is_404(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A token that names no job is not found, and the quarantine does not keep the token."""
+        job = await make_job(live)
+        answer = await client.post(
+            "/hooks/apiframe/not-a-real-token",
+            json=APIFRAME_FINISHED,
+            headers={"x-webhook-secret": SECRET},
+        )
+        assert 404 == answer.status_code
+        await assert_untouched(live, job, calls)
+        [entry] = await live.runtime.store.list_quarantine()
+        assert "unknown_token" == entry.reason
+        assert "not-a-real-token" not in entry.path
+
+    async def test_token_of_another_provider_is_404(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A job's token only works under its own provider's path."""
+        job = await make_job(live)
+        answer = await client.post(f"/hooks/rixapi/{TOKEN}", json={"task_id": "x", "status": "3"})
+        assert 404 == answer.status_code
+        await assert_untouched(live, job, calls)
+
+    @pytest.mark.parametrize(
+        ("body", "reason"),
+        [
+            (b'{"task_id": "29e9", "status": ', "bad_json"),
+            (b"\xff\xfe not json", "bad_json"),
+            (b"[1, 2, 3]", "not_an_object"),
+            (b'"finished"', "not_an_object"),
+            (b'{"task_id": "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a"}', "bad_payload"),
+        ],
+    )
+    async def test_malformed_bodies_are_400_and_kept(
+        self,
+        live: LiveReceiver,
+        client: httpx.AsyncClient,
+        calls: Calls,
+        body: bytes,
+        reason: str,
+    ) -> None:
+        """Broken JSON, a non-object or a body without a status is refused; the raw body is kept."""
+        job = await make_job(live)
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}",
+            content=body,
+            headers={"x-webhook-secret": SECRET, "content-type": "application/json"},
+        )
+        assert 400 == answer.status_code
+        assert "Traceback" not in answer.text
+        await assert_untouched(live, job, calls)
+        [entry] = await live.runtime.store.list_quarantine()
+        assert (reason, body) == (entry.reason, entry.body)
+
+    async def test_task_id_of_another_task_is_refused(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A body about another task than the job's changes nothing."""
+        job = await make_job(live)
+        body = {**APIFRAME_FINISHED, "task_id": "another-task"}
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=body, headers={"x-webhook-secret": SECRET}
+        )
+        assert 400 == answer.status_code
+        await assert_untouched(live, job, calls)
+        assert ["task_mismatch"] == await quarantine_reasons(live)
+
+    async def test_oversized_body_is_413(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A body over RECEIVER_MAX_BODY_BYTES is refused without being stored whole."""
+        job = await make_job(live)
+        body = {**APIFRAME_FINISHED, "padding": "x" * 5000}
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=body, headers={"x-webhook-secret": SECRET}
+        )
+        assert 413 == answer.status_code
+        await assert_untouched(live, job, calls)
+        assert ["too_large"] == await quarantine_reasons(live)
+
+    async def test_oversized_chunked_body_is_413(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A body without Content-Length is cut off once it passes the limit."""
+        job = await make_job(live)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"x" * 1000
+
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}", content=chunks(), headers={"x-webhook-secret": SECRET}
+        )
+        assert 413 == answer.status_code
+        await assert_untouched(live, job, calls)
+
+
+class TestStoreDown:
+    """A store that cannot commit answers 503 with Retry-After, never 500."""
+
+    async def test_locked_database_gives_503_and_recovers(
+        self, tmp_path: Path, handlers: Registry, calls: Calls
+    ) -> None:
+        """While another connection holds the write lock the hook answers 503; after, 200."""
+        store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}", busy_timeout_ms=50)
+        async with running_receiver(tmp_path, handlers=handlers, store=store) as live:
+            job = await make_job(live)
+            blocker = sqlite3.connect(tmp_path / "receiver.db", isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")
+            async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+                headers = {"x-webhook-secret": SECRET}
+                refused = await http.post(
+                    f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers=headers
+                )
+                blocker.execute("ROLLBACK")
+                blocker.close()
+                accepted = await http.post(
+                    f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers=headers
+                )
+            assert (503, "5") == (refused.status_code, refused.headers.get("retry-after"))
+            assert 200 == accepted.status_code
+            await settle(live)
+            assert [(job.id, "succeeded", 1.0)] == calls.events
+
+
+class TestRixapiCallbacks:
+    """rixapi posts without credentials: the job's token is the credential."""
+
+    @pytest.mark.parametrize("wrapped", [False, True])
+    async def test_bare_and_wrapped_bodies_with_string_statuses(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls, wrapped: bool
+    ) -> None:
+        """Status "1" then "3" move the job to running then succeeded, bare or wrapped."""
+        job = await make_job(live, "rixapi", task_id="0ab3bfe2-be23-4635-8c35-890fb2c1732d", secret=None)
+        running = {"task_id": "0ab3bfe2-be23-4635-8c35-890fb2c1732d", "status": "1"}
+        done = {
+            "task_id": "0ab3bfe2-be23-4635-8c35-890fb2c1732d",
+            "status": "3",
+            "video_url": "https://cdn.example/v.mp4",
+            "poster": "https://cdn.example/p.jpg",
+            "create_time": "1733000000",
+            "update_time": "1733000090",
+        }
+        for data in (running, done):
+            body = {"code": 200, "msg": "success", "data": data} if wrapped else data
+            answer = await client.post(f"/hooks/rixapi/{TOKEN}", json=body)
+            assert 200 == answer.status_code
+        await settle(live)
+        stored = await live.runtime.store.get_job(job.id)
+        assert stored is not None
+        assert (Status.SUCCEEDED, "https://cdn.example/v.mp4", "https://cdn.example/p.jpg") == (
+            stored.status,
+            stored.result_url,
+            stored.preview_url,
+        )
+        assert ["running", "succeeded"] == [status for _, status, _ in calls.events]
+
+
+class TestNudges:
+    """A GET ?uuid= only schedules a pull; it never carries data."""
+
+    def test_uuid_is_found_after_a_second_question_mark(self) -> None:
+        """`?token=abc?uuid=X`, plain `uuid=X` and encoded values are all understood."""
+        assert "X-1" == nudge_uuid("token=abc?uuid=X-1")
+        assert "X-1" == nudge_uuid("uuid=X-1")
+        assert "X 1" == nudge_uuid("a=1&uuid=X%201")
+        assert nudge_uuid("a=1") is None
+        assert nudge_uuid("notuuid=1") is None
+
+    async def test_nudge_schedules_a_poll_and_is_kept(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """The nudge answers 202 and its raw request is stored against the job."""
+        job = await make_job(live, "aivideoapi", task_id="task-1", secret=None)
+        live.runtime.poller.stop()  # keep the poll scheduled so the test can see it
+        answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?uuid=task-1")
+        assert 202 == answer.status_code
+        [raw] = await live.runtime.store.list_requests(job.id)
+        assert ("GET", "uuid=task-1") == (raw.method, raw.query)
+        due = await live.runtime.store.next_poll_at()
+        assert due is not None and due <= now()
+
+    async def test_nudge_for_another_task_changes_nothing(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A uuid that is not the job's task is refused and schedules no poll."""
+        job = await make_job(live, "aivideoapi", task_id="task-1", secret=None)
+        answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?token=abc?uuid=task-2")
+        assert 400 == answer.status_code
+        assert await live.runtime.store.next_poll_at() is None
+        await assert_untouched(live, job, calls)
+        assert ["task_mismatch"] == await quarantine_reasons(live)
+
+    async def test_nudge_to_a_provider_without_status_api_is_refused(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """runway_ai has no status API, so a GET there has nothing to pull."""
+        await make_job(live, "runway_ai", task_id=None, secret=None)
+        answer = await client.get(f"/hooks/runway_ai/{TOKEN}")
+        assert 405 == answer.status_code
+
+
+class TestStaticRoute:
+    """`POST /hooks/{provider}` takes tasks submitted elsewhere, proven by a static secret."""
+
+    async def test_unknown_task_creates_the_job(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A first callback for an unknown task creates its job; the next one finds it."""
+        headers = {"x-webhook-secret": STATIC_SECRET}
+        for body in (APIFRAME_PROGRESS, APIFRAME_FINISHED):
+            answer = await client.post("/hooks/apiframe", json=body, headers=headers)
+            assert 200 == answer.status_code
+        job = await live.runtime.store.job_by_task(
+            "apiframe", "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a"
+        )
+        assert job is not None and Status.SUCCEEDED == job.status
+        await settle(live)
+        assert [(job.id, "running", 0.4), (job.id, "succeeded", 1.0)] == calls.events
+
+    async def test_wrong_static_secret_is_401(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A wrong or missing static secret creates nothing."""
+        for headers in ({"x-webhook-secret": SECRET}, {}):
+            answer = await client.post("/hooks/apiframe", json=APIFRAME_FINISHED, headers=headers)
+            assert 401 == answer.status_code
+        page = await live.runtime.store.list_jobs()
+        assert [] == page.items
+        assert ["missing_secret", "wrong_secret"] == sorted(await quarantine_reasons(live))
+        await settle(live)
+        assert [] == calls.events
+
+    async def test_route_is_off_without_a_configured_secret(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A provider with no static secret configured has no static route."""
+        answer = await client.post(
+            "/hooks/rixapi", json={"task_id": "t", "status": "3"}, headers={"x-webhook-secret": "x"}
+        )
+        assert 404 == answer.status_code
+
+    async def test_body_without_task_id_is_400(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """Without a task id there is no job to create or find."""
+        answer = await client.post(
+            "/hooks/apiframe",
+            json={"status": "finished"},
+            headers={"x-webhook-secret": STATIC_SECRET},
+        )
+        assert 400 == answer.status_code
+        assert ["no_task_id"] == await quarantine_reasons(live)
