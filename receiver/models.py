@@ -61,11 +61,22 @@ class DeliveryState(str, enum.Enum):
 
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_last_id = [0, 0]  # milliseconds and random part of the last id this process made
 
 
 def new_id(prefix: str) -> str:
-    """A sortable, unguessable id: 48 bits of milliseconds then 80 random bits (ULID layout)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    """A sortable, unguessable id: 48 bits of milliseconds then 80 random bits (ULID layout).
+
+    Ids made in the same millisecond by one process increase, so sorting by id is
+    sorting by creation, which the job list's cursor relies on.
+    """
+    millis = int(time.time() * 1000)
+    random_part = int.from_bytes(os.urandom(10), "big")
+    if millis <= _last_id[0]:
+        millis = _last_id[0]
+        random_part = (_last_id[1] + 1 + (random_part >> 64)) % (1 << 80)
+    _last_id[0], _last_id[1] = millis, random_part
+    value = (millis << 80) | random_part
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

@@ -63,12 +63,14 @@ _DELIVERY_COLUMNS = (
 
 
 def sqlite_path(url: str) -> str:
-    """`sqlite:///./receiver.db` -> `./receiver.db`; `sqlite:///:memory:` -> `:memory:`."""
-    if not url.startswith("sqlite:"):
-        raise ConfigError(f"not a sqlite URL: {url.split(':', 1)[0]}")
-    path = url.removeprefix("sqlite:").removeprefix("//")
-    if path.startswith("/./") or path == "/:memory:":
-        path = path[1:]
+    """The file of a SQLite URL, as SQLAlchemy reads them.
+
+    `sqlite:///receiver.db` and `sqlite:///./receiver.db` are relative to the working
+    directory, `sqlite:////var/lib/receiver.db` is absolute, `sqlite:///:memory:` is memory.
+    """
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("a SQLite URL looks like sqlite:///relative.db or sqlite:////abs.db")
+    path = url.removeprefix("sqlite:///")
     if not path:
         raise ConfigError("RECEIVER_DATABASE_URL names no SQLite file")
     return path

@@ -1,0 +1,213 @@
+"""The admin API over real HTTP: the token guard, listing and paging, and what answers never show."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from receiver.config import load_settings
+from receiver.models import Job, Status, Update, new_id, now
+from receiver.runtime import admin_token_file, ensure_admin_token
+from receiver.store import NewJob
+from receiver.testing import LiveReceiver, running_receiver
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[LiveReceiver]:
+    async with running_receiver(tmp_path) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def client(live: LiveReceiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+        yield http
+
+
+async def add_job(live: LiveReceiver, provider: str, task_id: str, status: Status) -> Job:
+    at = now()
+    job = Job(
+        id=new_id("job"),
+        provider=provider,
+        task_id=task_id,
+        status=Status.QUEUED,
+        metadata={"customer": "acme"},
+        created_at=at,
+        updated_at=at,
+    )
+    await live.runtime.store.create_job(NewJob(job=job, token_hash=f"hash-{task_id}"))
+    if status is not Status.QUEUED:
+        recorded = await live.runtime.ingest.record(
+            job.id, Update(status=status, raw_status=status.value), source="poll"
+        )
+        return recorded.job
+    return job
+
+
+class TestAdminGuard:
+    """Admin routes answer only with the admin token."""
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "test-admin-token"},
+            {"Authorization": "Basic test-admin-token"},
+            {"Authorization": "Bearer"},
+        ],
+    )
+    async def test_requests_without_the_token_are_401(
+        self, client: httpx.AsyncClient, headers: dict[str, str]
+    ) -> None:
+        """A missing, wrong or wrongly framed token is refused on every admin route."""
+        for method, path in (("GET", "/jobs"), ("GET", "/jobs/x"), ("POST", "/jobs")):
+            answer = await client.request(method, path, headers=headers, json={"provider": "apiframe"})
+            assert 401 == answer.status_code, (method, path)
+
+    async def test_health_is_open(self, client: httpx.AsyncClient) -> None:
+        """The health check needs no token."""
+        answer = await client.get("/healthz")
+        assert (200, "ok") == (answer.status_code, answer.json()["status"])
+
+    async def test_openapi_schema_is_served(self, client: httpx.AsyncClient) -> None:
+        """The OpenAPI document lists the public routes."""
+        answer = await client.get("/schema/openapi.json")
+        assert 200 == answer.status_code
+        paths = answer.json()["paths"]
+        for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz"):
+            assert path in paths
+
+
+class TestAdminToken:
+    """Without RECEIVER_ADMIN_TOKEN a token is generated once and kept beside the database."""
+
+    def test_generated_token_is_stored_and_reused(self, tmp_path: Path) -> None:
+        """The first start writes a private file; later starts read the same token."""
+        settings = load_settings({"RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"})
+        first = ensure_admin_token(settings)
+        path = admin_token_file(settings)
+        assert (tmp_path / "r.db.admin-token", 0o600) == (path, path.stat().st_mode & 0o777)
+        assert first == ensure_admin_token(settings)
+        assert len(first) >= 32
+
+
+class TestJobs:
+    """Jobs can be listed, filtered, paged and inspected."""
+
+    async def test_filters_and_paging(self, live: LiveReceiver, client: httpx.AsyncClient) -> None:
+        """Filters narrow the list and `next` walks it page by page without repeats."""
+        made = [
+            await add_job(live, "apiframe", f"t{i}", Status.SUCCEEDED if i % 2 else Status.QUEUED)
+            for i in range(5)
+        ]
+        await add_job(live, "rixapi", "r1", Status.RUNNING)
+        headers = live.admin_headers
+
+        succeeded = await client.get("/jobs", params={"status": "succeeded"}, headers=headers)
+        assert {"t1", "t3"} == {job["task_id"] for job in succeeded.json()["items"]}
+        by_provider = await client.get("/jobs", params={"provider": "rixapi"}, headers=headers)
+        assert ["r1"] == [job["task_id"] for job in by_provider.json()["items"]]
+        by_task = await client.get("/jobs", params={"task_id": "t2"}, headers=headers)
+        assert [made[2].id] == [job["id"] for job in by_task.json()["items"]]
+
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "2", "provider": "apiframe", **({"next": cursor} if cursor else {})}
+            page = (await client.get("/jobs", params=params, headers=headers)).json()
+            seen += [job["id"] for job in page["items"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert [job.id for job in reversed(made)] == seen
+
+    @pytest.mark.parametrize("limit", ["0", "1001", "many"])
+    async def test_bad_limit_is_400(
+        self, live: LiveReceiver, client: httpx.AsyncClient, limit: str
+    ) -> None:
+        """`limit` is a number from 1 to 1000."""
+        answer = await client.get("/jobs", params={"limit": limit}, headers=live.admin_headers)
+        assert 400 == answer.status_code
+
+    async def test_unknown_status_filter_is_400(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A status outside the canonical five is refused, not ignored."""
+        answer = await client.get("/jobs", params={"status": "done"}, headers=live.admin_headers)
+        assert 400 == answer.status_code
+
+    async def test_job_and_its_events(self, live: LiveReceiver, client: httpx.AsyncClient) -> None:
+        """A job answers with its fields and metadata; its events come oldest first."""
+        job = await add_job(live, "apiframe", "t9", Status.RUNNING)
+        await live.runtime.ingest.record(
+            job.id,
+            Update(status=Status.SUCCEEDED, raw_status="finished", result_url="https://x/v.mp4"),
+            source="poll",
+        )
+        answer = await client.get(f"/jobs/{job.id}", headers=live.admin_headers)
+        body = answer.json()
+        assert ("succeeded", 1.0, "https://x/v.mp4", {"customer": "acme"}) == (
+            body["status"],
+            body["progress"],
+            body["result_url"],
+            body["metadata"],
+        )
+        events = (await client.get(f"/jobs/{job.id}/events", headers=live.admin_headers)).json()
+        assert ["running", "succeeded"] == [e["status"] for e in events["items"]]
+
+    async def test_unknown_job_is_404(self, live: LiveReceiver, client: httpx.AsyncClient) -> None:
+        """A job id that does not exist is not found."""
+        for path in ("/jobs/job_nope", "/jobs/job_nope/events", "/jobs/job_nope/deliveries"):
+            answer = await client.get(path, headers=live.admin_headers)
+            assert 404 == answer.status_code
+
+
+class TestSubmitAnswers:
+    """POST /jobs validates its input and never echoes credentials."""
+
+    async def test_unknown_provider_is_400(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A provider no adapter answers to is refused."""
+        answer = await client.post(
+            "/jobs", json={"provider": "nope", "input": {}}, headers=live.admin_headers
+        )
+        assert 400 == answer.status_code
+
+    async def test_unconfigured_provider_is_400_naming_the_setting(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """Submitting to a provider without a base URL says which variable to set."""
+        answer = await client.post(
+            "/jobs", json={"provider": "apiframe", "input": {"prompt": "x"}}, headers=live.admin_headers
+        )
+        assert 400 == answer.status_code
+        assert "RECEIVER_APIFRAME_BASE_URL" in answer.text
+
+    async def test_unknown_fields_are_400(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A misspelt top-level field is an error, not silently dropped."""
+        answer = await client.post(
+            "/jobs", json={"provider": "apiframe", "inptu": {}}, headers=live.admin_headers
+        )
+        assert 400 == answer.status_code
+
+    async def test_tracking_a_task_submitted_elsewhere(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A task id instead of input records the job without calling the provider."""
+        answer = await client.post(
+            "/jobs",
+            json={"provider": "apiframe", "task_id": "abc-123", "metadata": {"k": "v"}},
+            headers=live.admin_headers,
+        )
+        assert 201 == answer.status_code
+        body = answer.json()
+        assert ("abc-123", "queued", {"k": "v"}) == (body["task_id"], body["status"], body["metadata"])
+        for forbidden in ("token", "secret", "hash"):
+            assert forbidden not in answer.text
