@@ -94,6 +94,7 @@ def create_app(
         openapi_config=OpenAPIConfig(title="receiver", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
+        logging_config=None,  # logging is the host's to configure (the CLI does it)
     )
     app.state.runtime = runtime
     return app
