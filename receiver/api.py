@@ -20,10 +20,10 @@ from receiver.verify import digest
 __all__ = ["ADMIN_ROUTES", "OPEN_ROUTES", "JobList", "SubmitRequest", "admin_guard"]
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Only `Authorization: Bearer <RECEIVER_ADMIN_TOKEN>` passes, compared in constant time."""
     runtime: Runtime = connection.app.state.runtime
-    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
     offered = digest(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
     if not hmac.compare_digest(offered, runtime.admin_token_digest):
         raise NotAuthorizedException("admin token required")
@@ -62,8 +62,12 @@ async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitReque
     runtime = _runtime(request)
     try:
         if data.task_id is not None:
-            return await runtime.submitter.track(data.provider, data.task_id, metadata=data.metadata)
-        submitted = await runtime.submitter.submit(data.provider, data.input, metadata=data.metadata)
+            return await runtime.submitter.track(
+                data.provider, data.task_id, metadata=data.metadata
+            )
+        submitted = await runtime.submitter.submit(
+            data.provider, data.input, metadata=data.metadata
+        )
     except UnknownProvider:
         raise ValidationException(f"unknown provider {data.provider!r}") from None
     except ConfigError as exc:
@@ -112,7 +116,9 @@ async def get_job_events(request: Request[Any, Any, Any], job_id: FromPath[str])
 
 
 @get("/jobs/{job_id:str}/deliveries", guards=[admin_guard])
-async def get_job_deliveries(request: Request[Any, Any, Any], job_id: FromPath[str]) -> DeliveryList:
+async def get_job_deliveries(
+    request: Request[Any, Any, Any], job_id: FromPath[str]
+) -> DeliveryList:
     """Every handler delivery of a job, with attempts and the last error."""
     runtime = _runtime(request)
     await _job_or_404(runtime, job_id)

@@ -159,6 +159,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     app = create_app(settings)
+    print(
+        f"receiver: serving on http://{settings.host}:{settings.port}"
+        f" (public URL {settings.public_url}, database {settings.database_url})",
+        file=sys.stderr,
+    )
     uvicorn.run(
         app,
         host=settings.host,
@@ -234,8 +239,11 @@ def _cmd_job(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"{job.id}  {job.provider}  task {job.task_id or '-'}")
         print(f"status {job.status.value}  progress {_progress(job)}")
-        for label, value in (("result", job.result_url), ("preview", job.preview_url),
-                             ("error", job.error)):
+        for label, value in (
+            ("result", job.result_url),
+            ("preview", job.preview_url),
+            ("error", job.error),
+        ):
             if value:
                 print(f"{label} {value}")
         print("events:")
@@ -272,8 +280,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from receiver.simulator import create_simulator
 
-    print(f"provider simulator on http://{args.host}:{args.port}/<provider> "
-          f"(providers: {', '.join(sorted(PROVIDERS))})")
+    print(
+        f"provider simulator on http://{args.host}:{args.port}/<provider> "
+        f"(providers: {', '.join(sorted(PROVIDERS))})"
+    )
     uvicorn.run(create_simulator(), host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""Settings from `receiver.toml` and `RECEIVER_*` variables (variables win), decoded with msgspec."""
+"""Settings from `receiver.toml` and `RECEIVER_*` variables (variables win), via msgspec."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def _setting_name(path: str) -> str:
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
 ) -> Settings:
-    """Read `receiver.toml` (or RECEIVER_CONFIG) then `RECEIVER_*`; ConfigError names a bad setting."""
+    """Read `receiver.toml` (or RECEIVER_CONFIG), then `RECEIVER_*`; ConfigError names a bad one."""
     environ = os.environ if environ is None else environ
     path = Path(config_file or environ.get("RECEIVER_CONFIG") or "receiver.toml")
     from_file: dict[str, Any] = {}
@@ -132,6 +132,8 @@ def load_settings(
         detail = message.split(" - at ")[0]
         if detail.startswith("Object contains unknown field"):
             field = re.search(r"`([^`]+)`", detail)
-            where = _setting_name(f"{match.group(1) if match else '$'}.{field.group(1) if field else ''}")
+            where = _setting_name(
+                f"{match.group(1) if match else '$'}.{field.group(1) if field else ''}"
+            )
             detail = "unknown setting"
         raise ConfigError(f"{where}: {detail}") from None

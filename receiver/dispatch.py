@@ -123,7 +123,7 @@ on = registry.on
 
 
 def load_handlers(module: str, target: Registry | None = None) -> Registry:
-    """Import the user's handler module (registering its `@on` functions) and return the registry."""
+    """Import the user's handler module, registering its `@on` functions; return the registry."""
     if module:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")  # `receiver serve` finds ./handlers like `python -m` would
@@ -138,7 +138,7 @@ def load_handlers(module: str, target: Registry | None = None) -> Registry:
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
     """Seconds before attempt `attempt + 1`: exponential, capped, with jitter in [50%, 100%]."""
-    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    delay: float = min(cap, base * 2.0 ** max(0, attempt - 1))
     return delay * (0.5 + random.random() / 2)
 
 
@@ -207,9 +207,7 @@ class Dispatcher:
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
-        claimed = await self.store.claim_deliveries(
-            limit=free, lease=self.timeout + 30.0, at=now()
-        )
+        claimed = await self.store.claim_deliveries(limit=free, lease=self.timeout + 30.0, at=now())
         for item in claimed:
             task = asyncio.create_task(self._deliver(item))
             self._running.add(task)
@@ -247,7 +245,9 @@ class Dispatcher:
         try:
             if handler is None:
                 await self.store.kill_delivery(
-                    delivery.id, error=f"no handler named {delivery.handler} is registered", at=now()
+                    delivery.id,
+                    error=f"no handler named {delivery.handler} is registered",
+                    at=now(),
                 )
                 return
             info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
@@ -262,7 +262,10 @@ class Dispatcher:
                 # Cut off at shutdown: pending again, so the next start runs it.
                 await asyncio.shield(
                     self.store.retry_delivery(
-                        delivery.id, error="interrupted by shutdown", next_attempt_at=now(), at=now()
+                        delivery.id,
+                        error="interrupted by shutdown",
+                        next_attempt_at=now(),
+                        at=now(),
                     )
                 )
                 raise

@@ -54,7 +54,9 @@ _MESSAGES = {
 
 
 def _answer(status_code: int, **content: Any) -> Response[dict[str, Any]]:
-    return Response(content or {"error": _MESSAGES.get(status_code, "error")}, status_code=status_code)
+    return Response(
+        content or {"error": _MESSAGES.get(status_code, "error")}, status_code=status_code
+    )
 
 
 def _unavailable(runtime: Runtime) -> Response[dict[str, Any]]:
@@ -81,7 +83,8 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
         raise _Reject(400, "bad_content_length") from None
     if declared is not None and declared > limit:
         return b"", True
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
@@ -150,7 +153,9 @@ async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Jo
     return match.job, match.secret_hash
 
 
-def _check_secret(runtime: Runtime, request: Request[Any, Any, Any], provider: str, secret_hash: str | None) -> None:
+def _check_secret(
+    runtime: Runtime, request: Request[Any, Any, Any], provider: str, secret_hash: str | None
+) -> None:
     """The x-webhook-secret must equal the job's secret or the provider's static one."""
     offered = request.headers.get("x-webhook-secret")
     if offered is None:
@@ -202,7 +207,9 @@ async def job_callback(
         recorded = await runtime.ingest.record(
             job.id, update, source="callback", raw=_raw(request, provider, body)
         )
-        return _answer(200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value)
+        return _answer(
+            200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value
+        )
 
     return await _guarded(request, provider, handle)
 
@@ -265,7 +272,9 @@ async def provider_callback(
         recorded = await runtime.ingest.record(
             None, update, source="callback", raw=_raw(request, provider, body), new_job=new_job
         )
-        return _answer(200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value)
+        return _answer(
+            200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value
+        )
 
     return await _guarded(request, provider, handle)
 

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """The canonical status every provider's own vocabulary is mapped onto."""
 
     QUEUED = "queued"
@@ -33,9 +33,6 @@ class Status(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def terminal(self) -> bool:
@@ -45,7 +42,7 @@ class Status(str, enum.Enum):
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 
 
-class Disposition(str, enum.Enum):
+class Disposition(enum.StrEnum):
     """What the state machine made of an event."""
 
     APPLIED = "applied"  # moved the job forward and fired handlers
@@ -53,7 +50,7 @@ class Disposition(str, enum.Enum):
     LATE = "late"  # arrived after a terminal state or with older progress: stored, fires nothing
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"

@@ -26,7 +26,7 @@ _RANK = {
 
 
 class Transition(NamedTuple):
-    """What one event does to a job: its disposition, the job after it, and whether anything changed."""
+    """What one event does to a job: its disposition, the job after it, whether it changed."""
 
     disposition: Disposition
     job: Job

@@ -66,12 +66,14 @@ class Submitter:
         *,
         metadata: Mapping[str, Any] | None = None,
     ) -> Submitted:
-        """Create a job at `provider` with the user's `fields`; never raises for a provider's refusal."""
+        """Create a job at `provider`; a provider's refusal gives a failed job, not an error."""
         gateway = self._gateway(provider)
         style = gateway.adapter.callback_style
         token = mint_token()
         secret = mint_secret() if style is CallbackStyle.SECRET_POST else None
-        hook_url = f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
+        hook_url = (
+            f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
+        )
         at = now()
         job = Job(
             id=new_id("job"),

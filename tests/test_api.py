@@ -1,4 +1,4 @@
-"""The admin API over real HTTP: the token guard, listing and paging, and what answers never show."""
+"""The admin API over real HTTP: the token guard, listing, paging, and what it never shows."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ class TestAdminGuard:
     ) -> None:
         """A missing, wrong or wrongly framed token is refused on every admin route."""
         for method, path in (("GET", "/jobs"), ("GET", "/jobs/x"), ("POST", "/jobs")):
-            answer = await client.request(method, path, headers=headers, json={"provider": "apiframe"})
+            answer = await client.request(
+                method, path, headers=headers, json={"provider": "apiframe"}
+            )
             assert 401 == answer.status_code, (method, path)
 
     async def test_health_is_open(self, client: httpx.AsyncClient) -> None:
@@ -183,7 +185,9 @@ class TestSubmitAnswers:
     ) -> None:
         """Submitting to a provider without a base URL says which variable to set."""
         answer = await client.post(
-            "/jobs", json={"provider": "apiframe", "input": {"prompt": "x"}}, headers=live.admin_headers
+            "/jobs",
+            json={"provider": "apiframe", "input": {"prompt": "x"}},
+            headers=live.admin_headers,
         )
         assert 400 == answer.status_code
         assert "RECEIVER_APIFRAME_BASE_URL" in answer.text
@@ -208,6 +212,10 @@ class TestSubmitAnswers:
         )
         assert 201 == answer.status_code
         body = answer.json()
-        assert ("abc-123", "queued", {"k": "v"}) == (body["task_id"], body["status"], body["metadata"])
+        assert ("abc-123", "queued", {"k": "v"}) == (
+            body["task_id"],
+            body["status"],
+            body["metadata"],
+        )
         for forbidden in ("token", "secret", "hash"):
             assert forbidden not in answer.text

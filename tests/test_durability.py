@@ -75,13 +75,20 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("receiver did not become healthy")
 
 
-async def send_until_refused(url: str, acknowledged: set[str], sent: list[str], worker: int) -> None:
+async def send_until_refused(
+    url: str, acknowledged: set[str], sent: list[str], worker: int
+) -> None:
     """Post unique finished-task callbacks until the receiver stops answering."""
     async with httpx.AsyncClient(timeout=5) as client:
         for n in range(10_000):
             task_id = f"task-{worker}-{n}"
-            body = {"task_id": task_id, "task_type": "runway", "status": "finished",
-                    "percentage": 100, "video_url": f"https://cdn.example/{task_id}.mp4"}
+            body = {
+                "task_id": task_id,
+                "task_type": "runway",
+                "status": "finished",
+                "percentage": 100,
+                "video_url": f"https://cdn.example/{task_id}.mp4",
+            }
             sent.append(task_id)
             try:
                 answer = await client.post(

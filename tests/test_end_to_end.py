@@ -85,7 +85,12 @@ async def submit(live: LiveReceiver, provider: str, **extra: Any) -> dict[str, A
     async with httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as client:
         answer = await client.post(
             "/jobs",
-            json={"provider": provider, "input": INPUTS[provider], "metadata": {"order": 7}, **extra},
+            json={
+                "provider": provider,
+                "input": INPUTS[provider],
+                "metadata": {"order": 7},
+                **extra,
+            },
         )
     assert 201 == answer.status_code, answer.text
     body: dict[str, Any] = answer.json()
@@ -224,7 +229,7 @@ class TestProviderMisbehaviour:
         # as the first one, so it is marked a duplicate rather than late: either way, kept.
         assert {"duplicate"} <= {e["disposition"] for e in events if e["disposition"] != "applied"}
         assert "applied" != events[-1]["disposition"]
-        job = (await wait_until_final(live, created["id"]))
+        job = await wait_until_final(live, created["id"])
         assert "succeeded" == job["status"]
 
     async def test_rixapi_wrapped_callbacks(

@@ -130,8 +130,12 @@ class TestApiframeCallbacks:
         """The documented "40" progress post and 100 result post become running then succeeded."""
         job = await make_job(live)
         headers = {"x-webhook-secret": SECRET}
-        first = await client.post(f"/hooks/apiframe/{TOKEN}", json=APIFRAME_PROGRESS, headers=headers)
-        second = await client.post(f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers=headers)
+        first = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=APIFRAME_PROGRESS, headers=headers
+        )
+        second = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers=headers
+        )
         assert (200, 200) == (first.status_code, second.status_code)
         await settle(live)
         stored = await live.runtime.store.get_job(job.id)
@@ -349,7 +353,9 @@ class TestRixapiCallbacks:
         self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls, wrapped: bool
     ) -> None:
         """Status "1" then "3" move the job to running then succeeded, bare or wrapped."""
-        job = await make_job(live, "rixapi", task_id="0ab3bfe2-be23-4635-8c35-890fb2c1732d", secret=None)
+        job = await make_job(
+            live, "rixapi", task_id="0ab3bfe2-be23-4635-8c35-890fb2c1732d", secret=None
+        )
         running = {"task_id": "0ab3bfe2-be23-4635-8c35-890fb2c1732d", "status": "1"}
         done = {
             "task_id": "0ab3bfe2-be23-4635-8c35-890fb2c1732d",

@@ -1,4 +1,4 @@
-"""Tolerant readers for the loose values providers send (numbers as strings, "40%", 0..1 or 0..100)."""
+"""Tolerant readers for providers' loose values: numbers as strings, "40%", 0..1 or 0..100."""
 
 from __future__ import annotations
 

@@ -613,7 +613,8 @@ class SQLiteStore(Store):
     async def release_running(self) -> int:
         async with self._transaction() as db:
             cursor = await db.execute(
-                "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'running'"
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL"
+                " WHERE state = 'running'"
             )
             return cursor.rowcount
 
@@ -643,15 +644,14 @@ class SQLiteStore(Store):
     # Polls
 
     async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
-        async with self._transaction() as db:
-            async with db.execute(
-                "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
-                "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
-                "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
-                f" RETURNING {_JOB_COLUMNS}",
-                (at + lease, at, limit),
-            ) as cursor:
-                return [_job(row) for row in await cursor.fetchall()]
+        async with self._transaction() as db, db.execute(
+            "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
+            "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
+            "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
+            f" RETURNING {_JOB_COLUMNS}",
+            (at + lease, at, limit),
+        ) as cursor:
+            return [_job(row) for row in await cursor.fetchall()]
 
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
         async with self._transaction() as db:

@@ -1,0 +1,117 @@
+"""The `receiver` command run as a real subprocess, against the provider simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from receiver.simulator import RunningSimulator, SimConfig, run_simulator
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        *args,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RunningSimulator]:
+    async with run_simulator(SimConfig(api_keys={"runway_ai": "k"})) as running:
+        yield running
+
+
+@pytest.fixture
+def env(tmp_path: Path, sim: RunningSimulator) -> dict[str, str]:
+    return {
+        "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "RECEIVER_RUNWAY_AI_BASE_URL": sim.base_url("runway_ai"),
+        "RECEIVER_RUNWAY_AI_API_KEY": "k",
+        "RECEIVER_ADMIN_TOKEN": "admin",
+        "RECEIVER_HANDLERS": "",
+    }
+
+
+class TestSubmitAndInspect:
+    """`submit`, `jobs` and `job` work on the database directly."""
+
+    async def test_submit_then_list_and_show(
+        self, tmp_path: Path, env: dict[str, str], sim: RunningSimulator
+    ) -> None:
+        """A synchronous provider's job is succeeded at once and shows up in `jobs` and `job`."""
+        code, out, err = await run_cli(
+            "submit",
+            "runway_ai",
+            "prompt=a fox",
+            "duration=5",
+            "--metadata",
+            "order=7",
+            "--json",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert 0 == code, err
+        job = json.loads(out)
+        assert ("succeeded", {"order": 7}) == (job["status"], job["metadata"])
+        assert job["result_url"].startswith(sim.url)
+
+        code, out, _ = await run_cli("jobs", "--json", env=env, cwd=tmp_path)
+        assert 0 == code
+        assert [job["id"]] == [item["id"] for item in json.loads(out)["items"]]
+
+        code, out, _ = await run_cli("job", job["id"], env=env, cwd=tmp_path)
+        assert 0 == code
+        assert "succeeded" in out and "submit" in out
+
+    async def test_refused_submit_exits_1_with_the_error(
+        self, tmp_path: Path, env: dict[str, str], sim: RunningSimulator
+    ) -> None:
+        """A provider's refusal is a failed job and exit code 1, not a traceback."""
+        sim.config.create_error = 500
+        code, out, err = await run_cli("submit", "runway_ai", "prompt=x", env=env, cwd=tmp_path)
+        assert 1 == code
+        assert "failed" in out and "error:" in out
+        assert "Traceback" not in err
+
+    async def test_bad_setting_exits_2_naming_it(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """A bad variable stops the command with one line that names it."""
+        code, _, err = await run_cli(
+            "jobs", env={**env, "RECEIVER_HANDLER_MAX_ATTEMPTS": "lots"}, cwd=tmp_path
+        )
+        assert 2 == code
+        assert "RECEIVER_HANDLER_MAX_ATTEMPTS" in err
+        assert 1 == len(err.strip().splitlines())
+
+    async def test_unconfigured_provider_exits_2(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """Submitting without the provider's base URL says which variable is missing."""
+        code, _, err = await run_cli("submit", "apiframe", "prompt=x", env=env, cwd=tmp_path)
+        assert 2 == code
+        assert "RECEIVER_APIFRAME_BASE_URL" in err
+
+    async def test_help_names_the_variables(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """Every option's help says which RECEIVER_* variable sets it too."""
+        code, out, _ = await run_cli("serve", "--help", env=env, cwd=tmp_path)
+        assert 0 == code
+        for variable in (
+            "RECEIVER_DATABASE_URL",
+            "RECEIVER_HOST",
+            "RECEIVER_PORT",
+            "RECEIVER_PUBLIC_URL",
+            "RECEIVER_HANDLERS",
+        ):
+            assert variable in out
