@@ -102,10 +102,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _setting_name(path: str) -> str:
-    """`$.providers.apiframe.timeout` -> RECEIVER_APIFRAME_TIMEOUT, for error messages."""
-    parts = [p for p in path.removeprefix("$").split(".") if p and p != "providers"]
-    return ENV_PREFIX + "_".join(parts).upper() if parts else "settings"
+def _convert(raw: Any, kind: type[Any], prefix: str) -> Any:
+    """msgspec.convert, with a failure turned into one line naming the variable at fault."""
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        detail, _, where = str(exc).partition(" - at ")
+        path = where.strip("`").removeprefix("$").strip(".")
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", detail)
+        if unknown:
+            path, detail = f"{path}.{unknown.group(1)}".strip("."), "unknown setting"
+        name = prefix + path.replace(".", "_").upper() if path else prefix.rstrip("_")
+        raise ConfigError(f"{name}: {detail}") from None
 
 
 def load_settings(
@@ -123,17 +131,15 @@ def load_settings(
     elif config_file or environ.get("RECEIVER_CONFIG"):
         raise ConfigError(f"configuration file {path} does not exist")
     raw = _merge(from_file, _from_env(environ))
-    try:
-        return msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = re.search(r" - at `([^`]+)`", message)
-        where = _setting_name(match.group(1)) if match else "settings"
-        detail = message.split(" - at ")[0]
-        if detail.startswith("Object contains unknown field"):
-            field = re.search(r"`([^`]+)`", detail)
-            where = _setting_name(
-                f"{match.group(1) if match else '$'}.{field.group(1) if field else ''}"
-            )
-            detail = "unknown setting"
-        raise ConfigError(f"{where}: {detail}") from None
+    providers = raw.pop("providers", None) or {}
+    if not isinstance(providers, dict):
+        raise ConfigError("providers: expected a table of provider settings")
+    for name in providers:
+        if name not in PROVIDERS:
+            raise ConfigError(f"unknown provider {name!r} in settings")
+    raw["providers"] = {
+        name: _convert(values, ProviderSettings, f"{ENV_PREFIX}{name.upper()}_")
+        for name, values in providers.items()
+    }
+    settings: Settings = _convert(raw, Settings, ENV_PREFIX)
+    return settings
