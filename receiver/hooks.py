@@ -20,7 +20,7 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
 from receiver.errors import StoreUnavailable, UnknownProvider, UnparseablePayload
-from receiver.models import Job, Quarantined, RawRequest, Status, new_id, now
+from receiver.models import Job, Quarantined, RawRequest, Status, Update, new_id, now
 from receiver.providers import CallbackStyle, Provider, get_provider, valid_task_id
 from receiver.runtime import Runtime
 from receiver.store.base import NewJob
@@ -136,14 +136,22 @@ def _adapter(provider: str) -> Provider:
         raise _Reject(404, "unknown_provider") from None
 
 
-def _parse(adapter: Provider, body: bytes) -> dict[str, Any]:
+def _parse(adapter: Provider, body: bytes) -> Update:
+    """The body as the adapter reads it; any failure to read it is a 400, never a 500."""
     try:
         decoded = _decode_json(body)
     except msgspec.DecodeError:
         raise _Reject(400, "bad_json") from None
     if not isinstance(decoded, dict):
         raise _Reject(400, "not_an_object")
-    return decoded
+    try:
+        return adapter.parse_callback(decoded)
+    except UnparseablePayload:
+        raise _Reject(400, "bad_payload") from None
+    except Exception:
+        # An adapter that trips over a body is our bug; the body is still only a bad request.
+        log.exception("%s adapter failed to read a callback body", adapter.name)
+        raise _Reject(400, "bad_payload") from None
 
 
 async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Job, str | None]:
@@ -197,11 +205,7 @@ async def job_callback(
         job, secret_hash = await _job_by_token(runtime, provider, token)
         if adapter.callback_style is CallbackStyle.SECRET_POST:
             _check_secret(runtime, request, provider, secret_hash)
-        payload = _parse(adapter, body)
-        try:
-            update = adapter.parse_callback(payload)
-        except UnparseablePayload:
-            raise _Reject(400, "bad_payload") from None
+        update = _parse(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise _Reject(400, "task_mismatch")
         recorded = await runtime.ingest.record(
@@ -251,11 +255,7 @@ async def provider_callback(
             raise _Reject(401, "missing_secret")
         if not matches_any(offered, [static]):
             raise _Reject(401, "wrong_secret")
-        payload = _parse(adapter, body)
-        try:
-            update = adapter.parse_callback(payload)
-        except UnparseablePayload:
-            raise _Reject(400, "bad_payload") from None
+        update = _parse(adapter, body)
         if not valid_task_id(update.task_id):
             raise _Reject(400, "no_task_id")
         at = now()

@@ -18,7 +18,7 @@ from receiver.ingest import Ingest
 from receiver.models import Job, Status, Update, new_id, now
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
 from receiver.store.base import NewJob, Store
-from receiver.verify import digest, mint_secret, mint_token
+from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
 __all__ = ["Submitted", "Submitter"]
 
@@ -89,7 +89,7 @@ class Submitter:
                 job=job,
                 token_hash=digest(token),
                 secret_hash=digest(secret) if secret else None,
-                input=dict(fields),
+                input=redact_fields(fields),
             )
         )
         try:

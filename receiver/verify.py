@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "REDACTED",
@@ -21,6 +22,7 @@ __all__ = [
     "matches_any",
     "mint_secret",
     "mint_token",
+    "redact_fields",
     "redact_headers",
     "redact_path",
     "redact_query",
@@ -71,6 +73,22 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
         name: (REDACTED if name.lower() in SECRET_HEADERS else value)
         for name, value in headers.items()
     }
+
+
+_SECRET_FIELD = re.compile(r"(token|secret|password|api_?key|authorization)", re.I)
+
+
+def redact_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of user-supplied fields with anything named like a credential replaced."""
+    redacted: dict[str, Any] = {}
+    for key, value in fields.items():
+        if _SECRET_FIELD.search(key):
+            redacted[key] = REDACTED
+        elif isinstance(value, Mapping):
+            redacted[key] = redact_fields(value)
+        else:
+            redacted[key] = value
+    return redacted
 
 
 _HOOK_PATH = re.compile(r"^(/hooks/[^/]+/)([^/?]+)")

@@ -559,13 +559,17 @@ class SQLiteStore(Store):
             async with db.execute(
                 "UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
                 " lease_until = ?, updated_at = ? WHERE seq IN ("
-                "  SELECT d.seq FROM deliveries d"
-                "  WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?)"
-                "         OR (d.state = 'running' AND d.lease_until < ?))"
+                "  SELECT seq FROM ("
+                "   SELECT d.seq, d.next_attempt_at AS due FROM deliveries d"
+                "    WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
                 "    AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
-                "         AND e.handler = d.handler AND e.seq < d.seq"
-                "         AND e.state IN ('pending', 'running'))"
-                "  ORDER BY d.next_attempt_at, d.seq LIMIT ?)"
+                "     AND e.handler = d.handler AND e.seq < d.seq"
+                "     AND e.state IN ('pending', 'running'))"
+                "   UNION ALL"
+                # A lease that ran out belongs to a runner that died: take it over.
+                "   SELECT d.seq, d.lease_until AS due FROM deliveries d"
+                "    WHERE d.state = 'running' AND d.lease_until < ?"
+                "  ) ORDER BY due, seq LIMIT ?)"
                 f" RETURNING {_DELIVERY_COLUMNS}",
                 (at + lease, at, at, at, limit),
             ) as cursor:
@@ -664,6 +668,6 @@ class SQLiteStore(Store):
     async def next_poll_at(self) -> float | None:
         row = await self._fetchone(
             "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-            " AND status IN ('queued', 'running')"
+            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
         )
         return row[0] if row else None

@@ -23,6 +23,8 @@ CREATE TABLE jobs (
 );
 CREATE UNIQUE INDEX jobs_provider_task ON jobs (provider, task_id) WHERE task_id IS NOT NULL;
 CREATE INDEX jobs_status ON jobs (status, id);
+CREATE INDEX jobs_provider ON jobs (provider, id);
+CREATE INDEX jobs_task ON jobs (task_id);
 CREATE INDEX jobs_next_poll ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
 
 CREATE TABLE requests (

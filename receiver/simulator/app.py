@@ -1,0 +1,41 @@
+"""The simulator's ASGI app: every provider under its own prefix, plus the /_sim controls."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from receiver.simulator import aivideoapi, apiframe, artvisum, control, rixapi, runway_ai
+from receiver.simulator.config import SimConfig
+from receiver.simulator.core import Simulator
+
+__all__ = ["PROVIDERS", "create_simulator"]
+
+PROVIDERS = ("apiframe", "rixapi", "aivideoapi", "artvisum", "runway_ai")
+
+# Room for artvisum's largest documented upload, so its own limit answers, not Litestar's.
+_MAX_BODY = 128 * 1024 * 1024
+
+
+def create_simulator(config: SimConfig | None = None) -> Litestar:
+    """An ASGI app that serves each provider's API at `/<provider>`, as its document describes.
+
+    `app.state.sim` is the live `SimConfig` (changed in place by `POST /_sim/config`) and
+    `app.state.simulator` the `Simulator` that holds the tasks.
+    """
+    simulator = Simulator(config)
+    return Litestar(
+        route_handlers=[
+            control.router,
+            apiframe.router,
+            rixapi.router,
+            aivideoapi.router,
+            artvisum.router,
+            runway_ai.router,
+        ],
+        state=State({"simulator": simulator, "sim": simulator.config}),
+        lifespan=[simulator.lifespan],
+        openapi_config=None,
+        logging_config=None,
+        request_max_body_size=_MAX_BODY,
+    )
