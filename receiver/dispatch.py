@@ -138,7 +138,8 @@ def load_handlers(module: str, target: Registry | None = None) -> Registry:
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
     """Seconds before attempt `attempt + 1`: exponential, capped, with jitter in [50%, 100%]."""
-    delay: float = min(cap, base * 2.0 ** max(0, attempt - 1))
+    # The exponent is capped too, so a huge attempt count cannot overflow a float.
+    delay: float = min(cap, base * 2.0 ** min(max(0, attempt - 1), 64))
     return delay * (0.5 + random.random() / 2)
 
 
@@ -194,11 +195,13 @@ class Dispatcher:
             await self._sleep()
 
     async def _sleep(self) -> None:
+        """Until a wake-up, `idle_wait`, or the next claimable delivery falls due."""
         wait = self.idle_wait
-        with contextlib.suppress(StoreUnavailable):
-            due = await self.store.next_delivery_at()
-            if due is not None:
-                wait = max(0.0, min(wait, due - now()))
+        if len(self._running) < self.concurrency:  # when full, a finishing task wakes us
+            with contextlib.suppress(StoreUnavailable):
+                due = await self.store.next_delivery_at()
+                if due is not None:
+                    wait = max(0.0, min(wait, due - now()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
 

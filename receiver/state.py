@@ -14,7 +14,7 @@ import msgspec
 
 from receiver.models import Disposition, Job, Status, Update
 
-__all__ = ["Transition", "advance", "dedupe_key"]
+__all__ = ["Transition", "advance", "dedupe_key", "preview_rank"]
 
 _RANK = {
     Status.QUEUED: 0,
@@ -31,6 +31,8 @@ class Transition(NamedTuple):
     disposition: Disposition
     job: Job
     changed: bool
+    # The rank of the event the job's preview came from (see `preview_rank`).
+    preview_rank: float = -1.0
 
 
 def dedupe_key(provider: str, task_id: str | None, update: Update) -> str:
@@ -61,21 +63,45 @@ def _is_forward(job: Job, update: Update) -> bool:
     return job.progress is None or update.progress > job.progress
 
 
-def advance(job: Job, update: Update, *, duplicate: bool, at: float) -> Transition:
-    """Apply `update` to `job` (which it does not modify) and say what became of it."""
+def preview_rank(update: Update) -> float:
+    """How far along the event that carries a preview is: the furthest one's preview wins.
+
+    Queued events rank 0..1, running 2..3 and terminal 4..5 (plus their progress), so
+    the job's preview is the same whatever order its events arrived in.
+    """
+    return _RANK[update.status] * 2 + (update.progress or 0.0)
+
+
+def advance(
+    job: Job, update: Update, *, duplicate: bool, at: float, preview_from: float = -1.0
+) -> Transition:
+    """Apply `update` to `job` (which it does not modify) and say what became of it.
+
+    `preview_from` is the rank of the event the job's current preview came from, as
+    returned in the previous Transition; -1 when unknown or there is none.
+    """
     if duplicate:
-        return Transition(Disposition.DUPLICATE, job, False)
+        return Transition(Disposition.DUPLICATE, job, False, preview_from)
     task_id = job.task_id or update.task_id
+    preview_url, rank = job.preview_url, preview_from
+    if update.preview_url and preview_rank(update) > preview_from:
+        preview_url, rank = update.preview_url, preview_rank(update)
+
     if not _is_forward(job, update):
         late_progress = job.progress
         if job.status is not Status.SUCCEEDED:
             late_progress = _max_progress(job.progress, update.progress)
-        if late_progress == job.progress and task_id == job.task_id:
-            return Transition(Disposition.LATE, job, False)
-        changed = msgspec.structs.replace(
-            job, progress=late_progress, task_id=task_id, updated_at=at
+        unchanged = (late_progress, task_id, preview_url) == (
+            job.progress,
+            job.task_id,
+            job.preview_url,
         )
-        return Transition(Disposition.LATE, changed, True)
+        if unchanged:
+            return Transition(Disposition.LATE, job, False, rank)
+        changed = msgspec.structs.replace(
+            job, progress=late_progress, task_id=task_id, preview_url=preview_url, updated_at=at
+        )
+        return Transition(Disposition.LATE, changed, True, rank)
 
     status = update.status
     if status is Status.SUCCEEDED:
@@ -90,11 +116,11 @@ def advance(job: Job, update: Update, *, duplicate: bool, at: float) -> Transiti
         raw_status=update.raw_status,
         progress=progress,
         result_url=update.result_url or job.result_url,
-        preview_url=update.preview_url or job.preview_url,
+        preview_url=preview_url,
         error=(update.error or job.error or f"provider reported {update.raw_status}")
         if failed
         else job.error,
         error_code=update.error_code or job.error_code if failed else job.error_code,
         updated_at=at,
     )
-    return Transition(Disposition.APPLIED, moved, True)
+    return Transition(Disposition.APPLIED, moved, True, rank)

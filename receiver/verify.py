@@ -99,7 +99,9 @@ def redact_path(path: str) -> str:
     return _HOOK_PATH.sub(lambda m: f"{m.group(1)}[token:{digest(m.group(2))[:12]}]", path)
 
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|secret|key|api_key|signature)=)[^&?]*", re.I)
+_SECRET_QUERY = re.compile(
+    r"((?:^|[?&;])[^=&?;]*(?:token|secret|key|signature|password|auth)[^=&?;]*=)[^&?;]*", re.I
+)
 
 
 def redact_query(query: str) -> str:

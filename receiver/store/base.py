@@ -173,7 +173,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_delivery_at(self) -> float | None:
-        """When the earliest pending delivery falls due, or None."""
+        """When the next delivery can be claimed (a due sibling-free one, or a lapsed lease)."""
 
     @abc.abstractmethod
     async def list_deliveries(

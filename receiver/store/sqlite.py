@@ -45,6 +45,10 @@ from receiver.store.migrations import migrations
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
+# What a failing or closed database raises; each becomes StoreUnavailable. aiosqlite
+# raises ValueError("no active connection") when the store was closed under a caller.
+_FAULTS = (sqlite3.Error, ValueError)
+
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
@@ -159,9 +163,9 @@ class SQLiteStore(Store):
     # Connection and transactions
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
@@ -169,7 +173,7 @@ class SQLiteStore(Store):
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
 
@@ -216,15 +220,15 @@ class SQLiteStore(Store):
             db = self.db
             try:
                 await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+            except _FAULTS as exc:
                 raise StoreUnavailable(str(exc)) from None
             try:
                 yield db
                 await db.execute("COMMIT")
             except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*_FAULTS):
                     await db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
+                if isinstance(exc, _FAULTS):
                     raise StoreUnavailable(str(exc)) from None
                 raise
 
@@ -232,7 +236,7 @@ class SQLiteStore(Store):
         try:
             async with self.db.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
+        except _FAULTS as exc:
             raise StoreUnavailable(str(exc)) from None
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -344,7 +348,7 @@ class SQLiteStore(Store):
     ) -> Recorded:
         at = now() if at is None else at
         async with self._transaction() as db:
-            job = await self._job_for_update(db, job_id, new_job)
+            job, rank = await self._job_for_update(db, job_id, new_job)
             if raw is not None:
                 await db.execute(
                     "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)", _raw_values(raw, job.id)
@@ -354,7 +358,7 @@ class SQLiteStore(Store):
                 "SELECT 1 FROM events WHERE job_id = ? AND dedupe_key = ? LIMIT 1", (job.id, key)
             ) as cursor:
                 duplicate = await cursor.fetchone() is not None
-            transition = advance(job, update, duplicate=duplicate, at=at)
+            transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
             event = Event(
                 id=new_id("evt"),
                 job_id=job.id,
@@ -399,7 +403,7 @@ class SQLiteStore(Store):
             )
             after = transition.job
             if transition.changed:
-                await self._save_job_state(db, after)
+                await self._save_job_state(db, after, transition.preview_rank)
             if after.status.terminal:
                 await db.execute("UPDATE jobs SET next_poll_at = NULL WHERE id = ?", (job.id,))
             elif next_poll_at is not None:
@@ -438,31 +442,35 @@ class SQLiteStore(Store):
 
     async def _job_for_update(
         self, db: aiosqlite.Connection, job_id: str | None, new_job: NewJob | None
-    ) -> Job:
+    ) -> tuple[Job, float]:
+        """The job an update is about (inserted if new), with its preview's rank."""
         if job_id is not None:
             async with db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+                f"SELECT {_JOB_COLUMNS}, preview_rank FROM jobs WHERE id = ?", (job_id,)
             ) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 raise LookupError(f"no job {job_id}")
-            return _job(row)
+            return _job(row), row[13]
         if new_job is None or new_job.job.task_id is None:
             raise ValueError("record() needs a job id or a new job with a task id")
         async with db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND task_id = ?",
+            f"SELECT {_JOB_COLUMNS}, preview_rank FROM jobs WHERE provider = ? AND task_id = ?",
             (new_job.job.provider, new_job.job.task_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
-            return _job(row)
+            return _job(row), row[13]
         await self._insert_job(db, new_job)
-        return new_job.job
+        return new_job.job, -1.0
 
-    async def _save_job_state(self, db: aiosqlite.Connection, job: Job) -> None:
+    async def _save_job_state(
+        self, db: aiosqlite.Connection, job: Job, preview_rank: float
+    ) -> None:
         await db.execute(
             "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
-            " preview_url = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ?",
+            " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?"
+            " WHERE id = ?",
             (
                 job.task_id,
                 job.status.value,
@@ -470,6 +478,7 @@ class SQLiteStore(Store):
                 job.progress,
                 job.result_url,
                 job.preview_url,
+                preview_rank,
                 job.error,
                 job.error_code,
                 job.updated_at,
@@ -623,8 +632,15 @@ class SQLiteStore(Store):
             return cursor.rowcount
 
     async def next_delivery_at(self) -> float | None:
+        # Only deliveries that claim_deliveries would take: one waiting behind an unfinished
+        # sibling is not due, or the runner would spin until the sibling's retry.
         row = await self._fetchone(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+            "SELECT MIN(due) FROM ("
+            " SELECT MIN(d.next_attempt_at) AS due FROM deliveries d WHERE d.state = 'pending'"
+            "  AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
+            "   AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running'))"
+            " UNION ALL"
+            " SELECT MIN(lease_until) FROM deliveries WHERE state = 'running')"
         )
         return row[0] if row else None
 
@@ -648,13 +664,16 @@ class SQLiteStore(Store):
     # Polls
 
     async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
-        async with self._transaction() as db, db.execute(
-            "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
-            "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
-            "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
-            f" RETURNING {_JOB_COLUMNS}",
-            (at + lease, at, limit),
-        ) as cursor:
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
+                "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
+                "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
+                f" RETURNING {_JOB_COLUMNS}",
+                (at + lease, at, limit),
+            ) as cursor,
+        ):
             return [_job(row) for row in await cursor.fetchall()]
 
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:

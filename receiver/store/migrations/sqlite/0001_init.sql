@@ -12,6 +12,7 @@ CREATE TABLE jobs (
     progress      REAL,
     result_url    TEXT,
     preview_url   TEXT,
+    preview_rank  REAL NOT NULL DEFAULT -1,  -- see receiver.state.preview_rank
     error         TEXT,
     error_code    TEXT,
     metadata      TEXT NOT NULL DEFAULT '{}',

@@ -1,0 +1,543 @@
+"""Handler registration (`on`), routing, backoff, and the delivery runner on a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receiver.dispatch import DeliveryInfo, Dispatcher, Registry, backoff
+from receiver.errors import Retry
+from receiver.ingest import Ingest
+from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update
+from receiver.store import NewJob, Store
+
+T0 = 1_000.0
+
+
+def make_job(job_id: str = "job_1", *, provider: str = "apiframe", task_id: str = "t-1") -> Job:
+    at = time.time()
+    return Job(
+        id=job_id,
+        provider=provider,
+        task_id=task_id,
+        status=Status.QUEUED,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def make_event(status: Status = Status.RUNNING, *, provider: str = "apiframe") -> Event:
+    return Event(
+        id="evt_1",
+        job_id="job_1",
+        provider=provider,
+        task_id="t-1",
+        status=status,
+        raw_status=status.value,
+        source="callback",
+        received_at=T0,
+    )
+
+
+def running(progress: float) -> Update:
+    return Update(status=Status.RUNNING, raw_status="processing", progress=progress)
+
+
+SUCCEEDED = Update(status=Status.SUCCEEDED, raw_status="done", result_url="https://cdn.example/v")
+
+
+async def add_job(store: Store, job_id: str = "job_1", **kwargs: Any) -> Job:
+    job = make_job(job_id, task_id=f"t-{job_id}", **kwargs)
+    await store.create_job(NewJob(job=job))
+    return job
+
+
+async def deliveries(store: Store, **kwargs: Any) -> list[Delivery]:
+    return await store.list_deliveries(**kwargs)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll `condition` until true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running_dispatcher(dispatcher: Dispatcher) -> Any:
+    """Run `dispatcher.run()` as a task for the body of the block, then stop it."""
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        yield task
+    finally:
+        await dispatcher.stop(grace=1.0)
+        try:
+            await asyncio.wait_for(task, 2.0)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def all_finished(store: Store, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        found = await deliveries(store)
+        return len(found) == count and all(
+            d.state in (DeliveryState.DONE, DeliveryState.DEAD) for d in found
+        )
+
+    return check
+
+
+def first_attempt_made(store: Store) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        found = await deliveries(store)
+        return any(d.attempts == 1 and d.state is DeliveryState.PENDING for d in found)
+
+    return check
+
+
+def fast_dispatcher(store: Store, registry: Registry, **kwargs: Any) -> Dispatcher:
+    options: dict[str, Any] = {"retry_base": 0.01, "retry_cap": 0.05, "idle_wait": 0.2}
+    return Dispatcher(store, registry, **(options | kwargs))
+
+
+class TestOn:
+    """`on` registers a handler for the statuses and provider it names."""
+
+    def test_unknown_status_is_refused(self, registry: Registry) -> None:
+        """A misspelt status fails at import time, naming it."""
+        with pytest.raises(ValueError, match="finished"):
+            registry.on("finished")
+
+    def test_returns_the_function_and_names_it(self, registry: Registry) -> None:
+        """The decorated function is unchanged and registered under module.qualname."""
+
+        async def handle(event: Event, job: Job) -> None: ...
+
+        assert handle is registry.on("succeeded")(handle)
+        assert [f"{__name__}.{handle.__qualname__}"] == list(registry.handlers)
+
+    def test_statuses_by_name_enum_or_list(self, registry: Registry) -> None:
+        """A status is given as a string, a Status, or several of them."""
+
+        @registry.on(Status.FAILED)
+        async def one(event: Event, job: Job) -> None: ...
+
+        @registry.on(["failed", Status.CANCELLED])
+        async def two(event: Event, job: Job) -> None: ...
+
+        names = {h.name.rsplit(".", 1)[1]: h.statuses for h in registry.handlers.values()}
+        assert {"one": frozenset({"failed"}), "two": frozenset({"failed", "cancelled"})} == names
+
+    def test_star_matches_every_status(self, registry: Registry) -> None:
+        """`*` wants every event."""
+
+        @registry.on("*")
+        async def everything(event: Event, job: Job) -> None: ...
+
+        for status in Status:
+            assert [f"{__name__}.{everything.__qualname__}"] == registry.route(
+                make_event(status), make_job()
+            )
+
+    def test_status_and_provider_filters(self, registry: Registry) -> None:
+        """Routing picks the handlers whose status and provider match, in registration order."""
+
+        @registry.on("succeeded")
+        async def any_success(event: Event, job: Job) -> None: ...
+
+        @registry.on("succeeded", provider="rixapi")
+        async def rix_success(event: Event, job: Job) -> None: ...
+
+        @registry.on("*", provider="apiframe")
+        async def apiframe_all(event: Event, job: Job) -> None: ...
+
+        def short(names: list[str]) -> list[str]:
+            return [n.rsplit(".", 1)[1] for n in names]
+
+        job = make_job()
+        succeeded_apiframe = make_event(Status.SUCCEEDED, provider="apiframe")
+        succeeded_rixapi = make_event(Status.SUCCEEDED, provider="rixapi")
+        running_rixapi = make_event(Status.RUNNING, provider="rixapi")
+        assert ["any_success", "apiframe_all"] == short(registry.route(succeeded_apiframe, job))
+        assert ["any_success", "rix_success"] == short(registry.route(succeeded_rixapi, job))
+        assert [] == registry.route(running_rixapi, job)
+
+    async def test_sync_handler_runs_in_a_thread(self, registry: Registry) -> None:
+        """A plain function is called off the event loop's thread."""
+        seen: list[int] = []
+
+        @registry.on("*")
+        def handle(event: Event, job: Job) -> None:
+            seen.append(threading.get_ident())
+
+        [handler] = registry.handlers.values()
+        assert not handler.is_async
+        await handler.call(
+            make_event(), make_job(), DeliveryInfo(id="dlv_1", handler="h", attempt=1)
+        )
+        assert 1 == len(seen)
+        assert threading.get_ident() != seen[0]
+
+    async def test_delivery_argument_is_passed_only_when_asked(self, registry: Registry) -> None:
+        """A handler with a `delivery` parameter gets the DeliveryInfo; others get two arguments."""
+        got: list[Any] = []
+
+        @registry.on("*")
+        async def wants(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            got.append(delivery)
+
+        @registry.on("*")
+        async def plain(event: Event, job: Job) -> None:
+            got.append("plain")
+
+        info = DeliveryInfo(id="dlv_1", handler="h", attempt=2)
+        for handler in registry.handlers.values():
+            await handler.call(make_event(), make_job(), info)
+        assert [info, "plain"] == got
+
+
+class TestBackoff:
+    """Retry delays grow exponentially up to a cap, with jitter between 50% and 100%."""
+
+    @given(st.integers(1, 60), st.floats(0.01, 10.0), st.floats(1.0, 7200.0))
+    def test_within_jittered_bounds(self, attempt: int, base: float, cap: float) -> None:
+        """Each delay lies in [50%, 100%] of min(cap, base * 2**(attempt-1))."""
+        full = min(cap, base * 2 ** (attempt - 1))
+        delay = backoff(attempt, base=base, cap=cap)
+        assert full * 0.5 <= delay <= full
+
+    def test_doubles_per_attempt(self) -> None:
+        """The upper bound doubles each attempt: attempt 4 waits 4-8 times base."""
+        delays = [backoff(4, base=1.0, cap=1_000.0) for _ in range(200)]
+        assert 4.0 <= min(delays)
+        assert max(delays) <= 8.0
+
+    def test_jitter_spreads_delays(self) -> None:
+        """Retries of many deliveries do not all fall due at the same instant."""
+        delays = {backoff(3, base=1.0, cap=100.0) for _ in range(50)}
+        assert 40 < len(delays)
+
+    def test_capped(self) -> None:
+        """A late attempt waits at most the cap."""
+        delays = [backoff(40, base=1.0, cap=60.0) for _ in range(100)]
+        assert 30.0 <= min(delays)
+        assert max(delays) <= 60.0
+
+    def test_capped_for_very_many_attempts(self) -> None:
+        """Even a huge attempt number gives a capped delay rather than an overflow."""
+        assert backoff(2_000, base=1.0, cap=60.0) <= 60.0
+
+
+class TestRetries:
+    """A failing handler is retried with backoff until it succeeds or runs out of attempts."""
+
+    async def test_fails_twice_then_succeeds(self, store: Store, registry: Registry) -> None:
+        """Three attempts, one delivery id throughout, and the delivery ends done."""
+        infos: list[DeliveryInfo] = []
+
+        @registry.on("running")
+        async def flaky(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            infos.append(delivery)
+            if len(infos) < 3:
+                raise RuntimeError(f"boom {len(infos)}")
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry)
+        await Ingest(store, registry, dispatcher.wake).record(
+            "job_1", running(0.5), source="callback"
+        )
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 1))
+        [delivery] = await deliveries(store)
+        assert (DeliveryState.DONE, 3) == (delivery.state, delivery.attempts)
+        assert [delivery.id] * 3 == [i.id for i in infos]
+        assert [1, 2, 3] == [i.attempt for i in infos]
+
+    async def test_always_failing_goes_dead(self, store: Store, registry: Registry) -> None:
+        """After max_attempts the delivery is dead and keeps the last error."""
+        calls: list[int] = []
+
+        @registry.on("running")
+        async def broken(event: Event, job: Job) -> None:
+            calls.append(1)
+            raise RuntimeError(f"boom {len(calls)}")
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry, max_attempts=3)
+        await Ingest(store, registry, dispatcher.wake).record(
+            "job_1", running(0.5), source="callback"
+        )
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 1))
+        [delivery] = await deliveries(store)
+        assert (DeliveryState.DEAD, 3, 3) == (delivery.state, delivery.attempts, len(calls))
+        assert delivery.last_error is not None
+        assert "RuntimeError: boom 3" in delivery.last_error
+
+    async def test_retry_defer_is_honoured(self, store: Store, registry: Registry) -> None:
+        """`Retry(defer=...)` sets the wait before the next attempt, instead of the backoff."""
+        times: list[float] = []
+
+        @registry.on("running")
+        async def later(event: Event, job: Job) -> None:
+            times.append(time.monotonic())
+            if len(times) == 1:
+                raise Retry(defer=0.3)
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry)
+        await Ingest(store, registry, dispatcher.wake).record(
+            "job_1", running(0.5), source="callback"
+        )
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 1))
+        [delivery] = await deliveries(store)
+        assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
+        assert 0.3 <= times[1] - times[0] < 1.5
+        assert "handler asked to retry" == delivery.last_error
+
+    async def test_timeout_is_retried(self, store: Store, registry: Registry) -> None:
+        """A handler that overruns its timeout is cut off and tried again."""
+        calls: list[int] = []
+
+        @registry.on("running")
+        async def slow_once(event: Event, job: Job) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                await asyncio.sleep(5)
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry, timeout=0.1)
+        await Ingest(store, registry, dispatcher.wake).record(
+            "job_1", running(0.5), source="callback"
+        )
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 1))
+        [delivery] = await deliveries(store)
+        assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
+        assert "timed out after 0.1s" == delivery.last_error
+
+    async def test_unregistered_handler_goes_dead(self, store: Store, registry: Registry) -> None:
+        """A delivery for a handler that no longer exists is dead with an error naming it."""
+        await add_job(store)
+        await store.record(
+            "job_1", running(0.5), source="callback", route=lambda event, job: ["gone.handler"]
+        )
+        await fast_dispatcher(store, registry).drain(timeout=5)
+        [delivery] = await deliveries(store)
+        assert DeliveryState.DEAD == delivery.state
+        assert delivery.last_error is not None
+        assert "gone.handler" in delivery.last_error
+        assert "no handler" in delivery.last_error
+
+
+class TestOrderAndIsolation:
+    """A job's events reach each handler in order; failures hold up nothing else."""
+
+    async def test_events_arrive_in_order_despite_a_retry(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """The second event waits while the first is retried, then all arrive in order."""
+        seen: list[tuple[str, float | None]] = []
+
+        @registry.on("*")
+        async def ordered(event: Event, job: Job) -> None:
+            seen.append((event.status.value, event.progress))
+            if len(seen) == 1:
+                raise RuntimeError("first attempt fails")
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry)
+        ingest = Ingest(store, registry, dispatcher.wake)
+        for update in (running(0.1), running(0.2), SUCCEEDED):
+            await ingest.record("job_1", update, source="callback")
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 3))
+        assert [
+            ("running", 0.1),
+            ("running", 0.1),
+            ("running", 0.2),
+            ("succeeded", None),
+        ] == seen
+
+    async def test_failing_handler_blocks_neither_other_handlers_nor_other_jobs(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """While one handler's delivery for job A waits to retry, everything else runs."""
+        good: list[tuple[str, float | None]] = []
+        bad: list[str] = []
+
+        @registry.on("running")
+        async def healthy(event: Event, job: Job) -> None:
+            good.append((job.id, event.progress))
+
+        @registry.on("running")
+        async def picky(event: Event, job: Job) -> None:
+            bad.append(job.id)
+            if job.id == "job_a":
+                raise Retry(defer=60)
+
+        await add_job(store, "job_a")
+        await add_job(store, "job_b")
+        dispatcher = fast_dispatcher(store, registry)
+        ingest = Ingest(store, registry, dispatcher.wake)
+        await ingest.record("job_a", running(0.1), source="callback")
+        await ingest.record("job_a", running(0.2), source="callback")
+        await ingest.record("job_b", running(0.1), source="callback")
+
+        async def others_done() -> bool:
+            return 4 == len(await deliveries(store, state=DeliveryState.DONE))
+
+        async with running_dispatcher(dispatcher):
+            await wait_for(others_done)
+        assert [("job_a", 0.1), ("job_a", 0.2), ("job_b", 0.1)] == sorted(good)
+        assert ["job_a", "job_b"] == sorted(bad)
+        picky_a = [
+            (d.state, d.attempts)
+            for d in await deliveries(store, job_id="job_a")
+            if d.handler.endswith("picky")
+        ]
+        assert [(DeliveryState.PENDING, 1), (DeliveryState.PENDING, 0)] == picky_a
+
+    async def test_waiting_delivery_does_not_make_the_runner_spin(
+        self, store: Store, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While a job's later delivery waits behind a deferred one, the runner sleeps."""
+        claims: list[float] = []
+        claim = store.claim_deliveries
+
+        async def counted(**kwargs: Any) -> Any:
+            claims.append(time.monotonic())
+            return await claim(**kwargs)
+
+        monkeypatch.setattr(store, "claim_deliveries", counted)
+
+        @registry.on("running")
+        async def deferring(event: Event, job: Job) -> None:
+            raise Retry(defer=60)
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry, idle_wait=1.0)
+        ingest = Ingest(store, registry, dispatcher.wake)
+        await ingest.record("job_1", running(0.1), source="callback")
+        await ingest.record("job_1", running(0.2), source="callback")
+        async with running_dispatcher(dispatcher):
+            await wait_for(first_attempt_made(store))
+            claims.clear()
+            await asyncio.sleep(0.3)
+        assert len(claims) <= 5, f"{len(claims)} claims in 0.3 s"
+
+
+class TestDispatcherLifecycle:
+    """New work starts at once, and work cut off by a stop or a crash is run after a restart."""
+
+    async def test_drain_runs_everything_due(self, store: Store, registry: Registry) -> None:
+        """`drain` returns once every due delivery has run, sync handlers included."""
+        seen: list[str] = []
+
+        @registry.on("*")
+        def record_sync(event: Event, job: Job) -> None:
+            seen.append(event.status.value)
+
+        await add_job(store)
+        ingest = Ingest(store, registry)
+        await ingest.record("job_1", running(0.5), source="callback")
+        await ingest.record("job_1", SUCCEEDED, source="callback")
+        await fast_dispatcher(store, registry).drain(timeout=5)
+        assert ["running", "succeeded"] == seen
+        assert [DeliveryState.DONE] * 2 == [d.state for d in await deliveries(store)]
+
+    async def test_ingest_wakes_an_idle_dispatcher(self, store: Store, registry: Registry) -> None:
+        """A recorded event is delivered at once, not after the idle wait."""
+        seen: list[float] = []
+
+        @registry.on("running")
+        async def handle(event: Event, job: Job) -> None:
+            seen.append(time.monotonic())
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry, idle_wait=30.0)
+        ingest = Ingest(store, registry, dispatcher.wake)
+        async with running_dispatcher(dispatcher):
+            await asyncio.sleep(0.05)  # let it go idle
+            started = time.monotonic()
+            await ingest.record("job_1", running(0.5), source="callback")
+            await wait_for(all_finished(store, 1), timeout=2.0)
+        assert seen[0] - started < 1.0
+
+    async def test_stopped_dispatcher_leaves_work_for_the_next(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A handler cut off by stop() runs again, same delivery id, under a new dispatcher."""
+        started = asyncio.Event()
+        calls: list[DeliveryInfo] = []
+
+        @registry.on("running")
+        async def long(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            calls.append(delivery)
+            if len(calls) == 1:
+                started.set()
+                await asyncio.sleep(30)
+
+        await add_job(store)
+        first = fast_dispatcher(store, registry)
+        await Ingest(store, registry, first.wake).record("job_1", running(0.5), source="callback")
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(started.wait(), 5)
+        await first.stop(grace=0.05)
+        await asyncio.wait_for(task, 2)
+        [interrupted] = await deliveries(store)
+        assert DeliveryState.PENDING == interrupted.state
+
+        async with running_dispatcher(fast_dispatcher(store, registry)):
+            await wait_for(all_finished(store, 1))
+        [delivery] = await deliveries(store)
+        assert DeliveryState.DONE == delivery.state
+        assert [delivery.id, delivery.id] == [c.id for c in calls]
+
+    async def test_work_running_when_the_store_closed_is_resumed(
+        self, store: Store, registry: Registry, make_store: Callable[[], Store]
+    ) -> None:
+        """A delivery left running by a dead process is released and run on the reopened store."""
+        started, release = asyncio.Event(), asyncio.Event()
+        calls: list[str] = []
+
+        @registry.on("running")
+        async def handle(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            calls.append(delivery.id)
+            if len(calls) == 1:
+                started.set()
+                await release.wait()
+
+        await add_job(store)
+        first = Dispatcher(store, registry)
+        await Ingest(store, registry, first.wake).record("job_1", running(0.5), source="callback")
+        assert 1 == await first.run_once()
+        await asyncio.wait_for(started.wait(), 5)
+        await store.close()  # the process "dies" with the delivery leased
+        release.set()
+        await first.stop(grace=2)  # the handler returns; its outcome cannot be written
+
+        reopened = make_store()
+        await reopened.open()
+        try:
+            [left] = await reopened.list_deliveries()
+            assert DeliveryState.RUNNING == left.state
+            async with running_dispatcher(fast_dispatcher(reopened, registry)):
+                await wait_for(all_finished(reopened, 1))
+            [delivery] = await reopened.list_deliveries()
+            assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
+            assert [delivery.id, delivery.id] == calls
+        finally:
+            await reopened.close()
