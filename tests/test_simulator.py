@@ -14,6 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from receiver.errors import ProviderError
 from receiver.models import Status
 from receiver.providers import get_provider
 from receiver.providers.apiframe import Apiframe
@@ -208,8 +209,6 @@ class TestApiframe:
     async def test_fetch(self, sim: RunningSimulator, http: httpx.AsyncClient) -> None:
         """/fetch answers the current state and /fetch-many takes 2 to 20 ids."""
         first = await create_apiframe(http, "")
-        queued = await call(http, "apiframe", "POST", "/fetch", json={"task_id": first})
-        assert ("processing", "0") == (queued.json()["status"], queued.json()["percentage"])
         second = await create_apiframe(http, "")
         await sim.wait_idle()
         done = await call(http, "apiframe", "POST", "/fetch", json={"task_id": first})
@@ -284,9 +283,11 @@ class TestRixapi:
 
     async def test_feed(self, sim: RunningSimulator, http: httpx.AsyncClient) -> None:
         """/runway/feed answers wrapped; an unknown task has a code other than 200."""
+        sim.config.lose = True
         task_id = await create_rixapi(http, "http://127.0.0.1:9/unused")
-        queued = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
-        assert (200, "0") == (queued.json()["code"], queued.json()["data"]["status"])
+        await sim.wait_idle()
+        done = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
+        assert (200, "3") == (done.json()["code"], done.json()["data"]["status"])
         missing = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": "nope"})
         assert 404 == missing.json()["code"]
 
@@ -312,10 +313,8 @@ class TestAivideoapi:
         assert b"" == hit.body
 
     async def test_status(self, sim: RunningSimulator, http: httpx.AsyncClient) -> None:
-        """/status?uuid= goes from `in queue` with null progress to `success` with its media."""
+        """/status?uuid= ends at `success` with its media; an unknown uuid is a 404."""
         uuid = await create_aivideoapi(http, "")
-        queued = (await call(http, "aivideoapi", "GET", "/status", params={"uuid": uuid})).json()
-        assert ("in queue", None) == (queued["status"], queued["progress"])
         await sim.wait_idle()
         done = (await call(http, "aivideoapi", "GET", "/status", params={"uuid": uuid})).json()
         assert (uuid, "success") == (done["uuid"], done["status"])
@@ -349,19 +348,13 @@ class TestArtvisum:
     """artvisum never calls back; /status/{uuid} shows progress and then `completed`."""
 
     async def test_polling(self, sim: RunningSimulator, http: httpx.AsyncClient) -> None:
-        """A text job is pending, then completed with its url and preview_url."""
+        """A text job ends completed with its url and preview_url, without any callback."""
         answer = await call(http, "artvisum", "POST", "/runway/text", json={"prompt": "smoke"})
         assert ("success", "Task created successfully") == (
             answer.json()["status"],
             answer.json()["message"],
         )
         uuid = answer.json()["data"]["uuid"]
-        pending = (await call(http, "artvisum", "GET", f"/status/{uuid}")).json()
-        assert ("success", "pending", 0) == (
-            pending["status"],
-            pending["data"]["status"],
-            pending["data"]["progress"],
-        )
         await sim.wait_idle()
         done = (await call(http, "artvisum", "GET", f"/status/{uuid}")).json()
         assert ("completed", 100) == (done["data"]["status"], done["data"]["progress"])
@@ -482,6 +475,44 @@ class TestRunwayAi:
         answer = await call(http, "runway_ai", "POST", "/v1/generate-video", json=body)
         assert 422 == answer.status_code
         assert "failed" in answer.json()["error"]
+
+
+class TestQueued:
+    """Before its first step a job is queued, in each provider's own words."""
+
+    @pytest.fixture(autouse=True)
+    def slow(self, sim: RunningSimulator) -> None:
+        """Steps long enough that no job leaves the queue during the test."""
+        sim.config.step_delay = 60
+
+    async def test_apiframe(self, http: httpx.AsyncClient) -> None:
+        """apiframe's fetch says "processing" at "0"."""
+        task_id = await create_apiframe(http, "")
+        answer = (await call(http, "apiframe", "POST", "/fetch", json={"task_id": task_id})).json()
+        assert ("processing", "0") == (answer["status"], answer["percentage"])
+
+    async def test_rixapi(self, http: httpx.AsyncClient) -> None:
+        """rixapi's feed says status "0"."""
+        task_id = await create_rixapi(http, "http://127.0.0.1:9/unused")
+        answer = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
+        assert (200, "0") == (answer.json()["code"], answer.json()["data"]["status"])
+
+    async def test_aivideoapi(self, http: httpx.AsyncClient) -> None:
+        """aivideoapi's status says `in queue` with a null progress."""
+        uuid = await create_aivideoapi(http, "")
+        answer = await call(http, "aivideoapi", "GET", "/status", params={"uuid": uuid})
+        assert ("in queue", None) == (answer.json()["status"], answer.json()["progress"])
+
+    async def test_artvisum(self, http: httpx.AsyncClient) -> None:
+        """artvisum's status says `pending` at 0, inside a successful API answer."""
+        created = await call(http, "artvisum", "POST", "/runway/text", json={"prompt": "p"})
+        uuid = created.json()["data"]["uuid"]
+        answer = (await call(http, "artvisum", "GET", f"/status/{uuid}")).json()
+        assert ("success", "pending", 0) == (
+            answer["status"],
+            answer["data"]["status"],
+            answer["data"]["progress"],
+        )
 
 
 class TestMisbehaviour:
@@ -762,8 +793,6 @@ class TestAdapters:
 
     async def test_create_error_reaches_adapter(self, sim: RunningSimulator) -> None:
         """A simulated 503 is a retryable ProviderError with the provider's message."""
-        from receiver.errors import ProviderError
-
         sim.config.create_error = 503
         settings = ProviderSettings(base_url=sim.base_url("rixapi"), api_key=KEY)
         async with httpx.AsyncClient() as client:

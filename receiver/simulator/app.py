@@ -11,7 +11,9 @@ from receiver.simulator.core import Simulator
 
 __all__ = ["PROVIDERS", "create_simulator"]
 
-PROVIDERS = ("apiframe", "rixapi", "aivideoapi", "artvisum", "runway_ai")
+_ROUTERS = (apiframe.router, rixapi.router, aivideoapi.router, artvisum.router, runway_ai.router)
+# The providers served, each under `/<name>`.
+PROVIDERS = tuple(router.path.strip("/") for router in _ROUTERS)
 
 # Room for artvisum's largest documented upload, so its own limit answers, not Litestar's.
 _MAX_BODY = 128 * 1024 * 1024
@@ -25,14 +27,7 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
     """
     simulator = Simulator(config)
     return Litestar(
-        route_handlers=[
-            control.router,
-            apiframe.router,
-            rixapi.router,
-            aivideoapi.router,
-            artvisum.router,
-            runway_ai.router,
-        ],
+        route_handlers=[control.router, *_ROUTERS],
         state=State({"simulator": simulator, "sim": simulator.config}),
         lifespan=[simulator.lifespan],
         openapi_config=None,
