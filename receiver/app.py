@@ -72,7 +72,7 @@ def create_app(
         try:
             yield
         finally:
-            runtime.poller.stop()
+            await runtime.poller.stop()
             await runtime.dispatcher.stop()
             for task in tasks:
                 task.cancel()

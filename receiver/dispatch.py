@@ -10,7 +10,6 @@ events in order, and a failing handler holds up nothing but its own queue for th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import inspect
 import logging
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from receiver.errors import ConfigError, Retry, StoreUnavailable
+from receiver.loop import WorkLoop
 from receiver.models import Event, Job, Status, now
 from receiver.store.base import Claimed, Store
 
@@ -143,7 +143,7 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     return delay * (0.5 + random.random() / 2)
 
 
-class Dispatcher:
+class Dispatcher(WorkLoop):
     """Runs due deliveries until stopped; `wake()` after a commit starts new ones at once."""
 
     def __init__(
@@ -158,6 +158,7 @@ class Dispatcher:
         retry_cap: float = 3600.0,
         idle_wait: float = 1.0,
     ):
+        super().__init__(idle_wait=idle_wait)
         self.store = store
         self.handlers = handlers
         self.max_attempts = max_attempts
@@ -165,45 +166,17 @@ class Dispatcher:
         self.concurrency = concurrency
         self.retry_base = retry_base
         self.retry_cap = retry_cap
-        self.idle_wait = idle_wait
-        self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wakeup.set()
+    async def before_start(self) -> None:
+        released = await self.store.release_running()
+        if released:
+            log.info("resuming %d deliveries interrupted by the last stop", released)
 
-    async def run(self) -> None:
-        """The loop: claim what is due, run it, sleep until the next is due or a wake-up."""
-        with contextlib.suppress(StoreUnavailable):
-            released = await self.store.release_running()
-            if released:
-                log.info("resuming %d deliveries interrupted by the last stop", released)
-        failures = 0
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                started = await self.run_once()
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("store unavailable while claiming deliveries: %s", exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
-                continue
-            if started:
-                continue
-            await self._sleep()
-
-    async def _sleep(self) -> None:
-        """Until a wake-up, `idle_wait`, or the next claimable delivery falls due."""
-        wait = self.idle_wait
-        if len(self._running) < self.concurrency:  # when full, a finishing task wakes us
-            with contextlib.suppress(StoreUnavailable):
-                due = await self.store.next_delivery_at()
-                if due is not None:
-                    wait = max(0.0, min(wait, due - now()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+    async def next_due(self) -> float | None:
+        if len(self._running) >= self.concurrency:
+            return None  # full: a finishing delivery wakes the loop
+        return await self.store.next_delivery_at()
 
     async def run_once(self) -> int:
         """Claim and start as many due deliveries as there are free slots; return how many."""
@@ -233,8 +206,7 @@ class Dispatcher:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; let running handlers finish within `grace`, then cancel them."""
-        self._stopping = True
-        self.wake()
+        await super().stop(grace)
         if self._running:
             _, pending = await asyncio.wait(set(self._running), timeout=grace)
             for task in pending:

@@ -20,10 +20,11 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
 from receiver.errors import StoreUnavailable, UnknownProvider, UnparseablePayload
-from receiver.models import Job, Quarantined, RawRequest, Status, Update, new_id, now
+from receiver.models import Job, Quarantined, RawRequest, Update, new_id, now
 from receiver.providers import CallbackStyle, Provider, get_provider, valid_task_id
 from receiver.runtime import Runtime
 from receiver.store.base import NewJob
+from receiver.submit import queued_job
 from receiver.verify import digest, matches, matches_any, redact_headers, redact_path, redact_query
 
 __all__ = ["HOOK_ROUTES", "nudge_uuid"]
@@ -258,17 +259,7 @@ async def provider_callback(
         update = _parse(adapter, body)
         if not valid_task_id(update.task_id):
             raise _Reject(400, "no_task_id")
-        at = now()
-        new_job = NewJob(
-            job=Job(
-                id=new_id("job"),
-                provider=provider,
-                task_id=update.task_id,
-                status=Status.QUEUED,
-                created_at=at,
-                updated_at=at,
-            )
-        )
+        new_job = NewJob(job=queued_job(provider, update.task_id))
         recorded = await runtime.ingest.record(
             None, update, source="callback", raw=_raw(request, provider, body), new_job=new_job
         )

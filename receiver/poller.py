@@ -8,11 +8,11 @@ through the same path as a callback. Polls back off as a job ages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from receiver.errors import ReceiverError, StoreUnavailable
 from receiver.ingest import Ingest
+from receiver.loop import WorkLoop
 from receiver.models import Job, now
 from receiver.providers import ProviderGateway
 from receiver.store.base import Store
@@ -28,7 +28,7 @@ def poll_delay(job: Job, *, interval: float, cap: float, at: float) -> float:
     return min(cap, interval * (1 + age / 300.0))
 
 
-class Poller:
+class Poller(WorkLoop):
     """Runs due polls until stopped; `wake()` after scheduling one starts it at once."""
 
     def __init__(
@@ -42,43 +42,19 @@ class Poller:
         concurrency: int = 8,
         idle_wait: float = 1.0,
     ):
+        super().__init__(idle_wait=idle_wait)
         self.store = store
         self.ingest = ingest
         self.gateways = gateways
         self.interval = interval
         self.max_interval = max_interval
         self.concurrency = concurrency
-        self.idle_wait = idle_wait
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wakeup.set()
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
 
-    async def run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                polled = await self.run_once()
-                failures = 0
-            except StoreUnavailable as exc:
-                failures += 1
-                log.warning("store unavailable while claiming polls: %s", exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
-                continue
-            if polled:
-                continue
-            wait = self.idle_wait
-            with contextlib.suppress(StoreUnavailable):
-                due = await self.store.next_poll_at()
-                if due is not None:
-                    wait = max(0.0, min(wait, due - now()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+    async def next_due(self) -> float | None:
+        return await self.store.next_poll_at()
 
     async def run_once(self) -> int:
         """Poll every job that is due now (up to `concurrency`); return how many."""
@@ -104,7 +80,3 @@ class Poller:
         await self.ingest.record(
             job.id, update, source="poll", next_poll_at=now() + self.delay(job)
         )
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake()

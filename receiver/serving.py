@@ -15,9 +15,14 @@ __all__ = ["bind", "serve_in_loop"]
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening-ready TCP socket; `port=0` picks a free port (read it with getsockname)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -28,7 +33,14 @@ async def serve_in_loop(
     """Serve `app` until the block ends; yields its base URL."""
     sock = sock or bind()
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        log_config=None,  # leave the host's logging alone
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -37,7 +49,7 @@ async def serve_in_loop(
                 task.result()  # raises what stopped it
                 raise RuntimeError("server stopped before it started")
             await asyncio.sleep(0.01)
-        yield f"http://{host}:{port}"
+        yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

@@ -20,9 +20,25 @@ from receiver.providers import CallbackStyle, ProviderGateway, get_provider, val
 from receiver.store.base import NewJob, Store
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
-__all__ = ["Submitted", "Submitter"]
+__all__ = ["Submitted", "Submitter", "queued_job"]
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
+
+
+def queued_job(
+    provider: str, task_id: str | None, metadata: Mapping[str, Any] | None = None
+) -> Job:
+    """A new job, as it is before the provider has said anything about it."""
+    at = now()
+    return Job(
+        id=new_id("job"),
+        provider=provider,
+        task_id=task_id,
+        status=Status.QUEUED,
+        metadata=dict(metadata or {}),
+        created_at=at,
+        updated_at=at,
+    )
 
 
 class Submitted(msgspec.Struct, kw_only=True):
@@ -74,16 +90,7 @@ class Submitter:
         hook_url = (
             f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
         )
-        at = now()
-        job = Job(
-            id=new_id("job"),
-            provider=provider,
-            task_id=None,
-            status=Status.QUEUED,
-            metadata=dict(metadata or {}),
-            created_at=at,
-            updated_at=at,
-        )
+        job = queued_job(provider, None, metadata)
         await self.store.create_job(
             NewJob(
                 job=job,
@@ -124,18 +131,9 @@ class Submitter:
         existing = await self.store.job_by_task(provider, task_id)
         if existing is not None:
             return existing
-        at = now()
-        job = Job(
-            id=new_id("job"),
-            provider=provider,
-            task_id=task_id,
-            status=Status.QUEUED,
-            metadata=dict(metadata or {}),
-            created_at=at,
-            updated_at=at,
-        )
+        job = queued_job(provider, task_id, metadata)
         await self.store.create_job(
-            NewJob(job=job, next_poll_at=at if adapter.status_request(task_id) else None)
+            NewJob(job=job, next_poll_at=job.created_at if adapter.can_pull else None)
         )
         self.wake_poller()
         return job

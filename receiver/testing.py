@@ -9,17 +9,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 
 from receiver.app import create_app
 from receiver.config import load_settings
 from receiver.dispatch import Registry
+from receiver.providers import Provider, ProviderGateway, ProviderSettings
 from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_loop
 from receiver.store.base import Store
 
-__all__ = ["LiveReceiver", "running_receiver"]
+__all__ = ["LiveReceiver", "mock_gateway", "running_receiver"]
 
 
 class LiveReceiver(msgspec.Struct, kw_only=True, dict=True):
@@ -63,3 +66,27 @@ async def running_receiver(
         raise
     async with serve_in_loop(app, sock=sock) as url:
         yield LiveReceiver(url=url, runtime=app.state.runtime, admin_token=admin_token)
+
+
+@contextlib.asynccontextmanager
+async def mock_gateway(
+    adapter: Provider,
+    body: Any,
+    *,
+    status_code: int = 200,
+    base_url: str | None = "https://provider.example.test",
+    api_key: str = "test-key",
+) -> AsyncIterator[tuple[ProviderGateway, list[httpx.Request]]]:
+    """A gateway whose provider answers every request with `body` (as JSON).
+
+    Yields the gateway and the list of requests it sent, for asserting on both sides.
+    """
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(status_code, json=body)
+
+    settings = ProviderSettings(base_url=base_url, api_key=api_key)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        yield ProviderGateway(adapter, settings, client), sent

@@ -396,7 +396,7 @@ class TestNudges:
     ) -> None:
         """The nudge answers 202 and its raw request is stored against the job."""
         job = await make_job(live, "aivideoapi", task_id="task-1", secret=None)
-        live.runtime.poller.stop()  # keep the poll scheduled so the test can see it
+        await live.runtime.poller.stop()  # keep the poll scheduled so the test can see it
         answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?uuid=task-1")
         assert 202 == answer.status_code
         [raw] = await live.runtime.store.list_requests(job.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,8 @@ import pytest
 from receiver.errors import ConfigError, ProviderError, UnparseablePayload
 from receiver.models import Status
 from receiver.providers.apiframe import Apiframe
-from receiver.providers.base import CallbackStyle, ProviderGateway, ProviderSettings
+from receiver.providers.base import CallbackStyle, ProviderGateway
+from receiver.testing import mock_gateway
 
 BASE_URL = "https://apiframe.example.test/v2"
 API_KEY = "af-key"
@@ -32,20 +32,13 @@ PROCESSING = {"task_id": TASK_ID, "task_type": "runway", "status": "processing",
 FAILED = {"task_id": TASK_ID, "task_type": "runway", "status": "failed", "message": "NSFW prompt"}
 
 
-@contextlib.asynccontextmanager
-async def gateway(
+def gateway(
     body: Any, status_code: int = 200, base_url: str | None = BASE_URL
-) -> AsyncIterator[tuple[ProviderGateway, list[httpx.Request]]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[ProviderGateway, list[httpx.Request]]]:
     """A gateway whose provider answers every request with `body`; yields it and the requests."""
-    sent: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(status_code, json=body)
-
-    settings = ProviderSettings(base_url=base_url, api_key=API_KEY)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        yield ProviderGateway(Apiframe(), settings, client), sent
+    return mock_gateway(
+        Apiframe(), body, status_code=status_code, base_url=base_url, api_key=API_KEY
+    )
 
 
 class TestCreate:

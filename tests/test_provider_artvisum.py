@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,8 @@ import pytest
 from receiver.errors import ProviderError, UnparseablePayload
 from receiver.models import Status
 from receiver.providers.artvisum import Artvisum
-from receiver.providers.base import CallbackStyle, ProviderGateway, ProviderSettings
+from receiver.providers.base import CallbackStyle, ProviderGateway
+from receiver.testing import mock_gateway
 
 BASE_URL = "https://artvisum.example.test/api"
 API_KEY = "av-key"
@@ -40,20 +40,13 @@ def status_answer(status: str, progress: Any = 0, message: str = "ok", **extra: 
     return {"status": "success", "message": message, "data": data}
 
 
-@contextlib.asynccontextmanager
-async def gateway(
+def gateway(
     body: Any, status_code: int = 200
-) -> AsyncIterator[tuple[ProviderGateway, list[httpx.Request]]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[ProviderGateway, list[httpx.Request]]]:
     """A gateway whose provider answers every request with `body`; yields it and the requests."""
-    sent: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(status_code, json=body)
-
-    settings = ProviderSettings(base_url=BASE_URL, api_key=API_KEY)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        yield ProviderGateway(Artvisum(), settings, client), sent
+    return mock_gateway(
+        Artvisum(), body, status_code=status_code, base_url=BASE_URL, api_key=API_KEY
+    )
 
 
 async def create(fields: dict[str, Any]) -> httpx.Request:

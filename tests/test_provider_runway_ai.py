@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,8 +11,9 @@ import pytest
 
 from receiver.errors import ProviderError
 from receiver.models import Status
-from receiver.providers.base import CallbackStyle, ProviderGateway, ProviderSettings
+from receiver.providers.base import CallbackStyle, ProviderGateway
 from receiver.providers.runway_ai import RunwayAi
+from receiver.testing import mock_gateway
 
 BASE_URL = "https://runway-ai.example.test"
 API_KEY = "ra-key"
@@ -43,20 +43,13 @@ IMAGE_METADATA = {
 }
 
 
-@contextlib.asynccontextmanager
-async def gateway(
+def gateway(
     body: Any, status_code: int = 200
-) -> AsyncIterator[tuple[ProviderGateway, list[httpx.Request]]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[ProviderGateway, list[httpx.Request]]]:
     """A gateway whose provider answers every request with `body`; yields it and the requests."""
-    sent: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(status_code, json=body)
-
-    settings = ProviderSettings(base_url=BASE_URL, api_key=API_KEY)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        yield ProviderGateway(RunwayAi(), settings, client), sent
+    return mock_gateway(
+        RunwayAi(), body, status_code=status_code, base_url=BASE_URL, api_key=API_KEY
+    )
 
 
 class TestCreate:

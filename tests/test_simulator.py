@@ -20,13 +20,13 @@ from receiver.providers import get_provider
 from receiver.providers.apiframe import Apiframe
 from receiver.providers.base import ProviderGateway, ProviderSettings
 from receiver.providers.rixapi import Rixapi
+from receiver.serving import serve_in_loop
 from receiver.simulator import (
     PROVIDERS,
     RunningSimulator,
     SimConfig,
     create_simulator,
     run_simulator,
-    serve,
 )
 
 KEY = "sim-key"
@@ -100,7 +100,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def served_receiver() -> AsyncIterator[ReceiverStub]:
     """One receiver stub served over HTTP for the module."""
     stub = ReceiverStub()
-    async with serve(stub) as url:
+    async with serve_in_loop(stub) as url:
         stub.url = url
         yield stub
 

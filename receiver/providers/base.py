@@ -9,6 +9,7 @@ a URL we fetch.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import re
 from collections.abc import Mapping
@@ -173,8 +174,9 @@ class ProviderGateway:
     async def create(
         self, fields: Mapping[str, Any], *, hook_url: str | None, webhook_secret: str | None
     ) -> Created:
-        request = self.adapter.create_request(
-            fields, hook_url=hook_url, webhook_secret=webhook_secret
+        # In a thread: an adapter may read an upload from disk (artvisum takes files).
+        request = await asyncio.to_thread(
+            self.adapter.create_request, fields, hook_url=hook_url, webhook_secret=webhook_secret
         )
         return self.adapter.parse_created(await self.send(request))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from receiver.simulator.app import PROVIDERS, create_simulator
 from receiver.simulator.config import SimConfig, update_config
 from receiver.simulator.core import CallbackInfo, Phase, Simulator, TaskInfo
-from receiver.simulator.server import RunningSimulator, run_simulator, serve
+from receiver.simulator.server import RunningSimulator, run_simulator
 
 __all__ = [
     "PROVIDERS",
@@ -17,6 +17,5 @@ __all__ = [
     "TaskInfo",
     "create_simulator",
     "run_simulator",
-    "serve",
     "update_config",
 ]

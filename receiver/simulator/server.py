@@ -1,61 +1,18 @@
-"""Run the simulator (or any ASGI app) on a free port inside the current event loop, for tests."""
+"""Run the simulator on a free port inside the current event loop, for tests and the sandbox."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
-import uvicorn
 from litestar import Litestar
 
+from receiver.serving import bind, serve_in_loop
 from receiver.simulator.app import PROVIDERS, create_simulator
 from receiver.simulator.config import SimConfig
 from receiver.simulator.core import Simulator, TaskInfo
 
-__all__ = ["RunningSimulator", "run_simulator", "serve"]
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn until the block ends; yields its base URL.
-
-    Port 0 picks a free port. Uvicorn leaves logging alone (no `log_config`) and runs the
-    app's lifespan, so the app's shutdown runs when the block ends.
-    """
-    sock = _bind(host, port)
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if serving.done():
-                serving.result()  # raises why uvicorn stopped
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        yield f"http://{shown}:{bound_port}"
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
+__all__ = ["RunningSimulator", "run_simulator"]
 
 
 class RunningSimulator:
@@ -96,5 +53,5 @@ async def run_simulator(
 ) -> AsyncIterator[RunningSimulator]:
     """Start the simulator with uvicorn in the current event loop; stop it when the block ends."""
     app = create_simulator(config)
-    async with serve(app, host, port) as url:
+    async with serve_in_loop(app, sock=bind(host, port)) as url:
         yield RunningSimulator(url, app)

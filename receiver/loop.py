@@ -1,0 +1,74 @@
+"""The shape shared by the dispatcher and the poller: do what is due, then sleep until more is.
+
+A loop sleeps until a `wake()` (something was just committed), the next due time the
+store reports, or `idle_wait` at most, which also covers work committed by another
+process. A store that fails makes it back off, never crash.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+
+from receiver.errors import StoreUnavailable
+from receiver.models import now
+
+__all__ = ["WorkLoop"]
+
+log = logging.getLogger("receiver.loop")
+
+
+class WorkLoop(abc.ABC):
+    """Runs `run_once` whenever work is due, until stopped."""
+
+    def __init__(self, *, idle_wait: float = 1.0):
+        self.idle_wait = idle_wait
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    @abc.abstractmethod
+    async def run_once(self) -> int:
+        """Start or do what is due now; return how many items were taken."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """When the next item can be taken, or None if nothing is scheduled."""
+
+    async def before_start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Anything to do once before the first round."""
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop after the current round."""
+        self._stopping = True
+        self.wake()
+
+    async def run(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.before_start()
+        failures = 0
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                taken = await self.run_once()
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                log.warning("%s: store unavailable: %s", type(self).__name__, exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            if not taken:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        wait = self.idle_wait
+        with contextlib.suppress(StoreUnavailable):
+            due = await self.next_due()
+            if due is not None:
+                wait = max(0.0, min(wait, due - now()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
