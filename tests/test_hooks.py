@@ -391,16 +391,18 @@ class TestNudges:
         assert nudge_uuid("a=1") is None
         assert nudge_uuid("notuuid=1") is None
 
+    @pytest.mark.parametrize("query", ["uuid=task-1", "token=abc?uuid=task-1", ""])
     async def test_nudge_schedules_a_poll_and_is_kept(
-        self, live: LiveReceiver, client: httpx.AsyncClient
+        self, live: LiveReceiver, client: httpx.AsyncClient, query: str
     ) -> None:
-        """The nudge answers 202 and its raw request is stored against the job."""
+        """A plain, a glued-on (`?a=b?uuid=`) or an empty nudge answers 202 and schedules a poll."""
         job = await make_job(live, "aivideoapi", task_id="task-1", secret=None)
         await live.runtime.poller.stop()  # keep the poll scheduled so the test can see it
-        answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?uuid=task-1")
+        answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?{query}")
         assert 202 == answer.status_code
         [raw] = await live.runtime.store.list_requests(job.id)
-        assert ("GET", "uuid=task-1") == (raw.method, raw.query)
+        assert "GET" == raw.method
+        assert query.replace("abc", "[redacted]") == raw.query
         due = await live.runtime.store.next_poll_at()
         assert due is not None and due <= now()
 
