@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import msgspec
 
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
@@ -26,7 +25,6 @@ from receiver.models import (
     Job,
     Quarantined,
     RawRequest,
-    Status,
     Update,
     new_id,
     now,
@@ -42,28 +40,13 @@ from receiver.store.base import (
     TokenMatch,
 )
 from receiver.store.migrations import migrations
+from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, to_json
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
 # What a failing or closed database raises; each becomes StoreUnavailable. aiosqlite
 # raises ValueError("no active connection") when the store was closed under a caller.
 _FAULTS = (sqlite3.Error, ValueError)
-
-_json_encode = msgspec.json.encode
-_json_decode = msgspec.json.decode
-
-_JOB_COLUMNS = (
-    "id, provider, task_id, status, raw_status, progress, result_url, preview_url, "
-    "error, error_code, metadata, created_at, updated_at"
-)
-_EVENT_COLUMNS = (
-    "id, job_id, provider, task_id, status, raw_status, progress, result_url, preview_url, "
-    "error, error_code, source, disposition, received_at, request_id, payload"
-)
-_DELIVERY_COLUMNS = (
-    "id, event_id, job_id, handler, state, attempts, next_attempt_at, lease_until, "
-    "last_error, created_at, updated_at"
-)
 
 
 def sqlite_path(url: str) -> str:
@@ -78,76 +61,6 @@ def sqlite_path(url: str) -> str:
     if not path:
         raise ConfigError("RECEIVER_DATABASE_URL names no SQLite file")
     return path
-
-
-def _job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        provider=row[1],
-        task_id=row[2],
-        status=Status(row[3]),
-        raw_status=row[4],
-        progress=row[5],
-        result_url=row[6],
-        preview_url=row[7],
-        error=row[8],
-        error_code=row[9],
-        metadata=_json_decode(row[10]),
-        created_at=row[11],
-        updated_at=row[12],
-    )
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        id=row[0],
-        job_id=row[1],
-        provider=row[2],
-        task_id=row[3],
-        status=Status(row[4]),
-        raw_status=row[5],
-        progress=row[6],
-        result_url=row[7],
-        preview_url=row[8],
-        error=row[9],
-        error_code=row[10],
-        source=row[11],
-        disposition=Disposition(row[12]),
-        received_at=row[13],
-        request_id=row[14],
-        payload=_json_decode(row[15]) if row[15] is not None else None,
-    )
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        event_id=row[1],
-        job_id=row[2],
-        handler=row[3],
-        state=DeliveryState(row[4]),
-        attempts=row[5],
-        next_attempt_at=row[6],
-        lease_until=row[7],
-        last_error=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-    )
-
-
-def _raw_values(raw: RawRequest, job_id: str | None) -> tuple[Any, ...]:
-    return (
-        raw.id,
-        job_id,
-        raw.provider,
-        raw.received_at,
-        raw.method,
-        raw.path,
-        raw.query,
-        _json_encode(raw.headers).decode(),
-        raw.body,
-        raw.client,
-    )
 
 
 class SQLiteStore(Store):
@@ -250,28 +163,14 @@ class SQLiteStore(Store):
             await self._insert_job(db, new)
 
     async def _insert_job(self, db: aiosqlite.Connection, new: NewJob) -> None:
-        job = new.job
         await db.execute(
-            "INSERT INTO jobs (id, provider, task_id, token_hash, secret_hash, status, raw_status,"
-            " progress, result_url, preview_url, error, error_code, metadata, input, created_at,"
-            " updated_at, next_poll_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO jobs ({JOBS.select}, token_hash, secret_hash, input, next_poll_at)"
+            f" VALUES ({', '.join('?' * (len(JOBS.columns) + 4))})",
             (
-                job.id,
-                job.provider,
-                job.task_id,
+                *JOBS.values(new.job),
                 new.token_hash,
                 new.secret_hash,
-                job.status.value,
-                job.raw_status,
-                job.progress,
-                job.result_url,
-                job.preview_url,
-                job.error,
-                job.error_code,
-                _json_encode(job.metadata).decode(),
-                _json_encode(new.input).decode(),
-                job.created_at,
-                job.updated_at,
+                to_json(new.input),
                 new.next_poll_at,
             ),
         )
@@ -284,21 +183,21 @@ class SQLiteStore(Store):
             )
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self._fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(row) if row else None
+        row = await self._fetchone(f"SELECT {JOBS.select} FROM jobs WHERE id = ?", (job_id,))
+        return JOBS.read(row) if row else None
 
     async def job_by_token(self, token_hash: str) -> TokenMatch | None:
         row = await self._fetchone(
-            f"SELECT {_JOB_COLUMNS}, secret_hash FROM jobs WHERE token_hash = ?", (token_hash,)
+            f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?", (token_hash,)
         )
-        return TokenMatch(job=_job(row), secret_hash=row[13]) if row else None
+        return TokenMatch(job=JOBS.read(row), secret_hash=row[len(JOBS.columns)]) if row else None
 
     async def job_by_task(self, provider: str, task_id: str) -> Job | None:
         row = await self._fetchone(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE provider = ? AND task_id = ?",
+            f"SELECT {JOBS.select} FROM jobs WHERE provider = ? AND task_id = ?",
             (provider, task_id),
         )
-        return _job(row) if row else None
+        return JOBS.read(row) if row else None
 
     async def list_jobs(
         self,
@@ -319,18 +218,18 @@ class SQLiteStore(Store):
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetchall(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {JOBS.select} FROM jobs {where} ORDER BY id DESC LIMIT ?",
             (*params, limit + 1),
         )
-        items = [_job(row) for row in rows[:limit]]
+        items = [JOBS.read(row) for row in rows[:limit]]
         return JobPage(items=items, next=items[-1].id if len(rows) > limit else None)
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
+            f"SELECT {EVENTS.select} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
             (job_id, limit),
         )
-        return [_event(row) for row in rows]
+        return [EVENTS.read(row) for row in rows]
 
     # The hot path
 
@@ -350,9 +249,7 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             job, rank = await self._job_for_update(db, job_id, new_job)
             if raw is not None:
-                await db.execute(
-                    "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)", _raw_values(raw, job.id)
-                )
+                await self._insert_request(db, raw, job.id)
             key = dedupe_key(job.provider, job.task_id or update.task_id, update)
             async with db.execute(
                 "SELECT 1 FROM events WHERE job_id = ? AND dedupe_key = ? LIMIT 1", (job.id, key)
@@ -378,28 +275,9 @@ class SQLiteStore(Store):
                 payload=update.payload,
             )
             await db.execute(
-                "INSERT INTO events (id, job_id, provider, task_id, status, raw_status, progress,"
-                " result_url, preview_url, error, error_code, source, disposition, dedupe_key,"
-                " received_at, request_id, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    event.id,
-                    event.job_id,
-                    event.provider,
-                    event.task_id,
-                    event.status.value,
-                    event.raw_status,
-                    event.progress,
-                    event.result_url,
-                    event.preview_url,
-                    event.error,
-                    event.error_code,
-                    event.source,
-                    event.disposition.value,
-                    key,
-                    event.received_at,
-                    event.request_id,
-                    _json_encode(event.payload).decode() if event.payload is not None else None,
-                ),
+                f"INSERT INTO events ({EVENTS.select}, dedupe_key)"
+                f" VALUES ({', '.join('?' * (len(EVENTS.columns) + 1))})",
+                (*EVENTS.values(event), key),
             )
             after = transition.job
             if transition.changed:
@@ -424,18 +302,9 @@ class SQLiteStore(Store):
                         updated_at=at,
                     )
                     await db.execute(
-                        "INSERT INTO deliveries (id, event_id, job_id, handler, state, attempts,"
-                        " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,0,?,?,?)",
-                        (
-                            delivery.id,
-                            delivery.event_id,
-                            delivery.job_id,
-                            delivery.handler,
-                            delivery.state.value,
-                            at,
-                            at,
-                            at,
-                        ),
+                        f"INSERT INTO deliveries ({DELIVERIES.select})"
+                        f" VALUES ({', '.join('?' * len(DELIVERIES.columns))})",
+                        DELIVERIES.values(delivery),
                     )
                     deliveries.append(delivery)
         return Recorded(event=event, job=after, deliveries=deliveries)
@@ -446,21 +315,21 @@ class SQLiteStore(Store):
         """The job an update is about (inserted if new), with its preview's rank."""
         if job_id is not None:
             async with db.execute(
-                f"SELECT {_JOB_COLUMNS}, preview_rank FROM jobs WHERE id = ?", (job_id,)
+                f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE id = ?", (job_id,)
             ) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 raise LookupError(f"no job {job_id}")
-            return _job(row), row[13]
+            return JOBS.read(row), row[len(JOBS.columns)]
         if new_job is None or new_job.job.task_id is None:
             raise ValueError("record() needs a job id or a new job with a task id")
         async with db.execute(
-            f"SELECT {_JOB_COLUMNS}, preview_rank FROM jobs WHERE provider = ? AND task_id = ?",
+            f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE provider = ? AND task_id = ?",
             (new_job.job.provider, new_job.job.task_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
-            return _job(row), row[13]
+            return JOBS.read(row), row[len(JOBS.columns)]
         await self._insert_job(db, new_job)
         return new_job.job, -1.0
 
@@ -488,76 +357,40 @@ class SQLiteStore(Store):
 
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)", _raw_values(raw, job_id)
-            )
+            await self._insert_request(db, raw, job_id)
             await db.execute(
                 "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
                 (poll_at, job_id),
             )
 
+    async def _insert_request(
+        self, db: aiosqlite.Connection, raw: RawRequest, job_id: str | None
+    ) -> None:
+        await db.execute(
+            f"INSERT INTO requests (job_id, {REQUESTS.select})"
+            f" VALUES ({', '.join('?' * (len(REQUESTS.columns) + 1))})",
+            (job_id, *REQUESTS.values(raw)),
+        )
+
     async def quarantine(self, entry: Quarantined) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO quarantine VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    entry.id,
-                    entry.received_at,
-                    entry.provider,
-                    entry.reason,
-                    entry.status_code,
-                    entry.method,
-                    entry.path,
-                    entry.query,
-                    _json_encode(entry.headers).decode(),
-                    entry.body,
-                    entry.client,
-                ),
+                f"INSERT INTO quarantine ({QUARANTINE.select})"
+                f" VALUES ({', '.join('?' * len(QUARANTINE.columns))})",
+                QUARANTINE.values(entry),
             )
 
     async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
         rows = await self._fetchall(
-            "SELECT id, received_at, provider, reason, status_code, method, path, query, headers,"
-            " body, client FROM quarantine ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"SELECT {QUARANTINE.select} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [
-            Quarantined(
-                id=r[0],
-                received_at=r[1],
-                provider=r[2],
-                reason=r[3],
-                status_code=r[4],
-                method=r[5],
-                path=r[6],
-                query=r[7],
-                headers=_json_decode(r[8]),
-                body=bytes(r[9]),
-                client=r[10],
-            )
-            for r in rows
-        ]
+        return [QUARANTINE.read(row) for row in rows]
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetchall(
-            "SELECT id, received_at, provider, method, path, query, headers, body, client"
-            " FROM requests WHERE job_id = ? ORDER BY id",
-            (job_id,),
+            f"SELECT {REQUESTS.select} FROM requests WHERE job_id = ? ORDER BY id", (job_id,)
         )
-        return [
-            RawRequest(
-                id=r[0],
-                received_at=r[1],
-                provider=r[2],
-                method=r[3],
-                path=r[4],
-                query=r[5],
-                headers=_json_decode(r[6]),
-                body=bytes(r[7]),
-                client=r[8],
-            )
-            for r in rows
-        ]
+        return [REQUESTS.read(row) for row in rows]
 
     # Deliveries
 
@@ -579,20 +412,20 @@ class SQLiteStore(Store):
                 "   SELECT d.seq, d.lease_until AS due FROM deliveries d"
                 "    WHERE d.state = 'running' AND d.lease_until < ?"
                 "  ) ORDER BY due, seq LIMIT ?)"
-                f" RETURNING {_DELIVERY_COLUMNS}",
+                f" RETURNING {DELIVERIES.select}",
                 (at + lease, at, at, at, limit),
             ) as cursor:
-                deliveries = [_delivery(row) for row in await cursor.fetchall()]
+                deliveries = [DELIVERIES.read(row) for row in await cursor.fetchall()]
             claimed = []
             for delivery in deliveries:
                 async with db.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (delivery.event_id,)
+                    f"SELECT {EVENTS.select} FROM events WHERE id = ?", (delivery.event_id,)
                 ) as cursor:
-                    event = _event(await cursor.fetchone())  # type: ignore[arg-type]
+                    event = EVENTS.read(await cursor.fetchone())  # type: ignore[arg-type]
                 async with db.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (delivery.job_id,)
+                    f"SELECT {JOBS.select} FROM jobs WHERE id = ?", (delivery.job_id,)
                 ) as cursor:
-                    job = _job(await cursor.fetchone())  # type: ignore[arg-type]
+                    job = JOBS.read(await cursor.fetchone())  # type: ignore[arg-type]
                 claimed.append(Claimed(delivery=delivery, event=event, job=job))
         return claimed
 
@@ -656,10 +489,10 @@ class SQLiteStore(Store):
             params.append(state.value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetchall(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY seq LIMIT ?",
+            f"SELECT {DELIVERIES.select} FROM deliveries {where} ORDER BY seq LIMIT ?",
             (*params, limit),
         )
-        return [_delivery(row) for row in rows]
+        return [DELIVERIES.read(row) for row in rows]
 
     # Polls
 
@@ -670,11 +503,11 @@ class SQLiteStore(Store):
                 "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
                 "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
                 "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
-                f" RETURNING {_JOB_COLUMNS}",
+                f" RETURNING {JOBS.select}",
                 (at + lease, at, limit),
             ) as cursor,
         ):
-            return [_job(row) for row in await cursor.fetchall()]
+            return [JOBS.read(row) for row in await cursor.fetchall()]
 
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
         async with self._transaction() as db:

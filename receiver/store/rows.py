@@ -1,0 +1,139 @@
+"""Mapping between the model Structs and table rows, shared by every SQL backend.
+
+Each `Table` names the columns a Struct is read from, in order, and which of them hold
+JSON. Column names equal field names, so a row converts with msgspec in one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from receiver.models import Delivery, Event, Job, Quarantined, RawRequest
+
+__all__ = ["DELIVERIES", "EVENTS", "JOBS", "QUARANTINE", "REQUESTS", "Table", "to_json"]
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+def to_json(value: Any) -> str | None:
+    """A JSON column's text; None stays NULL."""
+    return None if value is None else _encode(value).decode()
+
+
+class Table(Generic[T]):
+    """How one Struct is stored: its columns in order and the ones that hold JSON."""
+
+    def __init__(self, kind: type[T], columns: Sequence[str], json: Sequence[str] = ()):
+        self.kind = kind
+        self.columns = tuple(columns)
+        self.json = frozenset(json)
+        self.select = ", ".join(self.columns)
+        self._json_at = [i for i, name in enumerate(self.columns) if name in self.json]
+
+    def read(self, row: Sequence[Any]) -> T:
+        """The Struct of a row whose first columns are `self.columns`."""
+        values = dict(zip(self.columns, row, strict=False))
+        for i in self._json_at:
+            name = self.columns[i]
+            if values[name] is not None:
+                values[name] = _decode(values[name])
+        return msgspec.convert(values, self.kind)
+
+    def values(self, item: T) -> tuple[Any, ...]:
+        """The row of `item`, in column order, ready for an INSERT."""
+        return tuple(
+            to_json(getattr(item, name)) if name in self.json else _plain(getattr(item, name))
+            for name in self.columns
+        )
+
+
+def _plain(value: Any) -> Any:
+    # Enums are stored by value: StrEnum already is a str, so only bytes-like need care.
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+JOBS = Table(
+    Job,
+    (
+        "id",
+        "provider",
+        "task_id",
+        "status",
+        "raw_status",
+        "progress",
+        "result_url",
+        "preview_url",
+        "error",
+        "error_code",
+        "metadata",
+        "created_at",
+        "updated_at",
+    ),
+    json=("metadata",),
+)
+EVENTS = Table(
+    Event,
+    (
+        "id",
+        "job_id",
+        "provider",
+        "task_id",
+        "status",
+        "raw_status",
+        "progress",
+        "result_url",
+        "preview_url",
+        "error",
+        "error_code",
+        "source",
+        "disposition",
+        "received_at",
+        "request_id",
+        "payload",
+    ),
+    json=("payload",),
+)
+DELIVERIES = Table(
+    Delivery,
+    (
+        "id",
+        "event_id",
+        "job_id",
+        "handler",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "lease_until",
+        "last_error",
+        "created_at",
+        "updated_at",
+    ),
+)
+REQUESTS = Table(
+    RawRequest,
+    ("id", "received_at", "provider", "method", "path", "query", "headers", "body", "client"),
+    json=("headers",),
+)
+QUARANTINE = Table(
+    Quarantined,
+    (
+        "id",
+        "received_at",
+        "provider",
+        "reason",
+        "status_code",
+        "method",
+        "path",
+        "query",
+        "headers",
+        "body",
+        "client",
+    ),
+    json=("headers",),
+)
