@@ -94,6 +94,15 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
     return b"".join(chunks), False
 
 
+def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Every header as sent; a repeated one keeps all its values, comma-joined as HTTP allows."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in request.scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
 def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequest:
     query = request.scope.get("query_string", b"").decode("latin-1")
     return RawRequest(
@@ -103,7 +112,7 @@ def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequ
         method=request.method,
         path=redact_path(request.url.path),
         query=redact_query(query),
-        headers=redact_headers(dict(request.headers)),
+        headers=redact_headers(_headers(request)),
         body=body,
         client=request.client.host if request.client else None,
     )

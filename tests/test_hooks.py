@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from receiver.dispatch import Registry
@@ -189,6 +190,22 @@ class TestApiframeCallbacks:
         assert b'"percentage":"40"' in raw.body
         assert SECRET not in repr(raw.headers)
         assert TOKEN not in raw.path
+
+
+    async def test_repeated_headers_are_all_kept(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A header sent twice is stored with both values, and a repeated secret stays hidden."""
+        job = await make_job(live)
+        headers = [("x-webhook-secret", SECRET), ("x-trace", "a"), ("x-trace", "b")]
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}",
+            content=msgspec.json.encode(APIFRAME_PROGRESS),
+            headers=headers,
+        )
+        assert 200 == answer.status_code
+        [raw] = await live.runtime.store.list_requests(job.id)
+        assert ("a, b", "[redacted]") == (raw.headers["x-trace"], raw.headers["x-webhook-secret"])
 
 
 class TestRejections:
