@@ -20,6 +20,7 @@ from receiver.errors import StoreUnavailable
 from receiver.hooks import HOOK_ROUTES
 from receiver.runtime import Runtime
 from receiver.store import Store
+from receiver.verify import redact_path
 
 __all__ = ["create_app"]
 
@@ -43,9 +44,15 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    # Logged for the operator; the caller learns nothing about our insides.
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Logged for the operator (the path's token redacted); the caller learns nothing.
+    path = redact_path(request.url.path)
+    log.error("unexpected error on %s %s", request.method, path, exc_info=exc)
     return Response({"error": "internal error"}, status_code=500)
+
+
+def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    # A body too deeply nested or with broken UTF-8 inside a string is the caller's fault.
+    return Response({"error": "bad request"}, status_code=400)
 
 
 def create_app(
@@ -89,6 +96,8 @@ def create_app(
         exception_handlers={
             StoreUnavailable: _store_unavailable,
             HTTPException: _http_error,
+            RecursionError: _undecodable,
+            UnicodeDecodeError: _undecodable,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(title="receiver", version="0.1.0", path="/schema"),

@@ -135,18 +135,32 @@ def _progress(job: Job) -> str:
     return "-" if job.progress is None else f"{job.progress:4.0%}"
 
 
-async def _with_runtime(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+async def _with_runtime(
+    settings: Settings,
+    work: Callable[[Any], Coroutine[Any, Any, int]],
+    *,
+    with_handlers: bool = False,
+) -> int:
     from receiver.dispatch import Registry
     from receiver.runtime import Runtime
 
     # Direct mode: the CLI works on the database itself; a running `serve` picks up the rest.
-    runtime = Runtime.build(settings, handlers=Registry())
+    # Submitting routes events to handlers, so it must know them; reading does not.
+    runtime = Runtime.build(settings, handlers=None if with_handlers else Registry())
     await runtime.store.open()
     try:
         return await work(runtime)
     finally:
         await runtime.client.aclose()
         await runtime.store.close()
+
+
+async def _check_store(settings: Settings) -> None:
+    from receiver.store import store_for
+
+    store = store_for(settings.database_url)
+    await store.open()
+    await store.close()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -158,6 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    asyncio.run(_check_store(settings))  # a clear one-line error instead of a traceback
     app = create_app(settings)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
@@ -200,7 +215,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 print(job.result_url)
         return EXIT_JOB_FAILED if job.status.value == "failed" else EXIT_OK
 
-    return asyncio.run(_with_runtime(settings, work))
+    return asyncio.run(_with_runtime(settings, work, with_handlers=True))
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:

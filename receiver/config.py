@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from receiver.errors import ConfigError
@@ -43,18 +44,31 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://[^/\s]+", self.public_url):
-            raise ConfigError(
-                f"RECEIVER_PUBLIC_URL must be an http(s) URL, got {self.public_url!r}"
-            )
+        if not _is_http_url(self.public_url):
+            raise ConfigError("RECEIVER_PUBLIC_URL must be an absolute http(s) URL")
         if not self.database_url.startswith(("sqlite:", "postgresql://", "postgres://")):
             raise ConfigError(
                 "RECEIVER_DATABASE_URL must start with sqlite:/// or postgresql://, "
                 f"got {self.database_url.split(':', 1)[0]!r}"
             )
-        for name in self.providers:
+        for name, provider in self.providers.items():
             if name not in PROVIDERS:
                 raise ConfigError(f"unknown provider {name!r} in settings")
+            if provider.base_url is not None and not _is_http_url(provider.base_url):
+                # The value is not echoed: a URL may carry credentials.
+                raise ConfigError(f"RECEIVER_{name.upper()}_BASE_URL must be an http(s) URL")
+            if provider.timeout <= 0:
+                raise ConfigError(f"RECEIVER_{name.upper()}_TIMEOUT must be greater than 0")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"RECEIVER_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)},"
+                f" got {self.log_level!r}"
+            )
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"RECEIVER_PORT must be from 1 to 65535, got {self.port}")
+        for name in ("retry_max_delay", "poll_max_interval", "retry_after"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"RECEIVER_{name.upper()} must not be negative")
         for name in ("max_body_bytes", "handler_max_attempts", "handler_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
@@ -67,6 +81,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _FIELDS = {f for f in Settings.__struct_fields__ if f != "providers"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _is_http_url(value: str) -> bool:
+    """Whether `value` is an absolute http(s) URL with a host, as httpx would accept it."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
 _PROVIDER_FIELDS = set(ProviderSettings.__struct_fields__)
 
 

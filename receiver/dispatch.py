@@ -66,12 +66,19 @@ class Handler(msgspec.Struct, frozen=True):
             return False
         return self.statuses is None or event.status.value in self.statuses
 
-    async def call(self, event: Event, job: Job, delivery: DeliveryInfo) -> None:
+    async def call(self, event: Event, job: Job, delivery: DeliveryInfo, *, timeout: float) -> None:
+        """Run the handler; an async one is cut off after `timeout` (TimeoutError)."""
         kwargs = {"delivery": delivery} if self.wants_delivery else {}
         if self.is_async:
-            await self.func(event, job, **kwargs)
-        else:
-            await asyncio.to_thread(self.func, event, job, **kwargs)
+            await asyncio.wait_for(self.func(event, job, **kwargs), timeout)
+            return
+        # A thread cannot be cut off. Past the timeout we keep waiting for it, so that its
+        # retry, or the job's next event, never runs beside it; its own outcome stands.
+        thread = asyncio.ensure_future(asyncio.to_thread(self.func, event, job, **kwargs))
+        done, _ = await asyncio.wait({thread}, timeout=timeout)
+        if not done:
+            log.warning("sync handler %s overran %gs; waiting for it to return", self.name, timeout)
+        await thread
 
 
 class Registry:
@@ -215,39 +222,11 @@ class Dispatcher(WorkLoop):
                 await asyncio.wait(pending)
 
     async def _deliver(self, item: Claimed) -> None:
+        """Run one claimed delivery and record its outcome: done, a retry later, or dead."""
         delivery = item.delivery
-        handler = self.handlers.get(delivery.handler)
         try:
-            if handler is None:
-                await self.store.kill_delivery(
-                    delivery.id,
-                    error=f"no handler named {delivery.handler} is registered",
-                    at=now(),
-                )
-                return
-            info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
-            defer: float | None = None
-            try:
-                await asyncio.wait_for(handler.call(item.event, item.job, info), self.timeout)
-            except Retry as request:
-                error, defer = "handler asked to retry", request.defer
-            except TimeoutError:
-                error = f"timed out after {self.timeout:g}s"
-            except asyncio.CancelledError:
-                # Cut off at shutdown: pending again, so the next start runs it.
-                await asyncio.shield(
-                    self.store.retry_delivery(
-                        delivery.id,
-                        error="interrupted by shutdown",
-                        next_attempt_at=now(),
-                        at=now(),
-                    )
-                )
-                raise
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
-            else:
+            error, defer = await self._run_handler(item)
+            if error is None:
                 await self.store.finish_delivery(delivery.id, at=now())
                 return
             if delivery.attempts >= self.max_attempts:
@@ -265,3 +244,31 @@ class Dispatcher(WorkLoop):
         except StoreUnavailable as exc:
             # The lease runs out and the delivery is claimed again: at least once still holds.
             log.warning("could not record the outcome of %s: %s", delivery.id, exc)
+
+    async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None]:
+        """Call the delivery's handler: (None, None) on success, else the error and any deferral."""
+        delivery = item.delivery
+        handler = self.handlers.get(delivery.handler)
+        if handler is None:
+            # A deploy may have renamed it, or loaded other handlers: retried like a failure.
+            return f"no handler named {delivery.handler} is registered", None
+        info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
+        try:
+            await handler.call(item.event, item.job, info, timeout=self.timeout)
+        except Retry as request:
+            return "handler asked to retry", request.defer
+        except TimeoutError:
+            return f"timed out after {self.timeout:g}s", None
+        except asyncio.CancelledError:
+            # Cut off at shutdown: pending again, so the next start runs it.
+            await asyncio.shield(
+                self.store.retry_delivery(
+                    delivery.id, error="interrupted by shutdown", next_attempt_at=now(), at=now()
+                )
+            )
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
+            return error, None
+        return None, None

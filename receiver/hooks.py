@@ -150,7 +150,8 @@ def _parse(adapter: Provider, body: bytes) -> Update:
     """The body as the adapter reads it; any failure to read it is a 400, never a 500."""
     try:
         decoded = _decode_json(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # Invalid UTF-8 inside a string and very deep nesting fail outside DecodeError.
         raise _Reject(400, "bad_json") from None
     if not isinstance(decoded, dict):
         raise _Reject(400, "not_an_object")

@@ -2,7 +2,7 @@
 
 A loop sleeps until a `wake()` (something was just committed), the next due time the
 store reports, or `idle_wait` at most, which also covers work committed by another
-process. A store that fails makes it back off, never crash.
+process. A store that fails, or a bug, makes it back off, never end.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ class WorkLoop(abc.ABC):
             except StoreUnavailable as exc:
                 failures += 1
                 log.warning("%s: store unavailable: %s", type(self).__name__, exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            except Exception:
+                # A bug must not end the loop for good: log it, back off, go on.
+                failures += 1
+                log.exception("%s: unexpected error; retrying", type(self).__name__)
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
                 continue
             if not taken:

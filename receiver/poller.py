@@ -73,8 +73,11 @@ class Poller(WorkLoop):
             update = await gateway.pull(job.task_id)
         except StoreUnavailable:
             raise
-        except ReceiverError as exc:
-            log.warning("poll of %s at %s failed: %s", job.id, job.provider, exc)
+        except Exception as exc:
+            if isinstance(exc, ReceiverError):
+                log.warning("poll of %s at %s failed: %s", job.id, job.provider, exc)
+            else:  # a bug: one job's poll must not stop the others
+                log.exception("poll of %s at %s failed unexpectedly", job.id, job.provider)
             await self.store.schedule_poll(job.id, now() + self.delay(job), attempted=True)
             return
         await self.ingest.record(

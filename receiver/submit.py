@@ -8,6 +8,7 @@ create call leaves a failed job carrying the provider's error, which fires the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,8 @@ from receiver.store.base import NewJob, Store
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
 __all__ = ["Submitted", "Submitter", "queued_job"]
+
+log = logging.getLogger("receiver.submit")
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
 
@@ -102,14 +105,12 @@ class Submitter:
         try:
             created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
-            failure = Update(
-                status=Status.FAILED,
-                raw_status="create_failed",
-                error=str(exc),
-                error_code=str(exc.status_code) if exc.status_code else None,
-            )
-            recorded = await self.ingest.record(job.id, failure, source="submit")
-            return Submitted(job=recorded.job)
+            return await self._failed(job, str(exc), exc.status_code)
+        except Exception as exc:
+            # Input the adapter could not turn into a request (a list where a name belongs,
+            # an unreadable upload): still a failed job with a reason, never a crash.
+            log.warning("create request for %s failed: %s", job.id, type(exc).__name__)
+            return await self._failed(job, f"could not build the request: {exc}"[:500], None)
         if created.task_id is not None:
             polled = style is CallbackStyle.POLL
             await self.store.set_task_id(
@@ -120,6 +121,16 @@ class Submitter:
             return Submitted(job=recorded.job, hook_url=hook_url)
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
+
+    async def _failed(self, job: Job, error: str, status_code: int | None) -> Submitted:
+        failure = Update(
+            status=Status.FAILED,
+            raw_status="create_failed",
+            error=error,
+            error_code=str(status_code) if status_code else None,
+        )
+        recorded = await self.ingest.record(job.id, failure, source="submit")
+        return Submitted(job=recorded.job)
 
     async def track(
         self, provider: str, task_id: str, *, metadata: Mapping[str, Any] | None = None

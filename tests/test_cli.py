@@ -78,6 +78,34 @@ class TestSubmitAndInspect:
         assert 0 == code
         assert "succeeded" in out and "submit" in out
 
+    async def test_submit_routes_events_to_the_configured_handlers(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A job that completes inside the create call gets deliveries for `serve` to run."""
+        (tmp_path / "my_handlers.py").write_text(
+            "from receiver import on\n\n@on('succeeded')\nasync def done(event, job):\n    pass\n"
+        )
+        env = {**env, "RECEIVER_HANDLERS": "my_handlers"}
+        code, out, err = await run_cli(
+            "submit", "runway_ai", "prompt=x", "duration=5", "--json", env=env, cwd=tmp_path
+        )
+        assert 0 == code, err
+        job_id = json.loads(out)["id"]
+        code, out, _ = await run_cli("job", job_id, "--json", env=env, cwd=tmp_path)
+        deliveries = json.loads(out)["deliveries"]
+        assert [("my_handlers.done", "pending")] == [(d["handler"], d["state"]) for d in deliveries]
+
+    async def test_serve_on_an_unusable_database_exits_3_in_one_line(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A database that cannot be opened stops `serve` with one line, not a traceback."""
+        (tmp_path / "blocker").write_text("a file where a folder should be")
+        env = {**env, "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'blocker' / 'r.db'}"}
+        code, _, err = await run_cli("serve", "--port", "1", env=env, cwd=tmp_path)
+        assert 3 == code
+        assert "Traceback" not in err
+        assert 1 == len(err.strip().splitlines())
+
     async def test_refused_submit_exits_1_with_the_error(
         self, tmp_path: Path, env: dict[str, str], sim: RunningSimulator
     ) -> None:

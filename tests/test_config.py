@@ -178,11 +178,25 @@ class TestErrors:
             ("RECEIVER_HANDLER_MAX_ATTEMPTS", "0"),
             ("RECEIVER_RETRY_BASE_DELAY", "-1"),
             ("RECEIVER_MAX_BODY_BYTES", "0"),
+            ("RECEIVER_PORT", "99999"),
+            ("RECEIVER_PORT", "0"),
+            ("RECEIVER_RETRY_MAX_DELAY", "-1"),
+            ("RECEIVER_POLL_MAX_INTERVAL", "-5"),
+            ("RECEIVER_RETRY_AFTER", "-1"),
+            ("RECEIVER_LOG_LEVEL", "LOUD"),
+            ("RECEIVER_APIFRAME_TIMEOUT", "0"),
         ],
     )
     def test_out_of_range_numbers(self, variable: str, value: str) -> None:
         """Numbers that cannot work are refused, naming their variable."""
         assert variable in config_error({variable: value})
+
+    @pytest.mark.parametrize("url", ["http://[::1", "ftp://files.example", "api.example.com"])
+    def test_bad_provider_base_url_is_named_not_echoed(self, url: str) -> None:
+        """An unusable base URL is refused at start, named but not shown (it may hold a password)."""
+        message = config_error({"RECEIVER_ARTVISUM_BASE_URL": url})
+        assert "RECEIVER_ARTVISUM_BASE_URL" in message
+        assert url not in message
 
     def test_unknown_key_in_the_file(self, tmp_path: Path) -> None:
         """A misspelt key in receiver.toml is reported, not silently ignored."""

@@ -184,7 +184,7 @@ class TestOn:
         [handler] = registry.handlers.values()
         assert not handler.is_async
         await handler.call(
-            make_event(), make_job(), DeliveryInfo(id="dlv_1", handler="h", attempt=1)
+            make_event(), make_job(), DeliveryInfo(id="dlv_1", handler="h", attempt=1), timeout=5
         )
         assert 1 == len(seen)
         assert threading.get_ident() != seen[0]
@@ -203,7 +203,7 @@ class TestOn:
 
         info = DeliveryInfo(id="dlv_1", handler="h", attempt=2)
         for handler in registry.handlers.values():
-            await handler.call(make_event(), make_job(), info)
+            await handler.call(make_event(), make_job(), info, timeout=5)
         assert [info, "plain"] == got
 
 
@@ -328,18 +328,45 @@ class TestRetries:
         assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
         assert "timed out after 0.1s" == delivery.last_error
 
-    async def test_unregistered_handler_goes_dead(self, store: Store, registry: Registry) -> None:
-        """A delivery for a handler that no longer exists is dead with an error naming it."""
+    async def test_unregistered_handler_is_retried_then_dead(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A delivery for a handler that is not registered is retried, then dead, naming it."""
         await add_job(store)
         await store.record(
             "job_1", running(0.5), source="callback", route=lambda event, job: ["gone.handler"]
         )
-        await fast_dispatcher(store, registry).drain(timeout=5)
+        async with running_dispatcher(fast_dispatcher(store, registry, max_attempts=3)):
+            await wait_for(all_finished(store, 1))
         [delivery] = await deliveries(store)
-        assert DeliveryState.DEAD == delivery.state
+        assert (DeliveryState.DEAD, 3) == (delivery.state, delivery.attempts)
         assert delivery.last_error is not None
         assert "gone.handler" in delivery.last_error
         assert "no handler" in delivery.last_error
+
+    async def test_sync_handler_overrunning_its_timeout_is_awaited_not_overlapped(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A thread past the timeout is waited for: nothing of its job runs beside it."""
+        active, overlaps, calls = [0], [0], []
+
+        @registry.on("*")
+        def slow(event: Event, job: Job) -> None:
+            active[0] += 1
+            overlaps[0] = max(overlaps[0], active[0])
+            time.sleep(0.3)
+            calls.append(event.status.value)
+            active[0] -= 1
+
+        await add_job(store)
+        dispatcher = fast_dispatcher(store, registry, timeout=0.05)
+        ingest = Ingest(store, registry, dispatcher.wake)
+        await ingest.record("job_1", running(0.5), source="callback")
+        await ingest.record("job_1", running(0.9), source="callback")
+        await dispatcher.drain(timeout=5)
+        assert 1 == overlaps[0]
+        assert ["running", "running"] == calls
+        assert [DeliveryState.DONE] * 2 == [d.state for d in await deliveries(store)]
 
 
 class TestOrderAndIsolation:

@@ -193,6 +193,20 @@ class TestProviderMisbehaviour:
         await wait_until_final(live, created["id"])
         assert [("failed", None)] == handled.of(created["id"])
 
+    async def test_input_the_adapter_cannot_use_gives_a_failed_job(
+        self, live: LiveReceiver, handled: Handled
+    ) -> None:
+        """Fields of the wrong type fail the job with a reason instead of crashing the request."""
+        async with httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as client:
+            answer = await client.post(
+                "/jobs", json={"provider": "aivideoapi", "input": {"endpoint": ["text"]}}
+            )
+        assert 201 == answer.status_code
+        created = answer.json()
+        assert ("failed", "create_failed") == (created["status"], created["raw_status"])
+        await wait_until_final(live, created["id"])
+        assert [("failed", None)] == handled.of(created["id"])
+
     async def test_wrong_api_key_gives_a_failed_job(
         self, tmp_path: Path, sim: RunningSimulator, handlers: Registry
     ) -> None:

@@ -191,7 +191,6 @@ class TestApiframeCallbacks:
         assert SECRET not in repr(raw.headers)
         assert TOKEN not in raw.path
 
-
     async def test_repeated_headers_are_all_kept(
         self, live: LiveReceiver, client: httpx.AsyncClient
     ) -> None:
@@ -265,6 +264,7 @@ class TestRejections:
         [
             (b'{"task_id": "29e9", "status": ', "bad_json"),
             (b"\xff\xfe not json", "bad_json"),
+            (b'{"task_id": "29e9", "status": "\xff"}', "bad_json"),
             (b"[1, 2, 3]", "not_an_object"),
             (b'"finished"', "not_an_object"),
             (b'{"task_id": "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a"}', "bad_payload"),
@@ -332,6 +332,29 @@ class TestRejections:
         )
         assert 413 == answer.status_code
         await assert_untouched(live, job, calls)
+
+
+class TestHostileBodies:
+    """Bodies built to break a parser get a 400 and are kept, never a 500."""
+
+    async def test_deeply_nested_json_is_400(
+        self, tmp_path: Path, handlers: Registry, calls: Calls
+    ) -> None:
+        """JSON nested thousands deep (under the size limit) is refused as bad JSON."""
+        depth = 5000
+        body = b'{"status":"1","a":' + b'{"b":' * depth + b"1" + b"}" * depth + b"}"
+        async with running_receiver(tmp_path, handlers=handlers) as live:
+            job = await make_job(live, "rixapi", secret=None)
+            async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+                answer = await http.post(f"/hooks/rixapi/{TOKEN}", content=body)
+                admin = await http.post(
+                    "/jobs",
+                    content=b'{"provider":"rixapi","input":' + body + b"}",
+                    headers={**live.admin_headers, "content-type": "application/json"},
+                )
+            assert (400, 400) == (answer.status_code, admin.status_code)
+            await assert_untouched(live, job, calls)
+            assert ["bad_json"] == await quarantine_reasons(live)
 
 
 class TestStoreDown:
