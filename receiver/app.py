@@ -28,6 +28,8 @@ log = logging.getLogger("receiver")
 
 
 def _store_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    # The one place a 503 is built: a provider seeing it retries after Retry-After.
+    log.warning("store unavailable on %s: %s", redact_path(request.url.path), exc)
     runtime: Runtime = request.app.state.runtime
     return Response(
         {"error": "store unavailable, retry later"},

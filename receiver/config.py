@@ -16,9 +16,10 @@ import msgspec
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS, ProviderSettings
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["DEFAULT_HANDLERS", "ENV_PREFIX", "Settings", "load_settings"]
 
 ENV_PREFIX = "RECEIVER_"
+DEFAULT_HANDLERS = "handlers"  # a module of that name in the working directory, if any
 log = logging.getLogger("receiver.config")
 
 
@@ -29,7 +30,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     public_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
-    handlers: str = "handlers"
+    handlers: str = DEFAULT_HANDLERS
     admin_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     handler_max_attempts: int = 8

@@ -129,8 +129,12 @@ registry = Registry()
 on = registry.on
 
 
-def load_handlers(module: str, target: Registry | None = None) -> Registry:
-    """Import the user's handler module, registering its `@on` functions; return the registry."""
+def load_handlers(module: str, *, required: bool = True) -> Registry:
+    """Import the user's handler module, registering its `@on` functions; return the registry.
+
+    A module that is not there is a ConfigError when `required`, else a warning: the
+    receiver still takes and stores callbacks, and routes them once handlers exist.
+    """
     if module:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")  # `receiver serve` finds ./handlers like `python -m` would
@@ -138,9 +142,11 @@ def load_handlers(module: str, target: Registry | None = None) -> Registry:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module and not module.startswith(f"{exc.name}."):
-                raise
-            raise ConfigError(f"RECEIVER_HANDLERS: cannot import module {module!r}") from None
-    return target or registry
+                raise  # the module exists but imports something missing: the user's to fix
+            if required:
+                raise ConfigError(f"RECEIVER_HANDLERS: cannot import module {module!r}") from None
+            log.warning("no module %r to load handlers from: callbacks are stored only", module)
+    return registry
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,7 +33,9 @@ __all__ = ["HOOK_ROUTES", "nudge_uuid"]
 log = logging.getLogger("receiver.hooks")
 
 _decode_json = msgspec.json.Decoder().decode
-_QUARANTINE_BODY_LIMIT = 64 * 1024
+# A rejected body is kept whole when the caller proved itself (a 400 on a job's own URL:
+# diagnosis needs it), and only its start otherwise, so guessing tokens cannot fill the disk.
+_UNPROVEN_BODY_LIMIT = 4 * 1024
 _UUID_PARAM = re.compile(r"(?:^|[?&;])uuid=([^&?;#]*)")
 
 
@@ -60,14 +63,6 @@ def _answer(status_code: int, **content: Any) -> Response[dict[str, Any]]:
     )
 
 
-def _unavailable(runtime: Runtime) -> Response[dict[str, Any]]:
-    return Response(
-        {"error": "store unavailable, retry later"},
-        status_code=503,
-        headers={"Retry-After": str(runtime.settings.retry_after)},
-    )
-
-
 def nudge_uuid(query: str) -> str | None:
     """The `uuid` of a nudge, also when it was glued on with a second `?` (`?token=a?uuid=X`)."""
     match = _UUID_PARAM.search(query)
@@ -89,7 +84,7 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return b"".join(chunks)[:_QUARANTINE_BODY_LIMIT], True
+            return b"".join(chunks)[:_UNPROVEN_BODY_LIMIT], True
         chunks.append(chunk)
     return b"".join(chunks), False
 
@@ -129,7 +124,7 @@ async def _quarantine(runtime: Runtime, raw: RawRequest, reject: _Reject) -> Non
         path=raw.path,
         query=raw.query,
         headers=raw.headers,
-        body=raw.body[:_QUARANTINE_BODY_LIMIT],
+        body=raw.body if reject.status_code == 400 else raw.body[:_UNPROVEN_BODY_LIMIT],
         client=raw.client,
     )
     try:
@@ -173,36 +168,43 @@ async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Jo
 
 
 def _check_secret(
-    runtime: Runtime, request: Request[Any, Any, Any], provider: str, secret_hash: str | None
+    request: Request[Any, Any, Any], *, job_secret_hash: str | None, static: str | None
 ) -> None:
-    """The x-webhook-secret must equal the job's secret or the provider's static one."""
+    """x-webhook-secret must equal the job's secret or the provider's static one.
+
+    Both are compared (in constant time) whatever the first gave, so timing tells nothing.
+    """
     offered = request.headers.get("x-webhook-secret")
     if offered is None:
         raise _Reject(401, "missing_secret")
-    static = runtime.settings.provider(provider).webhook_secret
-    job_ok = matches(offered, secret_hash)
+    job_ok = matches(offered, job_secret_hash)
     static_ok = matches_any(offered, [static])
     if not (job_ok or static_ok):
         raise _Reject(401, "wrong_secret")
 
 
+Answer = Response[dict[str, Any]]
+
+
 async def _guarded(
-    request: Request[Any, Any, Any], provider: str, handle: Any
-) -> Response[dict[str, Any]]:
-    """Run one hook: read the body, then `handle`; map rejections and store faults to answers."""
+    request: Request[Any, Any, Any],
+    provider: str,
+    handle: Callable[[Runtime, bytes], Awaitable[Answer]],
+) -> Answer:
+    """Run one hook: read the body, then `handle`; answer and quarantine a rejection.
+
+    StoreUnavailable goes on to the app's handler, which answers 503 with Retry-After.
+    """
     runtime: Runtime = request.app.state.runtime
     body = b""
     try:
         body, too_large = await _read_body(request, runtime.settings.max_body_bytes)
         if too_large:
             raise _Reject(413, "too_large")
-        return await handle(runtime, body)  # type: ignore[no-any-return]
+        return await handle(runtime, body)
     except _Reject as reject:
         await _quarantine(runtime, _raw(request, provider, body), reject)
         return _answer(reject.status_code)
-    except StoreUnavailable as exc:
-        log.warning("store unavailable on %s hook: %s", provider, exc)
-        return _unavailable(runtime)
 
 
 @post("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=200)
@@ -215,7 +217,8 @@ async def job_callback(
         adapter = _adapter(provider)
         job, secret_hash = await _job_by_token(runtime, provider, token)
         if adapter.callback_style is CallbackStyle.SECRET_POST:
-            _check_secret(runtime, request, provider, secret_hash)
+            static = runtime.settings.provider(provider).webhook_secret
+            _check_secret(request, job_secret_hash=secret_hash, static=static)
         update = _parse(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise _Reject(400, "task_mismatch")
@@ -261,11 +264,7 @@ async def provider_callback(
         static = runtime.settings.provider(provider).webhook_secret
         if not static:
             raise _Reject(404, "static_route_disabled")
-        offered = request.headers.get("x-webhook-secret")
-        if offered is None:
-            raise _Reject(401, "missing_secret")
-        if not matches_any(offered, [static]):
-            raise _Reject(401, "wrong_secret")
+        _check_secret(request, job_secret_hash=None, static=static)
         update = _parse(adapter, body)
         if not valid_task_id(update.task_id):
             raise _Reject(400, "no_task_id")

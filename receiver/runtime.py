@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
 import httpx
-import msgspec
 
-from receiver.config import Settings
+from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.dispatch import Dispatcher, Registry, load_handlers
 from receiver.ingest import Ingest
 from receiver.poller import Poller
@@ -24,7 +24,8 @@ __all__ = ["Runtime", "admin_token_file", "ensure_admin_token"]
 log = logging.getLogger("receiver")
 
 
-class Runtime(msgspec.Struct, kw_only=True, dict=True):
+@dataclasses.dataclass(kw_only=True)
+class Runtime:
     """Everything a route or a loop needs; one per app."""
 
     settings: Settings
@@ -48,7 +49,10 @@ class Runtime(msgspec.Struct, kw_only=True, dict=True):
         client: httpx.AsyncClient | None = None,
     ) -> Runtime:
         store = store or store_for(settings.database_url)
-        handlers = handlers if handlers is not None else load_handlers(settings.handlers)
+        if handlers is None:
+            # The default module is optional (a fresh directory has none); a named one is not.
+            required = settings.handlers != DEFAULT_HANDLERS
+            handlers = load_handlers(settings.handlers, required=required)
         client = client or httpx.AsyncClient(follow_redirects=False)
         gateways = {
             name: ProviderGateway(adapter, settings.provider(name), client)

@@ -120,7 +120,7 @@ def advance(
         error=(update.error or job.error or f"provider reported {update.raw_status}")
         if failed
         else job.error,
-        error_code=update.error_code or job.error_code if failed else job.error_code,
+        error_code=(update.error_code or job.error_code) if failed else job.error_code,
         updated_at=at,
     )
     return Transition(Disposition.APPLIED, moved, True, rank)

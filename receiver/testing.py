@@ -7,12 +7,12 @@ loopback port inside the current event loop, on a SQLite file of your choosing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 
 from receiver.app import create_app
 from receiver.config import load_settings
@@ -25,7 +25,8 @@ from receiver.store.base import Store
 __all__ = ["LiveReceiver", "mock_gateway", "running_receiver"]
 
 
-class LiveReceiver(msgspec.Struct, kw_only=True, dict=True):
+@dataclasses.dataclass(kw_only=True)
+class LiveReceiver:
     """A receiver serving on loopback: its URL, its parts, and the admin header to use."""
 
     url: str

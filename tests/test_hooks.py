@@ -357,6 +357,20 @@ class TestHostileBodies:
             assert ["bad_json"] == await quarantine_reasons(live)
 
 
+    async def test_quarantine_keeps_whole_bodies_only_from_proven_callers(
+        self, tmp_path: Path, handlers: Registry
+    ) -> None:
+        """A bad body on a job's own URL is kept whole; a guessed token keeps only 4 KiB."""
+        body = b"x" * 10_000
+        async with running_receiver(tmp_path, handlers=handlers) as live:
+            await make_job(live, "rixapi", secret=None)
+            async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+                await http.post(f"/hooks/rixapi/{TOKEN}", content=body)
+                await http.post("/hooks/rixapi/guessed-token", content=body)
+            kept = {e.reason: len(e.body) for e in await live.runtime.store.list_quarantine()}
+        assert {"bad_json": 10_000, "unknown_token": 4096} == kept
+
+
 class TestStoreDown:
     """A store that cannot commit answers 503 with Retry-After, never 500."""
 

@@ -154,6 +154,20 @@ class TestCreated:
                 await provider.create({"prompt": "p"}, hook_url=HOOK, webhook_secret=None)
 
 
+class TestWrappedCallbackCodes:
+    """A wrapped callback whose code is not 200 is not read as a task update."""
+
+    def test_wrapped_failure_code_is_unparseable(self) -> None:
+        """`{"code": 500, "data": {...status 3...}}` is refused rather than taken as success."""
+        with pytest.raises(UnparseablePayload):
+            Rixapi().parse_callback(wrapped(SUCCEEDED, code=500))
+
+    def test_wrapped_string_code_200_is_read(self) -> None:
+        """Codes come as strings too: "200" is success."""
+        update = Rixapi().parse_callback(wrapped(SUCCEEDED, code="200"))
+        assert Status.SUCCEEDED == update.status
+
+
 class TestCallback:
     """Callbacks arrive bare or wrapped, with every value a string."""
 

@@ -111,7 +111,8 @@ class Provider(abc.ABC):
 
     @property
     def can_pull(self) -> bool:
-        return self.status_request("probe") is not None
+        """Whether this provider has a status API (its adapter overrides `status_request`)."""
+        return type(self).status_request is not Provider.status_request
 
     def error_message(self, body: Any, status_code: int) -> str:
         """A readable message from a provider's error answer."""

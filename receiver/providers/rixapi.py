@@ -93,8 +93,12 @@ class Rixapi(Provider):
         return Created(task_id=task_id)
 
     def parse_callback(self, body: dict[str, Any]) -> Update:
-        # Bare `data` objects are what clients observe; the wrapped form is accepted too.
+        # Bare `data` objects are what clients observe; the wrapped form is accepted too,
+        # unless its `code` says the wrapper reports a failure rather than a task.
         if "status" not in body and "state" not in body and isinstance(body.get("data"), dict):
+            code = _status_key(body.get("code"))
+            if code is not None and code != "200":
+                raise UnparseablePayload(f"rixapi callback wrapped with code {code}")
             body = body["data"]
         return self._update(body)
 

@@ -1,4 +1,4 @@
-"""Durable storage behind one seam; `open_store` picks the backend from the database URL."""
+"""Durable storage behind one seam; `store_for` picks the backend from the database URL."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The embedded default store: one SQLite file in WAL mode, through aiosqlite.
 
-Writes are serialised by one asyncio lock around `BEGIN IMMEDIATE` transactions, so
-the state machine always reads the job it is about to change. `synchronous=FULL`
-makes every acknowledged commit survive a power cut, not only a killed process.
+Writes go through one connection, serialised by an asyncio lock around `BEGIN
+IMMEDIATE` transactions, so the state machine always reads the job it is about to
+change. Reads use a second connection, so they never see a transaction in progress
+(WAL lets them run beside the writer). `synchronous=FULL` makes every acknowledged
+commit survive a power cut, not only a killed process.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, 
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
-# What a failing or closed database raises; each becomes StoreUnavailable. aiosqlite
-# raises ValueError("no active connection") when the store was closed under a caller.
-_FAULTS = (sqlite3.Error, ValueError)
+
+def _is_fault(exc: BaseException) -> bool:
+    """A failing database, or one closed under a caller (aiosqlite then raises ValueError)."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    return isinstance(exc, ValueError) and "no active connection" in str(exc)
 
 
 def sqlite_path(url: str) -> str:
@@ -71,6 +76,7 @@ class SQLiteStore(Store):
         self.path = sqlite_path(url)
         self._busy_timeout_ms = busy_timeout_ms
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
     # Connection and transactions
@@ -86,15 +92,20 @@ class SQLiteStore(Store):
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
+            if self.path != ":memory:":  # a second connection to :memory: is another database
+                self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._reader.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                await self._reader.execute("PRAGMA query_only = ON")
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
 
     async def close(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(Exception):
-                await self._db.close()
-            self._db = None
+        for connection in (self._reader, self._db):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+        self._db = self._reader = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -133,24 +144,30 @@ class SQLiteStore(Store):
             db = self.db
             try:
                 await db.execute("BEGIN IMMEDIATE")
-            except _FAULTS as exc:
-                raise StoreUnavailable(str(exc)) from None
+            except Exception as exc:
+                if _is_fault(exc):
+                    raise StoreUnavailable(str(exc)) from None
+                raise
             try:
                 yield db
                 await db.execute("COMMIT")
             except BaseException as exc:
-                with contextlib.suppress(*_FAULTS):
+                with contextlib.suppress(Exception):
                     await db.execute("ROLLBACK")
-                if isinstance(exc, _FAULTS):
+                if _is_fault(exc):
                     raise StoreUnavailable(str(exc)) from None
                 raise
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read on the reading connection: committed data only."""
+        reader = self._reader or self.db
         try:
-            async with self.db.execute(sql, params) as cursor:
+            async with reader.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
-        except _FAULTS as exc:
-            raise StoreUnavailable(str(exc)) from None
+        except Exception as exc:
+            if _is_fault(exc):
+                raise StoreUnavailable(str(exc)) from None
+            raise
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
