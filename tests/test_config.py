@@ -193,7 +193,7 @@ class TestErrors:
 
     @pytest.mark.parametrize("url", ["http://[::1", "ftp://files.example", "api.example.com"])
     def test_bad_provider_base_url_is_named_not_echoed(self, url: str) -> None:
-        """An unusable base URL is refused at start, named but not shown (it may hold a password)."""
+        """An unusable base URL is refused at start, named but not shown (it may hold a secret)."""
         message = config_error({"RECEIVER_ARTVISUM_BASE_URL": url})
         assert "RECEIVER_ARTVISUM_BASE_URL" in message
         assert url not in message

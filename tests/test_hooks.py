@@ -356,7 +356,6 @@ class TestHostileBodies:
             await assert_untouched(live, job, calls)
             assert ["bad_json"] == await quarantine_reasons(live)
 
-
     async def test_quarantine_keeps_whole_bodies_only_from_proven_callers(
         self, tmp_path: Path, handlers: Registry
     ) -> None:
