@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+import httpx
 import msgspec
 
 from receiver.config import Settings, load_settings
@@ -173,6 +174,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     asyncio.run(_check_store(settings))  # a clear one-line error instead of a traceback
+    host = httpx.URL(settings.public_url).host
+    if host in ("localhost", "::1") or host.startswith("127."):
+        print(
+            f"receiver: warning: RECEIVER_PUBLIC_URL is {settings.public_url}; providers on the"
+            " internet cannot call back there",
+            file=sys.stderr,
+        )
     app = create_app(settings)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
