@@ -32,6 +32,8 @@ __all__ = ["HOOK_ROUTES", "nudge_uuid"]
 
 log = logging.getLogger("receiver.hooks")
 
+Answer = Response[dict[str, Any]]
+
 _decode_json = msgspec.json.Decoder().decode
 # A rejected body is kept whole when the caller proved itself (a 400 on a job's own URL:
 # diagnosis needs it), and only its start otherwise, so guessing tokens cannot fill the disk.
@@ -57,7 +59,7 @@ _MESSAGES = {
 }
 
 
-def _answer(status_code: int, **content: Any) -> Response[dict[str, Any]]:
+def _answer(status_code: int, **content: Any) -> Answer:
     return Response(
         content or {"error": _MESSAGES.get(status_code, "error")}, status_code=status_code
     )
@@ -183,9 +185,6 @@ def _check_secret(
         raise _Reject(401, "wrong_secret")
 
 
-Answer = Response[dict[str, Any]]
-
-
 async def _guarded(
     request: Request[Any, Any, Any],
     provider: str,
@@ -210,10 +209,10 @@ async def _guarded(
 @post("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=200)
 async def job_callback(
     request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
-) -> Response[dict[str, Any]]:
+) -> Answer:
     """A provider's callback to a job's own URL."""
 
-    async def handle(runtime: Runtime, body: bytes) -> Response[dict[str, Any]]:
+    async def handle(runtime: Runtime, body: bytes) -> Answer:
         adapter = _adapter(provider)
         job, secret_hash = await _job_by_token(runtime, provider, token)
         if adapter.callback_style is CallbackStyle.SECRET_POST:
@@ -235,10 +234,10 @@ async def job_callback(
 @get("/hooks/{provider:str}/{token:str}", status_code=202)
 async def job_nudge(
     request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
-) -> Response[dict[str, Any]]:
+) -> Answer:
     """A bare GET that only says "ask me": schedule a pull of the job's status."""
 
-    async def handle(runtime: Runtime, body: bytes) -> Response[dict[str, Any]]:
+    async def handle(runtime: Runtime, body: bytes) -> Answer:
         adapter = _adapter(provider)
         job, _ = await _job_by_token(runtime, provider, token)
         if not adapter.can_pull:
@@ -254,12 +253,10 @@ async def job_nudge(
 
 
 @post("/hooks/{provider:str}", request_max_body_size=None, status_code=200)
-async def provider_callback(
-    request: Request[Any, Any, Any], provider: FromPath[str]
-) -> Response[dict[str, Any]]:
+async def provider_callback(request: Request[Any, Any, Any], provider: FromPath[str]) -> Answer:
     """A callback for a task submitted by another tool, proven by the provider's static secret."""
 
-    async def handle(runtime: Runtime, body: bytes) -> Response[dict[str, Any]]:
+    async def handle(runtime: Runtime, body: bytes) -> Answer:
         adapter = _adapter(provider)
         static = runtime.settings.provider(provider).webhook_secret
         if not static:
