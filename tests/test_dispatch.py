@@ -111,6 +111,17 @@ def fast_dispatcher(store: Store, registry: Registry, **kwargs: Any) -> Dispatch
     return Dispatcher(store, registry, **(options | kwargs))
 
 
+async def deliver_one(store: Store, registry: Registry, **options: Any) -> Delivery:
+    """Record one running event for a new job; run a dispatcher until its delivery has ended."""
+    await add_job(store)
+    dispatcher = fast_dispatcher(store, registry, **options)
+    await Ingest(store, registry, dispatcher.wake).record("job_1", running(0.5), source="callback")
+    async with running_dispatcher(dispatcher):
+        await wait_for(all_finished(store, 1))
+    [delivery] = await deliveries(store)
+    return delivery
+
+
 class TestOn:
     """`on` registers a handler for the statuses and provider it names."""
 
@@ -252,14 +263,7 @@ class TestRetries:
             if len(infos) < 3:
                 raise RuntimeError(f"boom {len(infos)}")
 
-        await add_job(store)
-        dispatcher = fast_dispatcher(store, registry)
-        await Ingest(store, registry, dispatcher.wake).record(
-            "job_1", running(0.5), source="callback"
-        )
-        async with running_dispatcher(dispatcher):
-            await wait_for(all_finished(store, 1))
-        [delivery] = await deliveries(store)
+        delivery = await deliver_one(store, registry)
         assert (DeliveryState.DONE, 3) == (delivery.state, delivery.attempts)
         assert [delivery.id] * 3 == [i.id for i in infos]
         assert [1, 2, 3] == [i.attempt for i in infos]
@@ -273,14 +277,7 @@ class TestRetries:
             calls.append(1)
             raise RuntimeError(f"boom {len(calls)}")
 
-        await add_job(store)
-        dispatcher = fast_dispatcher(store, registry, max_attempts=3)
-        await Ingest(store, registry, dispatcher.wake).record(
-            "job_1", running(0.5), source="callback"
-        )
-        async with running_dispatcher(dispatcher):
-            await wait_for(all_finished(store, 1))
-        [delivery] = await deliveries(store)
+        delivery = await deliver_one(store, registry, max_attempts=3)
         assert (DeliveryState.DEAD, 3, 3) == (delivery.state, delivery.attempts, len(calls))
         assert delivery.last_error is not None
         assert "RuntimeError: boom 3" in delivery.last_error
@@ -295,14 +292,7 @@ class TestRetries:
             if len(times) == 1:
                 raise Retry(defer=0.3)
 
-        await add_job(store)
-        dispatcher = fast_dispatcher(store, registry)
-        await Ingest(store, registry, dispatcher.wake).record(
-            "job_1", running(0.5), source="callback"
-        )
-        async with running_dispatcher(dispatcher):
-            await wait_for(all_finished(store, 1))
-        [delivery] = await deliveries(store)
+        delivery = await deliver_one(store, registry)
         assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
         assert 0.3 <= times[1] - times[0] < 1.5
         assert "handler asked to retry" == delivery.last_error
@@ -317,14 +307,7 @@ class TestRetries:
             if len(calls) == 1:
                 await asyncio.sleep(5)
 
-        await add_job(store)
-        dispatcher = fast_dispatcher(store, registry, timeout=0.1)
-        await Ingest(store, registry, dispatcher.wake).record(
-            "job_1", running(0.5), source="callback"
-        )
-        async with running_dispatcher(dispatcher):
-            await wait_for(all_finished(store, 1))
-        [delivery] = await deliveries(store)
+        delivery = await deliver_one(store, registry, timeout=0.1)
         assert (DeliveryState.DONE, 2) == (delivery.state, delivery.attempts)
         assert "timed out after 0.1s" == delivery.last_error
 

@@ -49,6 +49,16 @@ CREATE_PATH = {
 }
 
 
+# Where each provider's error body says what went wrong, in its own style.
+ERROR_OF: list[tuple[str, Callable[[Any], Any]]] = [
+    ("apiframe", lambda body: body["message"]),
+    ("rixapi", lambda body: (body["code"], body["msg"])),
+    ("aivideoapi", lambda body: body["message"]),
+    ("artvisum", lambda body: (body["status"], body["message"])),
+    ("runway_ai", lambda body: body["error"]),
+]
+
+
 class Hit(NamedTuple):
     """One request the receiver stub got."""
 
@@ -549,16 +559,7 @@ class TestMisbehaviour:
         feed = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
         assert "3" == feed.json()["data"]["status"]
 
-    @pytest.mark.parametrize(
-        ("provider", "error_of"),
-        [
-            ("apiframe", lambda body: body["message"]),
-            ("rixapi", lambda body: (body["code"], body["msg"])),
-            ("aivideoapi", lambda body: body["message"]),
-            ("artvisum", lambda body: (body["status"], body["message"])),
-            ("runway_ai", lambda body: body["error"]),
-        ],
-    )
+    @pytest.mark.parametrize(("provider", "error_of"), ERROR_OF)
     async def test_create_error(
         self,
         sim: RunningSimulator,
@@ -573,16 +574,7 @@ class TestMisbehaviour:
         assert error_of(answer.json())
         assert [] == sim.tasks()
 
-    @pytest.mark.parametrize(
-        ("provider", "error_of"),
-        [
-            ("apiframe", lambda body: body["message"]),
-            ("rixapi", lambda body: (body["code"], body["msg"])),
-            ("aivideoapi", lambda body: body["message"]),
-            ("artvisum", lambda body: (body["status"], body["message"])),
-            ("runway_ai", lambda body: body["error"]),
-        ],
-    )
+    @pytest.mark.parametrize(("provider", "error_of"), ERROR_OF)
     async def test_wrong_key(
         self,
         sim: RunningSimulator,

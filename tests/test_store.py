@@ -723,21 +723,19 @@ class TestSQLiteUnavailable:
             await store.close()
             await threads_settled(before)
 
-    async def test_open_on_a_directory(self, tmp_path: Path) -> None:
-        """A path that is a directory is no database."""
-        store = SQLiteStore(f"sqlite:///{tmp_path}")
-        before = threading.active_count()
-        try:
-            with pytest.raises(StoreUnavailable):
-                await store.open()
-        finally:
-            await store.close()
-            await threads_settled(before)
-
-    async def test_open_below_a_regular_file(self, tmp_path: Path) -> None:
-        """A path whose folder cannot be created is reported unavailable, not as an OSError."""
+    @pytest.mark.parametrize(
+        "where",
+        [
+            pytest.param(lambda tmp: tmp, id="a directory"),
+            pytest.param(lambda tmp: tmp / "plain-file" / "receiver.db", id="below a regular file"),
+        ],
+    )
+    async def test_open_where_no_database_can_be(
+        self, tmp_path: Path, where: Callable[[Path], Path]
+    ) -> None:
+        """A directory, or a path whose folder cannot be made, is unavailable, not an OSError."""
         (tmp_path / "plain-file").write_text("not a folder")
-        store = SQLiteStore(f"sqlite:///{tmp_path / 'plain-file' / 'receiver.db'}")
+        store = SQLiteStore(f"sqlite:///{where(tmp_path)}")
         before = threading.active_count()
         try:
             with pytest.raises(StoreUnavailable):
