@@ -145,7 +145,7 @@ def load_handlers(module: str, *, required: bool = True) -> Registry:
                 raise  # the module exists but imports something missing: the user's to fix
             if required:
                 raise ConfigError(f"RECEIVER_HANDLERS: cannot import module {module!r}") from None
-            log.warning("no module %r to load handlers from: callbacks are stored only", module)
+            log.warning("no module %r found: no handlers are registered", module)
     return registry
 
 
