@@ -212,7 +212,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         if args.task_id:
             job = await runtime.submitter.track(args.provider, args.task_id, metadata=metadata)
         else:
-            job = (await runtime.submitter.submit(args.provider, fields, metadata=metadata)).job
+            submitted = await runtime.submitter.submit(
+                args.provider, fields, metadata=metadata, local_files=True
+            )
+            job = submitted.job
         if args.json:
             _print_json(job)
         else:

@@ -84,9 +84,16 @@ class Submitter:
         fields: Mapping[str, Any],
         *,
         metadata: Mapping[str, Any] | None = None,
+        local_files: bool = False,
     ) -> Submitted:
         """Create a job at `provider`; a provider's refusal gives a failed job, not an error."""
         gateway = self._gateway(provider)
+        uploads = sorted(gateway.adapter.file_fields & fields.keys())
+        if uploads and not local_files:
+            # Over HTTP a file path would let a caller make us read and upload any local file.
+            raise ConfigError(
+                f"{provider} file fields ({', '.join(uploads)}) can only be sent from the CLI"
+            )
         style = gateway.adapter.callback_style
         token = mint_token()
         secret = mint_secret() if style is CallbackStyle.SECRET_POST else None

@@ -42,6 +42,8 @@ def env(tmp_path: Path, sim: RunningSimulator) -> dict[str, str]:
         "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
         "RECEIVER_RUNWAY_AI_BASE_URL": sim.base_url("runway_ai"),
         "RECEIVER_RUNWAY_AI_API_KEY": "k",
+        "RECEIVER_ARTVISUM_BASE_URL": sim.base_url("artvisum"),
+        "RECEIVER_ARTVISUM_API_KEY": "k",
         "RECEIVER_ADMIN_TOKEN": "admin",
         "RECEIVER_HANDLERS": "",
     }
@@ -105,6 +107,19 @@ class TestSubmitAndInspect:
         assert 3 == code
         assert "Traceback" not in err
         assert 1 == len(err.strip().splitlines())
+
+    async def test_submit_uploads_a_local_file(
+        self, tmp_path: Path, env: dict[str, str], sim: RunningSimulator
+    ) -> None:
+        """From the CLI a file field names a local file, which is uploaded to the provider."""
+        (tmp_path / "frame.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+        code, out, err = await run_cli(
+            "submit", "artvisum", "image=frame.png", "--json", env=env, cwd=tmp_path
+        )
+        assert 0 == code, err
+        job = json.loads(out)
+        assert ("queued", 1) == (job["status"], len(sim.tasks()))
+        assert job["task_id"] == sim.tasks()[0].task_id
 
     async def test_refused_submit_exits_1_with_the_error(
         self, tmp_path: Path, env: dict[str, str], sim: RunningSimulator

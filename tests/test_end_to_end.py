@@ -207,6 +207,19 @@ class TestProviderMisbehaviour:
         await wait_until_final(live, created["id"])
         assert [("failed", None)] == handled.of(created["id"])
 
+    async def test_file_fields_are_refused_over_http(
+        self, live: LiveReceiver, sim: RunningSimulator
+    ) -> None:
+        """A local file path in POST /jobs would let a caller upload any file: it is a 400."""
+        async with httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as client:
+            answer = await client.post(
+                "/jobs", json={"provider": "artvisum", "input": {"image": "/etc/passwd"}}
+            )
+        assert 400 == answer.status_code
+        assert "CLI" in answer.text
+        assert [] == sim.tasks()
+        assert [] == (await live.runtime.store.list_jobs()).items
+
     async def test_wrong_api_key_gives_a_failed_job(
         self, tmp_path: Path, sim: RunningSimulator, handlers: Registry
     ) -> None:

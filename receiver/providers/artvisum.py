@@ -98,6 +98,7 @@ def _upload(field: str, value: Any) -> tuple[str, bytes, str]:
 class Artvisum(Provider):
     name: ClassVar[str] = "artvisum"
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.POLL
+    file_fields: ClassVar[frozenset[str]] = frozenset({"image", "video"})
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}

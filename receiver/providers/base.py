@@ -82,6 +82,8 @@ class Provider(abc.ABC):
 
     name: ClassVar[str]
     callback_style: ClassVar[CallbackStyle]
+    # Input fields that name a local file to upload; only a local user may use them.
+    file_fields: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:
