@@ -54,6 +54,18 @@ def _is_fault(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and "no active connection" in str(exc)
 
 
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+# Built once: the hot path only binds values. Extra columns (not on the Struct) come last.
+_INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at"))
+_INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
+_INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
+_INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
+_INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+
+
 def sqlite_path(url: str) -> str:
     """The file of a SQLite URL, as SQLAlchemy reads them.
 
@@ -181,8 +193,7 @@ class SQLiteStore(Store):
 
     async def _insert_job(self, db: aiosqlite.Connection, new: NewJob) -> None:
         await db.execute(
-            f"INSERT INTO jobs ({JOBS.select}, token_hash, secret_hash, input, next_poll_at)"
-            f" VALUES ({', '.join('?' * (len(JOBS.columns) + 4))})",
+            _INSERT_JOB,
             (
                 *JOBS.values(new.job),
                 new.token_hash,
@@ -291,11 +302,7 @@ class SQLiteStore(Store):
                 request_id=raw.id if raw is not None else None,
                 payload=update.payload,
             )
-            await db.execute(
-                f"INSERT INTO events ({EVENTS.select}, dedupe_key)"
-                f" VALUES ({', '.join('?' * (len(EVENTS.columns) + 1))})",
-                (*EVENTS.values(event), key),
-            )
+            await db.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
             after = transition.job
             if transition.changed:
                 await self._save_job_state(db, after, transition.preview_rank)
@@ -318,11 +325,7 @@ class SQLiteStore(Store):
                         created_at=at,
                         updated_at=at,
                     )
-                    await db.execute(
-                        f"INSERT INTO deliveries ({DELIVERIES.select})"
-                        f" VALUES ({', '.join('?' * len(DELIVERIES.columns))})",
-                        DELIVERIES.values(delivery),
-                    )
+                    await db.execute(_INSERT_DELIVERY, DELIVERIES.values(delivery))
                     deliveries.append(delivery)
         return Recorded(event=event, job=after, deliveries=deliveries)
 
@@ -383,19 +386,11 @@ class SQLiteStore(Store):
     async def _insert_request(
         self, db: aiosqlite.Connection, raw: RawRequest, job_id: str | None
     ) -> None:
-        await db.execute(
-            f"INSERT INTO requests (job_id, {REQUESTS.select})"
-            f" VALUES ({', '.join('?' * (len(REQUESTS.columns) + 1))})",
-            (job_id, *REQUESTS.values(raw)),
-        )
+        await db.execute(_INSERT_REQUEST, (*REQUESTS.values(raw), job_id))
 
     async def quarantine(self, entry: Quarantined) -> None:
         async with self._transaction() as db:
-            await db.execute(
-                f"INSERT INTO quarantine ({QUARANTINE.select})"
-                f" VALUES ({', '.join('?' * len(QUARANTINE.columns))})",
-                QUARANTINE.values(entry),
-            )
+            await db.execute(_INSERT_QUARANTINE, QUARANTINE.values(entry))
 
     async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
         rows = await self._fetchall(
