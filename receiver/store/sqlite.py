@@ -305,10 +305,9 @@ class SQLiteStore(Store):
             await db.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
             after = transition.job
             if transition.changed:
-                await self._save_job_state(db, after, transition.preview_rank)
-            if after.status.terminal:
-                await db.execute("UPDATE jobs SET next_poll_at = NULL WHERE id = ?", (job.id,))
-            elif next_poll_at is not None:
+                await self._save_job_state(db, after, transition.preview_rank, next_poll_at)
+            elif next_poll_at is not None and not after.status.terminal:
+                # Nothing new (a poll that saw the same state): only the next poll moves.
                 await db.execute(
                     "UPDATE jobs SET next_poll_at = ? WHERE id = ?", (next_poll_at, job.id)
                 )
@@ -354,11 +353,13 @@ class SQLiteStore(Store):
         return new_job.job, -1.0
 
     async def _save_job_state(
-        self, db: aiosqlite.Connection, job: Job, preview_rank: float
+        self, db: aiosqlite.Connection, job: Job, preview_rank: float, next_poll_at: float | None
     ) -> None:
+        """Write the job's new state; a terminal job is never polled again."""
         await db.execute(
             "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
-            " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?"
+            " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?,"
+            " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END"
             " WHERE id = ?",
             (
                 job.task_id,
@@ -371,6 +372,8 @@ class SQLiteStore(Store):
                 job.error,
                 job.error_code,
                 job.updated_at,
+                job.status.terminal,
+                next_poll_at,
                 job.id,
             ),
         )
