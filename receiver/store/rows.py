@@ -34,6 +34,7 @@ class Table(Generic[T]):
         self.columns = tuple(columns)
         self.json = frozenset(json)
         self.select = ", ".join(self.columns)
+        self.width = len(self.columns)
         self._json_at = [i for i, name in enumerate(self.columns) if name in self.json]
 
     def read(self, row: Sequence[Any]) -> T:
@@ -44,6 +45,10 @@ class Table(Generic[T]):
             if values[name] is not None:
                 values[name] = _decode(values[name])
         return msgspec.convert(values, self.kind)
+
+    def select_as(self, alias: str) -> str:
+        """The columns qualified by a table alias, for joins."""
+        return ", ".join(f"{alias}.{name}" for name in self.columns)
 
     def values(self, item: T) -> tuple[Any, ...]:
         """The row of `item`, in column order, ready for an INSERT."""

@@ -218,7 +218,7 @@ class SQLiteStore(Store):
         row = await self._fetchone(
             f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?", (token_hash,)
         )
-        return TokenMatch(job=JOBS.read(row), secret_hash=row[len(JOBS.columns)]) if row else None
+        return TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width]) if row else None
 
     async def job_by_task(self, provider: str, task_id: str) -> Job | None:
         row = await self._fetchone(
@@ -339,7 +339,7 @@ class SQLiteStore(Store):
                 row = await cursor.fetchone()
             if row is None:
                 raise LookupError(f"no job {job_id}")
-            return JOBS.read(row), row[len(JOBS.columns)]
+            return JOBS.read(row), row[JOBS.width]
         if new_job is None or new_job.job.task_id is None:
             raise ValueError("record() needs a job id or a new job with a task id")
         async with db.execute(
@@ -348,7 +348,7 @@ class SQLiteStore(Store):
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
-            return JOBS.read(row), row[len(JOBS.columns)]
+            return JOBS.read(row), row[JOBS.width]
         await self._insert_job(db, new_job)
         return new_job.job, -1.0
 
@@ -431,18 +431,23 @@ class SQLiteStore(Store):
                 (at + lease, at, at, at, limit),
             ) as cursor:
                 deliveries = [DELIVERIES.read(row) for row in await cursor.fetchall()]
-            claimed = []
-            for delivery in deliveries:
-                async with db.execute(
-                    f"SELECT {EVENTS.select} FROM events WHERE id = ?", (delivery.event_id,)
-                ) as cursor:
-                    event = EVENTS.read(await cursor.fetchone())  # type: ignore[arg-type]
-                async with db.execute(
-                    f"SELECT {JOBS.select} FROM jobs WHERE id = ?", (delivery.job_id,)
-                ) as cursor:
-                    job = JOBS.read(await cursor.fetchone())  # type: ignore[arg-type]
-                claimed.append(Claimed(delivery=delivery, event=event, job=job))
-        return claimed
+            if not deliveries:
+                return []
+            # Each delivery's event and job, read together in one query.
+            marks = ", ".join("?" * len(deliveries))
+            async with db.execute(
+                f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+                f" FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id IN ({marks})",
+                [delivery.event_id for delivery in deliveries],
+            ) as cursor:
+                by_event = {
+                    row[0]: (EVENTS.read(row), JOBS.read(row[EVENTS.width :]))
+                    for row in await cursor.fetchall()
+                }
+        return [
+            Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
+            for d in deliveries
+        ]
 
     async def finish_delivery(self, delivery_id: str, *, at: float) -> None:
         await self._set_delivery(delivery_id, DeliveryState.DONE, None, None, at)
