@@ -332,23 +332,22 @@ class SQLiteStore(Store):
         self, db: aiosqlite.Connection, job_id: str | None, new_job: NewJob | None
     ) -> tuple[Job, float]:
         """The job an update is about (inserted if new), with its preview's rank."""
+        params: tuple[str, ...]
         if job_id is not None:
-            async with db.execute(
-                f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE id = ?", (job_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise LookupError(f"no job {job_id}")
-            return JOBS.read(row), row[JOBS.width]
-        if new_job is None or new_job.job.task_id is None:
+            where, params = "id = ?", (job_id,)
+        elif new_job is not None and new_job.job.task_id is not None:
+            where = "provider = ? AND task_id = ?"
+            params = (new_job.job.provider, new_job.job.task_id)
+        else:
             raise ValueError("record() needs a job id or a new job with a task id")
         async with db.execute(
-            f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE provider = ? AND task_id = ?",
-            (new_job.job.provider, new_job.job.task_id),
+            f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE {where}", params
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
             return JOBS.read(row), row[JOBS.width]
+        if job_id is not None or new_job is None:
+            raise LookupError(f"no job {job_id}")
         await self._insert_job(db, new_job)
         return new_job.job, -1.0
 
