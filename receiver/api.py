@@ -10,14 +10,41 @@ from litestar import Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from receiver.errors import ConfigError, UnknownProvider
-from receiver.models import Delivery, Event, Job, Status
+from receiver.metrics import METRICS
+from receiver.models import (
+    Delivery,
+    DeliveryState,
+    Event,
+    Job,
+    Quarantined,
+    RawRequest,
+    Status,
+    new_id,
+    now,
+)
 from receiver.runtime import Runtime
+from receiver.store.base import metadata_filter
 from receiver.verify import digest
 
-__all__ = ["ADMIN_ROUTES", "OPEN_ROUTES", "JobList", "SubmitRequest", "admin_guard"]
+__all__ = [
+    "ADMIN_ROUTES",
+    "OPEN_ROUTES",
+    "DeliveryList",
+    "ErrorBody",
+    "EventList",
+    "JobList",
+    "QuarantineList",
+    "ReplayRequest",
+    "RequestList",
+    "SubmitRequest",
+    "admin_guard",
+    "document_errors",
+    "replay_states",
+]
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -29,6 +56,16 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
         raise NotAuthorizedException("admin token required")
 
 
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error answer (see receiver.app): what went wrong and, for invalid input, where."""
+
+    error: str
+    extra: list[Any] | dict[str, Any] | None = None
+
+
+_NOT_FOUND = {404: ResponseSpec(ErrorBody, description="No such job")}
+
+
 class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """`POST /jobs`: submit `input` to `provider`, or track a `task_id` submitted elsewhere."""
 
@@ -36,6 +73,7 @@ class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     task_id: str | None = None
+    notify_url: str | None = None  # every event of the job is POSTed here, signed
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -51,6 +89,35 @@ class DeliveryList(msgspec.Struct, kw_only=True):
     items: list[Delivery]
 
 
+class QuarantineList(msgspec.Struct, kw_only=True):
+    items: list[Quarantined]
+
+
+class RequestList(msgspec.Struct, kw_only=True):
+    items: list[RawRequest]
+
+
+class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /deliveries/replay`: which finished deliveries to run again.
+
+    `job_id` and `handler` narrow the choice (both may be given); `all_dead` replays every
+    dead delivery and is needed when neither is given, so an empty body replays nothing.
+    `include_done` also replays deliveries that succeeded.
+    """
+
+    job_id: str | None = None
+    handler: str | None = None
+    all_dead: bool = False
+    include_done: bool = False
+
+
+def replay_states(include_done: bool) -> frozenset[DeliveryState]:
+    """The states a replay takes deliveries from."""
+    if include_done:
+        return frozenset({DeliveryState.DEAD, DeliveryState.DONE})
+    return frozenset({DeliveryState.DEAD})
+
+
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -63,10 +130,10 @@ async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitReque
     try:
         if data.task_id is not None:
             return await runtime.submitter.track(
-                data.provider, data.task_id, metadata=data.metadata
+                data.provider, data.task_id, metadata=data.metadata, notify_url=data.notify_url
             )
         submitted = await runtime.submitter.submit(
-            data.provider, data.input, metadata=data.metadata
+            data.provider, data.input, metadata=data.metadata, notify_url=data.notify_url
         )
     except UnknownProvider:
         raise ValidationException(f"unknown provider {data.provider!r}") from None
@@ -84,13 +151,27 @@ async def list_jobs(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     next_: Annotated[str | None, QueryParameter(name="next")] = None,
 ) -> JobList:
-    """Jobs, newest first; `next` is the cursor for the following page."""
+    """Jobs, newest first; `next` is the cursor for the following page.
+
+    `metadata.KEY=VALUE` (repeatable) keeps jobs whose metadata has that value.
+    """
+    try:
+        metadata = metadata_filter(
+            {
+                key.removeprefix("metadata."): value
+                for key, value in request.query_params.items()
+                if key.startswith("metadata.")
+            }
+        )
+    except ValueError as exc:
+        raise ValidationException(str(exc)) from None
     page = await _runtime(request).store.list_jobs(
         status=status.value if status else None,
         provider=provider,
         task_id=task_id,
         limit=limit,
         before=next_,
+        metadata=metadata or None,
     )
     return JobList(items=page.items, next=page.next)
 
@@ -102,12 +183,12 @@ async def _job_or_404(runtime: Runtime, job_id: str) -> Job:
     return job
 
 
-@get("/jobs/{job_id:str}", guards=[admin_guard])
+@get("/jobs/{job_id:str}", guards=[admin_guard], responses=_NOT_FOUND)
 async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
     return await _job_or_404(_runtime(request), job_id)
 
 
-@get("/jobs/{job_id:str}/events", guards=[admin_guard])
+@get("/jobs/{job_id:str}/events", guards=[admin_guard], responses=_NOT_FOUND)
 async def get_job_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> EventList:
     """Every event of a job, oldest first, whatever its disposition."""
     runtime = _runtime(request)
@@ -115,7 +196,7 @@ async def get_job_events(request: Request[Any, Any, Any], job_id: FromPath[str])
     return EventList(items=await runtime.store.list_events(job_id))
 
 
-@get("/jobs/{job_id:str}/deliveries", guards=[admin_guard])
+@get("/jobs/{job_id:str}/deliveries", guards=[admin_guard], responses=_NOT_FOUND)
 async def get_job_deliveries(
     request: Request[Any, Any, Any], job_id: FromPath[str]
 ) -> DeliveryList:
@@ -125,12 +206,124 @@ async def get_job_deliveries(
     return DeliveryList(items=await runtime.store.list_deliveries(job_id=job_id))
 
 
+@get("/jobs/{job_id:str}/requests", guards=[admin_guard], responses=_NOT_FOUND)
+async def get_job_requests(request: Request[Any, Any, Any], job_id: FromPath[str]) -> RequestList:
+    """The raw requests kept for a job (credentials redacted when they were stored)."""
+    runtime = _runtime(request)
+    await _job_or_404(runtime, job_id)
+    return RequestList(items=await runtime.store.list_requests(job_id))
+
+
+@get("/deliveries", guards=[admin_guard])
+async def list_deliveries(
+    request: Request[Any, Any, Any],
+    state_: Annotated[DeliveryState | None, QueryParameter(name="state")] = None,
+    job_id: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=10000)] = 1000,
+) -> DeliveryList:
+    """Deliveries, oldest first; `state=dead` lists the dead letters."""
+    store = _runtime(request).store
+    items = await store.list_deliveries(job_id=job_id, state=state_, limit=limit)
+    return DeliveryList(items=items)
+
+
+async def _replay(runtime: Runtime, **filters: Any) -> DeliveryList:
+    replayed = await runtime.store.replay_deliveries(**filters, at=now())
+    if replayed:
+        METRICS.replays.inc(amount=len(replayed))
+        runtime.dispatcher.wake()
+    return DeliveryList(items=replayed)
+
+
+@post(
+    "/deliveries/{delivery_id:str}/replay",
+    guards=[admin_guard],
+    status_code=200,
+    responses={404: ResponseSpec(ErrorBody, description="No dead or done delivery with that id")},
+)
+async def replay_delivery(
+    request: Request[Any, Any, Any], delivery_id: FromPath[str]
+) -> DeliveryList:
+    """Run one dead or done delivery again, under the same id (its idempotency key)."""
+    states = replay_states(include_done=True)
+    answer = await _replay(_runtime(request), delivery_id=delivery_id, states=states)
+    if not answer.items:
+        raise NotFoundException("no dead or done delivery with that id")
+    return answer
+
+
+@post("/deliveries/replay", guards=[admin_guard], status_code=200)
+async def replay_deliveries(
+    request: Request[Any, Any, Any], data: JSONBody[ReplayRequest]
+) -> DeliveryList:
+    """Run matching finished deliveries again; the answer lists the ones now pending."""
+    if data.job_id is None and data.handler is None and not data.all_dead:
+        raise ValidationException("name a job_id or a handler, or set all_dead")
+    if data.all_dead and data.include_done:
+        raise ValidationException("all_dead replays dead deliveries only")
+    return await _replay(
+        _runtime(request),
+        job_id=data.job_id,
+        handler=data.handler,
+        states=replay_states(data.include_done),
+    )
+
+
+@get("/quarantine", guards=[admin_guard])
+async def list_quarantine(
+    request: Request[Any, Any, Any],
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> QuarantineList:
+    """Rejected requests, newest first, with the reason each was refused."""
+    return QuarantineList(items=await _runtime(request).store.list_quarantine(limit=limit))
+
+
 @get("/healthz")
 async def healthz(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """Open: 200 while the store answers; StoreUnavailable becomes 503 with Retry-After."""
+    """Open: 200 while the store answers; StoreUnavailable becomes 503 with Retry-After.
+
+    `instance` is random per process start, so `receiver doctor` can tell whether the
+    public URL reaches the same receiver as the admin URL.
+    """
     await _runtime(request).store.next_delivery_at()
-    return {"status": "ok", "store": "ok"}
+    return {"status": "ok", "store": "ok", "instance": instance_id(request)}
 
 
-ADMIN_ROUTES = [create_job, list_jobs, get_job, get_job_events, get_job_deliveries]
+def instance_id(request: Request[Any, Any, Any]) -> str:
+    """This app's random instance id, made on first use."""
+    state = request.app.state
+    if "instance_id" not in state:
+        state.instance_id = new_id("ins")
+    value: str = state.instance_id
+    return value
+
+
+ADMIN_ROUTES = [
+    create_job,
+    list_jobs,
+    get_job,
+    get_job_events,
+    get_job_deliveries,
+    get_job_requests,
+    list_deliveries,
+    replay_delivery,
+    replay_deliveries,
+    list_quarantine,
+]
 OPEN_ROUTES = [healthz]
+
+
+def document_errors(routes: list[Any]) -> None:
+    """Every guarded route may answer 401 (the guard) and 400, in the app's error shape.
+
+    Without this the schema lists Litestar's own 400 body, which the app never sends.
+    """
+    errors = {
+        400: ResponseSpec(ErrorBody, description="Invalid input"),
+        401: ResponseSpec(ErrorBody, description="No or wrong admin token"),
+    }
+    for route in routes:
+        route.responses = {**errors, **(route.responses or {})}
+
+
+document_errors(ADMIN_ROUTES)

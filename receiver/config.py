@@ -6,15 +6,25 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
+from receiver.builtins.settings import (
+    SECTIONS,
+    CommandSettings,
+    DownloadSettings,
+    ForwardSettings,
+    NotifySettings,
+    env_value,
+)
 from receiver.errors import ConfigError
-from receiver.providers import PROVIDERS, ProviderSettings
+from receiver.providers import PROVIDERS, GenericSettings, ProviderSettings
+from receiver.providers.generic import check_generic, generic_from_env, split_secrets
+from receiver.ratelimit import parse_networks
 
 __all__ = ["DEFAULT_HANDLERS", "ENV_PREFIX", "Settings", "load_settings"]
 
@@ -40,9 +50,33 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_max_delay: float = 3600.0
     poll_interval: float = 10.0
     poll_max_interval: float = 300.0
+    # A callback-style job with no news for `deadline` seconds is polled; one still open
+    # `give_up_after` seconds after it was created is failed.
+    deadline: float = 900.0
+    give_up_after: float = 86400.0
+    circuit_failures: int = 5
+    circuit_cooldown: float = 30.0
+    # Failed authentication: a burst per client address and per token, refilled per second.
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 0.5
+    trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
     retry_after: int = 5
+    store_timeout: float = 5.0  # longest wait for a locked store before a 503
+    shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
     log_level: str = "WARNING"
+    heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
+    no_worker: bool = False  # `serve` only ingests; `receiver worker` runs handlers and polls
+    log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON lines otherwise
+    url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
+    metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+    # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
+    generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
+    # The built-in handlers (receiver.builtins), each off until configured.
+    forward: ForwardSettings = msgspec.field(default_factory=ForwardSettings)
+    download: DownloadSettings = msgspec.field(default_factory=DownloadSettings)
+    notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
+    command: CommandSettings = msgspec.field(default_factory=CommandSettings)
 
     def __post_init__(self) -> None:
         if not _is_http_url(self.public_url):
@@ -60,28 +94,85 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"RECEIVER_{name.upper()}_BASE_URL must be an http(s) URL")
             if provider.timeout <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()}_TIMEOUT must be greater than 0")
+            for field in ("deadline", "give_up_after"):
+                if (getattr(provider, field) or 1) <= 0:
+                    raise ConfigError(
+                        f"RECEIVER_{name.upper()}_{field.upper()} must be greater than 0"
+                    )
+            if provider.poll_concurrency < 1:
+                raise ConfigError(f"RECEIVER_{name.upper()}_POLL_CONCURRENCY must be at least 1")
+        check_generic(self.generic, builtin=PROVIDERS, fields=_FIELDS)
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"RECEIVER_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)},"
                 f" got {self.log_level!r}"
             )
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(
+                f"RECEIVER_LOG_FORMAT must be json, text or auto, got {self.log_format!r}"
+            )
+        if self.url is not None and not _is_http_url(self.url):
+            raise ConfigError("RECEIVER_URL must be an absolute http(s) URL")
         if not 0 < self.port < 65536:
             raise ConfigError(f"RECEIVER_PORT must be from 1 to 65535, got {self.port}")
         for name in ("retry_max_delay", "poll_max_interval", "retry_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must not be negative")
-        for name in ("max_body_bytes", "handler_max_attempts", "handler_concurrency"):
+        for name in (
+            "max_body_bytes",
+            "handler_max_attempts",
+            "handler_concurrency",
+            "circuit_failures",
+            "auth_failure_burst",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
-        for name in ("handler_timeout", "poll_interval", "retry_base_delay"):
+        if self.shutdown_grace < 0:
+            raise ConfigError("RECEIVER_SHUTDOWN_GRACE must not be negative")
+        for name in (
+            "handler_timeout",
+            "poll_interval",
+            "retry_base_delay",
+            "deadline",
+            "give_up_after",
+            "circuit_cooldown",
+            "auth_failure_rate",
+            "store_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
+        parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
+        for section in (self.forward, self.download, self.notify, self.command):
+            section.check()
+        for name in sorted(set(self.generic) & set(SECTIONS)):  # RECEIVER_<NAME>_* is taken
+            raise ConfigError(f"generic provider name {name!r} is reserved; choose another")
 
     def provider(self, name: str) -> ProviderSettings:
+        if name in self.generic:
+            return self.generic[name].gateway_settings()
         return self.providers.get(name) or ProviderSettings()
 
+    def secrets(self) -> list[str]:
+        """Every configured value that must never appear in a log line."""
+        found = [self.admin_token, self.metrics_token, self.forward.secret, self.notify.url]
+        for provider in self.providers.values():
+            found += [provider.api_key, provider.webhook_secret]
+        for generic in self.generic.values():
+            found += [generic.api_key, *split_secrets(generic.webhook_secret)]
+        return [value for value in found if value]
 
-_FIELDS = {f for f in Settings.__struct_fields__ if f != "providers"}
+    def deadline_for(self, provider: str) -> float:
+        """Seconds without news after which a callback-style job is polled."""
+        return self.provider(provider).deadline or self.deadline
+
+    def give_up_for(self, provider: str) -> float:
+        """Age in seconds at which a job still open is failed."""
+        return self.provider(provider).give_up_after or self.give_up_after
+
+
+_FIELDS = {
+    f for f in Settings.__struct_fields__ if f not in ("providers", "generic") and f not in SECTIONS
+}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -97,15 +188,20 @@ def _is_http_url(value: str) -> bool:
 _PROVIDER_FIELDS = set(ProviderSettings.__struct_fields__)
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(environ: Mapping[str, str], skip: Collection[str] = ()) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     providers: dict[str, dict[str, str]] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "RECEIVER_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key == "RECEIVER_CONFIG" or key in skip:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name in _FIELDS:
             raw[name] = value
+            continue
+        section = _section_field(name)
+        if section is not None:
+            table, field = section
+            raw.setdefault(table, {})[field] = env_value(table, field, value)
             continue
         for provider in PROVIDERS:
             prefix = provider + "_"
@@ -117,6 +213,17 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     if providers:
         raw["providers"] = providers
     return raw
+
+
+def _section_field(name: str) -> tuple[str, str] | None:
+    """(section, field) of a built-in handler's variable, e.g. forward_urls -> (forward, urls)."""
+    for table, (kind, bare) in SECTIONS.items():
+        if name == table and bare is not None:
+            return table, bare
+        field = name.removeprefix(table + "_")
+        if field != name and field in kind.__struct_fields__:
+            return table, field
+    return None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +264,15 @@ def load_settings(
             raise ConfigError(f"cannot read {path}: {exc}") from None
     elif config_file or environ.get("RECEIVER_CONFIG"):
         raise ConfigError(f"configuration file {path} does not exist")
-    raw = _merge(from_file, _from_env(environ))
+    generic = from_file.pop("generic", None) or {}
+    if not isinstance(generic, dict) or not all(isinstance(v, dict) for v in generic.values()):
+        raise ConfigError("generic: expected tables of provider settings, [generic.<name>]")
+    env_generic, generic_keys = generic_from_env(environ, declared=generic)
+    raw = _merge(from_file, _from_env(environ, skip=generic_keys))
+    raw["generic"] = {
+        name: _convert(values, GenericSettings, f"{ENV_PREFIX}{name.upper()}_")
+        for name, values in _merge(generic, env_generic).items()
+    }
     providers = raw.pop("providers", None) or {}
     if not isinstance(providers, dict):
         raise ConfigError("providers: expected a table of provider settings")

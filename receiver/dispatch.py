@@ -10,18 +10,23 @@ events in order, and a failing handler holds up nothing but its own queue for th
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import importlib
 import inspect
 import logging
 import random
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
 from receiver.errors import ConfigError, Retry, StoreUnavailable
+from receiver.logs import bind
 from receiver.loop import WorkLoop
+from receiver.metrics import METRICS
 from receiver.models import Event, Job, Status, now
 from receiver.store.base import Claimed, Store
 
@@ -60,11 +65,15 @@ class Handler(msgspec.Struct, frozen=True):
     provider: str | None
     is_async: bool
     wants_delivery: bool
+    # A further test on the event and the job after it (metadata, a per-job URL, ...).
+    when: Callable[[Event, Job], bool] | None = None
 
-    def matches(self, event: Event) -> bool:
+    def matches(self, event: Event, job: Job | None = None) -> bool:
         if self.provider is not None and self.provider != event.provider:
             return False
-        return self.statuses is None or event.status.value in self.statuses
+        if self.statuses is not None and event.status.value not in self.statuses:
+            return False
+        return self.when is None or job is None or self.when(event, job)
 
     async def call(self, event: Event, job: Job, delivery: DeliveryInfo, *, timeout: float) -> None:
         """Run the handler; an async one is cut off after `timeout` (TimeoutError)."""
@@ -85,12 +94,31 @@ class Registry:
     """Handlers by name; `on` adds to it."""
 
     def __init__(self) -> None:
-        self.handlers: dict[str, Handler] = {}
+        self.handlers: MutableMapping[str, Handler] = {}
+
+    def layered(self) -> Registry:
+        """A registry that sees every handler of this one, now and later, plus its own.
+
+        The runtime adds its built-in handlers to such a layer, so they never outlive it
+        in a registry shared by several runtimes (the module-level one, in tests).
+        """
+        layer = Registry()
+        layer.handlers = collections.ChainMap({}, self.handlers)
+        return layer
 
     def on(
-        self, status: str | Status | Sequence[str | Status], *, provider: str | None = None
+        self,
+        status: str | Status | Sequence[str | Status],
+        *,
+        provider: str | None = None,
+        when: Callable[[Event, Job], bool] | None = None,
+        name: str | None = None,
     ) -> Callable[[F], F]:
-        """Register `async def handler(event, job)` for a status ("*" for every status)."""
+        """Register `async def handler(event, job)` for a status ("*" for every status).
+
+        `when(event, job)` narrows it further (e.g. on `job.metadata`); `name` replaces the
+        default `module.function` name, which deliveries are stored under.
+        """
         wanted = [status] if isinstance(status, str | Status) else list(status)
         names = {str(s.value if isinstance(s, Status) else s) for s in wanted}
         if "*" in names:
@@ -104,14 +132,15 @@ class Registry:
             statuses = frozenset(names)
 
         def register(func: F) -> F:
-            name = f"{func.__module__}.{func.__qualname__}"
-            self.handlers[name] = Handler(
-                name=name,
+            handler_name = name or f"{func.__module__}.{func.__qualname__}"
+            self.handlers[handler_name] = Handler(
+                name=handler_name,
                 func=func,
                 statuses=statuses,
                 provider=provider,
                 is_async=inspect.iscoroutinefunction(func),
                 wants_delivery="delivery" in inspect.signature(func).parameters,
+                when=when,
             )
             return func
 
@@ -119,7 +148,7 @@ class Registry:
 
     def route(self, event: Event, job: Job) -> list[str]:
         """The names of the handlers that want `event`."""
-        return [h.name for h in self.handlers.values() if h.matches(event)]
+        return [h.name for h in self.handlers.values() if h.matches(event, job)]
 
     def get(self, name: str) -> Handler | None:
         return self.handlers.get(name)
@@ -157,7 +186,12 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
 
 
 class Dispatcher(WorkLoop):
-    """Runs due deliveries until stopped; `wake()` after a commit starts new ones at once."""
+    """Runs due deliveries until stopped; `wake()` after a commit starts new ones at once.
+
+    A claimed delivery is leased for `timeout + lease_margin` seconds and the lease is
+    renewed while its handler runs, so no other runner takes it over meanwhile; a lease
+    left to lapse belongs to a runner that died, and its delivery is run again.
+    """
 
     def __init__(
         self,
@@ -170,6 +204,7 @@ class Dispatcher(WorkLoop):
         retry_base: float = 1.0,
         retry_cap: float = 3600.0,
         idle_wait: float = 1.0,
+        lease_margin: float = 30.0,
     ):
         super().__init__(idle_wait=idle_wait)
         self.store = store
@@ -179,24 +214,38 @@ class Dispatcher(WorkLoop):
         self.concurrency = concurrency
         self.retry_base = retry_base
         self.retry_cap = retry_cap
+        self.lease = timeout + lease_margin
         self._running: set[asyncio.Task[None]] = set()
+        # Handlers in progress: the concurrency cap counts these. A delivery whose handler
+        # returned frees its slot while its outcome is written (it stays `running`, so no
+        # later delivery of its job and handler is claimed before that write commits).
+        self._busy = 0
+        self._threads: set[asyncio.Task[Any]] = set()  # deliveries inside a sync handler
+        self._halted_at: float | None = None
 
     async def before_start(self) -> None:
+        if self.store.shared:
+            # Other workers may hold live leases on this database: a dead worker's
+            # deliveries are taken over when their leases run out, never by release.
+            return
         released = await self.store.release_running()
         if released:
             log.info("resuming %d deliveries interrupted by the last stop", released)
 
     async def next_due(self) -> float | None:
-        if len(self._running) >= self.concurrency:
+        if self._busy >= self.concurrency:
             return None  # full: a finishing delivery wakes the loop
         return await self.store.next_delivery_at()
 
-    async def run_once(self) -> int:
-        """Claim and start as many due deliveries as there are free slots; return how many."""
-        free = self.concurrency - len(self._running)
+    async def run_once(self, most: int | None = None) -> int:
+        """Claim and start as many due deliveries as there are free slots (at most `most`)."""
+        free = self.concurrency - self._busy
+        if most is not None:
+            free = min(free, most)
         if free <= 0:
             return 0
-        claimed = await self.store.claim_deliveries(limit=free, lease=self.timeout + 30.0, at=now())
+        claimed = await self.store.claim_deliveries(limit=free, lease=self.lease, at=now())
+        self._busy += len(claimed)
         for item in claimed:
             task = asyncio.create_task(self._deliver(item))
             self._running.add(task)
@@ -205,38 +254,101 @@ class Dispatcher(WorkLoop):
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._threads.discard(task)
         self.wake()  # a finished delivery may unblock the next one of its job
 
-    async def drain(self, *, timeout: float = 30.0) -> None:
-        """Run until nothing is due or running (for tests, the CLI and scheduled drains)."""
+    async def drain(self, *, timeout: float = 30.0, limit: int | None = None) -> int:
+        """Run until nothing is due or running (for tests, the CLI and scheduled drains).
+
+        Starts at most `limit` deliveries; returns how many it started.
+        """
         deadline = now() + timeout
+        total = 0
         while now() < deadline:
-            started = await self.run_once()
+            started = 0
+            if limit is None or total < limit:
+                started = await self.run_once(None if limit is None else limit - total)
+            total += started
             if not started and not self._running:
-                return
+                break
             if self._running:
                 await asyncio.wait(set(self._running), timeout=0.05)
+        return total
+
+    def halt(self) -> None:
+        """Claim nothing more; the shutdown grace counts from the first call."""
+        if self._halted_at is None:
+            self._halted_at = time.monotonic()
+        super().halt()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop claiming; let running handlers finish within `grace`, then cancel them."""
-        await super().stop(grace)
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        """Stop claiming; let running handlers finish within `grace` of `halt`, then cut them off.
+
+        An async handler cut off is cancelled and its delivery given back, pending, with
+        the attempt not counted, so the next start runs it. A sync handler cannot be cut
+        off: it is waited for (the process could not exit before its thread anyway), and
+        its own outcome is recorded.
+        """
+        self.halt()
+        if not self._running:
+            return
+        halted_at = self._halted_at if self._halted_at is not None else time.monotonic()
+        left = max(0.0, halted_at + grace - time.monotonic())
+        _, pending = await asyncio.wait(set(self._running), timeout=left)
+        if not pending:
+            return
+        threads = pending & self._threads
+        for task in pending - threads:
+            task.cancel()
+        if threads:
+            log.warning(
+                "%d sync handler(s) still running after the %gs shutdown grace; waiting for them",
+                len(threads),
+                grace,
+            )
+        await asyncio.wait(pending)
 
     async def _deliver(self, item: Claimed) -> None:
-        """Run one claimed delivery and record its outcome: done, a retry later, or dead."""
+        """Run one claimed delivery, holding its lease, and record the outcome."""
         delivery = item.delivery
+        bind(job_id=delivery.job_id, provider=item.job.provider, request_id=delivery.id)
+        holder = asyncio.create_task(self._hold_lease(delivery.id, delivery.attempts))
         try:
-            error, defer = await self._run_handler(item)
+            try:
+                error, defer = await self._run_handler(item)
+            except asyncio.CancelledError:
+                # Cut off at shutdown: pending again, the attempt not counted. One try only:
+                # if the store is down, the next start's release_running gives it back.
+                with contextlib.suppress(StoreUnavailable):
+                    await asyncio.shield(
+                        self.store.release_delivery(
+                            delivery.id, at=now(), attempt=delivery.attempts
+                        )
+                    )
+                raise
+            finally:
+                self._busy -= 1
+                self.wake()
             if error is None:
-                await self.store.finish_delivery(delivery.id, at=now())
+                await self._record(
+                    delivery.id,
+                    self.store.finish_delivery,
+                    delivery.id,
+                    at=now(),
+                    attempt=delivery.attempts,
+                )
+                METRICS.delivery(delivery.handler, "done")
                 return
             if delivery.attempts >= self.max_attempts:
-                await self.store.kill_delivery(delivery.id, error=error, at=now())
+                await self._record(
+                    delivery.id,
+                    self.store.kill_delivery,
+                    delivery.id,
+                    error=error,
+                    at=now(),
+                    attempt=delivery.attempts,
+                )
+                METRICS.delivery(delivery.handler, "dead")
                 log.error("delivery %s is dead after %d attempts", delivery.id, delivery.attempts)
                 return
             delay = (
@@ -244,12 +356,54 @@ class Dispatcher(WorkLoop):
                 if defer is not None
                 else backoff(delivery.attempts, base=self.retry_base, cap=self.retry_cap)
             )
-            await self.store.retry_delivery(
-                delivery.id, error=error, next_attempt_at=now() + delay, at=now()
+            await self._record(
+                delivery.id,
+                self.store.retry_delivery,
+                delivery.id,
+                error=error,
+                next_attempt_at=now() + delay,
+                at=now(),
+                attempt=delivery.attempts,
             )
-        except StoreUnavailable as exc:
-            # The lease runs out and the delivery is claimed again: at least once still holds.
-            log.warning("could not record the outcome of %s: %s", delivery.id, exc)
+            METRICS.delivery(delivery.handler, "retry")
+        finally:
+            holder.cancel()
+
+    async def _hold_lease(self, delivery_id: str, attempt: int) -> None:
+        """Renew the lease every third of its length while the delivery is ours."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                renewed = await self.store.renew_lease(
+                    delivery_id, lease_until=now() + self.lease, attempt=attempt
+                )
+                if not renewed:
+                    return
+            except StoreUnavailable as exc:
+                log.warning("could not renew the lease of %s: %s", delivery_id, exc)
+
+    async def _record(
+        self, delivery_id: str, write: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
+    ) -> None:
+        """Write a delivery's outcome, retrying while the store is unavailable.
+
+        Retried for as long as the lease holds, so a handler that ran is not run again
+        because of a short store fault; past that, the lease lapses and another runner
+        takes the delivery over: at least once still holds.
+        """
+        give_up = time.monotonic() + self.lease
+        failures = 0
+        while True:
+            try:
+                await write(*args, **kwargs)
+                return
+            except StoreUnavailable as exc:
+                failures += 1
+                if time.monotonic() >= give_up:
+                    log.error("could not record the outcome of %s: %s", delivery_id, exc)
+                    return
+                log.warning("could not record the outcome of %s yet: %s", delivery_id, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
     async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None]:
         """Call the delivery's handler: (None, None) on success, else the error and any deferral."""
@@ -259,22 +413,21 @@ class Dispatcher(WorkLoop):
             # A deploy may have renamed it, or loaded other handlers: retried like a failure.
             return f"no handler named {delivery.handler} is registered", None
         info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
+        # While a sync handler runs, its task is not cancelled at shutdown (see `stop`).
+        task = None if handler.is_async else asyncio.current_task()
+        if task is not None:
+            self._threads.add(task)
         try:
             await handler.call(item.event, item.job, info, timeout=self.timeout)
         except Retry as request:
             return "handler asked to retry", request.defer
         except TimeoutError:
             return f"timed out after {self.timeout:g}s", None
-        except asyncio.CancelledError:
-            # Cut off at shutdown: pending again, so the next start runs it.
-            await asyncio.shield(
-                self.store.retry_delivery(
-                    delivery.id, error="interrupted by shutdown", next_attempt_at=now(), at=now()
-                )
-            )
-            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
             return error, None
+        finally:
+            if task is not None:
+                self._threads.discard(task)
         return None, None

@@ -36,10 +36,18 @@ class UnparseablePayload(ReceiverError):
 class ProviderError(ReceiverError):
     """A provider refused or failed a request we sent it."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
+        self.retry_after = retry_after  # seconds the provider asked us to wait, if it said
 
 
 class Retry(ReceiverError):

@@ -2,7 +2,8 @@
 
 - `POST /hooks/{provider}/{token}`: a job's own callback URL.
 - `GET  /hooks/{provider}/{token}?uuid=`: a nudge; it schedules a pull and carries no data.
-- `POST /hooks/{provider}`: tasks submitted elsewhere, authenticated by a static secret.
+- `POST /hooks/{provider}`: tasks submitted elsewhere, authenticated by a static secret,
+  or for a generic provider by its Standard Webhooks signature over the raw body.
 
 Every rejection is answered without detail and kept, redacted, in the quarantine.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,15 +22,19 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
-from receiver.errors import StoreUnavailable, UnknownProvider, UnparseablePayload
+from receiver.errors import StoreUnavailable, UnparseablePayload
+from receiver.logs import bind, current
+from receiver.metrics import METRICS, provider_label
 from receiver.models import Job, Quarantined, RawRequest, Update, new_id, now
-from receiver.providers import CallbackStyle, Provider, get_provider, valid_task_id
+from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
+from receiver.ratelimit import client_address
 from receiver.runtime import Runtime
+from receiver.standard_webhooks import SignatureError
 from receiver.store.base import NewJob
 from receiver.submit import queued_job
 from receiver.verify import digest, matches, matches_any, redact_headers, redact_path, redact_query
 
-__all__ = ["HOOK_ROUTES", "nudge_uuid"]
+__all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid"]
 
 log = logging.getLogger("receiver.hooks")
 
@@ -49,6 +55,9 @@ class _Reject(Exception):
         self.status_code = status_code
         self.reason = reason
 
+
+# Rejections that count against a caller's (and a token's) failure budget.
+_AUTH_FAILURES = frozenset({401, 404})
 
 _MESSAGES = {
     400: "bad request",
@@ -91,27 +100,41 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
     return b"".join(chunks), False
 
 
-def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+def headers_of(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Every header as sent; a repeated one keeps all its values, comma-joined as HTTP allows."""
     headers: dict[str, str] = {}
-    for raw_name, raw_value in request.scope["headers"]:
+    for raw_name, raw_value in raw_headers:
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
 
 
+def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    return headers_of(request.scope["headers"])
+
+
+def _client(request: Request[Any, Any, Any]) -> str | None:
+    """The caller's address, through trusted proxies only (see receiver.ratelimit)."""
+    runtime: Runtime = request.app.state.runtime
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
+    return client_address(peer, forwarded, runtime.trusted_proxies)
+
+
 def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequest:
     query = request.scope.get("query_string", b"").decode("latin-1")
     return RawRequest(
-        id=new_id("req"),
+        id=current("request_id") or new_id("req"),
         received_at=now(),
         provider=provider,
         method=request.method,
-        path=redact_path(request.url.path),
+        # The scope's path, not request.url: building the URL decodes the raw query as
+        # UTF-8, and a query that is not must still be kept, not fail the request.
+        path=redact_path(request.scope["path"]),
         query=redact_query(query),
         headers=redact_headers(_headers(request)),
         body=body,
-        client=request.client.host if request.client else None,
+        client=_client(request),
     )
 
 
@@ -136,11 +159,11 @@ async def _quarantine(runtime: Runtime, raw: RawRequest, reject: _Reject) -> Non
         log.warning("could not quarantine a rejected request: %s", exc)
 
 
-def _adapter(provider: str) -> Provider:
-    try:
-        return get_provider(provider)
-    except UnknownProvider:
-        raise _Reject(404, "unknown_provider") from None
+def _adapter(runtime: Runtime, provider: str) -> Provider:
+    adapter = runtime.providers.get(provider)
+    if adapter is None:
+        raise _Reject(404, "unknown_provider")
+    return adapter
 
 
 def _parse(adapter: Provider, body: bytes) -> Update:
@@ -162,10 +185,45 @@ def _parse(adapter: Provider, body: bytes) -> Update:
         raise _Reject(400, "bad_payload") from None
 
 
+def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: bytes) -> Update:
+    """A Standard Webhooks message, verified on the raw bytes before it is parsed.
+
+    The webhook-id becomes the update's delivery id, so a redelivery is a duplicate.
+    """
+    try:
+        msg_id = adapter.authenticate(body, _headers(request))
+    except SignatureError as exc:
+        log.info("%s: rejected a Standard Webhooks message: %s", adapter.name, exc)
+        raise _Reject(401, "bad_signature") from None
+    return msgspec.structs.replace(_parse(adapter, body), delivery_id=msg_id)
+
+
+def _needs_confirmation(runtime: Runtime, adapter: Provider, update: Update, job: Job) -> bool:
+    """A final state from an unauthenticated POST is believed only once the status API agrees."""
+    settings = runtime.settings.provider(adapter.name)
+    return (
+        adapter.callback_style is CallbackStyle.POST
+        and update.status.terminal
+        and settings.confirm_terminal
+        and adapter.can_pull
+        and bool(settings.base_url)
+        and job.task_id is not None
+        and not job.status.terminal
+    )
+
+
+def _overdue_at(runtime: Runtime, adapter: Provider) -> float | None:
+    """News pushes the job's deadline back: it is polled only if the next news is late."""
+    if not adapter.can_pull:
+        return None
+    return now() + runtime.settings.deadline_for(adapter.name)
+
+
 async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Job, str | None]:
     match = await runtime.store.job_by_token(digest(token))
     if match is None or match.job.provider != provider:
         raise _Reject(404, "unknown_token")
+    bind(job_id=match.job.id)
     return match.job, match.secret_hash
 
 
@@ -185,25 +243,75 @@ def _check_secret(
         raise _Reject(401, "wrong_secret")
 
 
+def _too_many(retry_after: int) -> Answer:
+    return Response(
+        {"error": "too many requests"},
+        status_code=429,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def _guarded(
     request: Request[Any, Any, Any],
     provider: str,
     handle: Callable[[Runtime, bytes], Awaitable[Answer]],
+    token: str | None = None,
 ) -> Answer:
     """Run one hook: read the body, then `handle`; answer and quarantine a rejection.
 
+    An address that keeps failing authentication is answered 429 before any work.
     StoreUnavailable goes on to the app's handler, which answers 503 with Retry-After.
     """
     runtime: Runtime = request.app.state.runtime
+    started = time.perf_counter()
+    label = provider_label(provider, runtime.settings.generic)
+    bind(request_id=new_id("req"), provider=label)
+    failures = runtime.auth_failures
+    address = _client(request)
+    address_key = f"ip:{address}" if address else None
+    at = now()
+    if (wait := failures.retry_after(address_key, at)) is not None:
+        METRICS.callback(label, "rate_limited", time.perf_counter() - started)
+        return _too_many(wait)
     body = b""
+    outcome = "error"
+    status = 500
     try:
         body, too_large = await _read_body(request, runtime.settings.max_body_bytes)
         if too_large:
             raise _Reject(413, "too_large")
-        return await handle(runtime, body)
+        answer = await handle(runtime, body)
+        outcome = answer.content.get("disposition", "accepted")
+        status = answer.status_code or 200
+        return answer
     except _Reject as reject:
+        outcome, status = reject.reason, reject.status_code
+        if reject.status_code in _AUTH_FAILURES:
+            token_key = f"token:{digest(token)}" if token else None
+            failures.failed(address_key, at)
+            wait = failures.retry_after(token_key, at)
+            failures.failed(token_key, at)
+            if wait is not None:
+                # Someone is hammering this job's URL: refuse without a quarantine write.
+                outcome, status = "rate_limited", 429
+                return _too_many(wait)
         await _quarantine(runtime, _raw(request, provider, body), reject)
         return _answer(reject.status_code)
+    except StoreUnavailable:
+        outcome, status = "unavailable", 503
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        METRICS.callback(label, outcome, seconds)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s -> %d %s in %.1f ms",
+                request.method,
+                redact_path(request.url.path),
+                status,
+                outcome,
+                seconds * 1000,
+            )
 
 
 @post("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=200)
@@ -213,32 +321,43 @@ async def job_callback(
     """A provider's callback to a job's own URL."""
 
     async def handle(runtime: Runtime, body: bytes) -> Answer:
-        adapter = _adapter(provider)
+        adapter = _adapter(runtime, provider)
+        signed = _signed(request, adapter, body) if isinstance(adapter, GenericProvider) else None
         job, secret_hash = await _job_by_token(runtime, provider, token)
         if adapter.callback_style is CallbackStyle.SECRET_POST:
             static = runtime.settings.provider(provider).webhook_secret
             _check_secret(request, job_secret_hash=secret_hash, static=static)
-        update = _parse(adapter, body)
+        update = signed or _parse(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise _Reject(400, "task_mismatch")
+        if _needs_confirmation(runtime, adapter, update, job):
+            # Only the URL token vouches for this body: a leaked token must not be able to
+            # end a job with a result URL of its choosing. Keep it, and ask the provider.
+            await runtime.store.record_nudge(job.id, _raw(request, provider, body), poll_at=now())
+            runtime.poller.wake()
+            return _answer(202, ok=True, confirming=True)
         recorded = await runtime.ingest.record(
-            job.id, update, source="callback", raw=_raw(request, provider, body)
+            job.id,
+            update,
+            source="callback",
+            raw=_raw(request, provider, body),
+            next_poll_at=_overdue_at(runtime, adapter),
         )
         return _answer(
             200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value
         )
 
-    return await _guarded(request, provider, handle)
+    return await _guarded(request, provider, handle, token)
 
 
-@get("/hooks/{provider:str}/{token:str}", status_code=202)
+@get("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=202)
 async def job_nudge(
     request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
 ) -> Answer:
     """A bare GET that only says "ask me": schedule a pull of the job's status."""
 
     async def handle(runtime: Runtime, body: bytes) -> Answer:
-        adapter = _adapter(provider)
+        adapter = _adapter(runtime, provider)
         job, _ = await _job_by_token(runtime, provider, token)
         if not adapter.can_pull:
             raise _Reject(405, "no_status_api")
@@ -249,7 +368,7 @@ async def job_nudge(
         runtime.poller.wake()
         return _answer(202, ok=True)
 
-    return await _guarded(request, provider, handle)
+    return await _guarded(request, provider, handle, token)
 
 
 @post("/hooks/{provider:str}", request_max_body_size=None, status_code=200)
@@ -257,18 +376,27 @@ async def provider_callback(request: Request[Any, Any, Any], provider: FromPath[
     """A callback for a task submitted by another tool, proven by the provider's static secret."""
 
     async def handle(runtime: Runtime, body: bytes) -> Answer:
-        adapter = _adapter(provider)
-        static = runtime.settings.provider(provider).webhook_secret
-        if not static:
-            raise _Reject(404, "static_route_disabled")
-        _check_secret(request, job_secret_hash=None, static=static)
-        update = _parse(adapter, body)
+        adapter = _adapter(runtime, provider)
+        if isinstance(adapter, GenericProvider):
+            update = _signed(request, adapter, body)
+        else:
+            static = runtime.settings.provider(provider).webhook_secret
+            if not static:
+                raise _Reject(404, "static_route_disabled")
+            _check_secret(request, job_secret_hash=None, static=static)
+            update = _parse(adapter, body)
         if not valid_task_id(update.task_id):
             raise _Reject(400, "no_task_id")
         new_job = NewJob(job=queued_job(provider, update.task_id))
         recorded = await runtime.ingest.record(
-            None, update, source="callback", raw=_raw(request, provider, body), new_job=new_job
+            None,
+            update,
+            source="callback",
+            raw=_raw(request, provider, body),
+            new_job=new_job,
+            next_poll_at=_overdue_at(runtime, adapter),
         )
+        bind(job_id=recorded.job.id)
         return _answer(
             200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value
         )

@@ -42,10 +42,14 @@ class WorkLoop(abc.ABC):
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop after the current round."""
+    def halt(self) -> None:
+        """Take no new work from now on (safe to call from a signal handler's callback)."""
         self._stopping = True
         self.wake()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop after the current round."""
+        self.halt()
 
     async def run(self) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -59,13 +63,13 @@ class WorkLoop(abc.ABC):
             except StoreUnavailable as exc:
                 failures += 1
                 log.warning("%s: store unavailable: %s", type(self).__name__, exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                await self._pause(min(30.0, 0.5 * 2**failures))
                 continue
             except Exception:
                 # A bug must not end the loop for good: log it, back off, go on.
                 failures += 1
                 log.exception("%s: unexpected error; retrying", type(self).__name__)
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                await self._pause(min(30.0, 0.5 * 2**failures))
                 continue
             if not taken:
                 await self._sleep()
@@ -76,5 +80,9 @@ class WorkLoop(abc.ABC):
             due = await self.next_due()
             if due is not None:
                 wait = max(0.0, min(wait, due - now()))
+        await self._pause(wait)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if woken: a commit after a store fault ends the backoff."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)

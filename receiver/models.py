@@ -19,6 +19,7 @@ __all__ = [
     "Quarantined",
     "RawRequest",
     "Status",
+    "StoredFile",
     "Update",
     "new_id",
     "now",
@@ -102,6 +103,17 @@ class Update(msgspec.Struct, frozen=True):
     payload: dict[str, Any] | None = None
 
 
+class StoredFile(msgspec.Struct, kw_only=True):
+    """A copy of a job's result (or preview) kept on local disk by the download handler."""
+
+    path: str
+    sha256: str
+    size: int
+    content_type: str | None = None
+    url: str  # where it was fetched from (provider URLs expire)
+    stored_at: float
+
+
 class Job(msgspec.Struct, kw_only=True):
     """One generation task at one provider, as the receiver knows it now."""
 
@@ -118,6 +130,10 @@ class Job(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     created_at: float
     updated_at: float
+    # Local copies by name ("result", "preview"), written by the download handler.
+    files: dict[str, StoredFile] = msgspec.field(default_factory=dict)
+    # Where this job's events are also POSTed, signed (given at submit time).
+    notify_url: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -134,7 +150,7 @@ class Event(msgspec.Struct, kw_only=True):
     preview_url: str | None = None
     error: str | None = None
     error_code: str | None = None
-    source: str  # callback | pull | poll | submit
+    source: str  # callback | poll | submit | receiver (the receiver's own decision: give-up)
     disposition: Disposition = Disposition.APPLIED
     received_at: float
     request_id: str | None = None

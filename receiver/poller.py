@@ -1,23 +1,32 @@
-"""Pulls job status from providers: pull-only providers, GET nudges, and scheduled polls.
+"""Pulls job status from providers: pull-only providers, GET nudges and overdue jobs.
 
-A job is due when its `next_poll_at` has passed. The poller leases it, asks the
-provider's status API (always at the configured base URL), and records the answer
-through the same path as a callback. Polls back off as a job ages.
+A job is due when its `next_poll_at` has passed: at once for a nudge, every few
+seconds for a pull-only provider, and, for a provider that calls back, when no news
+has come for its deadline. The poller leases the job, asks the provider's status API
+(always at the configured base URL) within that provider's limits, and records the
+answer through the same path as a callback. A job still open at its give-up age is
+failed with the reason. At start, open jobs with nothing scheduled get a deadline, so
+jobs left open while the receiver was down are checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections.abc import Callable, Mapping
 
 from receiver.errors import ReceiverError, StoreUnavailable
 from receiver.ingest import Ingest
+from receiver.logs import bind
 from receiver.loop import WorkLoop
-from receiver.models import Job, now
+from receiver.metrics import METRICS
+from receiver.models import Job, Status, Update, now
+from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
 from receiver.store.base import Store
 
-__all__ = ["Poller", "poll_delay"]
+__all__ = ["Poller", "gave_up", "poll_delay"]
 
 log = logging.getLogger("receiver.poller")
 
@@ -28,6 +37,20 @@ def poll_delay(job: Job, *, interval: float, cap: float, at: float) -> float:
     return min(cap, interval * (1 + age / 300.0))
 
 
+def gave_up(provider: str, seconds: float) -> Update:
+    """The failure recorded for a job that is still open at its give-up age."""
+    hours = seconds / 3600
+    return Update(
+        status=Status.FAILED,
+        raw_status="gave_up",
+        error=(
+            f"no final status from {provider} after {hours:g} h; gave up"
+            f" (RECEIVER_{provider.upper()}_GIVE_UP_AFTER or RECEIVER_GIVE_UP_AFTER)"
+        ),
+        error_code="gave_up",
+    )
+
+
 class Poller(WorkLoop):
     """Runs due polls until stopped; `wake()` after scheduling one starts it at once."""
 
@@ -35,12 +58,15 @@ class Poller(WorkLoop):
         self,
         store: Store,
         ingest: Ingest,
-        gateways: dict[str, ProviderGateway],
+        gateways: Mapping[str, ProviderGateway],
         *,
         interval: float = 10.0,
         max_interval: float = 300.0,
         concurrency: int = 8,
         idle_wait: float = 1.0,
+        deadline_for: Callable[[str], float] = lambda provider: 900.0,
+        give_up_for: Callable[[str], float] = lambda provider: 86400.0,
+        limits: Mapping[str, ProviderLimits] | None = None,
     ):
         super().__init__(idle_wait=idle_wait)
         self.store = store
@@ -49,9 +75,27 @@ class Poller(WorkLoop):
         self.interval = interval
         self.max_interval = max_interval
         self.concurrency = concurrency
+        self.deadline_for = deadline_for
+        self.give_up_for = give_up_for
+        self.limits = dict(limits or {})
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
+
+    def _limits(self, provider: str) -> ProviderLimits:
+        if provider not in self.limits:
+            self.limits[provider] = ProviderLimits(provider)
+        return self.limits[provider]
+
+    async def before_start(self) -> None:
+        """Give open jobs with nothing scheduled a deadline: they were open while we were down."""
+        for name, gateway in self.gateways.items():
+            if gateway.adapter.can_pull and gateway.settings.base_url:
+                count = await self.store.schedule_unscheduled_polls(
+                    name, deadline=self.deadline_for(name)
+                )
+                if count:
+                    log.info("%s: %d open jobs will be checked after their deadline", name, count)
 
     async def next_due(self) -> float | None:
         return await self.store.next_poll_at()
@@ -69,17 +113,66 @@ class Poller(WorkLoop):
         if gateway is None or job.task_id is None or not gateway.adapter.can_pull:
             await self.store.schedule_poll(job.id, None, attempted=False)
             return
-        try:
-            update = await gateway.pull(job.task_id)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            if isinstance(exc, ReceiverError):
-                log.warning("poll of %s at %s failed: %s", job.id, job.provider, exc)
-            else:  # a bug: one job's poll must not stop the others
-                log.exception("poll of %s at %s failed unexpectedly", job.id, job.provider)
-            await self.store.schedule_poll(job.id, now() + self.delay(job), attempted=True)
+        bind(job_id=job.id, provider=job.provider)
+        limits = self._limits(job.provider)
+        at = now()
+        too_old = at - job.created_at >= self.give_up_for(job.provider)
+        later = limits.wait_until(at)
+        if later is not None and not too_old:
+            # The provider asked for a pause or its circuit is open: not this job's fault.
+            METRICS.poll(job.provider, "deferred")
+            await self.store.schedule_poll(job.id, later + random.uniform(0, 1), attempted=False)
             return
-        await self.ingest.record(
-            job.id, update, source="poll", next_poll_at=now() + self.delay(job)
-        )
+        update = None if later is not None else await self._pull(gateway, job, limits)
+        if too_old and (update is None or not update.status.terminal):
+            if update is not None:
+                await self.ingest.record(job.id, update, source="poll")
+            give_up_after = self.give_up_for(job.provider)
+            log.warning(
+                "%s: %s still open after %.0f s; failing it",
+                job.provider,
+                job.id,
+                at - job.created_at,
+            )
+            await self.ingest.record(
+                job.id, gave_up(job.provider, give_up_after), source="receiver"
+            )
+            return
+        if update is not None:
+            await self.ingest.record(
+                job.id, update, source="poll", next_poll_at=now() + self.delay(job)
+            )
+
+    async def _pull(
+        self, gateway: ProviderGateway, job: Job, limits: ProviderLimits
+    ) -> Update | None:
+        """One pull within the provider's limits; None (and a retry scheduled) on failure."""
+        assert job.task_id is not None
+        async with limits.slots:
+            try:
+                update = await gateway.pull(job.task_id)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                METRICS.poll(job.provider, "error")
+                if isinstance(exc, ReceiverError):
+                    log.warning("poll of %s at %s failed: %s", job.id, job.provider, exc)
+                else:  # a bug: one job's poll must not stop the others
+                    log.exception("poll of %s at %s failed unexpectedly", job.id, job.provider)
+                at = now()
+                asked = limits.failed(exc, at)
+                await self.store.schedule_poll(
+                    job.id, self._retry_at(job, limits, asked, at), attempted=True
+                )
+                return None
+        METRICS.poll(job.provider, "ok")
+        limits.succeeded()
+        return update
+
+    def _retry_at(self, job: Job, limits: ProviderLimits, asked: float | None, at: float) -> float:
+        """After a failed pull: what the provider asked for, else back off with its failures."""
+        if asked is not None:
+            return asked + random.uniform(0, 1)
+        backoff = self.interval * float(2 ** min(limits.failures, 10))
+        delay = min(self.max_interval, max(self.delay(job), backoff))
+        return at + delay * random.uniform(0.8, 1.2)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.dispatch import Dispatcher, Registry, load_handlers
 from receiver.ingest import Ingest
 from receiver.poller import Poller
-from receiver.providers import PROVIDERS, ProviderGateway
+from receiver.provider_limits import ProviderLimits
+from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
+from receiver.ratelimit import FailureLimiter, Network, parse_networks
 from receiver.store import Store, store_for
 from receiver.store.sqlite import sqlite_path
 from receiver.submit import Submitter
@@ -38,6 +42,14 @@ class Runtime:
     poller: Poller
     submitter: Submitter
     admin_token_digest: str
+    auth_failures: FailureLimiter
+    trusted_proxies: tuple[Network, ...]
+    # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
+    providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
+
+    def wakers(self) -> dict[str, Callable[[], None]]:
+        """What to wake when another process commits work (see `Store.listen`)."""
+        return {"deliveries": self.dispatcher.wake, "polls": self.poller.wake}
 
     @classmethod
     def build(
@@ -48,15 +60,20 @@ class Runtime:
         handlers: Registry | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> Runtime:
-        store = store or store_for(settings.database_url)
+        store = store or store_for(settings.database_url, timeout=settings.store_timeout)
         if handlers is None:
             # The default module is optional (a fresh directory has none); a named one is not.
             required = settings.handlers != DEFAULT_HANDLERS
             handlers = load_handlers(settings.handlers, required=required)
         client = client or httpx.AsyncClient(follow_redirects=False)
+        providers = {**PROVIDERS, **generic_providers(settings.generic)}
+        handlers = handlers.layered()  # the built-ins belong to this runtime alone
+        builtins = install_builtins(handlers, settings, client=client, store=store)
+        if builtins:
+            log.info("built-in handlers: %s", ", ".join(builtins))
         gateways = {
             name: ProviderGateway(adapter, settings.provider(name), client)
-            for name, adapter in PROVIDERS.items()
+            for name, adapter in providers.items()
         }
         dispatcher = Dispatcher(
             store,
@@ -74,6 +91,17 @@ class Runtime:
             gateways,
             interval=settings.poll_interval,
             max_interval=settings.poll_max_interval,
+            deadline_for=settings.deadline_for,
+            give_up_for=settings.give_up_for,
+            limits={
+                name: ProviderLimits(
+                    name,
+                    concurrency=settings.provider(name).poll_concurrency,
+                    failure_threshold=settings.circuit_failures,
+                    cooldown=settings.circuit_cooldown,
+                )
+                for name in providers
+            },
         )
         submitter = Submitter(
             store,
@@ -81,7 +109,9 @@ class Runtime:
             gateways,
             public_url=settings.public_url,
             poll_interval=settings.poll_interval,
+            deadline_for=settings.deadline_for,
             wake_poller=poller.wake,
+            notify_secret=settings.forward.secret is not None,
         )
         return cls(
             settings=settings,
@@ -94,6 +124,11 @@ class Runtime:
             poller=poller,
             submitter=submitter,
             admin_token_digest=digest(ensure_admin_token(settings)),
+            auth_failures=FailureLimiter(
+                burst=settings.auth_failure_burst, rate=settings.auth_failure_rate
+            ),
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+            providers=providers,
         )
 
 

@@ -5,12 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import uvicorn
 
-__all__ = ["bind", "serve_in_loop"]
+__all__ = ["GracefulServer", "bind", "serve_in_loop"]
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn that calls `on_shutdown` as its shutdown begins (SIGTERM, SIGINT).
+
+    uvicorn then closes the listening socket, lets in-flight requests finish within its
+    `timeout_graceful_shutdown`, and runs the app's lifespan shutdown.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Sequence[Callable[[], None]] = ()):
+        super().__init__(config)
+        self.on_shutdown = list(on_shutdown)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for callback in self.on_shutdown:
+            callback()
+        await super().shutdown(sockets)
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -40,6 +57,7 @@ async def serve_in_loop(
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=5,
+        proxy_headers=False,  # RECEIVER_TRUSTED_PROXIES alone decides (receiver.ratelimit)
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -9,9 +9,10 @@ create call leaves a failed job carrying the provider's error, which fires the
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import msgspec
 
 from receiver.errors import ConfigError, ProviderError
@@ -21,7 +22,7 @@ from receiver.providers import CallbackStyle, ProviderGateway, get_provider, val
 from receiver.store.base import NewJob, Store
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
-__all__ = ["Submitted", "Submitter", "queued_job"]
+__all__ = ["Submitted", "Submitter", "check_notify_url", "queued_job"]
 
 log = logging.getLogger("receiver.submit")
 
@@ -29,7 +30,10 @@ _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.
 
 
 def queued_job(
-    provider: str, task_id: str | None, metadata: Mapping[str, Any] | None = None
+    provider: str,
+    task_id: str | None,
+    metadata: Mapping[str, Any] | None = None,
+    notify_url: str | None = None,
 ) -> Job:
     """A new job, as it is before the provider has said anything about it."""
     at = now()
@@ -41,7 +45,27 @@ def queued_job(
         metadata=dict(metadata or {}),
         created_at=at,
         updated_at=at,
+        notify_url=notify_url,
     )
+
+
+def check_notify_url(url: str) -> str:
+    """A job's `notify_url`: absolute http(s), no credentials in it (posts are signed instead).
+
+    Private and loopback addresses are allowed: whoever may call POST /jobs is an admin.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise ConfigError("notify_url must be an absolute http(s) URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("notify_url must be an absolute http(s) URL")
+    if parsed.userinfo:
+        raise ConfigError(
+            "notify_url must not carry credentials: its posts are signed with"
+            " RECEIVER_FORWARD_SECRET, and the URL is shown with the job"
+        )
+    return url
 
 
 class Submitted(msgspec.Struct, kw_only=True):
@@ -62,14 +86,25 @@ class Submitter:
         *,
         public_url: str,
         poll_interval: float,
+        deadline_for: Callable[[str], float] = lambda provider: 900.0,
         wake_poller: Any = None,
+        notify_secret: bool = False,
     ):
         self.store = store
         self.ingest = ingest
         self.gateways = gateways
         self.public_url = public_url.rstrip("/")
         self.poll_interval = poll_interval
+        self.deadline_for = deadline_for
         self.wake_poller = wake_poller or (lambda: None)
+        self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
+
+    def _notify_url(self, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if not self.notify_secret:
+            raise ConfigError("notify_url needs RECEIVER_FORWARD_SECRET, which signs its posts")
+        return check_notify_url(url)
 
     def _gateway(self, provider: str) -> ProviderGateway:
         adapter = get_provider(provider)  # UnknownProvider for a bad name
@@ -85,8 +120,13 @@ class Submitter:
         *,
         metadata: Mapping[str, Any] | None = None,
         local_files: bool = False,
+        notify_url: str | None = None,
     ) -> Submitted:
-        """Create a job at `provider`; a provider's refusal gives a failed job, not an error."""
+        """Create a job at `provider`; a provider's refusal gives a failed job, not an error.
+
+        `notify_url` gets every event of this job, signed as the forward handler signs.
+        """
+        notify_url = self._notify_url(notify_url)
         gateway = self._gateway(provider)
         uploads = sorted(gateway.adapter.file_fields & fields.keys())
         if uploads and not local_files:
@@ -100,7 +140,7 @@ class Submitter:
         hook_url = (
             f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
         )
-        job = queued_job(provider, None, metadata)
+        job = queued_job(provider, None, metadata, notify_url)
         await self.store.create_job(
             NewJob(
                 job=job,
@@ -119,15 +159,20 @@ class Submitter:
             log.warning("create request for %s failed: %s", job.id, type(exc).__name__)
             return await self._failed(job, f"could not build the request: {exc}"[:500], None)
         if created.task_id is not None:
-            polled = style is CallbackStyle.POLL
-            await self.store.set_task_id(
-                job.id, created.task_id, now() + self.poll_interval if polled else None
-            )
+            await self.store.set_task_id(job.id, created.task_id, self._first_poll(gateway))
         if created.update is not None:
             recorded = await self.ingest.record(job.id, created.update, source="submit")
             return Submitted(job=recorded.job, hook_url=hook_url)
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
+
+    def _first_poll(self, gateway: ProviderGateway) -> float | None:
+        """Pull-only jobs are polled soon; others only if no callback comes by the deadline."""
+        if not gateway.adapter.can_pull:
+            return None
+        if gateway.adapter.callback_style is CallbackStyle.POLL:
+            return now() + self.poll_interval
+        return now() + self.deadline_for(gateway.adapter.name)
 
     async def _failed(self, job: Job, error: str, status_code: int | None) -> Submitted:
         failure = Update(
@@ -140,16 +185,22 @@ class Submitter:
         return Submitted(job=recorded.job)
 
     async def track(
-        self, provider: str, task_id: str, *, metadata: Mapping[str, Any] | None = None
+        self,
+        provider: str,
+        task_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> Job:
         """Follow a task submitted elsewhere: record it and poll it when the provider allows."""
+        notify_url = self._notify_url(notify_url)
         adapter = get_provider(provider)
         if not valid_task_id(task_id):
             raise ConfigError("task_id must be a plain token of letters, digits and ._:-")
         existing = await self.store.job_by_task(provider, task_id)
         if existing is not None:
             return existing
-        job = queued_job(provider, task_id, metadata)
+        job = queued_job(provider, task_id, metadata, notify_url)
         await self.store.create_job(
             NewJob(job=job, next_poll_at=job.created_at if adapter.can_pull else None)
         )

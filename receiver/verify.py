@@ -30,7 +30,14 @@ __all__ = [
 
 REDACTED = "[redacted]"
 SECRET_HEADERS = frozenset(
-    {"x-webhook-secret", "authorization", "cookie", "x-api-key", "proxy-authorization"}
+    {
+        "x-webhook-secret",
+        "authorization",
+        "cookie",
+        "x-api-key",
+        "proxy-authorization",
+        "webhook-signature",  # Standard Webhooks: a valid one replays within the tolerance
+    }
 )
 
 

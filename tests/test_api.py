@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from receiver.config import load_settings
-from receiver.models import Job, Status, Update, new_id, now
+from receiver.models import Job, RawRequest, Status, Update, new_id, now
 from receiver.runtime import admin_token_file, ensure_admin_token
 from receiver.store import NewJob
 from receiver.testing import LiveReceiver, running_receiver
@@ -219,3 +219,52 @@ class TestSubmitAnswers:
         )
         for forbidden in ("token", "secret", "hash"):
             assert forbidden not in answer.text
+
+
+class TestDiagnosis:
+    """The quarantine, a job's raw requests and the instance id are there for the operator."""
+
+    async def test_health_names_a_stable_instance(self, client: httpx.AsyncClient) -> None:
+        """Every health check of one process names the same instance id."""
+        first = (await client.get("/healthz")).json()["instance"]
+        assert first.startswith("ins_")
+        assert first == (await client.get("/healthz")).json()["instance"]
+
+    async def test_quarantine_lists_rejections_with_their_reason(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A callback to an unknown token is listed with its reason and no token in its path."""
+        await client.post("/hooks/apiframe/secret-token-value", json={"status": "x"})
+        answer = await client.get("/quarantine", headers=live.admin_headers)
+        [item] = answer.json()["items"]
+        assert ("apiframe", "unknown_token", 404) == (
+            item["provider"],
+            item["reason"],
+            item["status_code"],
+        )
+        assert "secret-token-value" not in answer.text
+
+    async def test_job_requests_are_listed_redacted(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A job's raw requests come back with the secret header redacted."""
+        job = await add_job(live, "apiframe", "t5", Status.QUEUED)
+        raw = RawRequest(
+            id=new_id("req"),
+            received_at=now(),
+            provider="apiframe",
+            method="POST",
+            path="/hooks/apiframe/[token:abc]",
+            query="",
+            headers={"x-webhook-secret": "[redacted]"},
+            body=b"{}",
+        )
+        await live.runtime.ingest.record(
+            job.id,
+            Update(status=Status.RUNNING, raw_status="processing"),
+            source="callback",
+            raw=raw,
+        )
+        answer = await client.get(f"/jobs/{job.id}/requests", headers=live.admin_headers)
+        [item] = answer.json()["items"]
+        assert (raw.id, "[redacted]") == (item["id"], item["headers"]["x-webhook-secret"])

@@ -213,3 +213,35 @@ class TestErrors:
         """A TOML syntax error names the file."""
         path = write_toml(tmp_path, "port = = 1\n")
         assert "receiver.toml" in config_error({}, config_file=path)
+
+
+class TestSecretsList:
+    """Every configured secret is known, so the log filter can redact it."""
+
+    def test_all_kinds_of_secret_are_listed(self) -> None:
+        """Admin and metrics tokens, API keys, webhook secrets (each rotated one), the forward
+        secret and the notify URL are listed; ordinary settings are not."""
+        whsec = "whsec_" + "a" * 43 + "="
+        other = "whsec_" + "b" * 43 + "="
+        settings = load_settings(
+            {
+                "RECEIVER_ADMIN_TOKEN": "admin-t",
+                "RECEIVER_METRICS_TOKEN": "metrics-t",
+                "RECEIVER_APIFRAME_API_KEY": "af-key",
+                "RECEIVER_APIFRAME_WEBHOOK_SECRET": "af-secret",
+                "RECEIVER_GENERIC_PROVIDERS": "acme",
+                "RECEIVER_ACME_WEBHOOK_SECRET": f"{whsec} {other}",
+                "RECEIVER_FORWARD_SECRET": whsec,
+                "RECEIVER_NOTIFY_URL": "https://hooks.slack.example/services/T/B/XYZ",
+            },
+            config_file=None,
+        )
+        assert {
+            "admin-t",
+            "metrics-t",
+            "af-key",
+            "af-secret",
+            whsec,
+            other,
+            "https://hooks.slack.example/services/T/B/XYZ",
+        } == set(settings.secrets())

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from receiver.dispatch import DeliveryInfo, Dispatcher, Registry, backoff
 from receiver.errors import Retry
 from receiver.ingest import Ingest
-from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update
+from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update, now
 from receiver.store import NewJob, Store
 
 T0 = 1_000.0
@@ -519,7 +519,8 @@ class TestDispatcherLifecycle:
     async def test_work_running_when_the_store_closed_is_resumed(
         self, store: Store, registry: Registry, make_store: Callable[[], Store]
     ) -> None:
-        """A delivery left running by a dead process is released and run on the reopened store."""
+        """A delivery left running by a dead process runs again on the reopened store: released
+        at start on SQLite (one runner per file), after its lease runs out on a shared store."""
         started, release = asyncio.Event(), asyncio.Event()
         calls: list[str] = []
 
@@ -544,6 +545,14 @@ class TestDispatcherLifecycle:
         try:
             [left] = await reopened.list_deliveries()
             assert DeliveryState.RUNNING == left.state
+            if reopened.shared:
+                # Another process may still hold it: nothing is taken before the lease ends.
+                later = fast_dispatcher(reopened, registry)
+                await later.before_start()
+                assert 0 == await later.run_once()
+                [still] = await reopened.list_deliveries()
+                assert DeliveryState.RUNNING == still.state
+                await reopened.renew_lease(left.id, lease_until=now() - 1)  # time passes
             async with running_dispatcher(fast_dispatcher(reopened, registry)):
                 await wait_for(all_finished(reopened, 1))
             [delivery] = await reopened.list_deliveries()

@@ -485,6 +485,65 @@ class TestDeliveryStates:
         assert (DeliveryState.DONE, None, 1) == (done.state, done.lease_until, done.attempts)
         assert [] == await store.claim_deliveries(limit=10, lease=60, at=T0 + 1_000)
 
+    async def test_a_stale_runner_cannot_touch_a_reclaimed_delivery(self, store: Store) -> None:
+        """After a lease ran out and another runner claimed the delivery, the first runner's
+        finish, retry, kill, release and renew (fenced by its attempt number) change nothing."""
+        [delivery] = await pending_delivery(store)
+        [first] = await store.claim_deliveries(limit=10, lease=60, at=T0 + 1)
+        [second] = await store.claim_deliveries(limit=10, lease=60, at=T0 + 100)
+        stale = first.delivery.attempts
+        assert stale + 1 == second.delivery.attempts
+        await store.finish_delivery(delivery.id, at=T0 + 101, attempt=stale)
+        await store.kill_delivery(delivery.id, error="old", at=T0 + 101, attempt=stale)
+        await store.retry_delivery(
+            delivery.id, error="old", next_attempt_at=T0 + 102, at=T0 + 101, attempt=stale
+        )
+        await store.release_delivery(delivery.id, at=T0 + 101, attempt=stale)
+        assert not await store.renew_lease(delivery.id, lease_until=T0 + 999, attempt=stale)
+        [running] = await store.list_deliveries()
+        assert (DeliveryState.RUNNING, second.delivery.attempts, T0 + 160, None) == (
+            running.state,
+            running.attempts,
+            running.lease_until,
+            running.last_error,
+        )
+        await store.finish_delivery(delivery.id, at=T0 + 110, attempt=second.delivery.attempts)
+        [done] = await store.list_deliveries()
+        assert DeliveryState.DONE == done.state
+
+    async def test_release_gives_the_attempt_back(self, store: Store) -> None:
+        """A delivery released at shutdown is pending, due when asked, its attempt uncounted."""
+        [delivery] = await pending_delivery(store)
+        await store.claim_deliveries(limit=10, lease=60, at=T0 + 1)
+        await store.release_delivery(delivery.id, at=T0 + 5)
+        [released] = await store.list_deliveries()
+        assert (DeliveryState.PENDING, 0, None, T0 + 5) == (
+            released.state,
+            released.attempts,
+            released.lease_until,
+            released.next_attempt_at,
+        )
+        [again] = await store.claim_deliveries(limit=10, lease=60, at=T0 + 5)
+        assert 1 == again.delivery.attempts
+
+    async def test_release_leaves_finished_deliveries_alone(self, store: Store) -> None:
+        """Only a running delivery can be released."""
+        [delivery] = await pending_delivery(store)
+        await store.claim_deliveries(limit=10, lease=60, at=T0 + 1)
+        await store.finish_delivery(delivery.id, at=T0 + 2)
+        await store.release_delivery(delivery.id, at=T0 + 5)
+        [done] = await store.list_deliveries()
+        assert DeliveryState.DONE == done.state
+
+    async def test_renew_lease(self, store: Store) -> None:
+        """A renewed lease keeps others away past the first one; a finished one is not renewed."""
+        [delivery] = await pending_delivery(store)
+        await store.claim_deliveries(limit=10, lease=60, at=T0 + 1)
+        assert await store.renew_lease(delivery.id, lease_until=T0 + 200)
+        assert [] == await store.claim_deliveries(limit=10, lease=60, at=T0 + 100)
+        await store.finish_delivery(delivery.id, at=T0 + 150)
+        assert not await store.renew_lease(delivery.id, lease_until=T0 + 300)
+
     async def test_retry(self, store: Store) -> None:
         """A retried delivery is pending again at its next attempt time with its error kept."""
         [delivery] = await pending_delivery(store)
@@ -534,6 +593,92 @@ class TestDeliveryStates:
         assert 1 == len(await store.list_deliveries(job_id="job_2"))
         assert 3 == len(await store.list_deliveries(state=DeliveryState.PENDING))
         assert [] == await store.list_deliveries(state=DeliveryState.DONE)
+
+
+class TestReplayDeliveries:
+    """Replay puts finished deliveries back to pending under the same id, attempts cleared."""
+
+    async def _dead_and_done(self, store: Store) -> list[Delivery]:
+        """Job 1 with handler h1 dead and h2 done; job 2 with h1 dead."""
+        first, second = await pending_delivery(store, handlers=("h1", "h2"))
+        await add_job(store, "job_2", task_id="t-2")
+        [third] = (
+            await record(
+                store, make_update(Status.RUNNING, 0.1), job_id="job_2", route=route_to("h1")
+            )
+        ).deliveries
+        await store.claim_deliveries(limit=10, lease=60, at=T0 + 1)
+        await store.kill_delivery(first.id, error="gave up", at=T0 + 2)
+        await store.finish_delivery(second.id, at=T0 + 2)
+        await store.kill_delivery(third.id, error="gave up", at=T0 + 2)
+        return [first, second, third]
+
+    async def test_replay_by_id_resets_the_same_delivery(self, store: Store) -> None:
+        """The replayed delivery keeps its id, is pending and due now, with no attempts."""
+        first, _, _ = await self._dead_and_done(store)
+        [replayed] = await store.replay_deliveries(delivery_id=first.id, at=T0 + 50)
+        assert (first.id, DeliveryState.PENDING, 0, T0 + 50) == (
+            replayed.id,
+            replayed.state,
+            replayed.attempts,
+            replayed.next_attempt_at,
+        )
+        [claimed] = await store.claim_deliveries(limit=10, lease=60, at=T0 + 50)
+        assert (first.id, 1) == (claimed.delivery.id, claimed.delivery.attempts)
+
+    async def test_done_deliveries_move_only_when_asked(self, store: Store) -> None:
+        """A done delivery is left alone by a dead-only replay and replayed when named."""
+        _, second, _ = await self._dead_and_done(store)
+        assert [] == await store.replay_deliveries(delivery_id=second.id, at=T0 + 50)
+        both = frozenset({DeliveryState.DEAD, DeliveryState.DONE})
+        [replayed] = await store.replay_deliveries(delivery_id=second.id, states=both, at=T0 + 50)
+        assert (second.id, DeliveryState.PENDING) == (replayed.id, replayed.state)
+
+    async def test_filters_by_job_and_handler(self, store: Store) -> None:
+        """Job and handler filters pick only the matching dead deliveries; no filter takes all."""
+        first, _, third = await self._dead_and_done(store)
+        assert [third.id] == [d.id for d in await store.replay_deliveries(job_id="job_2", at=T0)]
+        assert [first.id] == [d.id for d in await store.replay_deliveries(handler="h1", at=T0)]
+        assert [] == await store.replay_deliveries(at=T0)
+
+    async def test_all_dead(self, store: Store) -> None:
+        """With no filter every dead delivery is replayed, oldest first, and none stays dead."""
+        first, _, third = await self._dead_and_done(store)
+        assert [first.id, third.id] == [d.id for d in await store.replay_deliveries(at=T0)]
+        assert [] == await store.list_deliveries(state=DeliveryState.DEAD)
+
+    async def test_running_and_pending_are_never_touched(self, store: Store) -> None:
+        """A delivery that is pending or running is not replayed, whatever the states asked."""
+        await pending_delivery(store, handlers=("h1", "h2"))
+        await store.claim_deliveries(limit=1, lease=60, at=T0 + 1)
+        everything = frozenset(DeliveryState)
+        assert [] == await store.replay_deliveries(states=everything, at=T0 + 5)
+        assert {DeliveryState.RUNNING, DeliveryState.PENDING} == {
+            d.state for d in await store.list_deliveries()
+        }
+
+
+class TestDeliverySummary:
+    """The summary counts deliveries by state and dates the oldest pending one."""
+
+    async def test_empty(self, store: Store) -> None:
+        """An empty store counts zero in every state and has no oldest pending delivery."""
+        summary = await store.delivery_summary()
+        assert ({s.value: 0 for s in DeliveryState}, None) == (
+            summary.counts,
+            summary.oldest_pending_at,
+        )
+
+    async def test_counts_and_oldest(self, store: Store) -> None:
+        """Counts follow the states; the oldest pending delivery's creation time is reported."""
+        first, _second = await pending_delivery(store, handlers=("h1", "h2"))
+        await add_job(store, "job_2", task_id="t-2")
+        await record(store, make_update(Status.RUNNING, 0.1), job_id="job_2", at=T0 + 30)
+        await store.claim_deliveries(limit=1, lease=60, at=T0 + 1)
+        await store.kill_delivery(first.id, error="x", at=T0 + 2)
+        summary = await store.delivery_summary()
+        assert {"pending": 2, "running": 0, "done": 0, "dead": 1} == summary.counts
+        assert T0 + 1 == summary.oldest_pending_at
 
 
 class TestNextDeliveryAt:
@@ -611,6 +756,23 @@ class TestPolls:
         await store.record_nudge("job_1", make_raw(), poll_at=T0)
         assert [] == await store.claim_polls(limit=5, lease=60, at=T0 + 1)
         assert None is await store.next_poll_at()
+
+
+class TestUnscheduledPolls:
+    """Open jobs left with no poll get one at their last update plus the deadline."""
+
+    async def test_only_open_unscheduled_jobs_of_the_provider(self, store: Store) -> None:
+        """Scheduled, finished, taskless and other providers' jobs are left alone."""
+        await add_job(store, "job_open", task_id="t-1", status=Status.RUNNING)
+        await add_job(store, "job_sched", task_id="t-2", next_poll_at=T0 + 5)
+        await add_job(store, "job_done", task_id="t-3", status=Status.SUCCEEDED)
+        await add_job(store, "job_new", task_id=None)
+        await add_job(store, "job_other", task_id="t-4", provider="rixapi")
+        assert 1 == await store.schedule_unscheduled_polls("apiframe", deadline=100)
+        assert T0 + 5 == await store.next_poll_at()
+        claimed = await store.claim_polls(limit=5, lease=60, at=T0 + 100)
+        assert ["job_open", "job_sched"] == sorted(j.id for j in claimed)
+        assert 0 == await store.schedule_unscheduled_polls("apiframe", deadline=100)
 
 
 class TestReopen:

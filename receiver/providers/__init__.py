@@ -15,6 +15,7 @@ from receiver.providers.base import (
     ProviderSettings,
     valid_task_id,
 )
+from receiver.providers.generic import GenericProvider, GenericSettings, generic_providers
 from receiver.providers.rixapi import Rixapi
 from receiver.providers.runway_ai import RunwayAi
 
@@ -22,10 +23,13 @@ __all__ = [
     "PROVIDERS",
     "CallbackStyle",
     "Created",
+    "GenericProvider",
+    "GenericSettings",
     "Provider",
     "ProviderGateway",
     "ProviderRequest",
     "ProviderSettings",
+    "generic_providers",
     "get_provider",
     "valid_task_id",
 ]

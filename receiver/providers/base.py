@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import email.utils
 import enum
+import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -28,9 +31,11 @@ __all__ = [
     "ProviderGateway",
     "ProviderRequest",
     "ProviderSettings",
+    "retry_after_seconds",
     "valid_task_id",
 ]
 
+_decode_json = msgspec.json.Decoder().decode
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -44,18 +49,26 @@ class CallbackStyle(enum.StrEnum):
 
     SECRET_POST = "secret_post"  # POST with our secret echoed in x-webhook-secret
     POST = "post"  # unauthenticated POST on every status change
+    SIGNED_POST = "signed_post"  # POST signed with Standard Webhooks (generic providers)
     NUDGE = "nudge"  # a bare GET ?uuid= that only says "ask me"
     POLL = "poll"  # no callbacks: we poll the status API
     SYNC = "sync"  # the create call answers with the result
 
 
 class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Per-provider configuration (RECEIVER_<PROVIDER>_BASE_URL / _API_KEY / _WEBHOOK_SECRET)."""
+    """Per-provider configuration: RECEIVER_<PROVIDER>_BASE_URL, _API_KEY, _WEBHOOK_SECRET,
+    _TIMEOUT, _DEADLINE, _GIVE_UP_AFTER, _POLL_CONCURRENCY, _CONFIRM_TERMINAL."""
 
     base_url: str | None = None
     api_key: str | None = None
     webhook_secret: str | None = None
     timeout: float = 30.0
+    # Overdue polling; None takes RECEIVER_DEADLINE / RECEIVER_GIVE_UP_AFTER.
+    deadline: float | None = None
+    give_up_after: float | None = None
+    poll_concurrency: int = 4
+    # An unauthenticated provider's final callback is checked against its status API.
+    confirm_terminal: bool = True
 
 
 class ProviderRequest(msgspec.Struct, kw_only=True):
@@ -128,6 +141,47 @@ class Provider(abc.ABC):
         return f"{self.name} answered {status_code}"
 
 
+def _decode_answer(content: bytes) -> Any:
+    """A provider's JSON answer, or None when there is none we could keep.
+
+    The standard library's decoder alone (httpx's `response.json()`) lets through lone
+    surrogates, which no store can encode, and nesting past the recursion limit; NaN and
+    Infinity, which it also reads, are tolerated as null.
+    """
+    if not content:
+        return None
+    try:
+        return _decode_json(content)
+    except (ValueError, RecursionError):  # DecodeError, broken UTF-8, deep nesting
+        pass
+    try:
+        body = json.loads(content, parse_constant=lambda _: None)
+        msgspec.json.encode(body)  # raises on a lone surrogate
+    except (ValueError, RecursionError):
+        return None
+    return body
+
+
+_MAX_RETRY_AFTER = 3600.0  # a provider asking for more is capped, not obeyed for days
+
+
+def retry_after_seconds(value: str | None, *, at: float | None = None) -> float | None:
+    """Retry-After (seconds or an HTTP date) as seconds from now, capped; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if at is None else at
+    return min(max(0.0, when.timestamp() - current), _MAX_RETRY_AFTER)
+
+
 class ProviderGateway:
     """Sends an adapter's requests over HTTP to the provider's configured base URL."""
 
@@ -162,15 +216,13 @@ class ProviderGateway:
             raise ProviderError(
                 f"{self.adapter.name} unreachable: {type(exc).__name__}", retryable=True
             ) from None
-        try:
-            body = response.json() if response.content else None
-        except ValueError:
-            body = None
+        body = _decode_answer(response.content)
         if response.status_code >= 300:
             raise ProviderError(
                 self.adapter.error_message(body, response.status_code),
                 status_code=response.status_code,
                 retryable=response.status_code == 429 or response.status_code >= 500,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         return body
 

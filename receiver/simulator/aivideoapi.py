@@ -22,7 +22,7 @@ from receiver.simulator.http import (
     simulator_of,
 )
 
-__all__ = ["router"]
+__all__ = ["render", "router"]
 
 _PROVIDER = "aivideoapi"
 _STATUS = {
@@ -110,3 +110,6 @@ router = Router(
     route_handlers=[generate, extend, status],
     before_request=key_guard(_PROVIDER, header_key("authorization"), _error),
 )
+
+# Public names for receiver.simulator.payloads: the same bodies, without a running simulator.
+render = _render

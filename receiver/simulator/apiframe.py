@@ -21,7 +21,7 @@ from receiver.simulator.http import (
     simulator_of,
 )
 
-__all__ = ["router"]
+__all__ = ["render", "router"]
 
 _PROVIDER = "apiframe"
 _FAILURE = "Video generation failed: the prompt was flagged by the content filter"
@@ -101,3 +101,6 @@ router = Router(
     route_handlers=[imagine, fetch, fetch_many],
     before_request=key_guard(_PROVIDER, header_key("authorization"), _error),
 )
+
+# Public names for receiver.simulator.payloads: the same bodies, without a running simulator.
+render = _render

@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from receiver.simulator import aivideoapi, apiframe, artvisum, control, rixapi, runway_ai
 from receiver.simulator.config import SimConfig
 from receiver.simulator.core import Simulator
+from receiver.simulator.faults import StatusFaults
 
 __all__ = ["PROVIDERS", "create_simulator"]
 
@@ -33,4 +34,9 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
         openapi_config=None,
         logging_config=None,
         request_max_body_size=_MAX_BODY,
+        middleware=[
+            lambda app: StatusFaults(
+                app, simulator.config, simulator.status_calls, simulator.status_peak
+            ),
+        ],
     )

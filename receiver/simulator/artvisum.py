@@ -24,7 +24,7 @@ from receiver.simulator.http import (
     simulator_of,
 )
 
-__all__ = ["router"]
+__all__ = ["render", "router"]
 
 _PROVIDER = "artvisum"
 _FAILURE = "Generation failed: the input was rejected by moderation"
@@ -143,3 +143,6 @@ router = Router(
     route_handlers=[create, status],
     before_request=key_guard(_PROVIDER, header_key("x-api-key"), _error),
 )
+
+# Public names for receiver.simulator.payloads: the same bodies, without a running simulator.
+render = _render

@@ -17,7 +17,8 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     accepted). `step_delay` is the time between status changes; `fail` ends jobs failed;
     `duplicate` sends every callback twice; `late` sends one more progress callback after
     the final one; `lose` never calls back; `wrapped` wraps rixapi callbacks in
-    `{code, msg, data}`; `create_error` makes create calls answer that HTTP status.
+    `{code, msg, data}`; `create_error` makes create calls answer that HTTP status;
+    `status_error`, `status_retry_after` and `status_delay` make status APIs misbehave.
     """
 
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
@@ -29,6 +30,11 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     wrapped: bool = False
     create_error: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
     callback_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Status API faults (every provider): answer this HTTP status, with this Retry-After,
+    # and/or only after this many seconds.
+    status_error: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
+    status_retry_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    status_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 def update_config(config: SimConfig, patch: Mapping[str, Any]) -> SimConfig:

@@ -15,6 +15,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -126,6 +127,8 @@ class Simulator:
         self._tasks: dict[tuple[str, str], SimTask] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        self.status_calls: Counter[str] = Counter()  # by provider, counted by StatusFaults
+        self.status_peak: Counter[str] = Counter()  # most concurrent status calls, by provider
 
     def authorized(self, provider: str, key: str | None) -> bool:
         """A non-empty key that equals the configured one, if one is configured."""
@@ -164,6 +167,8 @@ class Simulator:
         """Cancel every lifecycle, forget every task, and set the config back (in place)."""
         await self._cancel()
         self._tasks.clear()
+        self.status_calls.clear()
+        self.status_peak.clear()
         update_config(self.config, msgspec.structs.asdict(config or SimConfig()))
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from receiver.simulator.http import (
     simulator_of,
 )
 
-__all__ = ["router"]
+__all__ = ["render", "router", "wrap"]
 
 _PROVIDER = "rixapi"
 _FAILURE = "生成失败 (generation failed; credits refunded)"
@@ -107,3 +107,7 @@ router = Router(
     route_handlers=[create, feed],
     before_request=key_guard(_PROVIDER, bearer_key, _error, "invalid token"),
 )
+
+# Public names for receiver.simulator.payloads: the same bodies, without a running simulator.
+render = _render
+wrap = _wrap

@@ -38,6 +38,14 @@ class RunningSimulator:
         """Every task so far, oldest first, with the callbacks sent and their answers."""
         return self.simulator.tasks()
 
+    def status_calls(self, provider: str) -> int:
+        """How many times `provider`'s status API has been called."""
+        return self.simulator.status_calls[provider]
+
+    def status_peak(self, provider: str) -> int:
+        """The most status calls of `provider` that were in flight at once."""
+        return self.simulator.status_peak[provider]
+
     async def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until every task has ended and sent its last callback."""
         await self.simulator.wait_idle(timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from receiver.errors import ConfigError
 from receiver.store.base import Claimed, JobPage, NewJob, Recorded, Router, Store, TokenMatch
 from receiver.store.sqlite import SQLiteStore
@@ -15,16 +17,30 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "TokenMatch",
+    "display_url",
     "store_for",
 ]
 
 
-def store_for(database_url: str) -> Store:
-    """The Store for `database_url` (not yet opened)."""
+def store_for(database_url: str, *, timeout: float = 5.0) -> Store:
+    """The Store for `database_url` (not yet opened); `timeout` bounds waits for a lock."""
     if database_url.startswith("sqlite:"):
-        return SQLiteStore(database_url)
+        return SQLiteStore(database_url, busy_timeout_ms=max(1, round(timeout * 1000)))
     if database_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "PostgreSQL support is not available in this version yet; use a sqlite:/// URL"
-        )
+        try:
+            from receiver.store.postgres import PostgresStore
+        except ImportError:
+            raise ConfigError(
+                "a postgresql:// URL needs asyncpg: pip install 'receiver[postgres]'"
+            ) from None
+        return PostgresStore(database_url)
     raise ConfigError(f"unsupported RECEIVER_DATABASE_URL scheme: {database_url.split(':', 1)[0]}")
+
+
+def display_url(database_url: str) -> str:
+    """The URL with any password replaced, fit for logs and messages."""
+    parts = urlsplit(database_url)
+    if parts.password is None:
+        return database_url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -9,25 +9,61 @@ backend can be swapped without touching them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from receiver.models import Delivery, DeliveryState, Event, Job, Quarantined, RawRequest, Update
+from receiver.models import (
+    Delivery,
+    DeliveryState,
+    Event,
+    Job,
+    Quarantined,
+    RawRequest,
+    StoredFile,
+    Update,
+)
 
 __all__ = [
     "Claimed",
+    "DeliverySummary",
     "JobPage",
     "NewJob",
     "Recorded",
     "Router",
     "Store",
     "TokenMatch",
+    "metadata_filter",
 ]
 
 # Given the stored event and the job after it, the names of the handlers that must run.
 Router = Callable[[Event, Job], Sequence[str]]
+
+
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def metadata_filter(pairs: Mapping[str, str]) -> dict[str, list[str]]:
+    """`list_jobs(metadata=...)` from `key -> text` pairs, as a query string gives them.
+
+    A text matches the string itself, and also the number, boolean or null it spells
+    (`7` matches 7 and "7"). Keys are plain names; ValueError names a bad one.
+    """
+    wanted: dict[str, list[str]] = {}
+    for key, text in pairs.items():
+        if not _METADATA_KEY.fullmatch(key):
+            raise ValueError(f"metadata key {key[:64]!r} must be letters, digits and _.:- only")
+        candidates = [msgspec.json.encode(text).decode()]
+        try:
+            parsed = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            parsed = text
+        if parsed is None or isinstance(parsed, bool | int | float):
+            candidates.append(msgspec.json.encode(parsed).decode())
+        wanted[key] = candidates
+    return wanted
 
 
 class NewJob(msgspec.Struct, kw_only=True):
@@ -63,6 +99,13 @@ class Claimed(msgspec.Struct, kw_only=True):
     job: Job
 
 
+class DeliverySummary(msgspec.Struct, kw_only=True):
+    """How many deliveries are in each state, and when the oldest pending one was made."""
+
+    counts: dict[str, int]
+    oldest_pending_at: float | None
+
+
 class JobPage(msgspec.Struct, kw_only=True):
     items: list[Job]
     next: str | None
@@ -72,10 +115,25 @@ class Store(abc.ABC):
     """Durable state of the receiver. Raises StoreUnavailable when it cannot read or commit."""
 
     url: str
+    # True when several processes may share the database (PostgreSQL): a starting
+    # dispatcher must then not release running deliveries, which may be another's.
+    shared: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+        """Connect and bring the schema up to date (SQLite), or check that it is (PostgreSQL)."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return their names. SQLite applies them in `open`."""
+        await self.open()
+        await self.close()
+        return []
+
+    async def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:  # noqa: B027 - optional hook, empty by default
+        """Call `wake["deliveries"]` or `wake["polls"]` when another process commits such work.
+
+        A store used by one process has nobody else to hear from: the default does nothing.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -107,8 +165,17 @@ class Store(abc.ABC):
         task_id: str | None = None,
         limit: int = 100,
         before: str | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> JobPage:
-        """Newest first; `before` is the `next` cursor of the previous page."""
+        """Newest first; `before` is the `next` cursor of the previous page.
+
+        `metadata` maps a key to the JSON texts its value may have (`"acme"`, `7`): a job
+        matches when, for every key, its metadata value encodes to one of them.
+        """
+
+    @abc.abstractmethod
+    async def save_file(self, job_id: str, name: str, file: StoredFile) -> None:
+        """Record a local copy of one of the job's files under `name` (replacing any)."""
 
     @abc.abstractmethod
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
@@ -151,21 +218,81 @@ class Store(abc.ABC):
 
     # Deliveries
 
+    # `attempt` fences a runner's writes: given, a write applies only while the delivery is
+    # still running under that attempt number. A runner whose lease ran out and whose
+    # delivery was claimed again (the attempt number moved on) changes nothing.
+
     @abc.abstractmethod
     async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
         """Lease due deliveries, oldest first, skipping any whose earlier sibling is unfinished."""
 
-    @abc.abstractmethod
-    async def finish_delivery(self, delivery_id: str, *, at: float) -> None: ...
+    async def finish_delivery(
+        self, delivery_id: str, *, at: float, attempt: int | None = None
+    ) -> None:
+        await self.set_delivery_state(
+            delivery_id,
+            DeliveryState.DONE,
+            error=None,
+            next_attempt_at=None,
+            at=at,
+            attempt=attempt,
+        )
 
-    @abc.abstractmethod
     async def retry_delivery(
-        self, delivery_id: str, *, error: str, next_attempt_at: float, at: float
-    ) -> None: ...
+        self,
+        delivery_id: str,
+        *,
+        error: str,
+        next_attempt_at: float,
+        at: float,
+        attempt: int | None = None,
+    ) -> None:
+        await self.set_delivery_state(
+            delivery_id,
+            DeliveryState.PENDING,
+            error=error,
+            next_attempt_at=next_attempt_at,
+            at=at,
+            attempt=attempt,
+        )
+
+    async def kill_delivery(
+        self, delivery_id: str, *, error: str, at: float, attempt: int | None = None
+    ) -> None:
+        """Mark a delivery dead: no more attempts."""
+        await self.set_delivery_state(
+            delivery_id,
+            DeliveryState.DEAD,
+            error=error,
+            next_attempt_at=None,
+            at=at,
+            attempt=attempt,
+        )
 
     @abc.abstractmethod
-    async def kill_delivery(self, delivery_id: str, *, error: str, at: float) -> None:
-        """Mark a delivery dead: no more attempts."""
+    async def set_delivery_state(
+        self,
+        delivery_id: str,
+        state: DeliveryState,
+        *,
+        error: str | None,
+        next_attempt_at: float | None,
+        at: float,
+        attempt: int | None,
+    ) -> None:
+        """Unlease a delivery into `state`; a given error and due time replace the old ones."""
+
+    @abc.abstractmethod
+    async def release_delivery(
+        self, delivery_id: str, *, at: float, attempt: int | None = None
+    ) -> None:
+        """Give a claimed delivery back, due at `at`, its attempt not counted (cut by shutdown)."""
+
+    @abc.abstractmethod
+    async def renew_lease(
+        self, delivery_id: str, *, lease_until: float, attempt: int | None = None
+    ) -> bool:
+        """Extend a running delivery's lease; False if it is no longer running (as `attempt`)."""
 
     @abc.abstractmethod
     async def release_running(self) -> int:
@@ -180,6 +307,27 @@ class Store(abc.ABC):
         self, *, job_id: str | None = None, state: DeliveryState | None = None, limit: int = 1000
     ) -> list[Delivery]: ...
 
+    @abc.abstractmethod
+    async def replay_deliveries(
+        self,
+        *,
+        delivery_id: str | None = None,
+        job_id: str | None = None,
+        handler: str | None = None,
+        states: frozenset[DeliveryState] = frozenset({DeliveryState.DEAD}),
+        at: float,
+    ) -> list[Delivery]:
+        """Put finished deliveries matching every filter back to pending, due at `at`.
+
+        Only deliveries in `states` (dead, done or both) move; pending and running ones are
+        left alone. Each keeps its id, so the handler sees the same idempotency key, and its
+        attempts start from zero again. Returns the deliveries as they are now, oldest first.
+        """
+
+    @abc.abstractmethod
+    async def delivery_summary(self) -> DeliverySummary:
+        """Counts of deliveries by state and the creation time of the oldest pending one."""
+
     # Polls
 
     @abc.abstractmethod
@@ -191,3 +339,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_poll_at(self) -> float | None: ...
+
+    @abc.abstractmethod
+    async def schedule_unscheduled_polls(self, provider: str, *, deadline: float) -> int:
+        """Schedule a poll at `updated_at + deadline` for each open job of `provider` that has a
+        task id and no poll scheduled; return how many. Heals jobs left open while we were down."""

@@ -79,8 +79,10 @@ JOBS = Table(
         "metadata",
         "created_at",
         "updated_at",
+        "files",
+        "notify_url",
     ),
-    json=("metadata",),
+    json=("metadata", "files"),
 )
 EVENTS = Table(
     Event,

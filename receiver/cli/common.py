@@ -1,0 +1,121 @@
+"""What every `receiver` subcommand shares: options read from `RECEIVER_*`, exit codes,
+direct database access and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import msgspec
+
+from receiver.config import Settings, load_settings
+from receiver.errors import ConfigError
+from receiver.models import Job
+
+__all__ = [
+    "EXIT_JOB_FAILED",
+    "EXIT_OK",
+    "EXIT_STORE",
+    "EXIT_USAGE",
+    "age",
+    "check_store",
+    "common_options",
+    "pairs",
+    "print_json",
+    "progress",
+    "setting",
+    "settings_from",
+    "value",
+    "with_runtime",
+]
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+
+def setting(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
+    """An option that falls back to the `env` variable; `--help` names the variable."""
+    metavar = flag.lstrip("-").upper().replace("-", "_")
+    parser.add_argument(
+        flag, dest=env, default=None, metavar=metavar, help=f"{help} [env: {env}]", **kw
+    )
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    setting(parser, "--database-url", "RECEIVER_DATABASE_URL", "database URL (sqlite:///path)")
+    setting(parser, "--config", "RECEIVER_CONFIG", "settings file (default ./receiver.toml)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key.startswith("RECEIVER_") and value is not None
+    }
+    return load_settings({**os.environ, **overrides})
+
+
+def value(text: str) -> Any:
+    """JSON when the text parses (5, true, {...}), else the text itself."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
+def pairs(items: Sequence[str], what: str) -> dict[str, Any]:
+    found = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}")
+        found[key] = value(raw)
+    return found
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(data)).decode() + "\n")
+
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, time.time() - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def progress(job: Job) -> str:
+    return "-" if job.progress is None else f"{job.progress:4.0%}"
+
+
+async def with_runtime(
+    settings: Settings,
+    work: Callable[[Any], Coroutine[Any, Any, int]],
+    *,
+    with_handlers: bool = False,
+) -> int:
+    from receiver.dispatch import Registry
+    from receiver.runtime import Runtime
+
+    # Direct mode: the CLI works on the database itself; a running `serve` picks up the rest.
+    # Submitting routes events to handlers, so it must know them; reading does not.
+    runtime = Runtime.build(settings, handlers=None if with_handlers else Registry())
+    await runtime.store.open()
+    try:
+        return await work(runtime)
+    finally:
+        await runtime.client.aclose()
+        await runtime.store.close()
+
+
+async def check_store(settings: Settings) -> None:
+    """Open and close the store, so a bad URL is one clear line instead of a traceback."""
+    from receiver.store import store_for
+
+    store = store_for(settings.database_url)
+    await store.open()
+    await store.close()

@@ -1,0 +1,63 @@
+"""`receiver deliveries`: handler deliveries and, with `--dead`, the dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from receiver.cli.common import EXIT_OK, print_json
+from receiver.cli.output import Table, age, clean, colour_enabled, paint, state_colour
+from receiver.cli.source import client_options, open_source
+from receiver.models import DeliveryState
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    deliveries = commands.add_parser(
+        "deliveries", help="handler deliveries with attempts and errors (--dead: dead letters)"
+    )
+    client_options(deliveries)
+    which = deliveries.add_mutually_exclusive_group()
+    which.add_argument(
+        "--dead", action="store_true", help="only dead deliveries (same as --state dead)"
+    )
+    which.add_argument("--state", choices=[s.value for s in DeliveryState], help="only this state")
+    deliveries.add_argument("--job", metavar="ID", help="only this job's deliveries")
+    deliveries.add_argument("--limit", type=int, default=1000, help="at most this many")
+    deliveries.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = DeliveryState.DEAD if args.dead else (DeliveryState(args.state) if args.state else None)
+
+    async def work() -> int:
+        async with open_source(args) as source:
+            items = await source.deliveries(
+                job_id=args.job, state=state, limit=max(1, min(args.limit, 10000))
+            )
+        if args.json:
+            print_json({"items": items})
+            return EXIT_OK
+        colour = colour_enabled()
+        table = Table(
+            ["ID", "JOB", "HANDLER", "STATE", "ATTEMPTS", "AGE", "LAST ERROR"],
+            right=["ATTEMPTS", "AGE"],
+        )
+        for d in items:
+            table.add(
+                d.id,
+                d.job_id,
+                clean(d.handler),
+                paint(d.state.value, state_colour(d.state), enabled=colour),
+                str(d.attempts),
+                age(d.created_at),
+                clean(d.last_error),
+            )
+        print(table.render(colour=colour))
+        if args.dead and items:
+            print(paint("replay them with: receiver replay --all-dead", "dim", enabled=colour))
+        return EXIT_OK
+
+    return asyncio.run(work())

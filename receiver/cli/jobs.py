@@ -1,0 +1,161 @@
+"""`receiver jobs` (a table of jobs) and `receiver job ID` (one job's whole timeline)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from receiver.cli.common import EXIT_OK, print_json
+from receiver.cli.output import (
+    Table,
+    age,
+    bar,
+    clean,
+    colour_enabled,
+    paint,
+    state_colour,
+    status_colour,
+    when,
+)
+from receiver.cli.source import client_options, open_source
+from receiver.errors import ConfigError
+from receiver.models import Delivery, Event, Job, RawRequest, Status
+from receiver.providers import PROVIDERS
+
+__all__ = ["register", "render_job"]
+
+
+def register(commands: Any) -> None:
+    jobs = commands.add_parser("jobs", help="list jobs, newest first, with their progress")
+    client_options(jobs)
+    jobs.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    jobs.add_argument("--provider", choices=sorted(PROVIDERS), help="only this provider")
+    jobs.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs whose metadata has this value (repeatable)",
+    )
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    jobs.set_defaults(run=run_jobs)
+
+    job = commands.add_parser("job", help="one job's timeline: its events, requests and deliveries")
+    client_options(job)
+    job.add_argument("job_id", metavar="ID")
+    job.set_defaults(run=run_job)
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    wanted: dict[str, str] = {}
+    for item in args.metadata:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--metadata must look like KEY=VALUE, got {item!r}")
+        wanted[key] = text
+
+    async def work() -> int:
+        async with open_source(args) as source:
+            page = await source.list_jobs(
+                status=args.status,
+                provider=args.provider,
+                limit=max(1, min(args.limit, 1000)),
+                metadata=wanted or None,
+            )
+        if args.json:
+            print_json({"items": page.items, "next": page.next})
+            return EXIT_OK
+        colour = colour_enabled()
+        table = Table(["ID", "PROVIDER", "STATUS", "PROGRESS", "AGE"], right=["AGE"])
+        for job in page.items:
+            table.add(
+                job.id,
+                job.provider,
+                paint(job.status.value, status_colour(job.status), enabled=colour),
+                bar(job.progress),
+                age(job.created_at),
+            )
+        print(table.render(colour=colour))
+        if page.next:
+            print(paint(f"(more: --limit above {len(page.items)})", "dim", enabled=colour))
+        return EXIT_OK
+
+    return asyncio.run(work())
+
+
+def run_job(args: argparse.Namespace) -> int:
+    async def work() -> int:
+        async with open_source(args) as source:
+            job = await source.get_job(args.job_id)
+            events = await source.events(job.id)
+            requests = await source.requests(job.id)
+            deliveries = await source.deliveries(job_id=job.id)
+        if args.json:
+            print_json(
+                {"job": job, "events": events, "requests": requests, "deliveries": deliveries}
+            )
+        else:
+            print(render_job(job, events, deliveries, colour=colour_enabled()))
+        return EXIT_OK
+
+    return asyncio.run(work())
+
+
+def render_job(
+    job: Job,
+    events: list[Event],
+    deliveries: list[Delivery],
+    *,
+    colour: bool,
+    requests: list[RawRequest] | None = None,
+) -> str:
+    """The job's header, then its events oldest first, then its deliveries."""
+    status = paint(job.status.value, status_colour(job.status), enabled=colour)
+    lines = [
+        paint(job.id, "bold", enabled=colour),
+        f"  provider  {clean(job.provider)}   task {clean(job.task_id)}",
+        f"  status {status}  progress {bar(job.progress)}  (raw {clean(job.raw_status)})",
+        f"  created   {when(job.created_at)} ({age(job.created_at)} ago)",
+    ]
+    for label, text in (("result", job.result_url), ("preview", job.preview_url)):
+        if text:
+            lines.append(f"  {label:9} {clean(text)}")
+    if job.error:
+        error = f"{clean(job.error)} [{clean(job.error_code)}]"
+        lines.append(f"  {'error':9} {paint(error, 'red', enabled=colour)}")
+    if job.metadata:
+        lines.append(f"  metadata  {clean(job.metadata)}")
+    if job.notify_url:
+        lines.append(f"  notify    {clean(job.notify_url)}")
+    for name, file in job.files.items():
+        lines.append(
+            f"  file {clean(name)} {clean(file.path)}  sha256={file.sha256}  {file.size} bytes"
+        )
+    lines.append("")
+    events_table = Table(["WHEN", "SOURCE", "STATUS", "RAW", "PROGRESS", "DISPOSITION"])
+    for event in events:
+        disposition = event.disposition.value
+        events_table.add(
+            when(event.received_at),
+            event.source,
+            paint(event.status.value, status_colour(event.status), enabled=colour),
+            clean(event.raw_status),
+            bar(event.progress, width=10),
+            disposition if disposition == "applied" else paint(disposition, "dim", enabled=colour),
+        )
+    lines += [paint(f"events ({len(events)})", "bold", enabled=colour)]
+    lines += ["  " + line for line in events_table.render(colour=False).splitlines()]
+    lines.append("")
+    deliveries_table = Table(["DELIVERY", "HANDLER", "STATE", "ATTEMPTS", "LAST ERROR"])
+    for delivery in deliveries:
+        deliveries_table.add(
+            delivery.id,
+            clean(delivery.handler),
+            paint(delivery.state.value, state_colour(delivery.state), enabled=colour),
+            str(delivery.attempts),
+            clean(delivery.last_error),
+        )
+    lines += [paint(f"deliveries ({len(deliveries)})", "bold", enabled=colour)]
+    lines += ["  " + line for line in deliveries_table.render(colour=False).splitlines()]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""`receiver serve`: the HTTP receiver with its handlers and polls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+from typing import Any
+
+import httpx
+
+from receiver.cli.common import EXIT_OK, check_store, common_options, setting, settings_from
+from receiver.logs import configure
+
+__all__ = ["UVICORN_OPTIONS", "register"]
+
+# Shared with the benchmark's floor (receiver.bench.floor), so both run on the same uvicorn.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "access_log": False,
+    "proxy_headers": False,  # RECEIVER_TRUSTED_PROXIES alone decides (receiver.ratelimit)
+}
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the receiver (HTTP, handlers and polls)")
+    common_options(serve)
+    setting(serve, "--host", "RECEIVER_HOST", "address to listen on (default 127.0.0.1)")
+    setting(serve, "--port", "RECEIVER_PORT", "port to listen on (default 8000)")
+    setting(serve, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    setting(serve, "--handlers", "RECEIVER_HANDLERS", "module of your handlers (default handlers)")
+    setting(
+        serve,
+        "--log-level",
+        "RECEIVER_LOG_LEVEL",
+        "DEBUG, INFO (one line per callback), WARNING (default) or ERROR",
+    )
+    setting(
+        serve,
+        "--log-format",
+        "RECEIVER_LOG_FORMAT",
+        "json, text, or auto (default: text on a terminal, JSON lines otherwise)",
+    )
+    serve.add_argument(
+        "--no-worker",
+        dest="RECEIVER_NO_WORKER",
+        action="store_const",
+        const="true",
+        default=None,
+        help="only ingest: handlers and polls run in `receiver worker` [env: RECEIVER_NO_WORKER]",
+    )
+    setting(
+        serve,
+        "--shutdown-grace",
+        "RECEIVER_SHUTDOWN_GRACE",
+        "seconds after SIGTERM for in-flight requests and running handlers (default 30)",
+    )
+    serve.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+    from receiver.runtime import Runtime
+    from receiver.serving import GracefulServer
+    from receiver.store import display_url
+
+    settings = settings_from(args)
+    configure(settings.log_level, settings.log_format, secrets=settings.secrets())
+    asyncio.run(check_store(settings))
+    host = httpx.URL(settings.public_url).host
+    if host in ("localhost", "::1") or host.startswith("127."):
+        print(
+            f"receiver: warning: RECEIVER_PUBLIC_URL is {settings.public_url}; providers on the"
+            " internet cannot call back there",
+            file=sys.stderr,
+        )
+    app = create_app(settings, run_loops=not settings.no_worker)
+    print(
+        f"receiver: serving on http://{settings.host}:{settings.port}"
+        f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
+        f"{', ingest only' if settings.no_worker else ''})",
+        file=sys.stderr,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # ours, set above: JSON or text, secrets redacted
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        **UVICORN_OPTIONS,
+    )
+    # On SIGTERM the loops take no new work at once; the app's lifespan then gives running
+    # handlers what is left of the grace, and leaves the rest pending for the next start.
+    runtime: Runtime = app.state.runtime
+    GracefulServer(config, on_shutdown=[runtime.dispatcher.halt, runtime.poller.halt]).run()
+    return EXIT_OK

@@ -1,0 +1,147 @@
+"""`receiver submit`: send a job to a provider (or track one submitted elsewhere).
+
+With `--wait` it follows the job (a live progress bar on a terminal, one line per change
+otherwise) until it ends, then prints the result URL; a failed job exits 1. The job is
+moved by callbacks, so a receiver must be running: the one named by RECEIVER_URL, or a
+`serve` on the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from receiver.cli.common import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    pairs,
+    print_json,
+    setting,
+    value,
+)
+from receiver.cli.output import bar, clean, colour_enabled, paint, status_colour
+from receiver.cli.source import Source, client_options, open_source
+from receiver.errors import ConfigError
+from receiver.models import Job, Status
+from receiver.providers import PROVIDERS
+
+__all__ = ["EXIT_TIMED_OUT", "register"]
+
+EXIT_TIMED_OUT = 5  # --wait gave up before the job ended
+
+
+def register(commands: Any) -> None:
+    submit = commands.add_parser("submit", help="submit a job to a provider (--wait to follow it)")
+    client_options(submit)
+    submit.add_argument("provider", choices=sorted(PROVIDERS), help="provider to submit to")
+    submit.add_argument(
+        "fields",
+        nargs="*",
+        metavar="FIELD=VALUE",
+        help="provider fields; VALUE is read as JSON when it parses (5, true), else as text",
+    )
+    submit.add_argument("--input", help="provider fields as one JSON object")
+    submit.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="metadata for handlers"
+    )
+    submit.add_argument("--task-id", help="track a task already submitted elsewhere")
+    submit.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="also POST this job's events here, signed with RECEIVER_FORWARD_SECRET",
+    )
+    setting(submit, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job until it ends; exit 1 if it failed"
+    )
+    submit.add_argument(
+        "--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds"
+    )
+    submit.add_argument(
+        "--interval", type=float, default=0.5, help="with --wait: seconds between looks"
+    )
+    submit.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
+    submit.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = pairs(args.fields, "a field")
+    if args.input:
+        decoded = value(args.input)
+        if not isinstance(decoded, dict):
+            raise ConfigError("--input must be a JSON object")
+        fields = {**decoded, **fields}
+    metadata = pairs(args.metadata, "--metadata")
+
+    async def work() -> int:
+        async with open_source(args, with_handlers=True) as source:
+            job = await source.submit(
+                args.provider,
+                fields,
+                metadata=metadata,
+                task_id=args.task_id,
+                notify_url=args.notify_url,
+            )
+            if args.wait and not job.status.terminal:
+                if not (args.json or args.quiet):
+                    print(f"{job.id}  {job.provider}  task {clean(job.task_id)}", flush=True)
+                job = await follow(
+                    source,
+                    job,
+                    timeout=args.timeout,
+                    interval=args.interval,
+                    quiet=args.json or args.quiet,
+                )
+                if not job.status.terminal:
+                    if args.json:
+                        print_json(job)
+                    print(f"receiver: gave up waiting for {job.id}", file=sys.stderr)
+                    return EXIT_TIMED_OUT
+        if args.quiet:
+            print(job.id)
+        elif args.json:
+            print_json(job)
+        else:
+            print_outcome(job, colour=colour_enabled())
+        failed = job.status in (Status.FAILED, Status.CANCELLED)
+        return EXIT_JOB_FAILED if failed else EXIT_OK
+
+    return asyncio.run(work())
+
+
+async def follow(source: Source, job: Job, *, timeout: float, interval: float, quiet: bool) -> Job:
+    """Look at the job every `interval` until it ends or `timeout` passes; show each change."""
+    live = sys.stdout.isatty() and not quiet
+    colour = colour_enabled()
+    deadline = time.monotonic() + timeout
+    shown: tuple[Status, float | None] | None = None
+    while True:
+        state = (job.status, job.progress)
+        if state != shown and not quiet:
+            status = paint(f"{job.status.value:9}", status_colour(job.status), enabled=colour)
+            line = f"{status} {bar(job.progress, width=30)}"
+            if live:
+                sys.stdout.write("\r\x1b[2K" + line)
+                sys.stdout.flush()
+            else:
+                print(line, flush=True)
+            shown = state
+        if job.status.terminal or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(interval)
+        job = await source.get_job(job.id)
+    if live:
+        sys.stdout.write("\n")
+    return job
+
+
+def print_outcome(job: Job, *, colour: bool) -> None:
+    status = paint(job.status.value, status_colour(job.status), enabled=colour)
+    print(f"{job.id}  {job.provider}  {status}  task {clean(job.task_id)}")
+    if job.error:
+        print(paint(f"error: {clean(job.error)}", "red", enabled=colour))
+    if job.result_url:
+        print(clean(job.result_url))

@@ -1,0 +1,121 @@
+"""`receiver trigger PROVIDER STATUS --job ID`: one realistic callback for a job, in a sandbox.
+
+It asks the running receiver (`POST /jobs/{id}/trigger`, admin token) to record the
+provider's own body for that status, read by the provider's real adapter; handlers then
+fire as for a callback the provider sent. No provider account is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import httpx
+
+from receiver.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    common_options,
+    print_json,
+    setting,
+    settings_from,
+)
+from receiver.config import Settings
+from receiver.errors import ConfigError
+from receiver.providers import PROVIDERS
+from receiver.runtime import admin_token_file
+from receiver.simulator.payloads import PHASES
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    trigger = commands.add_parser(
+        "trigger", help="send one realistic provider callback for a job to a running receiver"
+    )
+    common_options(trigger)
+    trigger.add_argument("provider", choices=sorted(PROVIDERS), help="the job's provider")
+    trigger.add_argument("status", choices=list(PHASES), help="the status to report")
+    trigger.add_argument("--job", required=True, metavar="ID", help="the job's id")
+    trigger.add_argument("--progress", type=float, help="progress 0..1 (for running)")
+    trigger.add_argument("--result-url", help="result URL (default: media on the simulator)")
+    trigger.add_argument("--preview-url", help="preview URL (default: media on the simulator)")
+    trigger.add_argument(
+        "--wrapped", action="store_true", help="rixapi: the {code, msg, data} form"
+    )
+    trigger.add_argument(
+        "--url", help="the running receiver (default http://RECEIVER_HOST:RECEIVER_PORT)"
+    )
+    trigger.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="keep trying a receiver that is still starting for this long (default 10)",
+    )
+    setting(trigger, "--admin-token", "RECEIVER_ADMIN_TOKEN", "admin token (default: token file)")
+    trigger.add_argument("--json", action="store_true", help="print the answer as JSON")
+    trigger.set_defaults(run=run)
+
+
+def _admin_token(settings: Settings) -> str:
+    """RECEIVER_ADMIN_TOKEN, or the one `serve` generated beside the database (never made here)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = admin_token_file(settings)
+    if not path.is_file():
+        raise ConfigError(f"no RECEIVER_ADMIN_TOKEN and no token file at {path}")
+    return path.read_text().strip()
+
+
+def _receiver_url(args: argparse.Namespace, settings: Settings) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    url = _receiver_url(args, settings)
+    body = {
+        "provider": args.provider,
+        "status": args.status,
+        "progress": args.progress,
+        "result_url": args.result_url,
+        "preview_url": args.preview_url,
+        "wrapped": args.wrapped,
+    }
+    headers = {"Authorization": f"Bearer {_admin_token(settings)}"}
+    try:
+        response = httpx.post(
+            f"{url}/jobs/{args.job}/trigger",
+            json={key: value for key, value in body.items() if value is not None},
+            headers=headers,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        print(
+            f"receiver: cannot reach the receiver at {url}: {type(exc).__name__}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text[:200]}
+    if response.status_code != 200:
+        print(
+            f"receiver: {response.status_code} {answer.get('error', '')}".rstrip(), file=sys.stderr
+        )
+        return EXIT_USAGE
+    if args.json:
+        print_json(answer)
+    else:
+        ran = ", ".join(answer["handlers"]) or "none"
+        print(
+            f"{answer['job_id']}  {answer['status']}  event {answer['event_id']}"
+            f" ({answer['disposition']}; handlers: {ran})"
+        )
+    return EXIT_OK

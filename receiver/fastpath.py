@@ -1,0 +1,189 @@
+"""The hot route in raw ASGI, in front of Litestar: `POST /hooks/{provider}` with a static secret.
+
+Profiling showed Litestar's ordinary handler path (routing, the request object, the
+response machinery) costing about as much CPU as verifying and storing a callback.
+This route takes only the case that must be fast: a callback with the right secret,
+a declared length within the limit, a body its adapter reads, from an address that
+is not being refused. Any other request is handed, its body replayed, to the ordinary
+route in receiver.hooks, so every rejection (401, 400, 404, 413, 429, the quarantine,
+redaction, failure budgets) is still answered by one piece of code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from receiver.errors import StoreUnavailable
+from receiver.hooks import _overdue_at, _parse, _Reject, headers_of
+from receiver.logs import bind
+from receiver.metrics import METRICS
+from receiver.models import RawRequest, new_id, now
+from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
+from receiver.ratelimit import client_address
+from receiver.runtime import Runtime
+from receiver.store.base import NewJob
+from receiver.submit import queued_job
+from receiver.verify import matches_any, redact_headers, redact_path, redact_query
+
+__all__ = ["FastHooks"]
+
+log = logging.getLogger("receiver.hooks")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_encode = msgspec.json.Encoder().encode
+
+
+class _Route(msgspec.Struct, frozen=True):
+    provider: str
+    adapter: Provider
+    secret: str
+
+
+class FastHooks:
+    """Static-secret callbacks answered without the framework; everything else to `fallback`."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.max_body = runtime.settings.max_body_bytes
+        self.retry_after = str(runtime.settings.retry_after).encode()
+        # Built once: which paths are taken here, with their adapter and secret.
+        self.routes: dict[str, _Route] = {}
+        for name, adapter in runtime.providers.items():
+            secret = runtime.settings.provider(name).webhook_secret
+            if (
+                secret
+                and adapter.callback_style is CallbackStyle.SECRET_POST
+                and not isinstance(adapter, GenericProvider)
+            ):
+                self.routes[f"/hooks/{name}"] = _Route(
+                    provider=name, adapter=adapter, secret=secret
+                )
+
+    def route(self, scope: Scope) -> _Route | None:
+        """The route for `scope` if this path takes it."""
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.routes:
+            return None
+        return self.routes.get(scope["path"])
+
+    async def handle(
+        self, route: _Route, scope: Scope, receive: Receive, send: Send, fallback: ASGIApp
+    ) -> None:
+        """Answer the callback here, or hand it to `fallback` (which then counts and logs it)."""
+        runtime = self.runtime
+        started = time.perf_counter()
+        headers = headers_of(scope["headers"])
+        peer = scope.get("client")
+        forwarded = headers.get("x-forwarded-for") if runtime.trusted_proxies else None
+        address = client_address(peer[0] if peer else None, forwarded, runtime.trusted_proxies)
+        length = headers.get("content-length", "")
+        if (
+            (address and runtime.auth_failures.retry_after(f"ip:{address}", now()) is not None)
+            or not (length.isascii() and length.isdigit())
+            or int(length) > self.max_body
+        ):
+            await fallback(scope, receive, send)  # refused, chunked or too large: the usual route
+            return
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller hung up
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_body:  # more than it declared: the usual route answers 413
+                await fallback(scope, _replay(b"".join(chunks), receive), send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        update = None
+        if matches_any(headers.get("x-webhook-secret"), [route.secret]):
+            try:
+                update = _parse(route.adapter, body)
+            except _Reject:
+                update = None
+        if update is None or not valid_task_id(update.task_id):
+            await fallback(scope, _replay(body, receive), send)
+            return
+        request_id = new_id("req")
+        bind(request_id=request_id, provider=route.provider)
+        raw = RawRequest(
+            id=request_id,
+            received_at=now(),
+            provider=route.provider,
+            method="POST",
+            path=redact_path(scope["path"]),
+            query=redact_query(scope.get("query_string", b"").decode("latin-1")),
+            headers=redact_headers(headers),
+            body=body,
+            client=address,
+        )
+        try:
+            recorded = await runtime.ingest.record(
+                None,
+                update,
+                source="callback",
+                raw=raw,
+                new_job=NewJob(job=queued_job(route.provider, update.task_id)),
+                next_poll_at=_overdue_at(runtime, route.adapter),
+            )
+        except StoreUnavailable as exc:
+            METRICS.callback(route.provider, "unavailable", time.perf_counter() - started)
+            log.warning("store unavailable on %s: %s", raw.path, exc)
+            await _respond(
+                send,
+                503,
+                b'{"error":"store unavailable, retry later"}',
+                [(b"retry-after", self.retry_after)],
+            )
+            return
+        except Exception as exc:
+            METRICS.callback(route.provider, "error", time.perf_counter() - started)
+            log.error("unexpected error on POST %s", raw.path, exc_info=exc)
+            await _respond(send, 500, b'{"error":"internal error"}')
+            return
+        event = recorded.event
+        bind(job_id=recorded.job.id)
+        answer = {"ok": True, "event": event.id, "disposition": event.disposition.value}
+        await _respond(send, 200, _encode(answer))
+        seconds = time.perf_counter() - started
+        METRICS.callback(route.provider, event.disposition.value, seconds)
+        if log.isEnabledFor(logging.INFO):  # as receiver.hooks logs every hook it answers
+            log.info(
+                "POST %s -> 200 %s in %.1f ms", raw.path, event.disposition.value, seconds * 1000
+            )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the already-read body first, then defers to the real one."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,206 @@
+"""Prometheus metrics at `/metrics`: plain in-process counters on the hot path, and gauges
+read from the store only when scraped.
+
+Counting a callback is a dict lookup and an addition; nothing is locked or allocated
+beyond the first time a label set is seen. Label values that come from outside (a
+provider name in a URL) are mapped onto a fixed set first, so callers cannot make the
+series grow without bound.
+
+`/metrics` needs a token: the admin token, or `RECEIVER_METRICS_TOKEN`, a scrape-only
+token to give Prometheus instead of the admin one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+import math
+from collections.abc import Container, Iterable, Sequence
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+
+from receiver.models import now
+from receiver.providers import PROVIDERS
+from receiver.verify import digest
+
+__all__ = [
+    "METRICS",
+    "METRICS_ROUTES",
+    "Counter",
+    "Histogram",
+    "Metrics",
+    "provider_label",
+]
+
+# Litestar appends "; charset=utf-8" to every text/ type: naming it here sent it twice.
+CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+def provider_label(name: str, configured: Container[str] = ()) -> str:
+    """A provider name fit for a label: a built-in or configured provider, else "unknown"."""
+    return name if name in PROVIDERS or name in configured else "unknown"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class Counter:
+    """A monotonic count per label set."""
+
+    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
+        self.name, self.help, self.labels = name, help, tuple(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *values: str, amount: float = 1.0) -> None:
+        self.values[values] = self.values.get(values, 0.0) + amount
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        for values, count in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.labels, values)} {_number(count)}"
+
+
+class Histogram:
+    """Observations counted into fixed buckets per label set, with their sum."""
+
+    def __init__(
+        self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.help, self.labels = name, help, tuple(labels)
+        self.buckets = tuple(sorted(buckets))
+        # Per label set: a count per bucket (not cumulative), then the +Inf overflow; the sum.
+        self.counts: dict[tuple[str, ...], list[int]] = {}
+        self.sums: dict[tuple[str, ...], float] = {}
+
+    def observe(self, value: float, *values: str) -> None:
+        counts = self.counts.get(values)
+        if counts is None:
+            counts = self.counts[values] = [0] * (len(self.buckets) + 1)
+            self.sums[values] = 0.0
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sums[values] += value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for values, counts in sorted(self.counts.items()):
+            running = 0
+            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
+                running += count
+                le = f'le="{_number(bound)}"'
+                yield f"{self.name}_bucket{_labels(self.labels, values, le)} {running}"
+            yield f"{self.name}_sum{_labels(self.labels, values)} {_number(self.sums[values])}"
+            yield f"{self.name}_count{_labels(self.labels, values)} {running}"
+
+
+class Metrics:
+    """Every counter the receiver keeps; one per process (`METRICS`), as Prometheus expects."""
+
+    def __init__(self) -> None:
+        self.callbacks = Counter(
+            "receiver_callbacks_total",
+            "Requests to the hook routes, by provider and outcome (the event's disposition,"
+            " the rejection reason, or unavailable).",
+            ("provider", "outcome"),
+        )
+        self.ack_seconds = Histogram(
+            "receiver_callback_ack_seconds",
+            "Time from a hook request's arrival to its answer (after the durable write).",
+            ("provider",),
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.deliveries = Counter(
+            "receiver_deliveries_total",
+            "Handler runs, by handler and outcome (done, retry, dead).",
+            ("handler", "outcome"),
+        )
+        self.polls = Counter(
+            "receiver_polls_total",
+            "Status pulls from providers, by provider and outcome (ok, error).",
+            ("provider", "outcome"),
+        )
+        self.replays = Counter(
+            "receiver_replays_total", "Deliveries put back to pending by a replay.", ()
+        )
+
+    def callback(self, label: str, outcome: str, seconds: float) -> None:
+        """Count one hook request; `label` is already bounded (see `provider_label`)."""
+        self.callbacks.inc(label, outcome)
+        self.ack_seconds.observe(seconds, label)
+
+    def delivery(self, handler: str, outcome: str) -> None:
+        self.deliveries.inc(handler, outcome)
+
+    def poll(self, provider: str, outcome: str) -> None:
+        self.polls.inc(provider_label(provider), outcome)
+
+    def render(self, counts: dict[str, int], oldest_pending_at: float | None) -> str:
+        """The exposition text: counters, then the gauges read from the store."""
+        lines: list[str] = []
+        for metric in (self.callbacks, self.ack_seconds, self.deliveries, self.polls):
+            lines += metric.render()
+        lines += self.replays.render()
+        lines += [
+            "# HELP receiver_deliveries Deliveries in the store, by state.",
+            "# TYPE receiver_deliveries gauge",
+        ]
+        lines += [f'receiver_deliveries{{state="{s}"}} {n}' for s, n in sorted(counts.items())]
+        lines += [
+            "# HELP receiver_deliveries_pending Deliveries waiting to run (retries included).",
+            "# TYPE receiver_deliveries_pending gauge",
+            f"receiver_deliveries_pending {counts.get('pending', 0)}",
+            "# HELP receiver_deliveries_dead Deliveries that gave up (see receiver replay).",
+            "# TYPE receiver_deliveries_dead gauge",
+            f"receiver_deliveries_dead {counts.get('dead', 0)}",
+            "# HELP receiver_oldest_pending_delivery_age_seconds Age of the oldest pending"
+            " delivery; 0 when none is pending.",
+            "# TYPE receiver_oldest_pending_delivery_age_seconds gauge",
+            "receiver_oldest_pending_delivery_age_seconds "
+            + _number(0.0 if oldest_pending_at is None else max(0.0, now() - oldest_pending_at)),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+METRICS = Metrics()
+
+
+def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The admin token or RECEIVER_METRICS_TOKEN, as a Bearer token, compared in constant time."""
+    runtime = connection.app.state.runtime
+    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+    offered = digest(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
+    scrape = runtime.settings.metrics_token
+    admin_ok = hmac.compare_digest(offered, runtime.admin_token_digest)
+    scrape_ok = hmac.compare_digest(offered, digest(scrape)) if scrape else False
+    if not (admin_ok or scrape_ok):
+        raise NotAuthorizedException("a metrics or admin token is required")
+
+
+@get("/metrics", guards=[metrics_guard], include_in_schema=True, media_type=CONTENT_TYPE)
+async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
+    """Prometheus text format; the delivery gauges are read from the store now."""
+    summary = await request.app.state.runtime.store.delivery_summary()
+    body = METRICS.render(summary.counts, summary.oldest_pending_at)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+METRICS_ROUTES = [metrics]

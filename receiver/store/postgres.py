@@ -1,0 +1,862 @@
+"""The scale-out store: PostgreSQL through an asyncpg pool, shared by many processes.
+
+Same semantics as the SQLite store, made safe for several receivers and workers at
+once: `record` locks the job row (`FOR UPDATE`) so the state machine reads the job it
+changes; deliveries and polls are claimed with `FOR UPDATE SKIP LOCKED` under a lease;
+`NOTIFY` in the committing transaction wakes idle workers in every process at once.
+The schema is applied by `receiver migrate` (`migrate()`), never implicitly: `open()`
+only checks that it is current, so a rolling deploy cannot race on DDL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from receiver.errors import ConfigError, StoreUnavailable
+from receiver.models import (
+    Delivery,
+    DeliveryState,
+    Disposition,
+    Event,
+    Job,
+    Quarantined,
+    RawRequest,
+    StoredFile,
+    Update,
+    new_id,
+    now,
+)
+from receiver.state import advance, dedupe_key
+from receiver.store.base import (
+    Claimed,
+    DeliverySummary,
+    JobPage,
+    NewJob,
+    Recorded,
+    Router,
+    Store,
+    TokenMatch,
+)
+from receiver.store.migrations import migrations
+from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, Table, to_json
+
+__all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "PostgresStore", "is_fault", "pool_options"]
+
+log = logging.getLogger("receiver.store.postgres")
+
+DELIVERIES_CHANNEL = "receiver_deliveries"
+POLLS_CHANNEL = "receiver_polls"
+# Any fixed 64-bit number: the session lock that keeps two `receiver migrate` apart.
+_MIGRATE_LOCK = 0x7265636569766572
+
+# SQLSTATE classes that mean "the database cannot serve this now", not "this is wrong":
+# connection exceptions, insufficient resources (too many connections), operator
+# intervention (shutdown, statement timeout, cannot connect now), system errors, and
+# transaction rollbacks (serialization failure, deadlock): all worth a retry later.
+_TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58", "40"})
+
+
+def is_fault(exc: BaseException) -> bool:
+    """Whether `exc` is the database being unreachable or overloaded (a 503), not a bug."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A connection whose server went away mid-operation can be left in a state
+        # asyncpg refuses to use ("another operation is in progress").
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError):
+        text = str(exc)
+        return "closed" in text or "closing" in text or "not open" in text
+    return False
+
+
+def pool_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Split our own query options off a database URL: the DSN for asyncpg, and pool settings.
+
+    `pool_size` (default 10), `pool_min` (1) and `pool_timeout` (seconds to wait for a
+    free connection, default 5) are ours; every other query parameter, such as
+    `statement_timeout` (milliseconds, default 30000), is passed to the server by asyncpg.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    try:
+        options = {
+            "max_size": int(query.pop("pool_size", "10")),
+            "min_size": int(query.pop("pool_min", "1")),
+            "timeout": float(query.pop("pool_timeout", "5")),
+        }
+    except ValueError:
+        raise ConfigError(
+            "RECEIVER_DATABASE_URL: pool_size, pool_min and pool_timeout must be numbers"
+        ) from None
+    if options["max_size"] < 1 or options["min_size"] > options["max_size"]:
+        raise ConfigError("RECEIVER_DATABASE_URL: need 1 <= pool_min <= pool_size")
+    query.setdefault("statement_timeout", "30000")
+    return urlunsplit(parts._replace(query=urlencode(query))), options
+
+
+class PostgresStore(Store):
+    """Store on a PostgreSQL database; any number of processes may share it."""
+
+    shared = True
+
+    def __init__(self, url: str):
+        self.url = url
+        self._dsn, options = pool_options(url)
+        self._pool_size: int = options["max_size"]
+        self._pool_min: int = options["min_size"]
+        self._acquire_timeout: float = options["timeout"]
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    # Connection, schema and transactions
+
+    async def _connect(self) -> asyncpg.Connection:
+        try:
+            return await asyncio.wait_for(asyncpg.connect(self._dsn), self._acquire_timeout + 5)
+        except Exception as exc:
+            if is_fault(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
+            raise
+
+    async def open(self) -> None:
+        """Connect the pool and check the schema; a schema behind the code is a ConfigError."""
+        await self.check_schema()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._pool_min, max_size=self._pool_size
+            )
+        except Exception as exc:
+            if is_fault(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
+            raise
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except Exception:  # a dead server cannot say goodbye; drop the sockets
+                pool.terminate()
+
+    async def schema_version(self) -> int:
+        """The highest migration applied to the database (0 for an empty database)."""
+        connection = await self._connect()
+        try:
+            exists = await connection.fetchval("SELECT to_regclass('schema_migrations')")
+            if exists is None:
+                return 0
+            return int(
+                await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            )
+        except Exception as exc:
+            if is_fault(exc):
+                raise StoreUnavailable(str(exc)) from None
+            raise
+        finally:
+            await connection.close()
+
+    async def check_schema(self) -> None:
+        """Raise ConfigError, in one line, when migrations are pending."""
+        latest = migrations("postgres")[-1].version
+        current = await self.schema_version()
+        if current < latest:
+            raise ConfigError(
+                f"the PostgreSQL schema is at version {current}, this receiver needs {latest}:"
+                " run `receiver migrate` first"
+            )
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending migrations, each in its own transaction; return their names."""
+        connection = await self._connect()
+        applied: list[str] = []
+        try:
+            await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            done = {
+                row[0] for row in await connection.fetch("SELECT version FROM schema_migrations")
+            }
+            for migration in migrations("postgres"):
+                if migration.version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        now(),
+                    )
+                applied.append(migration.name)
+        except Exception as exc:
+            if is_fault(exc):
+                raise StoreUnavailable(str(exc)) from None
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        return applied
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction on a pooled connection; database faults become StoreUnavailable."""
+        try:
+            async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
+                try:
+                    async with connection.transaction():
+                        yield connection
+                except Exception as exc:
+                    _drop_if_broken(connection, exc)
+                    raise
+        except Exception as exc:
+            if is_fault(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise
+
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        try:
+            async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
+                try:
+                    return list(await connection.fetch(sql, *params))
+                except Exception as exc:
+                    _drop_if_broken(connection, exc)
+                    raise
+        except Exception as exc:
+            if is_fault(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise
+
+    async def _fetchrow(self, sql: str, *params: Any) -> Any:
+        rows = await self._fetch(sql, *params)
+        return rows[0] if rows else None
+
+    # Waking other processes
+
+    async def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
+        """Call `wake["deliveries"]` / `wake["polls"]` whenever any process commits such work.
+
+        One connection outside the pool LISTENs; when it drops (a server restart) it is
+        made again, and every callback is called once, since notices may have been missed.
+        """
+        channels = {
+            channel: wake[kind]
+            for kind, channel in (("deliveries", DELIVERIES_CHANNEL), ("polls", POLLS_CHANNEL))
+            if kind in wake
+        }
+        if channels and self._listener is None:
+            self._listener = asyncio.create_task(self._listen(channels), name="pg-listen")
+
+    async def _listen(self, channels: Mapping[str, Callable[[], None]]) -> None:
+        failures = 0
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await self._connect()
+                for channel, callback in channels.items():
+                    await connection.add_listener(channel, _callback(callback))
+                if failures:
+                    log.info("listening for notifications again")
+                failures = 0
+                for callback in channels.values():
+                    callback()
+                while not connection.is_closed():
+                    await asyncio.sleep(2.0)
+                    # A server that vanished without closing the socket shows up here.
+                    await asyncio.wait_for(connection.fetchval("SELECT 1"), 5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("notification listener lost its connection: %s", exc)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.close(), 2)
+            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+
+    # Jobs
+
+    async def create_job(self, new: NewJob) -> None:
+        async with self._transaction() as db:
+            await self._insert_job(db, new)
+            if new.next_poll_at is not None and new.job.task_id is not None:
+                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+    async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> None:
+        await db.execute(
+            _INSERT_JOB,
+            *JOBS.values(new.job),
+            new.token_hash,
+            new.secret_hash,
+            to_json(new.input),
+            new.next_poll_at,
+        )
+
+    async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET task_id = $1, next_poll_at = $2, updated_at = $3 WHERE id = $4",
+                task_id,
+                next_poll_at,
+                now(),
+                job_id,
+            )
+            if next_poll_at is not None:
+                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._fetchrow(f"SELECT {JOBS.select} FROM jobs WHERE id = $1", job_id)
+        return JOBS.read(row) if row else None
+
+    async def job_by_token(self, token_hash: str) -> TokenMatch | None:
+        row = await self._fetchrow(
+            f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = $1", token_hash
+        )
+        return TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width]) if row else None
+
+    async def job_by_task(self, provider: str, task_id: str) -> Job | None:
+        row = await self._fetchrow(
+            f"SELECT {JOBS.select} FROM jobs WHERE provider = $1 AND task_id = $2",
+            provider,
+            task_id,
+        )
+        return JOBS.read(row) if row else None
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        provider: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> JobPage:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("provider", provider), ("task_id", task_id)):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        for key, candidates in (metadata or {}).items():
+            # Key and values are bound; a scalar's jsonb text is its JSON, as the SQLite `->` gives.
+            params.extend((key, list(candidates)))
+            clauses.append(
+                f"(metadata::jsonb -> ${len(params) - 1})::text = ANY(${len(params)}::text[])"
+            )
+        if before is not None:
+            params.append(before)
+            clauses.append(f"id < ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit + 1)
+        rows = await self._fetch(
+            f"SELECT {JOBS.select} FROM jobs {where} ORDER BY id DESC LIMIT ${len(params)}",
+            *params,
+        )
+        items = [JOBS.read(row) for row in rows[:limit]]
+        return JobPage(items=items, next=items[-1].id if len(rows) > limit else None)
+
+    async def save_file(self, job_id: str, name: str, file: StoredFile) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET files = jsonb_set(files::jsonb, ARRAY[$1::text], $2::jsonb)::text"
+                " WHERE id = $3",
+                name,
+                to_json(file),
+                job_id,
+            )
+
+    async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
+        rows = await self._fetch(
+            f"SELECT {EVENTS.select} FROM events WHERE job_id = $1 ORDER BY seq LIMIT $2",
+            job_id,
+            limit,
+        )
+        return [EVENTS.read(row) for row in rows]
+
+    # The hot path
+
+    async def record(
+        self,
+        job_id: str | None,
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        new_job: NewJob | None = None,
+        next_poll_at: float | None = None,
+        at: float | None = None,
+    ) -> Recorded:
+        at = now() if at is None else at
+        # Three round trips in the common case: lock the job; keep the raw request and
+        # ask whether the event is a duplicate; write event, job state, deliveries and the
+        # NOTIFY in one statement of data-modifying CTEs.
+        async with self._transaction() as db:
+            job, rank = await self._job_for_update(db, job_id, new_job)
+            key = dedupe_key(job.provider, job.task_id or update.task_id, update)
+            if raw is not None:
+                duplicate = await db.fetchval(
+                    _INSERT_REQUEST_AND_CHECK, *REQUESTS.values(raw), job.id, job.id, key
+                )
+            else:
+                duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
+            transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
+            event = Event(
+                id=new_id("evt"),
+                job_id=job.id,
+                provider=job.provider,
+                task_id=update.task_id or job.task_id,
+                status=update.status,
+                raw_status=update.raw_status,
+                progress=update.progress,
+                result_url=update.result_url,
+                preview_url=update.preview_url,
+                error=update.error,
+                error_code=update.error_code,
+                source=source,
+                disposition=transition.disposition,
+                received_at=at,
+                request_id=raw.id if raw is not None else None,
+                payload=update.payload,
+            )
+            after = transition.job
+            writes: list[tuple[str, Sequence[Any]]] = [
+                (_INSERT_EVENT, (*EVENTS.values(event), key))
+            ]
+            if transition.changed:
+                writes.append(_job_state(after, transition.preview_rank, next_poll_at))
+            elif next_poll_at is not None and not after.status.terminal:
+                writes.append((_MOVE_POLL, (next_poll_at, job.id)))
+            deliveries: list[Delivery] = []
+            if transition.disposition is Disposition.APPLIED:
+                deliveries = [
+                    Delivery(
+                        id=new_id("dlv"),
+                        event_id=event.id,
+                        job_id=job.id,
+                        handler=handler,
+                        state=DeliveryState.PENDING,
+                        next_attempt_at=at,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                    for handler in route(event, after)
+                ]
+            if deliveries:
+                # One multi-row INSERT: rows take their seq in order (CTEs have no order).
+                writes.append(_insert_rows("deliveries", DELIVERIES, deliveries))
+            # NOTIFY is delivered at commit, to every listening worker in every process.
+            sql, params = _one_statement(writes, notify=DELIVERIES_CHANNEL if deliveries else None)
+            await db.execute(sql, *params)
+        return Recorded(event=event, job=after, deliveries=deliveries)
+
+    async def _job_for_update(
+        self, db: asyncpg.Connection, job_id: str | None, new_job: NewJob | None
+    ) -> tuple[Job, float]:
+        """The job an update is about, locked until commit (inserted if new), with its rank."""
+        params: tuple[str, ...]
+        if job_id is not None:
+            where, params = "id = $1", (job_id,)
+        elif new_job is not None and new_job.job.task_id is not None:
+            where = "provider = $1 AND task_id = $2"
+            params = (new_job.job.provider, new_job.job.task_id)
+        else:
+            raise ValueError("record() needs a job id or a new job with a task id")
+        select = f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE {where} FOR UPDATE"
+        row = await db.fetchrow(select, *params)
+        if row is not None:
+            return JOBS.read(row), row[JOBS.width]
+        if job_id is not None or new_job is None:
+            raise LookupError(f"no job {job_id}")
+        # Two receivers may see the same unknown task at once: one insert wins, the
+        # other finds the winner's row (committed by then) and waits on its lock.
+        inserted = await db.fetchval(
+            _INSERT_JOB + " ON CONFLICT (provider, task_id) WHERE task_id IS NOT NULL"
+            " DO NOTHING RETURNING id",
+            *JOBS.values(new_job.job),
+            new_job.token_hash,
+            new_job.secret_hash,
+            to_json(new_job.input),
+            new_job.next_poll_at,
+        )
+        if inserted is not None:
+            return new_job.job, -1.0
+        row = await db.fetchrow(select, *params)
+        if row is None:
+            raise LookupError(f"job of task {new_job.job.task_id} vanished")
+        return JOBS.read(row), row[JOBS.width]
+
+    async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(_INSERT_REQUEST, *REQUESTS.values(raw), job_id)
+            status = await db.execute(
+                "UPDATE jobs SET next_poll_at = $1 WHERE id = $2"
+                " AND status IN ('queued', 'running')",
+                poll_at,
+                job_id,
+            )
+            if status != "UPDATE 0":
+                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+    async def quarantine(self, entry: Quarantined) -> None:
+        async with self._transaction() as db:
+            await db.execute(_INSERT_QUARANTINE, *QUARANTINE.values(entry))
+
+    async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
+        rows = await self._fetch(
+            f"SELECT {QUARANTINE.select} FROM quarantine ORDER BY id DESC LIMIT $1", limit
+        )
+        return [QUARANTINE.read(row) for row in rows]
+
+    async def list_requests(self, job_id: str) -> list[RawRequest]:
+        rows = await self._fetch(
+            f"SELECT {REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id", job_id
+        )
+        return [REQUESTS.read(row) for row in rows]
+
+    # Deliveries
+
+    async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
+        async with self._transaction() as db:
+            rows = await db.fetch(_CLAIM_DELIVERIES, at + lease, at, limit)
+            deliveries = [DELIVERIES.read(row) for row in rows]
+            if not deliveries:
+                return []
+            joined = await db.fetch(
+                f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+                " FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id = ANY($1::text[])",
+                [delivery.event_id for delivery in deliveries],
+            )
+        by_event = {
+            row[0]: (EVENTS.read(row), JOBS.read(tuple(row)[EVENTS.width :])) for row in joined
+        }
+        return [
+            Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
+            for d in deliveries
+        ]
+
+    async def set_delivery_state(
+        self,
+        delivery_id: str,
+        state: DeliveryState,
+        *,
+        error: str | None,
+        next_attempt_at: float | None,
+        at: float,
+        attempt: int | None,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
+                " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
+                " updated_at = $4 WHERE id = $5"
+                " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
+                state.value,
+                error,
+                next_attempt_at,
+                at,
+                delivery_id,
+                attempt,
+            )
+
+    async def release_delivery(
+        self, delivery_id: str, *, at: float, attempt: int | None = None
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = GREATEST(0, attempts - 1),"
+                " next_attempt_at = $1, lease_until = NULL, updated_at = $1"
+                " WHERE id = $2 AND state = 'running' AND ($3::int IS NULL OR attempts = $3)",
+                at,
+                delivery_id,
+                attempt,
+            )
+
+    async def renew_lease(
+        self, delivery_id: str, *, lease_until: float, attempt: int | None = None
+    ) -> bool:
+        async with self._transaction() as db:
+            status = await db.execute(
+                "UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND state = 'running'"
+                " AND ($3::int IS NULL OR attempts = $3)",
+                lease_until,
+                delivery_id,
+                attempt,
+            )
+        return bool(int(status.split()[-1]))
+
+    async def release_running(self) -> int:
+        """Every running delivery back to pending. Only safe when no other process runs
+        handlers on this database, so the dispatcher does not call it on a shared store."""
+        async with self._transaction() as db:
+            status = await db.execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL"
+                " WHERE state = 'running'"
+            )
+        return int(status.split()[-1])
+
+    async def next_delivery_at(self) -> float | None:
+        row = await self._fetchrow(
+            "SELECT MIN(due) FROM ("
+            " SELECT MIN(d.next_attempt_at) AS due FROM deliveries d WHERE d.state = 'pending'"
+            "  AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
+            "   AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running'))"
+            " UNION ALL"
+            " SELECT MIN(lease_until) FROM deliveries WHERE state = 'running') AS due"
+        )
+        return row[0] if row else None
+
+    async def list_deliveries(
+        self, *, job_id: str | None = None, state: DeliveryState | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if job_id is not None:
+            params.append(job_id)
+            clauses.append(f"job_id = ${len(params)}")
+        if state is not None:
+            params.append(state.value)
+            clauses.append(f"state = ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        rows = await self._fetch(
+            f"SELECT {DELIVERIES.select} FROM deliveries {where} ORDER BY seq LIMIT ${len(params)}",
+            *params,
+        )
+        return [DELIVERIES.read(row) for row in rows]
+
+    async def replay_deliveries(
+        self,
+        *,
+        delivery_id: str | None = None,
+        job_id: str | None = None,
+        handler: str | None = None,
+        states: frozenset[DeliveryState] = frozenset({DeliveryState.DEAD}),
+        at: float,
+    ) -> list[Delivery]:
+        finished = sorted(s.value for s in states if s in (DeliveryState.DEAD, DeliveryState.DONE))
+        if not finished:
+            return []
+        params: list[Any] = [at, finished]
+        clauses = ["state = ANY($2::text[])"]
+        for column, value in (("id", delivery_id), ("job_id", job_id), ("handler", handler)):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        async with self._transaction() as db:
+            rows = await db.fetch(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1,"
+                f" lease_until = NULL, updated_at = $1 WHERE {' AND '.join(clauses)}"
+                f" RETURNING seq, {DELIVERIES.select}",
+                *params,
+            )
+            if rows:
+                # Workers in other processes start the replays at once.
+                await db.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
+        ordered = sorted(rows, key=lambda row: row[0])
+        return [DELIVERIES.read(tuple(row)[1:]) for row in ordered]
+
+    async def delivery_summary(self) -> DeliverySummary:
+        rows = await self._fetch(
+            "SELECT state, COUNT(*), MIN(CASE WHEN state = 'pending' THEN created_at END)"
+            " FROM deliveries GROUP BY state"
+        )
+        counts = {state.value: 0 for state in DeliveryState}
+        oldest: float | None = None
+        for state, count, first in rows:
+            counts[state] = int(count)
+            if first is not None:
+                oldest = first
+        return DeliverySummary(counts=counts, oldest_pending_at=oldest)
+
+    # Polls
+
+    async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
+        async with self._transaction() as db:
+            rows = await db.fetch(_CLAIM_POLLS, at + lease, at, limit)
+        return [JOBS.read(row) for row in rows]
+
+    async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
+                " THEN $1::double precision END, poll_attempts = poll_attempts + $2 WHERE id = $3",
+                at,
+                1 if attempted else 0,
+                job_id,
+            )
+
+    async def next_poll_at(self) -> float | None:
+        row = await self._fetchrow(
+            "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
+            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+        )
+        return row[0] if row else None
+
+    async def schedule_unscheduled_polls(self, provider: str, *, deadline: float) -> int:
+        async with self._transaction() as db:
+            status = await db.execute(
+                "UPDATE jobs SET next_poll_at = updated_at + $1 WHERE provider = $2"
+                " AND status IN ('queued', 'running') AND task_id IS NOT NULL"
+                " AND next_poll_at IS NULL",
+                deadline,
+                provider,
+            )
+        return int(status.split()[-1])  # asyncpg answers "UPDATE <count>"
+
+
+def _drop_if_broken(connection: asyncpg.Connection, exc: BaseException) -> None:
+    """Close a connection that failed for a connection reason, so the pool replaces it
+    instead of handing out a socket in an unknown state."""
+    if is_fault(exc) and not isinstance(exc, asyncpg.QueryCanceledError):
+        with contextlib.suppress(Exception):  # already closed or released: nothing to drop
+            connection.terminate()
+
+
+def _callback(wake: Callable[[], None]) -> Callable[..., None]:
+    def on_notify(connection: Any, pid: int, channel: str, payload: str) -> None:
+        wake()
+
+    return on_notify
+
+
+def _job_state(
+    job: Job, preview_rank: float, next_poll_at: float | None
+) -> tuple[str, Sequence[Any]]:
+    """The UPDATE that writes a job's new state; a terminal job is never polled again."""
+    return _SAVE_JOB_STATE, (
+        job.task_id,
+        job.status.value,
+        job.raw_status,
+        job.progress,
+        job.result_url,
+        job.preview_url,
+        preview_rank,
+        job.error,
+        job.error_code,
+        job.updated_at,
+        job.status.terminal,
+        next_poll_at,
+        job.id,
+    )
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _insert_rows(table: str, kind: Table[Any], items: Sequence[Any]) -> tuple[str, list[Any]]:
+    """One INSERT of several rows, in order."""
+    rows: list[str] = []
+    params: list[Any] = []
+    for item in items:
+        first = len(params) + 1
+        rows.append("(" + ", ".join(f"${n}" for n in range(first, first + kind.width)) + ")")
+        params.extend(kind.values(item))
+    return f"INSERT INTO {table} ({kind.select}) VALUES {', '.join(rows)}", params
+
+
+def _shift(match: re.Match[str], *, by: int) -> str:
+    return f"${int(match.group(1)) + by}"
+
+
+def _one_statement(
+    writes: Sequence[tuple[str, Sequence[Any]]], *, notify: str | None
+) -> tuple[str, list[Any]]:
+    """Several INSERT/UPDATE statements as the CTEs of one, its parameters renumbered.
+
+    All of them run, in one round trip; the final SELECT sends `notify` if given.
+    """
+    ctes: list[str] = []
+    params: list[Any] = []
+    for n, (sql, values) in enumerate(writes):
+        renumbered = _PLACEHOLDER.sub(functools.partial(_shift, by=len(params)), sql)
+        ctes.append(f"w{n} AS ({renumbered})")
+        params.extend(values)
+    final = "SELECT 1"
+    if notify is not None:
+        params.append(notify)
+        final = f"SELECT pg_notify(${len(params)}, '')"
+    return f"WITH {', '.join(ctes)} {final}", params
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+_INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at"))
+_INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
+_INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
+_INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+_CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
+_INSERT_REQUEST_AND_CHECK = (
+    f"WITH r AS ({_INSERT_REQUEST})"
+    f" SELECT EXISTS (SELECT 1 FROM events WHERE job_id = ${len(REQUESTS.columns) + 2}"
+    f" AND dedupe_key = ${len(REQUESTS.columns) + 3})"
+)
+_MOVE_POLL = "UPDATE jobs SET next_poll_at = $1 WHERE id = $2"
+_SAVE_JOB_STATE = (
+    "UPDATE jobs SET task_id = $1, status = $2, raw_status = $3, progress = $4,"
+    " result_url = $5, preview_url = $6, preview_rank = $7, error = $8, error_code = $9,"
+    " updated_at = $10,"
+    " next_poll_at = CASE WHEN $11 THEN NULL ELSE COALESCE($12, next_poll_at) END"
+    " WHERE id = $13"
+)
+
+# Due pending deliveries whose earlier sibling (same job and handler) is finished, and
+# running ones whose lease ran out (their runner died). The state test sits on the
+# locked row itself, so PostgreSQL re-checks it after waiting on a concurrent claim:
+# a delivery another worker took in the meantime is dropped, never claimed twice.
+_CLAIM_DELIVERIES = (
+    "WITH picked AS ("
+    "  SELECT d.seq, CASE WHEN d.state = 'pending' THEN d.next_attempt_at"
+    "   ELSE d.lease_until END AS due FROM deliveries d"
+    "  WHERE d.state IN ('pending', 'running')"
+    "   AND ((d.state = 'pending' AND d.next_attempt_at <= $2"
+    "     AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
+    "      AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running')))"
+    "    OR (d.state = 'running' AND d.lease_until < $2))"
+    "  ORDER BY due, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
+    " claimed AS ("
+    "  UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
+    "   lease_until = $1, updated_at = $2 FROM picked WHERE deliveries.seq = picked.seq"
+    f"  RETURNING {DELIVERIES.select_as('deliveries')}, picked.due, picked.seq)"
+    f" SELECT {DELIVERIES.select} FROM claimed ORDER BY due, seq"
+)
+_CLAIM_POLLS = (
+    "WITH picked AS ("
+    "  SELECT id, next_poll_at AS due FROM jobs WHERE next_poll_at <= $2"
+    "  AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+    "  ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED),"
+    " claimed AS ("
+    "  UPDATE jobs SET next_poll_at = $1 FROM picked WHERE jobs.id = picked.id"
+    f"  RETURNING {JOBS.select_as('jobs')}, picked.due)"
+    f" SELECT {JOBS.select} FROM claimed ORDER BY due, id"
+)

@@ -1,0 +1,272 @@
+"""The dashboard's routes under `/ui`: log in once, then pages and a live event stream.
+
+Pages need the session cookie (see `receiver.ui.session`); without it they send the
+browser to the login form, and the stream and posts answer 401. Posts must carry the
+session's CSRF value. Every answer forbids framing and inline scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Annotated, Any
+
+import msgspec
+from litestar import MediaType, Request, Response, Router, get, post
+from litestar.datastructures import Cookie
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Redirect, ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from receiver.errors import StoreUnavailable
+from receiver.metrics import METRICS
+from receiver.models import DeliveryState, now
+from receiver.ratelimit import client_address
+from receiver.runtime import Runtime
+from receiver.ui import pages
+from receiver.ui.session import (
+    COOKIE,
+    SESSION_AGE,
+    csrf_token,
+    csrf_valid,
+    new_session,
+    session_valid,
+)
+from receiver.verify import digest
+
+__all__ = ["UI_ROUTER"]
+
+AnyRequest = Request[Any, Any, Any]
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+    " img-src 'self' http: https: data:; media-src 'self' http: https:;"
+    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+# How long one event stream lasts before the browser reconnects, and how often it looks.
+_STREAM_SECONDS = 20.0
+_STREAM_EVERY = 0.5
+
+
+def _runtime(request: AnyRequest) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _key(request: AnyRequest) -> str:
+    return _runtime(request).admin_token_digest
+
+
+def _session(request: AnyRequest) -> str | None:
+    value = request.cookies.get(COOKIE)
+    return value if session_valid(_key(request), value) else None
+
+
+def _html(body: str, status_code: int = 200) -> Response[str]:
+    return Response(body, media_type=MediaType.HTML, status_code=status_code, headers=_HEADERS)
+
+
+def _to_login(request: AnyRequest) -> Redirect:
+    """To the login form, which comes back here afterwards."""
+    return Redirect(
+        "/ui/login", status_code=303, headers=_HEADERS, query_params={"next": request.url.path}
+    )
+
+
+def _next_page(value: str | None) -> str:
+    """Where to go after logging in: a dashboard path only, never another site."""
+    if value and value.startswith("/ui") and "//" not in value and "\\" not in value:
+        return value
+    return "/ui"
+
+
+async def _form(request: AnyRequest) -> dict[str, str]:
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _check_post(request: AnyRequest, form: dict[str, str]) -> str:
+    """The session of a form post that proves it came from our own page; else 401."""
+    session = _session(request)
+    if session is None or not csrf_valid(_key(request), session, form.get("csrf")):
+        raise NotAuthorizedException("session or CSRF value missing")
+    return session
+
+
+@get("/login", include_in_schema=False)
+async def login_form(
+    request: AnyRequest, next_: Annotated[str | None, QueryParameter(name="next")] = None
+) -> Response[str]:
+    return _html(pages.login_page(failed=False, next_page=_next_page(next_)))
+
+
+@post("/login", include_in_schema=False, status_code=303)
+async def login(request: AnyRequest) -> Response[Any]:
+    """Trade the admin token for a session cookie (the token itself is not kept)."""
+    form = await _form(request)
+    offered = form.get("token", "").strip()
+    next_page = _next_page(form.get("next"))
+    runtime = _runtime(request)
+    # Guessing the token is limited like failed callbacks: per client address, 429 after a burst.
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
+    address = client_address(peer, forwarded, runtime.trusted_proxies)
+    key = f"ui-login:{address}" if address else None
+    if (wait := runtime.auth_failures.retry_after(key, now())) is not None:
+        return Response(
+            "too many attempts; try again later",
+            media_type=MediaType.TEXT,
+            status_code=429,
+            headers={**_HEADERS, "Retry-After": str(wait)},
+        )
+    if not offered or not hmac.compare_digest(digest(offered), _key(request)):
+        runtime.auth_failures.failed(key, now())
+        return _html(pages.login_page(failed=True, next_page=next_page), status_code=401)
+    secure = _runtime(request).settings.public_url.startswith("https://")
+    cookie = Cookie(
+        key=COOKIE,
+        value=new_session(_key(request)),
+        path="/ui",
+        max_age=SESSION_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+    return Redirect(next_page, status_code=303, cookies=[cookie], headers=_HEADERS)
+
+
+@post("/logout", include_in_schema=False, status_code=303)
+async def logout(request: AnyRequest) -> Response[Any]:
+    _check_post(request, await _form(request))
+    response = Redirect("/ui/login", status_code=303, headers=_HEADERS)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+@get("/", include_in_schema=False)
+async def jobs(request: AnyRequest) -> Response[Any]:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    page = await _runtime(request).store.list_jobs(limit=100)
+    return _html(pages.jobs_page(page.items, csrf=csrf_token(_key(request), session)))
+
+
+@get("/jobs/{job_id:str}", include_in_schema=False)
+async def job(request: AnyRequest, job_id: FromPath[str]) -> Response[Any]:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    store = _runtime(request).store
+    found = await store.get_job(job_id)
+    if found is None:
+        raise NotFoundException("no such job")
+    body = pages.job_page(
+        found,
+        await store.list_events(job_id),
+        await store.list_requests(job_id),
+        await store.list_deliveries(job_id=job_id),
+        csrf=csrf_token(_key(request), session),
+    )
+    return _html(body)
+
+
+@post("/deliveries/{delivery_id:str}/replay", include_in_schema=False, status_code=303)
+async def replay(request: AnyRequest, delivery_id: FromPath[str]) -> Response[Any]:
+    """Run a dead or done delivery again (same id), then back to its job's page."""
+    form = await _form(request)
+    _check_post(request, form)
+    runtime = _runtime(request)
+    states = frozenset({DeliveryState.DEAD, DeliveryState.DONE})
+    replayed = await runtime.store.replay_deliveries(
+        delivery_id=delivery_id, states=states, at=now()
+    )
+    if replayed:
+        METRICS.replays.inc(amount=len(replayed))
+        runtime.dispatcher.wake()
+        return Redirect(f"/ui/jobs/{replayed[0].job_id}", status_code=303, headers=_HEADERS)
+    raise NotFoundException("no dead or done delivery with that id")
+
+
+def _job_view(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "provider": job.provider,
+        "task_id": job.task_id,
+        "status": job.status.value,
+        "raw_status": job.raw_status,
+        "progress": job.progress,
+    }
+
+
+def _delivery_view(delivery: Any) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "last_error": delivery.last_error,
+    }
+
+
+async def _changes(runtime: Runtime, job_id: str | None) -> AsyncIterator[ServerSentEventMessage]:
+    """What changed since the last look, as `job` and `delivery` events, for a while."""
+    sent: dict[str, bytes] = {}
+    yield ServerSentEventMessage(comment="live", retry=1000)
+    deadline = time.monotonic() + _STREAM_SECONDS
+    while time.monotonic() < deadline:
+        items: list[tuple[str, dict[str, Any]]] = []
+        try:
+            if job_id is None:
+                page = await runtime.store.list_jobs(limit=100)
+                items = [("job", _job_view(j)) for j in reversed(page.items)]
+            else:
+                found = await runtime.store.get_job(job_id)
+                if found is not None:
+                    items.append(("job", _job_view(found)))
+                deliveries = await runtime.store.list_deliveries(job_id=job_id)
+                items += [("delivery", _delivery_view(d)) for d in deliveries]
+        except StoreUnavailable:
+            items = []
+        for kind, view in items:
+            encoded = msgspec.json.encode(view)
+            if sent.get(view["id"]) != encoded:
+                sent[view["id"]] = encoded
+                yield ServerSentEventMessage(event=kind, data=encoded.decode())
+        await asyncio.sleep(_STREAM_EVERY)
+
+
+@get("/stream", include_in_schema=False)
+async def stream(request: AnyRequest, job: FromQuery[str | None] = None) -> ServerSentEvent:
+    """Server-sent events: every job's (or one job's and its deliveries') changes."""
+    if _session(request) is None:
+        raise NotAuthorizedException("log in first")
+    return ServerSentEvent(_changes(_runtime(request), job), headers={"Cache-Control": "no-store"})
+
+
+@get("/static/{name:str}", include_in_schema=False)
+async def static(name: FromPath[str]) -> Response[bytes]:
+    if name not in _STATIC:
+        raise NotFoundException("no such file")
+    content = resources.files("receiver.ui").joinpath(f"static/{name}").read_bytes()
+    return Response(
+        content,
+        media_type=_STATIC[name],
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+    )
+
+
+UI_ROUTER = Router(
+    path="/ui",
+    route_handlers=[login_form, login, logout, jobs, job, replay, stream, static],
+)

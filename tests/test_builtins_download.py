@@ -1,0 +1,183 @@
+"""The download handler: streamed, checked, hashed, renamed atomically, and resumed on retry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from downstream import Reply, Seen, downstream
+
+from receiver.builtins import DOWNLOAD_HANDLER
+from receiver.dispatch import Registry
+from receiver.models import Job
+from receiver.testing import Ran, handler_kit
+
+VIDEO = bytes(range(256)) * 40  # 10 KiB that a truncation or misplaced range would change
+
+
+def _video(seen: Seen) -> Reply:
+    return Reply(body=VIDEO, headers={"content-type": "video/mp4"})
+
+
+def _env(directory: Path, **extra: str) -> dict[str, str]:
+    return {"RECEIVER_DOWNLOAD_DIR": str(directory), **extra}
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if p.is_file() and p.suffix == ".part")
+
+
+async def _download(
+    tmp_path: Path, respond: Callable[[Seen], Reply], **extra: str
+) -> tuple[list[Seen], Ran, Job]:
+    """Run one rixapi job's success through the handler; (requests seen, the run, the job)."""
+    async with (
+        downstream(respond) as files,
+        handler_kit(tmp_path, handlers=Registry(), env=_env(tmp_path / "v", **extra)) as kit,
+    ):
+        job = await kit.job("rixapi")
+        await kit.callback(
+            job, "succeeded", result_url=files.url + "/out/video.mp4", preview_url=""
+        )
+        [run] = await kit.settle()
+        stored = await kit.get(job)
+    return files.seen, run, stored
+
+
+class TestDownload:
+    """A succeeded job's result is copied to disk and listed on the job."""
+
+    async def test_result_is_stored_hashed_and_listed(self, tmp_path: Path) -> None:
+        """The file has the exact bytes; the job shows its path, SHA-256, size and type."""
+        _, run, job = await _download(tmp_path, _video)
+        assert (DOWNLOAD_HANDLER, True, 1) == (run.handler, run.done, run.attempts)
+        stored = job.files["result"]
+        assert VIDEO == Path(stored.path).read_bytes()
+        assert (hashlib.sha256(VIDEO).hexdigest(), len(VIDEO), "video/mp4") == (
+            stored.sha256,
+            stored.size,
+            stored.content_type,
+        )
+        assert Path(stored.path) == (tmp_path / "v" / job.id / "result.mp4").resolve()
+        assert [] == _leftovers(tmp_path / "v")
+
+    async def test_resumes_a_broken_transfer_with_range(self, tmp_path: Path) -> None:
+        """A transfer cut halfway is retried from where it stopped, and the file is whole."""
+
+        def respond(seen: Seen) -> Reply:
+            if "range" not in seen.headers:  # the first attempt breaks off after 3000 bytes
+                return Reply(body=VIDEO, headers={"content-type": "video/mp4"}, cut_after=3000)
+            start = int(seen.headers["range"].removeprefix("bytes=").rstrip("-"))
+            return Reply(
+                status=206,
+                body=VIDEO[start:],
+                headers={
+                    "content-type": "video/mp4",
+                    "content-range": f"bytes {start}-{len(VIDEO) - 1}/{len(VIDEO)}",
+                },
+            )
+
+        seen, run, job = await _download(tmp_path, respond)
+        assert [None, "bytes=3000-"] == [s.headers.get("range") for s in seen]
+        assert (True, 2) == (run.done, run.attempts)
+        stored = job.files["result"]
+        assert VIDEO == Path(stored.path).read_bytes()
+        assert hashlib.sha256(VIDEO).hexdigest() == stored.sha256
+        assert [] == _leftovers(tmp_path / "v")
+
+    async def test_a_server_ignoring_range_gives_a_whole_file(self, tmp_path: Path) -> None:
+        """A 200 to a Range request restarts the file instead of appending to the part."""
+        answers = iter([3000, None])
+
+        def respond(seen: Seen) -> Reply:
+            return Reply(body=VIDEO, headers={"content-type": "video/mp4"}, cut_after=next(answers))
+
+        seen, run, job = await _download(tmp_path, respond)
+        assert (True, "bytes=3000-") == (run.done, seen[1].headers.get("range"))
+        assert VIDEO == Path(job.files["result"].path).read_bytes()
+        assert hashlib.sha256(VIDEO).hexdigest() == job.files["result"].sha256
+
+    async def test_no_final_file_while_the_transfer_is_broken(self, tmp_path: Path) -> None:
+        """Every attempt breaking off leaves only the part file, never a corrupt result."""
+
+        def respond(seen: Seen) -> Reply:
+            return Reply(body=VIDEO, headers={"content-type": "video/mp4"}, cut_after=100)
+
+        _, run, job = await _download(tmp_path, respond)
+        assert "dead" == run.state.value
+        assert {} == job.files
+        names = sorted(p.name for p in (tmp_path / "v").rglob("*") if p.is_file())
+        assert 1 == len(names) and names[0].endswith(".part")
+
+    async def test_wrong_content_type_is_refused(self, tmp_path: Path) -> None:
+        """An HTML page where a video was expected is not stored."""
+        html = Reply(body=b"<html>expired</html>", headers={"content-type": "text/html"})
+        _, run, job = await _download(tmp_path, lambda seen: html)
+        assert "dead" == run.state.value
+        assert "content type text/html is not allowed" in (run.error or "")
+        assert {} == job.files
+
+    async def test_size_cap(self, tmp_path: Path) -> None:
+        """A file over RECEIVER_DOWNLOAD_MAX_BYTES is refused and nothing is left on disk."""
+        _, run, job = await _download(tmp_path, _video, RECEIVER_DOWNLOAD_MAX_BYTES="1000")
+        assert "dead" == run.state.value
+        assert "over RECEIVER_DOWNLOAD_MAX_BYTES" in (run.error or "")
+        assert {} == job.files
+        assert [] == _leftovers(tmp_path / "v")
+
+    async def test_size_cap_without_content_length(self, tmp_path: Path) -> None:
+        """A body that grows past the cap is cut off while streaming."""
+
+        def respond(seen: Seen) -> Reply:
+            # No Content-Length: the body ends when the connection closes.
+            return Reply(body=VIDEO, headers={"content-type": "video/mp4", "content-length": ""})
+
+        _, run, job = await _download(tmp_path, respond, RECEIVER_DOWNLOAD_MAX_BYTES="1000")
+        assert "dead" == run.state.value
+        assert "grew over RECEIVER_DOWNLOAD_MAX_BYTES" in (run.error or "")
+        assert {} == job.files
+        assert [] == _leftovers(tmp_path / "v")
+
+    async def test_redirect_to_another_host_is_not_followed(self, tmp_path: Path) -> None:
+        """Only same-origin redirects are followed."""
+        async with downstream(_video) as other:
+            moved = Reply(status=302, headers={"location": other.url + "/video.mp4"})
+            _, run, _ = await _download(tmp_path, lambda seen: moved)
+        assert [] == other.seen
+        assert "redirected to another host" in (run.error or "")
+
+    async def test_same_host_redirect_is_followed(self, tmp_path: Path) -> None:
+        """A CDN-style redirect on the same origin is followed to the file."""
+
+        def respond(seen: Seen) -> Reply:
+            if seen.path == "/out/video.mp4":
+                return Reply(status=302, headers={"location": "/real/video.mp4"})
+            return _video(seen)
+
+        seen, _, job = await _download(tmp_path, respond)
+        assert ["/out/video.mp4", "/real/video.mp4"] == [s.path for s in seen]
+        assert VIDEO == Path(job.files["result"].path).read_bytes()
+
+    async def test_hosts_allowlist(self, tmp_path: Path) -> None:
+        """With RECEIVER_DOWNLOAD_HOSTS set, another host is never contacted."""
+        seen, run, _ = await _download(tmp_path, _video, RECEIVER_DOWNLOAD_HOSTS="cdn.example")
+        assert [] == seen
+        assert "not in RECEIVER_DOWNLOAD_HOSTS" in (run.error or "")
+
+    async def test_result_and_preview_from_the_simulated_provider(self, tmp_path: Path) -> None:
+        """The simulator's rixapi result and poster both land beside each other."""
+        from receiver.simulator import run_simulator
+
+        async with run_simulator() as sim:
+            env = _env(tmp_path / "v", RECEIVER_RIXAPI_BASE_URL=sim.base_url("rixapi"))
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                answer = await kit.trigger(job, "succeeded")
+                assert 200 == answer.status_code, answer.text
+                [run] = await kit.settle()
+                stored = await kit.get(job)
+        assert run.done
+        assert ["preview", "result"] == sorted(stored.files)
+        assert Path(stored.files["result"].path).read_bytes().startswith(b"\x00\x00\x00\x18ftyp")
+        assert Path(stored.files["preview"].path).name == "preview.jpg"

@@ -1,0 +1,200 @@
+"""Hostile callers: failed authentication is rate limited per address and per token."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.dispatch import Registry
+from receiver.errors import ConfigError
+from receiver.models import Job, Status, new_id, now
+from receiver.ratelimit import FailureLimiter, client_address, parse_networks
+from receiver.store import NewJob
+from receiver.testing import LiveReceiver, running_receiver
+from receiver.verify import digest
+
+TOKEN = "tok-" + "r" * 40
+SECRET = "sec-" + "s" * 40
+FINISHED = {
+    "task_id": "t-1",
+    "status": "finished",
+    "percentage": 100,
+    "video_url": "https://x/v.mp4",
+}
+
+
+class TestBuckets:
+    """A bucket holds `burst` failures and refills at `rate` per second."""
+
+    def test_burst_then_limited_then_refilled(self) -> None:
+        """Three failures pass, the fourth key check says wait, and time refills it."""
+        limiter = FailureLimiter(burst=3, rate=0.5)
+        for _ in range(3):
+            assert limiter.retry_after("k", 0.0) is None
+            limiter.failed("k", 0.0)
+        assert 2 == limiter.retry_after("k", 0.0)
+        assert limiter.retry_after("k", 2.0) is None
+        assert limiter.retry_after("other", 0.0) is None
+
+    def test_memory_is_bounded(self) -> None:
+        """Past `max_keys`, the least recently failed keys are forgotten."""
+        limiter = FailureLimiter(burst=1, rate=0.001, max_keys=100)
+        for number in range(1000):
+            limiter.failed(f"k{number}", 0.0)
+        assert limiter.retry_after("k999", 0.0) is not None
+        assert limiter.retry_after("k0", 0.0) is None
+        assert 100 == len(limiter._buckets)
+
+
+class TestClientAddress:
+    """X-Forwarded-For is believed only from trusted proxies."""
+
+    PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")
+
+    @pytest.mark.parametrize(
+        ("peer", "forwarded", "expected"),
+        [
+            ("203.0.113.5", "1.2.3.4", "203.0.113.5"),  # untrusted peer: header ignored
+            ("10.1.2.3", "1.2.3.4", "1.2.3.4"),
+            ("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9", "1.2.3.4"),  # right-most untrusted
+            ("192.168.1.7", "10.0.0.1, 10.0.0.2", "192.168.1.7"),  # all trusted: the peer
+            ("10.1.2.3", "1.2.3.4, not-an-ip", "10.1.2.3"),  # a broken chain is not believed
+            ("10.1.2.3", None, "10.1.2.3"),
+        ],
+    )
+    def test_forwarded_for(self, peer: str, forwarded: str | None, expected: str) -> None:
+        """The right-most hop that is not a trusted proxy is the client."""
+        assert expected == client_address(peer, forwarded, self.PROXIES)
+
+    def test_bad_setting_is_named(self) -> None:
+        """A typo in RECEIVER_TRUSTED_PROXIES is a ConfigError naming it and the entry."""
+        with pytest.raises(ConfigError, match=r"RECEIVER_TRUSTED_PROXIES: '10\.0\.0\.0/33'"):
+            parse_networks("10.0.0.0/33")
+
+
+class Fired:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def registry(self) -> Registry:
+        registry = Registry()
+
+        @registry.on("*")
+        async def record(event: Any, job: Any) -> None:
+            self.count += 1
+
+        return registry
+
+
+@pytest.fixture
+def fired() -> Fired:
+    return Fired()
+
+
+async def make_job(live: LiveReceiver) -> Job:
+    at = now()
+    job = Job(
+        id=new_id("job"),
+        provider="apiframe",
+        task_id="t-1",
+        status=Status.RUNNING,
+        created_at=at,
+        updated_at=at,
+    )
+    await live.runtime.store.create_job(
+        NewJob(job=job, token_hash=digest(TOKEN), secret_hash=digest(SECRET))
+    )
+    return job
+
+
+@pytest.fixture
+async def live(tmp_path: Path, fired: Fired) -> AsyncIterator[LiveReceiver]:
+    env = {
+        "RECEIVER_AUTH_FAILURE_BURST": "5",
+        "RECEIVER_AUTH_FAILURE_RATE": "0.05",
+        "RECEIVER_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    async with running_receiver(tmp_path, env=env, handlers=fired.registry()) as receiver:
+        yield receiver
+
+
+async def post(
+    live: LiveReceiver, secret: str, *, via: str | None = None, token: str = TOKEN
+) -> httpx.Response:
+    headers = {"x-webhook-secret": secret}
+    if via:
+        headers["x-forwarded-for"] = via
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        return await client.post(f"/hooks/apiframe/{token}", json=FINISHED, headers=headers)
+
+
+class TestLiveLimits:
+    """Over HTTP: 429 after a burst, nothing quarantined or fired, and recovery."""
+
+    async def test_an_address_is_limited_after_a_burst(
+        self, live: LiveReceiver, fired: Fired
+    ) -> None:
+        """Five wrong secrets get 401; the sixth request, even a right one, gets 429."""
+        job = await make_job(live)
+        codes = [(await post(live, "wrong", via="198.51.100.1")).status_code for _ in range(5)]
+        assert [401] * 5 == codes
+        refused = await post(live, SECRET, via="198.51.100.1")
+        assert 429 == refused.status_code
+        assert int(refused.headers["retry-after"]) >= 1
+        assert SECRET not in refused.text
+        assert 5 == len(await live.runtime.store.list_quarantine())
+        await live.runtime.dispatcher.drain(timeout=5)
+        assert 0 == fired.count
+        assert Status.RUNNING == (await live.runtime.store.get_job(job.id)).status  # type: ignore[union-attr]
+        elsewhere = await post(live, SECRET, via="198.51.100.2")
+        assert 200 == elsewhere.status_code, "another address is not affected"
+
+    async def test_the_limit_lifts_with_time(self, tmp_path: Path) -> None:
+        """After Retry-After, the address may try again."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "2", "RECEIVER_AUTH_FAILURE_RATE": "2"}
+        async with running_receiver(tmp_path, env=env) as live:
+            await make_job(live)
+            answers = [await post(live, "wrong") for _ in range(3)]
+            if answers[-1].status_code != 429:  # a slow machine refilled the bucket meanwhile
+                answers.append(await post(live, "wrong"))
+            assert 429 == answers[-1].status_code
+            await asyncio.sleep(float(answers[-1].headers["retry-after"]))
+            assert 200 == (await post(live, SECRET)).status_code
+
+    async def test_a_token_hammered_from_many_addresses_is_limited_but_its_provider_is_not(
+        self, live: LiveReceiver, fired: Fired
+    ) -> None:
+        """Failures on one token from many addresses hit 429; the right secret still works."""
+        await make_job(live)
+        codes = [
+            (await post(live, "wrong", via=f"203.0.113.{n}")).status_code for n in range(1, 12)
+        ]
+        assert [401] * 5 == codes[:5]
+        assert {429} == set(codes[5:])
+        assert 5 == len(await live.runtime.store.list_quarantine()), "429s write nothing"
+        assert 200 == (await post(live, SECRET, via="203.0.113.200")).status_code
+        await live.runtime.dispatcher.drain(timeout=5)
+        assert 1 == fired.count
+
+    async def test_unknown_tokens_count_too(self, live: LiveReceiver) -> None:
+        """Guessing tokens (404s) uses up the address's budget like wrong secrets do."""
+        codes = [
+            (await post(live, "x", via="198.51.100.9", token=f"guess{n}")).status_code
+            for n in range(7)
+        ]
+        assert [404] * 5 + [429] * 2 == codes
+
+    async def test_forwarded_for_from_an_untrusted_peer_is_ignored(self, tmp_path: Path) -> None:
+        """Without trusted proxies, changing X-Forwarded-For does not escape the limit."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "3", "RECEIVER_AUTH_FAILURE_RATE": "0.1"}
+        async with running_receiver(tmp_path, env=env) as live:
+            await make_job(live)
+            codes = [(await post(live, "wrong", via=f"192.0.2.{n}")).status_code for n in range(5)]
+            assert [401, 401, 401, 429, 429] == codes
+            [entry, *_] = await live.runtime.store.list_quarantine()
+            assert "127.0.0.1" == entry.client

@@ -1,0 +1,348 @@
+"""The dashboard at /ui: its session and CSRF rules over HTTP, then the real thing in a
+headless Chromium (Debian's, installed by .ci/run) driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.dispatch import DeliveryInfo, Registry
+from receiver.models import Event, Job, Status, Update, new_id, now
+from receiver.store import NewJob
+from receiver.testing import LiveReceiver, running_receiver
+from receiver.ui.session import (
+    SESSION_AGE,
+    csrf_token,
+    csrf_valid,
+    new_session,
+    session_valid,
+)
+from receiver.verify import digest
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SECRET = "per-job-secret-value"
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
+
+
+class Flaky:
+    """A handler that fails while `broken` is set and remembers the delivery ids it saw."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.broken = True
+        self.seen: list[str] = []
+
+        @registry.on("*")
+        async def flaky(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            self.seen.append(delivery.id)
+            if self.broken:
+                raise RuntimeError(HOSTILE)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+@pytest.fixture
+def flaky(registry: Registry) -> Flaky:
+    return Flaky(registry)
+
+
+@pytest.fixture
+async def live(tmp_path: Path, registry: Registry, flaky: Flaky) -> AsyncIterator[LiveReceiver]:
+    env = {"RECEIVER_HANDLER_MAX_ATTEMPTS": "1"}
+    async with running_receiver(tmp_path, handlers=registry, env=env) as receiver:
+        yield receiver
+
+
+async def add_job(live: LiveReceiver, token: str, **fields: Any) -> str:
+    at = now()
+    job = Job(
+        id=new_id("job"),
+        provider="apiframe",
+        task_id=f"task-{token}",
+        status=Status.QUEUED,
+        created_at=at,
+        updated_at=at,
+        **fields,
+    )
+    await live.runtime.store.create_job(
+        NewJob(job=job, token_hash=digest(token), secret_hash=digest(SECRET))
+    )
+    return job.id
+
+
+async def callback(live: LiveReceiver, token: str, body: dict[str, Any]) -> None:
+    """A real apiframe callback to the job's own URL, with its secret."""
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        answer = await client.post(
+            f"/hooks/apiframe/{token}", json=body, headers={"x-webhook-secret": SECRET}
+        )
+    assert 200 == answer.status_code, answer.text
+
+
+async def settle(live: LiveReceiver, want: list[str]) -> None:
+    states: list[str] = []
+    for _ in range(200):
+        states = [d.state.value for d in await live.runtime.store.list_deliveries()]
+        if states == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"deliveries are {states}, not {want}")
+
+
+async def log_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/ui/login", data={"token": token})
+
+
+class TestSession:
+    """The admin token is traded once for a cookie that does not contain it."""
+
+    async def test_pages_send_strangers_to_the_login_form(self, live: LiveReceiver) -> None:
+        """Without a session, pages redirect to the login form and the stream is refused."""
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            answer = await client.get("/ui")
+            assert (303, "/ui/login?next=%2Fui") == (
+                answer.status_code,
+                answer.headers["location"],
+            )
+            assert 401 == (await client.get("/ui/stream")).status_code
+            login = await client.get("/ui/login")
+            assert 200 == login.status_code and 'name="token"' in login.text
+
+    async def test_wrong_token_gets_no_cookie(self, live: LiveReceiver) -> None:
+        """A wrong token is a 401 with the form again, and no session."""
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            answer = await log_in(client, "not-the-token")
+            assert 401 == answer.status_code
+            assert "set-cookie" not in answer.headers
+
+    async def test_guessing_the_token_is_rate_limited(self, tmp_path: Path) -> None:
+        """After a burst of wrong tokens the login answers 429, even to the right one."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "3", "RECEIVER_AUTH_FAILURE_RATE": "0.01"}
+        async with (
+            running_receiver(tmp_path, env=env) as receiver,
+            httpx.AsyncClient(base_url=receiver.url) as client,
+        ):
+            codes = [(await log_in(client, f"guess-{i}")).status_code for i in range(5)]
+            assert 429 in codes and codes[0] == 401
+            answer = await log_in(client, receiver.admin_token)
+            assert 429 == answer.status_code
+            assert "set-cookie" not in answer.headers
+
+    async def test_cookie_is_httponly_strict_and_not_the_token(self, live: LiveReceiver) -> None:
+        """The cookie is HttpOnly and SameSite=Strict and holds neither the token nor its hash."""
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            answer = await log_in(client, live.admin_token)
+            assert (303, "/ui") == (answer.status_code, answer.headers["location"])
+            cookie = answer.headers["set-cookie"]
+            assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+            assert live.admin_token not in cookie
+            assert digest(live.admin_token) not in cookie
+            page = await client.get("/ui")
+            assert 200 == page.status_code
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+
+    async def test_login_returns_only_to_dashboard_pages(self, live: LiveReceiver) -> None:
+        """After logging in the browser goes back where it was, but never off the dashboard."""
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            for asked, landing in (
+                ("/ui/jobs/job_1", "/ui/jobs/job_1"),
+                ("https://evil.example/ui", "/ui"),
+                ("//evil.example/ui", "/ui"),
+            ):
+                answer = await client.post(
+                    "/ui/login", data={"token": live.admin_token, "next": asked}
+                )
+                assert landing == answer.headers["location"]
+
+    async def test_a_forged_cookie_is_refused(self, live: LiveReceiver) -> None:
+        """A cookie that was not signed with the admin token's key does not open a session."""
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            client.cookies.set("receiver_session", f"{int(now())}.{'0' * 64}", path="/ui")
+            assert 303 == (await client.get("/ui")).status_code
+
+    async def test_replay_without_csrf_is_refused(self, live: LiveReceiver) -> None:
+        """A logged-in post without the page's CSRF value replays nothing."""
+        job_id = await add_job(live, "tok1")
+        await callback(live, "tok1", {"task_id": "task-tok1", "status": "processing"})
+        await settle(live, ["dead"])
+        [dead] = await live.runtime.store.list_deliveries()
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            await log_in(client, live.admin_token)
+            for form in ({}, {"csrf": "guess", "job": job_id}):
+                answer = await client.post(f"/ui/deliveries/{dead.id}/replay", data=form)
+                assert 401 == answer.status_code
+        assert ["dead"] == [d.state.value for d in await live.runtime.store.list_deliveries()]
+
+
+class TestSessionValues:
+    """Session values expire, are bound to the admin token, and cannot be altered."""
+
+    def test_round_trip_and_expiry(self) -> None:
+        """A fresh session is valid until SESSION_AGE has passed, then refused."""
+        value = new_session("key", at=1_000_000)
+        assert session_valid("key", value, at=1_000_000 + SESSION_AGE - 1)
+        assert not session_valid("key", value, at=1_000_000 + SESSION_AGE)
+        assert not session_valid("key", value, at=1_000_000 - 10)  # issued in the future
+
+    def test_other_key_or_altered_value_is_refused(self) -> None:
+        """A changed admin token, a changed time or a changed signature ends the session."""
+        value = new_session("key", at=1_000_000)
+        issued, _, signature = value.partition(".")
+        assert not session_valid("other-key", value, at=1_000_001)
+        assert not session_valid("key", f"{int(issued) + 1}.{signature}", at=1_000_001)
+        flipped = signature[:-1] + ("1" if signature.endswith("0") else "0")
+        assert not session_valid("key", f"{issued}.{flipped}", at=1_000_001)
+        for junk in ("", ".", "abc.def", "1" * 20 + ".x", None):
+            assert not session_valid("key", junk, at=1_000_001)
+
+    def test_csrf_is_bound_to_the_session(self) -> None:
+        """A CSRF value made for one session is refused with another."""
+        first, second = new_session("key", at=1), new_session("key", at=2)
+        assert csrf_valid("key", first, csrf_token("key", first))
+        assert not csrf_valid("key", second, csrf_token("key", first))
+        assert not csrf_valid("key", first, None)
+
+
+class TestEscaping:
+    """Provider data is shown as text: no markup, no script, no javascript: links."""
+
+    async def test_hostile_fields_are_escaped(self, live: LiveReceiver) -> None:
+        """A script in a status and a javascript: result URL stay inert text."""
+        job_id = await add_job(live, "tok2")
+        await live.runtime.ingest.record(
+            job_id,
+            Update(
+                status=Status.SUCCEEDED,
+                raw_status="<script>alert(1)</script>",
+                result_url="javascript:alert(1)",
+                payload={"note": HOSTILE, "api_key": "sk-live-123"},
+            ),
+            source="poll",
+        )
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            await log_in(client, live.admin_token)
+            page = (await client.get(f"/ui/jobs/{job_id}")).text
+        assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert 'src="javascript:' not in page and 'href="javascript:' not in page
+        assert "<img src=x" not in page
+        assert "sk-live-123" not in page  # payload fields named like credentials are redacted
+
+
+def _chromium_or_skip() -> None:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium."""
+    _chromium_or_skip()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def browser_log_in(page: Any, live: LiveReceiver, path: str) -> None:
+    await page.goto(live.url + path)
+    assert "/ui/login?next=" in page.url
+    await page.fill("#token", live.admin_token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"**{path}")
+
+
+class TestInChromium:
+    """The dashboard in a real browser: live updates without a reload, and replay."""
+
+    async def test_job_moves_to_succeeded_without_a_reload(
+        self, live: LiveReceiver, page: Any
+    ) -> None:
+        """A callback sent while the page is open turns the job's row succeeded in place."""
+        from playwright.async_api import expect
+
+        job_id = await add_job(live, "tok3")
+        await callback(
+            live, "tok3", {"task_id": "task-tok3", "status": "processing", "percentage": "40"}
+        )
+        await browser_log_in(page, live, "/ui")
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        await expect(row.locator('[data-field="status"]')).to_have_text("running")
+        await expect(page.locator("body[data-live=yes]")).to_have_count(1)
+        await page.evaluate("window.__sameDocument = true")
+        await callback(
+            live,
+            "tok3",
+            {
+                "task_id": "task-tok3",
+                "status": "finished",
+                "percentage": 100,
+                "video_url": "https://cdn.example.test/fox.mp4",
+            },
+        )
+        await expect(row.locator('[data-field="status"]')).to_have_text("succeeded", timeout=10_000)
+        await expect(row.locator(".pct")).to_have_text("100%")
+        assert await page.evaluate("window.__sameDocument === true")  # no reload happened
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "ui-jobs.png"), full_page=True)
+
+    async def test_replay_button_runs_the_delivery_again(
+        self, live: LiveReceiver, page: Any, flaky: Flaky
+    ) -> None:
+        """Pressing replay on a dead delivery runs its handler again under the same id."""
+        from playwright.async_api import expect
+
+        job_id = await add_job(live, "tok4")
+        await callback(
+            live,
+            "tok4",
+            {
+                "task_id": "task-tok4",
+                "status": "finished",
+                "percentage": 100,
+                "video_url": live.url + "/ui/static/missing.mp4",
+            },
+        )
+        await settle(live, ["dead"])
+        [dead] = await live.runtime.store.list_deliveries()
+        await browser_log_in(page, live, f"/ui/jobs/{job_id}")
+        row = page.locator(f'tr[data-delivery-id="{dead.id}"]')
+        await expect(row.locator('[data-field="state"]')).to_have_text("dead")
+        await expect(row.locator('[data-field="last_error"]')).to_contain_text("onerror")
+        assert await page.evaluate("window.__pwned === undefined")  # the error stayed text
+        assert 1 == await page.locator("video#result-video").count()
+        flaky.broken = False
+        await row.locator("button", has_text="Replay").click()
+        await expect(row.locator('[data-field="state"]')).to_have_text("done", timeout=10_000)
+        await expect(row.locator('[data-field="attempts"]')).to_have_text("1")
+        assert [dead.id, dead.id] == flaky.seen
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
