@@ -102,6 +102,15 @@ class Cluster:
                 process.kill()
                 process.wait()
 
+    def logs(self) -> str:
+        """The tail of every process's log, for a failure message."""
+        tails = []
+        for log in sorted(self.tmp_path.glob("*.log")):
+            if log != self.handled:
+                tails.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-30:]))
+        states = [f"pid {p.pid}: {p.poll()}" for p in self.processes]
+        return "\n".join([", ".join(states), *tails])
+
     def runs(self) -> list[tuple[str, int, float, str]]:
         """(event id, worker pid, start time, task id) of every handler run so far."""
         if not self.handled.exists():
@@ -145,7 +154,9 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("receiver did not become healthy")
 
 
-async def send(urls: list[str], tasks: list[str], *, connections: int = 8) -> dict[str, float]:
+async def send(
+    cluster: Cluster, urls: list[str], tasks: list[str], *, connections: int = 8
+) -> dict[str, float]:
     """Post one finished callback per task, round-robin over `urls`; task -> time of the 200."""
     acked: dict[str, float] = {}
     queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -163,9 +174,12 @@ async def send(urls: list[str], tasks: list[str], *, connections: int = 8) -> di
                 "percentage": 100,
                 "video_url": f"https://cdn.example/{task}.mp4",
             }
-            answer = await client.post(
-                f"{url}/hooks/apiframe", json=body, headers={"x-webhook-secret": SECRET}
-            )
+            try:
+                answer = await client.post(
+                    f"{url}/hooks/apiframe", json=body, headers={"x-webhook-secret": SECRET}
+                )
+            except httpx.TransportError as exc:
+                raise AssertionError(f"{url}: {exc!r}\n{cluster.logs()}") from exc
             assert 200 == answer.status_code, answer.text
             acked[task] = time.time()
 
@@ -206,7 +220,7 @@ class TestTwoReceiversTwoWorkers:
         # Normal operation: every delivery runs exactly once.
         tasks = [f"fast-{n}" for n in range(2000)]
         started = time.monotonic()
-        acked = await send([url_a, url_b], tasks)
+        acked = await send(cluster, [url_a, url_b], tasks)
         assert set(tasks) == set(acked)
         ingest_seconds = time.monotonic() - started
         states = await wait_all_done(db, len(tasks), timeout=120)
@@ -214,7 +228,9 @@ class TestTwoReceiversTwoWorkers:
         runs = cluster.runs()
         events = {row[0] for row in await db.fetch("SELECT id FROM events")}
         assert len(tasks) == len(events)
-        assert Counter({event: 1 for event in events}) == Counter(run[0] for run in runs)
+        assert Counter({event: 1 for event in events}) == Counter(run[0] for run in runs), (
+            cluster.logs()
+        )
         by_worker = Counter(run[1] for run in runs)
         assert {worker_a.pid, worker_b.pid} == set(by_worker), "both workers should take work"
         # From the commit's start (the event's received_at) to the handler's start.
@@ -223,7 +239,7 @@ class TestTwoReceiversTwoWorkers:
 
         # A worker dies mid-run: its leased deliveries are taken over after the lease.
         slow = [f"slow-{n}" for n in range(400)]
-        sending = asyncio.create_task(send([url_a, url_b], slow))
+        sending = asyncio.create_task(send(cluster, [url_a, url_b], slow))
         deadline = time.monotonic() + 60
         while sum(1 for run in cluster.runs() if run[1] == worker_a.pid and "slow" in run[3]) < 50:
             assert time.monotonic() < deadline, "worker a never took slow work"

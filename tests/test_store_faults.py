@@ -116,6 +116,14 @@ async def wait_done(receiver: ReceiverProcess, tasks: set[str], *, within: float
         await asyncio.sleep(0.2)
 
 
+async def wait_all_delivered(receiver: ReceiverProcess, *, within: float) -> None:
+    """Until no delivery of any event is left unfinished."""
+    deadline = time.monotonic() + within
+    while count(receiver.db, "deliveries", "state != 'done'"):
+        assert time.monotonic() < deadline, "deliveries still unfinished"
+        await asyncio.sleep(0.2)
+
+
 Fault = Callable[[ReceiverProcess], Awaitable[Callable[[], None]]]
 
 
@@ -308,6 +316,8 @@ class TestFaultsInOurStore:
                 assert time.monotonic() < deadline, "the overdue job was not polled after the fault"
                 await asyncio.sleep(0.2)
             await wait_done(receiver, acknowledged, within=30)
+            # The poll's events have deliveries too: let them finish before the kill.
+            await wait_all_delivered(receiver, within=30)
             assert pid == receiver.pid and receiver.alive()
 
         state = stored_callbacks(receiver.db)
@@ -336,9 +346,9 @@ class TestFaultsInOurStore:
         )
 
 
-def count(db: Path, table: str) -> int:
+def count(db: Path, table: str, where: str = "1") -> int:
     with sqlite3.connect(db) as conn:
-        (rows,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        (rows,) = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()
     conn.close()
     return int(rows)
 
