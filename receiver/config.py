@@ -45,7 +45,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 1024 * 1024
     handler_max_attempts: int = 8
     handler_timeout: float = 300.0
-    handler_concurrency: int = 16
+    # Handlers mostly wait on the network; fewer slots than this fell behind ingest on one core.
+    handler_concurrency: int = 64
     retry_base_delay: float = 1.0
     retry_max_delay: float = 3600.0
     poll_interval: float = 10.0

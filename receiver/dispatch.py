@@ -148,10 +148,30 @@ class Registry:
 
     def route(self, event: Event, job: Job) -> list[str]:
         """The names of the handlers that want `event`."""
-        return [h.name for h in self.handlers.values() if h.matches(event, job)]
+        handlers = self.handlers
+        if not isinstance(handlers, collections.ChainMap):
+            return [h.name for h in handlers.values() if h.matches(event, job)]
+        # A layered registry's maps, walked directly in the ChainMap's own order: iterating
+        # the ChainMap builds a merged dict on every call, and this runs for every event.
+        seen: set[str] = set()
+        wanted = []
+        for layer in reversed(handlers.maps):
+            for name in layer:
+                if name not in seen:
+                    seen.add(name)
+                    if handlers[name].matches(event, job):
+                        wanted.append(name)
+        return wanted
 
     def get(self, name: str) -> Handler | None:
         return self.handlers.get(name)
+
+    def most_routed(self) -> int:
+        """How many handlers an event can route to at most (cheap: a layer is not merged)."""
+        handlers = self.handlers
+        if isinstance(handlers, collections.ChainMap):
+            return sum(len(layer) for layer in handlers.maps)
+        return len(handlers)
 
 
 registry = Registry()
@@ -200,7 +220,7 @@ class Dispatcher(WorkLoop):
         *,
         max_attempts: int = 8,
         timeout: float = 300.0,
-        concurrency: int = 16,
+        concurrency: int = 64,
         retry_base: float = 1.0,
         retry_cap: float = 3600.0,
         idle_wait: float = 1.0,
@@ -222,15 +242,48 @@ class Dispatcher(WorkLoop):
         self._busy = 0
         self._threads: set[asyncio.Task[Any]] = set()  # deliveries inside a sync handler
         self._halted_at: float | None = None
+        # Whether ingest may hand deliveries straight to this runner (see `reserve`): only
+        # once it runs, and after the start's release, which would undo such a claim.
+        self._taking = False
 
     async def before_start(self) -> None:
-        if self.store.shared:
-            # Other workers may hold live leases on this database: a dead worker's
-            # deliveries are taken over when their leases run out, never by release.
-            return
-        released = await self.store.release_running()
-        if released:
-            log.info("resuming %d deliveries interrupted by the last stop", released)
+        try:
+            if self.store.shared:
+                # Other workers may hold live leases on this database: a dead worker's
+                # deliveries are taken over when their leases run out, never by release.
+                return
+            released = await self.store.release_running()
+            if released:
+                log.info("resuming %d deliveries interrupted by the last stop", released)
+        finally:
+            self._taking = True
+
+    def reserve(self, most: int) -> int:
+        """Set aside up to `most` free slots for deliveries committed with their claim.
+
+        Ingest stores that many of its new deliveries already claimed (Store.record's
+        `claim`), then hands them to `start`, and gives back what it did not use with
+        `unreserve`: the handler starts as soon as its event commits.
+        """
+        if not self._taking or self._stopping or self.store.shared:
+            return 0  # a shared store's workers claim for themselves (see Store.record)
+        taken = max(0, min(most, self.concurrency - self._busy))
+        self._busy += taken
+        return taken
+
+    def unreserve(self, count: int) -> None:
+        if count:
+            full = self._busy >= self.concurrency
+            self._busy -= count
+            if full:
+                self.wake()  # it may be waiting for a free slot
+
+    def start(self, claimed: Sequence[Claimed]) -> None:
+        """Run deliveries claimed for this runner; their slots are already counted."""
+        for item in claimed:
+            task = asyncio.create_task(self._deliver(item))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
 
     async def next_due(self) -> float | None:
         if self._busy >= self.concurrency:
@@ -246,10 +299,7 @@ class Dispatcher(WorkLoop):
             return 0
         claimed = await self.store.claim_deliveries(limit=free, lease=self.lease, at=now())
         self._busy += len(claimed)
-        for item in claimed:
-            task = asyncio.create_task(self._deliver(item))
-            self._running.add(task)
-            task.add_done_callback(self._finished)
+        self.start(claimed)
         return len(claimed)
 
     def _finished(self, task: asyncio.Task[None]) -> None:

@@ -1,4 +1,4 @@
-"""Recording updates: one store transaction, then wake whoever has new work.
+"""Recording updates: one store transaction, then start or wake whoever has new work.
 
 Every path that learns something about a job (a callback, a poll, a create answer)
 goes through `Ingest.record`, so the state machine, dedupe and handler routing are
@@ -9,20 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from receiver.dispatch import Registry
-from receiver.models import RawRequest, Update
-from receiver.store.base import NewJob, Recorded, Store
+from receiver.dispatch import Dispatcher, Registry
+from receiver.models import DeliveryState, RawRequest, Update
+from receiver.store.base import Claimed, NewJob, Recorded, Store
 
 __all__ = ["Ingest"]
 
 
 class Ingest:
-    """Commits updates with their deliveries and wakes the dispatcher when there are any."""
+    """Commits updates with their deliveries and starts or wakes whoever runs them.
 
-    def __init__(self, store: Store, handlers: Registry, wake: Callable[[], None] = lambda: None):
+    With a `runner` (the dispatcher of this process), deliveries it has room for are
+    committed already claimed and started here, without a claim round trip; the rest
+    are left pending, and the dispatcher is woken for them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        handlers: Registry,
+        wake: Callable[[], None] = lambda: None,
+        *,
+        runner: Dispatcher | None = None,
+    ):
         self.store = store
         self.handlers = handlers
         self.wake = wake
+        self.runner = runner
 
     async def record(
         self,
@@ -34,15 +47,30 @@ class Ingest:
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
     ) -> Recorded:
-        recorded = await self.store.record(
-            job_id,
-            update,
-            source=source,
-            route=self.handlers.route,
-            raw=raw,
-            new_job=new_job,
-            next_poll_at=next_poll_at,
-        )
-        if recorded.deliveries:
+        runner = self.runner
+        reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
+        try:
+            recorded = await self.store.record(
+                job_id,
+                update,
+                source=source,
+                route=self.handlers.route,
+                raw=raw,
+                new_job=new_job,
+                next_poll_at=next_poll_at,
+                claim=reserved,
+                lease=runner.lease if runner is not None else 0.0,
+            )
+        except BaseException:
+            if runner is not None:
+                runner.unreserve(reserved)
+            raise
+        claimed = [d for d in recorded.deliveries if d.state is DeliveryState.RUNNING]
+        if runner is not None:
+            runner.unreserve(reserved - len(claimed))
+            runner.start(
+                [Claimed(delivery=d, event=recorded.event, job=recorded.job) for d in claimed]
+            )
+        if len(recorded.deliveries) > len(claimed):
             self.wake()
         return recorded

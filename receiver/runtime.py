@@ -84,7 +84,7 @@ class Runtime:
             retry_base=settings.retry_base_delay,
             retry_cap=settings.retry_max_delay,
         )
-        ingest = Ingest(store, handlers, dispatcher.wake)
+        ingest = Ingest(store, handlers, dispatcher.wake, runner=dispatcher)
         poller = Poller(
             store,
             ingest,

@@ -184,6 +184,33 @@ class TestOn:
         assert ["any_success", "rix_success"] == short(registry.route(succeeded_rixapi, job))
         assert [] == registry.route(running_rixapi, job)
 
+    def test_a_layer_routes_like_its_chainmap(self, registry: Registry) -> None:
+        """A layered registry routes its own handlers and its parent's, also ones added later,
+        in the order (and with the overrides) of the ChainMap it reads."""
+        layer = registry.layered()
+
+        @registry.on("succeeded", name="parent_first")
+        async def parent_first(event: Event, job: Job) -> None: ...
+
+        @layer.on("*", name="own")
+        async def own(event: Event, job: Job) -> None: ...
+
+        @registry.on("*", name="parent_later")
+        async def parent_later(event: Event, job: Job) -> None: ...
+
+        @layer.on("failed", name="parent_first")  # the layer's own handler of that name wins
+        async def overridden(event: Event, job: Job) -> None: ...
+
+        job = make_job()
+        for status in Status:
+            event = make_event(status)
+            expected = [n for n, h in layer.handlers.items() if h.matches(event, job)]
+            assert expected == layer.route(event, job)
+        assert ["parent_later", "own"] == layer.route(make_event(Status.SUCCEEDED), job)
+        assert ["parent_first", "parent_later", "own"] == layer.route(
+            make_event(Status.FAILED), job
+        )
+
     async def test_sync_handler_runs_in_a_thread(self, registry: Registry) -> None:
         """A plain function is called off the event loop's thread."""
         seen: list[int] = []
@@ -560,3 +587,143 @@ class TestDispatcherLifecycle:
             assert [delivery.id, delivery.id] == calls
         finally:
             await reopened.close()
+
+
+def handing_over(store: Store, registry: Registry, **options: Any) -> tuple[Dispatcher, Ingest]:
+    """A dispatcher and an ingest that hands it deliveries committed already claimed."""
+    dispatcher = fast_dispatcher(store, registry, **options)
+    return dispatcher, Ingest(store, registry, dispatcher.wake, runner=dispatcher)
+
+
+def counting_claims(store: Store) -> list[int]:
+    """Count the store's claim_deliveries calls that claimed something (a spy; it delegates)."""
+    claims: list[int] = []
+    claim = store.claim_deliveries
+
+    async def counted(**kwargs: Any) -> Any:
+        claimed = await claim(**kwargs)
+        if claimed:
+            claims.append(len(claimed))
+        return claimed
+
+    store.claim_deliveries = counted  # type: ignore[method-assign]
+    return claims
+
+
+class TestHandOver:
+    """A delivery the running dispatcher has room for is committed claimed and started at once,
+    under the same rules as a claim: order per job and handler, the cap, and the start's release."""
+
+    async def test_new_jobs_delivery_is_committed_claimed_and_run(
+        self, store: Store, registry: Registry, backend: str
+    ) -> None:
+        """No claim round trip on SQLite; PostgreSQL (shared with other workers) claims instead."""
+        ran: list[tuple[str, int]] = []
+
+        @registry.on("*")
+        async def note(event: Event, job: Job, delivery: DeliveryInfo) -> None:
+            ran.append((event.id, delivery.attempt))
+
+        claims = counting_claims(store)
+        dispatcher, ingest = handing_over(store, registry)
+        async with running_dispatcher(dispatcher):
+            await wait_for(lambda: _true(dispatcher._taking))
+            new = NewJob(job=make_job("job_new", task_id="t-new"))
+            recorded = await ingest.record(None, SUCCEEDED, source="callback", new_job=new)
+            await wait_for(all_finished(store, 1))
+        [stored] = recorded.deliveries
+        if backend == "sqlite":
+            assert (DeliveryState.RUNNING, 1) == (stored.state, stored.attempts)
+            assert stored.lease_until is not None and stored.lease_until > stored.created_at
+            assert [] == claims
+        else:
+            assert (DeliveryState.PENDING, 0) == (stored.state, stored.attempts)
+            assert [1] == claims
+        assert [(recorded.event.id, 1)] == ran
+        [done] = await deliveries(store)
+        assert (DeliveryState.DONE, 1) == (done.state, done.attempts)
+
+    async def test_waits_behind_an_unfinished_earlier_delivery(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """While the job's first delivery waits to retry, the next one is stored pending."""
+        seen: list[float | None] = []
+
+        @registry.on("*")
+        async def flaky(event: Event, job: Job) -> None:
+            seen.append(event.progress)
+            if len(seen) == 1:
+                raise Retry(defer=0.3)
+
+        await add_job(store)
+        dispatcher, ingest = handing_over(store, registry)
+        async with running_dispatcher(dispatcher):
+            await wait_for(lambda: _true(dispatcher._taking))
+            await ingest.record("job_1", running(0.1), source="callback")
+            await wait_for(first_attempt_made(store))
+            second = await ingest.record("job_1", running(0.2), source="callback")
+            assert [DeliveryState.PENDING] == [d.state for d in second.deliveries]
+            await wait_for(all_finished(store, 2))
+        assert [0.1, 0.1, 0.2] == seen
+
+    async def test_the_cap_holds_for_handed_over_deliveries(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """Ten callbacks at once with room for two: two run, the rest wait pending, all end."""
+        active, peak, gate = [0], [0], asyncio.Event()
+
+        @registry.on("*")
+        async def blocking(event: Event, job: Job) -> None:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            await gate.wait()
+            active[0] -= 1
+
+        dispatcher, ingest = handing_over(store, registry, concurrency=2)
+        async with running_dispatcher(dispatcher):
+            await wait_for(lambda: _true(dispatcher._taking))
+            recorded = await asyncio.gather(
+                *(
+                    ingest.record(
+                        None,
+                        SUCCEEDED,
+                        source="callback",
+                        new_job=NewJob(job=make_job(f"job_{n}", task_id=f"t-{n}")),
+                    )
+                    for n in range(10)
+                )
+            )
+            await wait_for(lambda: _true(active[0] == 2))
+            await asyncio.sleep(0.2)
+            assert 2 == active[0]
+            states = [d.state for r in recorded for d in r.deliveries]
+            assert 10 == len(states) and states.count(DeliveryState.RUNNING) <= 2
+            gate.set()
+            await wait_for(all_finished(store, 10))
+        assert 2 == peak[0]
+
+    async def test_nothing_is_handed_over_unless_the_dispatcher_runs(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """Before its start (whose release would undo a claim) and after a halt: pending."""
+
+        @registry.on("*")
+        async def anything(event: Event, job: Job) -> None: ...
+
+        dispatcher, ingest = handing_over(store, registry)
+        before = await ingest.record(
+            None, SUCCEEDED, source="callback", new_job=NewJob(job=make_job("job_a", task_id="a"))
+        )
+        async with running_dispatcher(dispatcher):
+            await wait_for(all_finished(store, 1))
+        after = await ingest.record(
+            None, SUCCEEDED, source="callback", new_job=NewJob(job=make_job("job_b", task_id="b"))
+        )
+        assert [DeliveryState.PENDING] * 2 == [
+            d.state for d in (*before.deliveries, *after.deliveries)
+        ]
+        assert 0 == dispatcher._busy
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -195,12 +195,19 @@ class Store(abc.ABC):
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
         at: float | None = None,
+        claim: int = 0,
+        lease: float = 0.0,
     ) -> Recorded:
         """Store one update in a single transaction: raw request, event, job state, deliveries.
 
         `job_id` names the job; with None, `new_job` is looked up by provider and task id
         and inserted when absent (a task submitted elsewhere). `next_poll_at` reschedules
         the job's next poll while it is not terminal.
+
+        With `claim`, up to that many of the new deliveries are stored already claimed by
+        the caller (running, attempt 1, leased for `lease` seconds), as `claim_deliveries`
+        would: only those with no unfinished earlier delivery of their job and handler. A
+        backend may claim fewer, or none; the rest are pending.
         """
 
     @abc.abstractmethod

@@ -413,6 +413,8 @@ class PostgresStore(Store):
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
         at: float | None = None,
+        claim: int = 0,  # none claimed here: workers in other processes share this database
+        lease: float = 0.0,
     ) -> Recorded:
         at = now() if at is None else at
         # Three round trips in the common case: lock the job; keep the raw request and

@@ -6,6 +6,7 @@ JSON. Column names equal field names, so a row converts with msgspec in one step
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
@@ -36,6 +37,15 @@ class Table(Generic[T]):
         self.select = ", ".join(self.columns)
         self.width = len(self.columns)
         self._json_at = [i for i, name in enumerate(self.columns) if name in self.json]
+        # For `values`: the Struct's fields picked in column order, in C, then the few
+        # columns that need converting (JSON text; bytes-like bodies to bytes).
+        fields = {info.name: info for info in msgspec.structs.fields(kind)}
+        self._pick = operator.itemgetter(*(list(fields).index(name) for name in self.columns))
+        self._convert = [
+            (i, to_json if name in self.json else _plain)
+            for i, name in enumerate(self.columns)
+            if name in self.json or fields[name].type is bytes
+        ]
 
     def read(self, row: Sequence[Any]) -> T:
         """The Struct of a row whose first columns are `self.columns`."""
@@ -52,10 +62,13 @@ class Table(Generic[T]):
 
     def values(self, item: T) -> tuple[Any, ...]:
         """The row of `item`, in column order, ready for an INSERT."""
-        return tuple(
-            to_json(getattr(item, name)) if name in self.json else _plain(getattr(item, name))
-            for name in self.columns
-        )
+        row: tuple[Any, ...] = self._pick(msgspec.structs.astuple(item))
+        if not self._convert:
+            return row
+        converted = list(row)
+        for i, convert in self._convert:
+            converted[i] = convert(converted[i])
+        return tuple(converted)
 
 
 def _plain(value: Any) -> Any:

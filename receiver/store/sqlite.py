@@ -109,7 +109,9 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 # Built once: the hot path only binds values. Extra columns (not on the Struct) come last.
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).
 _FENCE = "(? IS NULL OR (state = 'running' AND attempts = ?))"
-_INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at"))
+_INSERT_JOB = _insert(
+    "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "preview_rank")
+)
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
@@ -486,6 +488,8 @@ class SQLiteStore(Store):
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
         at: float | None = None,
+        claim: int = 0,
+        lease: float = 0.0,
     ) -> Recorded:
         at = now() if at is None else at
         return await self._write(
@@ -499,6 +503,8 @@ class SQLiteStore(Store):
                 new_job=new_job,
                 next_poll_at=next_poll_at,
                 at=at,
+                claim=claim,
+                lease=lease,
             )
         )
 
@@ -723,15 +729,29 @@ def _run_items(
     return outcomes
 
 
-def _insert_job(conn: sqlite3.Connection, new: NewJob) -> None:
+def _insert_job(
+    conn: sqlite3.Connection,
+    new: NewJob,
+    state: Job | None = None,
+    preview_rank: float = -1.0,
+    next_poll_at: float | None = None,
+) -> None:
+    """Insert `new`, or its first `state` when an update created it (see `_record`)."""
+    job, poll_at = new.job, new.next_poll_at
+    if state is not None:  # as `_save_job_state` would leave it
+        job = state
+        poll_at = (
+            None if job.status.terminal else (poll_at if next_poll_at is None else next_poll_at)
+        )
     conn.execute(
         _INSERT_JOB,
         (
-            *JOBS.values(new.job),
+            *JOBS.values(job),
             new.token_hash,
             new.secret_hash,
             to_json(new.input),
-            new.next_poll_at,
+            poll_at,
+            preview_rank,
         ),
     )
 
@@ -751,11 +771,11 @@ def _record(
     new_job: NewJob | None,
     next_poll_at: float | None,
     at: float,
+    claim: int = 0,
+    lease: float = 0.0,
 ) -> Recorded:
     """Store one update: raw request, event, job state and deliveries (see Store.record)."""
     job, rank, created = _job_for_update(conn, job_id, new_job)
-    if raw is not None:
-        _insert_request(conn, raw, job.id)
     key = dedupe_key(job.provider, job.task_id or update.task_id, update)
     duplicate = not created and (  # a job inserted just now has no events yet
         conn.execute(
@@ -782,35 +802,55 @@ def _record(
         request_id=raw.id if raw is not None else None,
         payload=update.payload,
     )
-    conn.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
     after = transition.job
-    if transition.changed:
+    if created and new_job is not None:
+        # A job this update creates is inserted as the update leaves it: one statement.
+        _insert_job(conn, new_job, after, transition.preview_rank, next_poll_at)
+    elif transition.changed:
         _save_job_state(conn, after, transition.preview_rank, next_poll_at)
     elif next_poll_at is not None and not after.status.terminal:
         # Nothing new (a poll that saw the same state): only the next poll moves.
         conn.execute("UPDATE jobs SET next_poll_at = ? WHERE id = ?", (next_poll_at, job.id))
+    if raw is not None:
+        _insert_request(conn, raw, job.id)
+    conn.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
     deliveries: list[Delivery] = []
     if transition.disposition is Disposition.APPLIED:
         for handler in route(event, after):
+            # Claimed at once when the caller has room for it and nothing of this job
+            # waits before it for the handler (a new job has nothing): no claim round trip.
+            claimed = claim > 0 and (
+                created or conn.execute(_UNFINISHED, (job.id, handler)).fetchone() is None
+            )
             delivery = Delivery(
                 id=new_id("dlv"),
                 event_id=event.id,
                 job_id=job.id,
                 handler=handler,
-                state=DeliveryState.PENDING,
+                state=DeliveryState.RUNNING if claimed else DeliveryState.PENDING,
+                attempts=1 if claimed else 0,
                 next_attempt_at=at,
+                lease_until=at + lease if claimed else None,
                 created_at=at,
                 updated_at=at,
             )
             conn.execute(_INSERT_DELIVERY, DELIVERIES.values(delivery))
             deliveries.append(delivery)
+            claim -= claimed
     return Recorded(event=event, job=after, deliveries=deliveries)
+
+
+# An unfinished delivery of a job for a handler: a new one must wait for it.
+_UNFINISHED = (
+    "SELECT 1 FROM deliveries WHERE job_id = ? AND handler = ?"
+    " AND state IN ('pending', 'running') LIMIT 1"
+)
 
 
 def _job_for_update(
     conn: sqlite3.Connection, job_id: str | None, new_job: NewJob | None
 ) -> tuple[Job, float, bool]:
-    """The job an update is about (inserted if new), its preview's rank, and if it is new."""
+    """The job an update is about, its preview's rank, and if it is new (not yet inserted)."""
     params: tuple[str, ...]
     if job_id is not None:
         where, params = "id = ?", (job_id,)
@@ -826,7 +866,6 @@ def _job_for_update(
         return JOBS.read(row), row[JOBS.width], False
     if job_id is not None or new_job is None:
         raise LookupError(f"no job {job_id}")
-    _insert_job(conn, new_job)
     return new_job.job, -1.0, True
 
 

@@ -1,0 +1,38 @@
+"""Ids: the ULID layout in Crockford's alphabet, increasing within a process."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from receiver import models
+from receiver.models import base32, new_id
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def reference(value: int) -> str:
+    """Crockford base32 a character at a time: 26 groups of 5 bits, most significant first."""
+    return "".join(ALPHABET[(value >> (5 * (25 - i))) & 31] for i in range(26))
+
+
+class TestNewId:
+    def test_base32_matches_the_reference_encoding(self) -> None:
+        values = [0, 1, 31, 32, (1 << 128) - 1, 1 << 127, 1 << 125, (1 << 125) - 1]
+        values += [random.getrandbits(128) for _ in range(1000)]
+        for value in values:
+            assert reference(value) == base32(value), hex(value)
+
+    def test_time_then_randomness(self) -> None:
+        before = int(time.time() * 1000)
+        prefix, body = new_id("evt").split("_")
+        after = int(time.time() * 1000)
+        assert "evt" == prefix
+        assert 26 == len(body) and set(body) <= set(ALPHABET)
+        assert body == reference(models._last_id[0] << 80 | models._last_id[1])
+        assert before <= models._last_id[0] <= after
+
+    def test_ids_increase_within_a_process(self) -> None:
+        ids = [new_id("dlv") for _ in range(10_000)]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
