@@ -79,7 +79,8 @@ class Handler(msgspec.Struct, frozen=True):
         """Run the handler; an async one is cut off after `timeout` (TimeoutError)."""
         kwargs = {"delivery": delivery} if self.wants_delivery else {}
         if self.is_async:
-            await asyncio.wait_for(self.func(event, job, **kwargs), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task of its own
+                await self.func(event, job, **kwargs)
             return
         # A thread cannot be cut off. Past the timeout we keep waiting for it, so that its
         # retry, or the job's next event, never runs beside it; its own outcome stands.
@@ -362,7 +363,7 @@ class Dispatcher(WorkLoop):
         """Run one claimed delivery, holding its lease, and record the outcome."""
         delivery = item.delivery
         bind(job_id=delivery.job_id, provider=item.job.provider, request_id=delivery.id)
-        holder = asyncio.create_task(self._hold_lease(delivery.id, delivery.attempts))
+        lease = _LeaseKeeper(self.store, delivery.id, delivery.attempts, self.lease)
         try:
             try:
                 error, defer = await self._run_handler(item)
@@ -417,20 +418,7 @@ class Dispatcher(WorkLoop):
             )
             METRICS.delivery(delivery.handler, "retry")
         finally:
-            holder.cancel()
-
-    async def _hold_lease(self, delivery_id: str, attempt: int) -> None:
-        """Renew the lease every third of its length while the delivery is ours."""
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            try:
-                renewed = await self.store.renew_lease(
-                    delivery_id, lease_until=now() + self.lease, attempt=attempt
-                )
-                if not renewed:
-                    return
-            except StoreUnavailable as exc:
-                log.warning("could not renew the lease of %s: %s", delivery_id, exc)
+            lease.release()
 
     async def _record(
         self, delivery_id: str, write: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
@@ -481,3 +469,40 @@ class Dispatcher(WorkLoop):
             if task is not None:
                 self._threads.discard(task)
         return None, None
+
+
+class _LeaseKeeper:
+    """Renews a running delivery's lease every third of its length until released.
+
+    A timer, not a task per delivery: most handlers return long before the first renewal.
+    """
+
+    def __init__(self, store: Store, delivery_id: str, attempt: int, lease: float):
+        self.store = store
+        self.delivery_id = delivery_id
+        self.attempt = attempt
+        self.lease = lease
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(lease / 3, self._due)
+        self._renewing: asyncio.Task[None] | None = None
+
+    def _due(self) -> None:
+        self._renewing = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            renewed = await self.store.renew_lease(
+                self.delivery_id, lease_until=now() + self.lease, attempt=self.attempt
+            )
+        except StoreUnavailable as exc:
+            log.warning("could not renew the lease of %s: %s", self.delivery_id, exc)
+            renewed = True  # try again at the next third
+        if renewed and self._timer is not None:
+            self._timer = self._loop.call_later(self.lease / 3, self._due)
+
+    def release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._renewing is not None:
+            self._renewing.cancel()
