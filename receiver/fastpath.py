@@ -1,10 +1,12 @@
-"""The hot route in raw ASGI, in front of Litestar: `POST /hooks/{provider}` with a static secret.
+"""The hot routes in raw ASGI, in front of Litestar: a provider's authenticated callbacks.
 
 Profiling showed Litestar's ordinary handler path (routing, the request object, the
 response machinery) costing about as much CPU as verifying and storing a callback.
-This route takes only the case that must be fast: a callback with the right secret,
-a declared length within the limit, a body its adapter reads, from an address that
-is not being refused. Any other request is handed, its body replayed, to the ordinary
+These routes take only the case that must be fast: a callback to `POST /hooks/{provider}`
+with the provider's static secret, or to a job's own `POST /hooks/{provider}/{token}`
+with its secret, from a provider that signs with a secret header; a declared length
+within the limit, a body its adapter reads, from an address that is not being refused.
+Any other request is handed, its body replayed, to the ordinary
 route in receiver.hooks, so every rejection (401, 400, 404, 413, 429, the quarantine,
 redaction, failure budgets) is still answered by one piece of code.
 """
@@ -22,11 +24,11 @@ from receiver.errors import StoreUnavailable
 from receiver.hooks import _overdue_at, _parse, _Reject, headers_of
 from receiver.logs import bind
 from receiver.metrics import METRICS
-from receiver.models import RawRequest, new_id, now
+from receiver.models import RawRequest, Update, new_id, now
 from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
 from receiver.ratelimit import client_address
 from receiver.runtime import Runtime
-from receiver.store.base import NewJob
+from receiver.store.base import NewJob, Recorded, TokenMatch
 from receiver.submit import queued_job
 from receiver.verify import digest, matches, redact_headers, redact_path, redact_query
 
@@ -47,34 +49,45 @@ _encode = msgspec.json.Encoder().encode
 class _Route(msgspec.Struct, frozen=True):
     provider: str
     adapter: Provider
-    secret_digest: str  # the secret's digest, made once: a check hashes only the candidate
+    # The static secret's digest, made once: a check hashes only the candidate. None: the
+    # provider has none (its jobs' own URLs still carry a per-job secret).
+    secret_digest: str | None
+    by_token: bool = False  # `/hooks/{provider}/{token}`: a job's own URL
 
 
 class FastHooks:
-    """Static-secret callbacks answered without the framework; everything else to `fallback`."""
+    """Authenticated callbacks answered without the framework; everything else to `fallback`."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.max_body = runtime.settings.max_body_bytes
         self.retry_after = str(runtime.settings.retry_after).encode()
         # Built once: which paths are taken here, with their adapter and secret.
-        self.routes: dict[str, _Route] = {}
+        self.routes: dict[str, _Route] = {}  # by path: the static-secret routes
+        self.token_routes: dict[str, _Route] = {}  # by provider: the jobs' own URLs
         for name, adapter in runtime.providers.items():
-            secret = runtime.settings.provider(name).webhook_secret
-            if (
-                secret
-                and adapter.callback_style is CallbackStyle.SECRET_POST
-                and not isinstance(adapter, GenericProvider)
+            if adapter.callback_style is not CallbackStyle.SECRET_POST or isinstance(
+                adapter, GenericProvider
             ):
-                self.routes[f"/hooks/{name}"] = _Route(
-                    provider=name, adapter=adapter, secret_digest=digest(secret)
-                )
+                continue
+            secret = runtime.settings.provider(name).webhook_secret
+            static = digest(secret) if secret else None
+            self.token_routes[name] = _Route(name, adapter, static, by_token=True)
+            if static is not None:
+                self.routes[f"/hooks/{name}"] = _Route(name, adapter, static)
 
     def route(self, scope: Scope) -> _Route | None:
         """The route for `scope` if this path takes it."""
-        if scope["type"] != "http" or scope["method"] != "POST" or not self.routes:
+        if scope["type"] != "http" or scope["method"] != "POST":
             return None
-        return self.routes.get(scope["path"])
+        path: str = scope["path"]
+        static = self.routes.get(path)
+        if static is not None or not path.startswith("/hooks/"):
+            return static
+        provider, slash, token = path[len("/hooks/") :].partition("/")
+        if not slash or not token or "/" in token:
+            return None
+        return self.token_routes.get(provider)
 
     async def handle(
         self, route: _Route, scope: Scope, receive: Receive, send: Send, fallback: ASGIApp
@@ -109,8 +122,10 @@ class FastHooks:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        offered = headers.get("x-webhook-secret")
         update = None
-        if matches(headers.get("x-webhook-secret"), route.secret_digest):
+        # A job's own URL is checked against its secret inside the write (see `_record`).
+        if route.by_token or matches(offered, route.secret_digest):
             try:
                 update = _parse(route.adapter, body)
             except _Reject:
@@ -132,14 +147,7 @@ class FastHooks:
             client=address,
         )
         try:
-            recorded = await runtime.ingest.record(
-                None,
-                update,
-                source="callback",
-                raw=raw,
-                new_job=NewJob(job=queued_job(route.provider, update.task_id)),
-                next_poll_at=_overdue_at(runtime, route.adapter),
-            )
+            recorded = await self._record(route, scope["path"], offered, update, raw)
         except StoreUnavailable as exc:
             METRICS.callback(route.provider, "unavailable", time.perf_counter() - started)
             log.warning("store unavailable on %s: %s", raw.path, exc)
@@ -155,6 +163,9 @@ class FastHooks:
             log.error("unexpected error on POST %s", raw.path, exc_info=exc)
             await _respond(send, 500, b'{"error":"internal error"}')
             return
+        if recorded is None:  # not this job's secret, or not this provider's job
+            await fallback(scope, _replay(body, receive), send)
+            return
         event = recorded.event
         bind(job_id=recorded.job.id)
         answer = {"ok": True, "event": event.id, "disposition": event.disposition.value}
@@ -165,6 +176,34 @@ class FastHooks:
             log.info(
                 "POST %s -> 200 %s in %.1f ms", raw.path, event.disposition.value, seconds * 1000
             )
+
+    async def _record(
+        self, route: _Route, path: str, offered: str | None, update: Update, raw: RawRequest
+    ) -> Recorded | None:
+        """Commit the callback; None (nothing written) when its job's own URL refuses it."""
+        ingest, overdue_at = self.runtime.ingest, _overdue_at(self.runtime, route.adapter)
+        if not route.by_token:
+            new_job = NewJob(job=queued_job(route.provider, update.task_id))
+            return await ingest.record(
+                None, update, source="callback", raw=raw, new_job=new_job, next_poll_at=overdue_at
+            )
+
+        def accept(match: TokenMatch) -> bool:
+            # The job's own secret or the provider's static one: both compared, as
+            # receiver.hooks does, so timing tells nothing.
+            job_ok = matches(offered, match.secret_hash)
+            static_ok = matches(offered, route.secret_digest)
+            task_id = match.job.task_id
+            return (
+                (job_ok or static_ok)
+                and match.job.provider == route.provider
+                and not (task_id and update.task_id and update.task_id != task_id)
+            )
+
+        token_hash = digest(path.rsplit("/", 1)[1])
+        return await ingest.record_by_token(
+            token_hash, accept, update, source="callback", raw=raw, next_poll_at=overdue_at
+        )
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

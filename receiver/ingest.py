@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from receiver.dispatch import Dispatcher, Registry
 from receiver.models import DeliveryState, RawRequest, Update
-from receiver.store.base import Claimed, NewJob, Recorded, Store
+from receiver.store.base import Claimed, NewJob, Recorded, Store, TokenMatch
 
 __all__ = ["Ingest"]
 
@@ -47,8 +47,7 @@ class Ingest:
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
     ) -> Recorded:
-        runner = self.runner
-        reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
+        reserved = self._reserve()
         try:
             recorded = await self.store.record(
                 job_id,
@@ -59,18 +58,65 @@ class Ingest:
                 new_job=new_job,
                 next_poll_at=next_poll_at,
                 claim=reserved,
-                lease=runner.lease if runner is not None else 0.0,
+                lease=self._lease,
             )
         except BaseException:
-            if runner is not None:
-                runner.unreserve(reserved)
+            self._settle(reserved, None)
             raise
+        self._settle(reserved, recorded)
+        return recorded
+
+    async def record_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        update: Update,
+        *,
+        source: str,
+        raw: RawRequest | None = None,
+        next_poll_at: float | None = None,
+    ) -> Recorded | None:
+        """`record` for the job of a URL token, if `accept` takes it (see Store.record_by_token)."""
+        reserved = self._reserve()
+        try:
+            recorded = await self.store.record_by_token(
+                token_hash,
+                accept,
+                update,
+                source=source,
+                route=self.handlers.route,
+                raw=raw,
+                next_poll_at=next_poll_at,
+                claim=reserved,
+                lease=self._lease,
+            )
+        except BaseException:
+            self._settle(reserved, None)
+            raise
+        self._settle(reserved, recorded)
+        return recorded
+
+    @property
+    def _lease(self) -> float:
+        return self.runner.lease if self.runner is not None else 0.0
+
+    def _reserve(self) -> int:
+        """Free runner slots for this update's deliveries, at most one per handler."""
+        if self.runner is None:
+            return 0
+        return self.runner.reserve(self.handlers.most_routed())
+
+    def _settle(self, reserved: int, recorded: Recorded | None) -> None:
+        """Start what was committed claimed, give back unused slots, wake for the rest."""
+        if recorded is None:
+            if self.runner is not None:
+                self.runner.unreserve(reserved)
+            return
         claimed = [d for d in recorded.deliveries if d.state is DeliveryState.RUNNING]
-        if runner is not None:
-            runner.unreserve(reserved - len(claimed))
-            runner.start(
+        if self.runner is not None:
+            self.runner.unreserve(reserved - len(claimed))
+            self.runner.start(
                 [Claimed(delivery=d, event=recorded.event, job=recorded.job) for d in claimed]
             )
         if len(recorded.deliveries) > len(claimed):
             self.wake()
-        return recorded

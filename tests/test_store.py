@@ -24,7 +24,7 @@ from receiver.models import (
     Update,
 )
 from receiver.store import NewJob, SQLiteStore, Store
-from receiver.store.base import Router
+from receiver.store.base import Router, TokenMatch
 from receiver.store.migrations import migrations
 
 T0 = 1_000.0
@@ -329,6 +329,52 @@ class TestRecord:
         assert T0 + 50 == await store.next_poll_at()
         await record(store, make_update(Status.SUCCEEDED), next_poll_at=T0 + 60, at=T0 + 2)
         assert None is await store.next_poll_at()
+
+
+class TestRecordByToken:
+    """A job's own URL: the job looked up by its token hash and recorded in one go, or
+    nothing at all written when there is no such job or the check refuses it."""
+
+    async def test_accepted_is_recorded_for_that_job(self, store: Store) -> None:
+        await add_job(store, token_hash="tok-digest", secret_hash="sec-digest")
+        seen: list[tuple[str, str | None]] = []
+
+        def accept(match: TokenMatch) -> bool:
+            seen.append((match.job.id, match.secret_hash))
+            return True
+
+        recorded = await store.record_by_token(
+            "tok-digest",
+            accept,
+            make_update(Status.RUNNING, 0.3),
+            source="callback",
+            route=route_to("h"),
+            raw=make_raw(),
+        )
+        assert recorded is not None
+        assert [("job_1", "sec-digest")] == seen
+        assert ("job_1", Status.RUNNING) == (recorded.job.id, recorded.job.status)
+        assert ["h"] == [d.handler for d in recorded.deliveries]
+        assert [recorded.event.id] == [e.id for e in await store.list_events("job_1")]
+        assert ["req_1"] == [r.id for r in await store.list_requests("job_1")]
+
+    @pytest.mark.parametrize("token", ["no-such-token", "tok-digest"])
+    async def test_unknown_or_refused_writes_nothing(self, store: Store, token: str) -> None:
+        await add_job(store, token_hash="tok-digest", secret_hash="sec-digest")
+        recorded = await store.record_by_token(
+            token,
+            lambda match: False,
+            make_update(Status.SUCCEEDED),
+            source="callback",
+            route=route_to("h"),
+            raw=make_raw(),
+        )
+        assert recorded is None
+        assert [] == await store.list_events("job_1")
+        assert [] == await store.list_requests("job_1")
+        assert [] == await store.list_deliveries()
+        job = await store.get_job("job_1")
+        assert job is not None and Status.QUEUED is job.status
 
 
 class TestNudges:

@@ -424,6 +424,17 @@ class TestBrokenConnections:
         assert (503, "5") == (broken.status_code, broken.headers.get("retry-after"))
         assert 404 == healed.status_code
 
+    async def test_read_fault_on_a_jobs_own_url_is_503_then_recovers(self, tmp_path: Path) -> None:
+        """A POST to a job's own URL looks its token up first: a broken read is a 503 too."""
+        store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}")
+        async with quiet_receiver(tmp_path, store) as client:
+            assert store._reader is not None
+            await store._reader.close()
+            broken = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+            healed = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+        assert (503, "5") == (broken.status, broken.retry_after)
+        assert 404 == healed.status
+
     async def test_write_connection_closed_is_503_then_reopened(self, tmp_path: Path) -> None:
         """The writing connection closed under a callback gives 503; the retry is stored."""
         store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}")

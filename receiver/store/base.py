@@ -210,6 +210,38 @@ class Store(abc.ABC):
         backend may claim fewer, or none; the rest are pending.
         """
 
+    async def record_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        next_poll_at: float | None = None,
+        claim: int = 0,
+        lease: float = 0.0,
+    ) -> Recorded | None:
+        """`record` for the job whose URL token hashes to `token_hash`, if `accept` takes it.
+
+        None, with nothing written, when there is no such job or `accept` refuses it (a
+        wrong secret, another provider). A backend may do both in one transaction.
+        """
+        match = await self.job_by_token(token_hash)
+        if match is None or not accept(match):
+            return None
+        return await self.record(
+            match.job.id,
+            update,
+            source=source,
+            route=route,
+            raw=raw,
+            next_poll_at=next_poll_at,
+            claim=claim,
+            lease=lease,
+        )
+
     @abc.abstractmethod
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         """Keep a nudge's raw request and schedule the job's poll, in one transaction."""

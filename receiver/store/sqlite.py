@@ -116,6 +116,7 @@ _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+_JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 
 
 def metadata_path(key: str) -> str:
@@ -417,9 +418,7 @@ class SQLiteStore(Store):
         return JOBS.read(row) if row else None
 
     async def job_by_token(self, token_hash: str) -> TokenMatch | None:
-        row = await self._fetchone(
-            f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?", (token_hash,)
-        )
+        row = await self._fetchone(_JOB_BY_TOKEN, (token_hash,))
         return TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width]) if row else None
 
     async def job_by_task(self, provider: str, task_id: str) -> Job | None:
@@ -507,6 +506,46 @@ class SQLiteStore(Store):
                 lease=lease,
             )
         )
+
+    async def record_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        next_poll_at: float | None = None,
+        claim: int = 0,
+        lease: float = 0.0,
+    ) -> Recorded | None:
+        # The lookup rides in the same batch as the write: a read of its own first would
+        # serialize callbacks on the reading connection, and batches would stop forming.
+        at = now()
+
+        def work(conn: sqlite3.Connection) -> Recorded | None:
+            row = conn.execute(_JOB_BY_TOKEN, (token_hash,)).fetchone()
+            if row is None:
+                return None
+            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
+            if not accept(match):
+                return None
+            return _record(
+                conn,
+                job_id=match.job.id,
+                update=update,
+                source=source,
+                route=route,
+                raw=raw,
+                new_job=None,
+                next_poll_at=next_poll_at,
+                at=at,
+                claim=claim,
+                lease=lease,
+            )
+
+        return await self._write(work)
 
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         def work(conn: sqlite3.Connection) -> None:
