@@ -7,13 +7,16 @@ applied the same way whatever the source.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from receiver.dispatch import Dispatcher, Registry
 from receiver.models import DeliveryState, RawRequest, Update
 from receiver.store.base import Claimed, NewJob, Recorded, Store, TokenMatch
 
 __all__ = ["Ingest"]
+
+R = TypeVar("R", Recorded, Recorded | None)
 
 
 class Ingest:
@@ -47,9 +50,8 @@ class Ingest:
         new_job: NewJob | None = None,
         next_poll_at: float | None = None,
     ) -> Recorded:
-        reserved = self._reserve()
-        try:
-            recorded = await self.store.record(
+        def write(claim: int, lease: float) -> Awaitable[Recorded]:
+            return self.store.record(
                 job_id,
                 update,
                 source=source,
@@ -57,14 +59,11 @@ class Ingest:
                 raw=raw,
                 new_job=new_job,
                 next_poll_at=next_poll_at,
-                claim=reserved,
-                lease=self._lease,
+                claim=claim,
+                lease=lease,
             )
-        except BaseException:
-            self._settle(reserved, None)
-            raise
-        self._settle(reserved, recorded)
-        return recorded
+
+        return await self._committed(write)
 
     async def record_by_token(
         self,
@@ -77,9 +76,9 @@ class Ingest:
         next_poll_at: float | None = None,
     ) -> Recorded | None:
         """`record` for the job of a URL token, if `accept` takes it (see Store.record_by_token)."""
-        reserved = self._reserve()
-        try:
-            recorded = await self.store.record_by_token(
+
+        def write(claim: int, lease: float) -> Awaitable[Recorded | None]:
+            return self.store.record_by_token(
                 token_hash,
                 accept,
                 update,
@@ -87,36 +86,34 @@ class Ingest:
                 route=self.handlers.route,
                 raw=raw,
                 next_poll_at=next_poll_at,
-                claim=reserved,
-                lease=self._lease,
+                claim=claim,
+                lease=lease,
             )
+
+        return await self._committed(write)
+
+    async def _committed(self, write: Callable[[int, float], Awaitable[R]]) -> R:
+        """Run `write` with the runner's free slots for this update's deliveries (at most one
+        per handler); then start what it committed claimed, give back unused slots, and wake
+        the runner for the rest."""
+        runner = self.runner
+        reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
+        try:
+            recorded = await write(reserved, runner.lease if runner is not None else 0.0)
         except BaseException:
-            self._settle(reserved, None)
+            if runner is not None:
+                runner.unreserve(reserved)
             raise
-        self._settle(reserved, recorded)
-        return recorded
-
-    @property
-    def _lease(self) -> float:
-        return self.runner.lease if self.runner is not None else 0.0
-
-    def _reserve(self) -> int:
-        """Free runner slots for this update's deliveries, at most one per handler."""
-        if self.runner is None:
-            return 0
-        return self.runner.reserve(self.handlers.most_routed())
-
-    def _settle(self, reserved: int, recorded: Recorded | None) -> None:
-        """Start what was committed claimed, give back unused slots, wake for the rest."""
         if recorded is None:
-            if self.runner is not None:
-                self.runner.unreserve(reserved)
-            return
+            if runner is not None:
+                runner.unreserve(reserved)
+            return recorded
         claimed = [d for d in recorded.deliveries if d.state is DeliveryState.RUNNING]
-        if self.runner is not None:
-            self.runner.unreserve(reserved - len(claimed))
-            self.runner.start(
+        if runner is not None:
+            runner.unreserve(reserved - len(claimed))
+            runner.start(
                 [Claimed(delivery=d, event=recorded.event, job=recorded.job) for d in claimed]
             )
         if len(recorded.deliveries) > len(claimed):
             self.wake()
+        return recorded
