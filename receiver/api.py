@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, ValidationException
@@ -16,12 +15,8 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from receiver.errors import ConfigError, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
-    Delivery,
     DeliveryState,
-    Event,
     Job,
-    Quarantined,
-    RawRequest,
     Status,
     new_id,
     now,
@@ -29,6 +24,17 @@ from receiver.models import (
 from receiver.runtime import Runtime
 from receiver.store.base import metadata_filter
 from receiver.verify import digest
+from receiver.wire import (
+    DeliveryList,
+    ErrorBody,
+    EventList,
+    JobList,
+    QuarantineList,
+    ReplayRequest,
+    RequestList,
+    SubmitRequest,
+    replay_states,
+)
 
 __all__ = [
     "ADMIN_ROUTES",
@@ -56,66 +62,7 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
         raise NotAuthorizedException("admin token required")
 
 
-class ErrorBody(msgspec.Struct, kw_only=True):
-    """Every error answer (see receiver.app): what went wrong and, for invalid input, where."""
-
-    error: str
-    extra: list[Any] | dict[str, Any] | None = None
-
-
 _NOT_FOUND = {404: ResponseSpec(ErrorBody, description="No such job")}
-
-
-class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /jobs`: submit `input` to `provider`, or track a `task_id` submitted elsewhere."""
-
-    provider: str
-    input: dict[str, Any] = msgspec.field(default_factory=dict)
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    task_id: str | None = None
-    notify_url: str | None = None  # every event of the job is POSTed here, signed
-
-
-class JobList(msgspec.Struct, kw_only=True):
-    items: list[Job]
-    next: str | None
-
-
-class EventList(msgspec.Struct, kw_only=True):
-    items: list[Event]
-
-
-class DeliveryList(msgspec.Struct, kw_only=True):
-    items: list[Delivery]
-
-
-class QuarantineList(msgspec.Struct, kw_only=True):
-    items: list[Quarantined]
-
-
-class RequestList(msgspec.Struct, kw_only=True):
-    items: list[RawRequest]
-
-
-class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /deliveries/replay`: which finished deliveries to run again.
-
-    `job_id` and `handler` narrow the choice (both may be given); `all_dead` replays every
-    dead delivery and is needed when neither is given, so an empty body replays nothing.
-    `include_done` also replays deliveries that succeeded.
-    """
-
-    job_id: str | None = None
-    handler: str | None = None
-    all_dead: bool = False
-    include_done: bool = False
-
-
-def replay_states(include_done: bool) -> frozenset[DeliveryState]:
-    """The states a replay takes deliveries from."""
-    if include_done:
-        return frozenset({DeliveryState.DEAD, DeliveryState.DONE})
-    return frozenset({DeliveryState.DEAD})
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:

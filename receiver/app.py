@@ -1,86 +1,134 @@
-"""The Litestar app factory: routes, error answers, and a lifespan that runs the loops."""
+"""The receiver's ASGI app: the lifespan, the hook fast path, and the framework behind it.
+
+Only what a provider's callback needs is imported to start: a callback with its secret is
+answered in raw ASGI (receiver.fastpath). Everything else goes to the Litestar app in
+receiver.framework, which is imported in a background thread as the app starts, so a
+cold start takes its first callback without waiting for the framework. A request that
+needs the framework before it is ready waits for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
-from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
-
-from receiver.api import ADMIN_ROUTES, OPEN_ROUTES, document_errors
 from receiver.config import Settings, load_settings
 from receiver.dispatch import Registry
-from receiver.errors import StoreUnavailable
 from receiver.fastpath import FastHooks
-from receiver.hooks import HOOK_ROUTES
-from receiver.metrics import METRICS_ROUTES
 from receiver.runtime import Runtime
-from receiver.sandbox import SANDBOX_ROUTES
 from receiver.store import Store
-from receiver.ui import UI_ROUTER
-from receiver.verify import redact_path
 
-__all__ = ["create_app"]
+if TYPE_CHECKING:
+    import httpx
 
-document_errors(METRICS_ROUTES)  # its guard answers 401 as the admin guard does
+__all__ = ["ReceiverApp", "create_app"]
 
 log = logging.getLogger("receiver")
 
-
-def _store_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    # The one place a 503 is built: a provider seeing it retries after Retry-After.
-    log.warning("store unavailable on %s: %s", redact_path(request.scope["path"]), exc)
-    runtime: Runtime = request.app.state.runtime
-    return Response(
-        {"error": "store unavailable, retry later"},
-        status_code=503,
-        headers={"Retry-After": str(runtime.settings.retry_after)},
-    )
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    content: dict[str, Any] = {"error": exc.detail}
-    if exc.extra:
-        content["extra"] = exc.extra
-    return Response(content, status_code=exc.status_code, headers=exc.headers)
+class ReceiverApp:
+    """The ASGI app `create_app` returns. `state.runtime` is the running receiver's parts."""
 
+    def __init__(
+        self, runtime: Runtime, *, run_loops: bool, owns_client: bool, preload: bool = True
+    ):
+        self.runtime = runtime
+        self.state = SimpleNamespace(runtime=runtime)
+        self.fast = FastHooks(runtime)
+        self.run_loops = run_loops
+        self.owns_client = owns_client
+        self.preload = preload
+        self._framework: ASGIApp | None = None
+        self._loading: asyncio.Future[ASGIApp] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    # Logged for the operator (the path's token redacted); the caller learns nothing.
-    path = redact_path(request.scope["path"])  # request.url fails on a non-UTF-8 query
-    log.error("unexpected error on %s %s", request.method, path, exc_info=exc)
-    return Response({"error": "internal error"}, status_code=500)
-
-
-def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    # A body too deeply nested or with broken UTF-8 inside a string is the caller's fault.
-    return Response({"error": "bad request"}, status_code=400)
-
-
-class _ReceiverApp(Litestar):
-    """Litestar, with the static-secret hook route served by receiver.fastpath before routing."""
-
-    fast: FastHooks | None = None
-
-    async def __call__(
-        self,
-        scope: Scope | LifeSpanScope,
-        receive: Receive | LifeSpanReceive,
-        send: Send | LifeSpanSend,
-    ) -> None:
-        fast = self.fast
-        route = fast.route(scope) if fast is not None else None  # type: ignore[arg-type]
-        if route is None or fast is None:
-            await super().__call__(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
             return
-        await fast.handle(route, scope, receive, send, super().__call__)  # type: ignore[arg-type]
+        route = self.fast.route(scope)
+        if route is not None:
+            await self.fast.handle(route, scope, receive, send, self._to_framework)
+            return
+        await self._to_framework(scope, receive, send)
+
+    async def _to_framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        framework = self._framework or await self.framework()
+        await framework(scope, receive, send)
+
+    async def framework(self) -> ASGIApp:
+        """The Litestar app, loading it now if the start has not already."""
+        if self._framework is None:
+            if self._loading is None or self._loading.cancelled():
+                self._loading = asyncio.ensure_future(self._load())
+            self._framework = await asyncio.shield(self._loading)
+        return self._framework
+
+    async def _load(self) -> ASGIApp:
+        # Importing in a thread keeps the loop answering callbacks meanwhile.
+        module = await asyncio.to_thread(importlib.import_module, "receiver.framework")
+        framework: ASGIApp = module.build_framework(self.runtime)
+        return framework
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self._start()
+        except Exception as exc:
+            log.error("start failed: %s: %s", type(exc).__name__, exc)
+            await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await self._stop()
+        except Exception as exc:
+            log.error("stop failed: %s: %s", type(exc).__name__, exc)
+            await send({"type": "lifespan.shutdown.failed", "message": type(exc).__name__})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start(self) -> None:
+        runtime = self.runtime
+        await runtime.store.open()
+        if self.run_loops:
+            await runtime.store.listen(runtime.wakers())
+            self._tasks = [
+                asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
+                asyncio.create_task(runtime.poller.run(), name="poller"),
+            ]
+        if self.preload and self._framework is None and self._loading is None:
+            self._loading = asyncio.ensure_future(self._load())
+
+    async def _stop(self) -> None:
+        runtime = self.runtime
+        # Handlers get RECEIVER_SHUTDOWN_GRACE, counted from when the server began to stop.
+        grace = runtime.settings.shutdown_grace
+        await runtime.poller.stop(grace)
+        await runtime.dispatcher.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._loading is not None and not self._loading.done():
+            # Its import thread finishes by itself; a later start (Mangum's next) loads again.
+            self._loading.cancel()
+            self._loading = None
+        if self.owns_client:
+            await runtime.client.aclose()
+        await runtime.store.close()
 
 
 def create_app(
@@ -90,59 +138,13 @@ def create_app(
     handlers: Registry | None = None,
     client: httpx.AsyncClient | None = None,
     run_loops: bool = True,
-) -> Litestar:
-    """Build the receiver. With `run_loops`, the dispatcher and poller run inside the app."""
+    preload: bool = True,
+) -> ReceiverApp:
+    """Build the receiver. With `run_loops`, the dispatcher and poller run inside the app.
+
+    With `preload` (the default) the framework is imported as the app starts; without it,
+    on the first request that needs it (a serverless function that mostly takes callbacks).
+    """
     settings = settings or load_settings()
     runtime = Runtime.build(settings, store=store, handlers=handlers, client=client)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await runtime.store.open()
-        tasks: list[asyncio.Task[None]] = []
-        if run_loops:
-            await runtime.store.listen(runtime.wakers())
-            tasks = [
-                asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
-                asyncio.create_task(runtime.poller.run(), name="poller"),
-            ]
-        try:
-            yield
-        finally:
-            # Handlers get RECEIVER_SHUTDOWN_GRACE, counted from when the server began to stop.
-            grace = runtime.settings.shutdown_grace
-            await runtime.poller.stop(grace)
-            await runtime.dispatcher.stop(grace)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if client is None:
-                await runtime.client.aclose()
-            await runtime.store.close()
-
-    app = _ReceiverApp(
-        route_handlers=[
-            *HOOK_ROUTES,
-            *ADMIN_ROUTES,
-            *SANDBOX_ROUTES,
-            *OPEN_ROUTES,
-            *METRICS_ROUTES,
-            UI_ROUTER,
-        ],
-        lifespan=[lifespan],
-        exception_handlers={
-            StoreUnavailable: _store_unavailable,
-            HTTPException: _http_error,
-            RecursionError: _undecodable,
-            UnicodeDecodeError: _undecodable,
-            Exception: _internal_error,
-        },
-        openapi_config=OpenAPIConfig(title="receiver", version="0.1.0", path="/schema"),
-        request_max_body_size=settings.max_body_bytes,
-        debug=False,
-        logging_config=None,  # logging is the host's to configure (the CLI does it)
-    )
-    app.state.runtime = runtime
-    app.fast = FastHooks(runtime)
-    return app
+    return ReceiverApp(runtime, run_loops=run_loops, owns_client=client is None, preload=preload)

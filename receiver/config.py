@@ -10,7 +10,6 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from receiver.builtins.settings import (
@@ -25,6 +24,7 @@ from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS, GenericSettings, ProviderSettings
 from receiver.providers.generic import check_generic, generic_from_env, split_secrets
 from receiver.ratelimit import parse_networks
+from receiver.urls import http_url
 
 __all__ = ["DEFAULT_HANDLERS", "ENV_PREFIX", "Settings", "load_settings"]
 
@@ -178,12 +178,8 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _is_http_url(value: str) -> bool:
-    """Whether `value` is an absolute http(s) URL with a host, as httpx would accept it."""
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return False
-    return url.scheme in ("http", "https") and bool(url.host)
+    """Whether `value` is an absolute http(s) URL with a host."""
+    return http_url(value) is not None
 
 
 _PROVIDER_FIELDS = set(ProviderSettings.__struct_fields__)

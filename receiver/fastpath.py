@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
+from receiver.callbacks import Reject, headers_of, overdue_at, parse_callback
 from receiver.errors import StoreUnavailable
-from receiver.hooks import _overdue_at, _parse, _Reject, headers_of
 from receiver.logs import bind
 from receiver.metrics import METRICS
 from receiver.models import RawRequest, Update, new_id, now
@@ -127,8 +127,8 @@ class FastHooks:
         # A job's own URL is checked against its secret inside the write (see `_record`).
         if route.by_token or matches(offered, route.secret_digest):
             try:
-                update = _parse(route.adapter, body)
-            except _Reject:
+                update = parse_callback(route.adapter, body)
+            except Reject:
                 update = None
         if update is None or not valid_task_id(update.task_id):
             await fallback(scope, _replay(body, receive), send)
@@ -181,11 +181,11 @@ class FastHooks:
         self, route: _Route, path: str, offered: str | None, update: Update, raw: RawRequest
     ) -> Recorded | None:
         """Commit the callback; None (nothing written) when its job's own URL refuses it."""
-        ingest, overdue_at = self.runtime.ingest, _overdue_at(self.runtime, route.adapter)
+        ingest, next_poll_at = self.runtime.ingest, overdue_at(self.runtime, route.adapter)
         if not route.by_token:
             new_job = NewJob(job=queued_job(route.provider, update.task_id))
             return await ingest.record(
-                None, update, source="callback", raw=raw, new_job=new_job, next_poll_at=overdue_at
+                None, update, source="callback", raw=raw, new_job=new_job, next_poll_at=next_poll_at
             )
 
         def accept(match: TokenMatch) -> bool:
@@ -202,7 +202,7 @@ class FastHooks:
 
         token_hash = digest(path.rsplit("/", 1)[1])
         return await ingest.record_by_token(
-            token_hash, accept, update, source="callback", raw=raw, next_poll_at=overdue_at
+            token_hash, accept, update, source="callback", raw=raw, next_poll_at=next_poll_at
         )
 
 

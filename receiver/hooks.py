@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -22,7 +22,8 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
-from receiver.errors import StoreUnavailable, UnparseablePayload
+from receiver.callbacks import Reject, headers_of, overdue_at, parse_callback
+from receiver.errors import StoreUnavailable
 from receiver.logs import bind, current
 from receiver.metrics import METRICS, provider_label
 from receiver.models import Job, Quarantined, RawRequest, Update, new_id, now
@@ -40,20 +41,10 @@ log = logging.getLogger("receiver.hooks")
 
 Answer = Response[dict[str, Any]]
 
-_decode_json = msgspec.json.Decoder().decode
 # A rejected body is kept whole when the caller proved itself (a 400 on a job's own URL:
 # diagnosis needs it), and only its start otherwise, so guessing tokens cannot fill the disk.
 _UNPROVEN_BODY_LIMIT = 4 * 1024
 _UUID_PARAM = re.compile(r"(?:^|[?&;])uuid=([^&?;#]*)")
-
-
-class _Reject(Exception):
-    """A request we refuse: the status to answer and the reason kept in the quarantine."""
-
-    def __init__(self, status_code: int, reason: str):
-        super().__init__(reason)
-        self.status_code = status_code
-        self.reason = reason
 
 
 # Rejections that count against a caller's (and a token's) failure budget.
@@ -87,7 +78,7 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
     try:
         declared = request.content_length
     except ClientException:
-        raise _Reject(400, "bad_content_length") from None
+        raise Reject(400, "bad_content_length") from None
     if declared is not None and declared > limit:
         return b"", True
     chunks: list[bytes] = []
@@ -98,15 +89,6 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
             return b"".join(chunks)[:_UNPROVEN_BODY_LIMIT], True
         chunks.append(chunk)
     return b"".join(chunks), False
-
-
-def headers_of(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Every header as sent; a repeated one keeps all its values, comma-joined as HTTP allows."""
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in raw_headers:
-        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
 
 
 def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -138,7 +120,7 @@ def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequ
     )
 
 
-async def _quarantine(runtime: Runtime, raw: RawRequest, reject: _Reject) -> None:
+async def _quarantine(runtime: Runtime, raw: RawRequest, reject: Reject) -> None:
     entry = Quarantined(
         id=new_id("qua"),
         received_at=raw.received_at,
@@ -162,27 +144,8 @@ async def _quarantine(runtime: Runtime, raw: RawRequest, reject: _Reject) -> Non
 def _adapter(runtime: Runtime, provider: str) -> Provider:
     adapter = runtime.providers.get(provider)
     if adapter is None:
-        raise _Reject(404, "unknown_provider")
+        raise Reject(404, "unknown_provider")
     return adapter
-
-
-def _parse(adapter: Provider, body: bytes) -> Update:
-    """The body as the adapter reads it; any failure to read it is a 400, never a 500."""
-    try:
-        decoded = _decode_json(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        # Invalid UTF-8 inside a string and very deep nesting fail outside DecodeError.
-        raise _Reject(400, "bad_json") from None
-    if not isinstance(decoded, dict):
-        raise _Reject(400, "not_an_object")
-    try:
-        return adapter.parse_callback(decoded)
-    except UnparseablePayload:
-        raise _Reject(400, "bad_payload") from None
-    except Exception:
-        # An adapter that trips over a body is our bug; the body is still only a bad request.
-        log.exception("%s adapter failed to read a callback body", adapter.name)
-        raise _Reject(400, "bad_payload") from None
 
 
 def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: bytes) -> Update:
@@ -194,8 +157,8 @@ def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: byt
         msg_id = adapter.authenticate(body, _headers(request))
     except SignatureError as exc:
         log.info("%s: rejected a Standard Webhooks message: %s", adapter.name, exc)
-        raise _Reject(401, "bad_signature") from None
-    return msgspec.structs.replace(_parse(adapter, body), delivery_id=msg_id)
+        raise Reject(401, "bad_signature") from None
+    return msgspec.structs.replace(parse_callback(adapter, body), delivery_id=msg_id)
 
 
 def _needs_confirmation(runtime: Runtime, adapter: Provider, update: Update, job: Job) -> bool:
@@ -212,17 +175,10 @@ def _needs_confirmation(runtime: Runtime, adapter: Provider, update: Update, job
     )
 
 
-def _overdue_at(runtime: Runtime, adapter: Provider) -> float | None:
-    """News pushes the job's deadline back: it is polled only if the next news is late."""
-    if not adapter.can_pull:
-        return None
-    return now() + runtime.settings.deadline_for(adapter.name)
-
-
 async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Job, str | None]:
     match = await runtime.store.job_by_token(digest(token))
     if match is None or match.job.provider != provider:
-        raise _Reject(404, "unknown_token")
+        raise Reject(404, "unknown_token")
     bind(job_id=match.job.id)
     return match.job, match.secret_hash
 
@@ -236,11 +192,11 @@ def _check_secret(
     """
     offered = request.headers.get("x-webhook-secret")
     if offered is None:
-        raise _Reject(401, "missing_secret")
+        raise Reject(401, "missing_secret")
     job_ok = matches(offered, job_secret_hash)
     static_ok = matches_any(offered, [static])
     if not (job_ok or static_ok):
-        raise _Reject(401, "wrong_secret")
+        raise Reject(401, "wrong_secret")
 
 
 def _too_many(retry_after: int) -> Answer:
@@ -279,12 +235,12 @@ async def _guarded(
     try:
         body, too_large = await _read_body(request, runtime.settings.max_body_bytes)
         if too_large:
-            raise _Reject(413, "too_large")
+            raise Reject(413, "too_large")
         answer = await handle(runtime, body)
         outcome = answer.content.get("disposition", "accepted")
         status = answer.status_code or 200
         return answer
-    except _Reject as reject:
+    except Reject as reject:
         outcome, status = reject.reason, reject.status_code
         if reject.status_code in _AUTH_FAILURES:
             token_key = f"token:{digest(token)}" if token else None
@@ -327,9 +283,9 @@ async def job_callback(
         if adapter.callback_style is CallbackStyle.SECRET_POST:
             static = runtime.settings.provider(provider).webhook_secret
             _check_secret(request, job_secret_hash=secret_hash, static=static)
-        update = signed or _parse(adapter, body)
+        update = signed or parse_callback(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
-            raise _Reject(400, "task_mismatch")
+            raise Reject(400, "task_mismatch")
         if _needs_confirmation(runtime, adapter, update, job):
             # Only the URL token vouches for this body: a leaked token must not be able to
             # end a job with a result URL of its choosing. Keep it, and ask the provider.
@@ -341,7 +297,7 @@ async def job_callback(
             update,
             source="callback",
             raw=_raw(request, provider, body),
-            next_poll_at=_overdue_at(runtime, adapter),
+            next_poll_at=overdue_at(runtime, adapter),
         )
         return _answer(
             200, ok=True, event=recorded.event.id, disposition=recorded.event.disposition.value
@@ -360,10 +316,10 @@ async def job_nudge(
         adapter = _adapter(runtime, provider)
         job, _ = await _job_by_token(runtime, provider, token)
         if not adapter.can_pull:
-            raise _Reject(405, "no_status_api")
+            raise Reject(405, "no_status_api")
         uuid = nudge_uuid(request.scope.get("query_string", b"").decode("latin-1"))
         if uuid is not None and (not valid_task_id(uuid) or (job.task_id and uuid != job.task_id)):
-            raise _Reject(400, "task_mismatch")
+            raise Reject(400, "task_mismatch")
         await runtime.store.record_nudge(job.id, _raw(request, provider, body), poll_at=now())
         runtime.poller.wake()
         return _answer(202, ok=True)
@@ -382,11 +338,11 @@ async def provider_callback(request: Request[Any, Any, Any], provider: FromPath[
         else:
             static = runtime.settings.provider(provider).webhook_secret
             if not static:
-                raise _Reject(404, "static_route_disabled")
+                raise Reject(404, "static_route_disabled")
             _check_secret(request, job_secret_hash=None, static=static)
-            update = _parse(adapter, body)
+            update = parse_callback(adapter, body)
         if not valid_task_id(update.task_id):
-            raise _Reject(400, "no_task_id")
+            raise Reject(400, "no_task_id")
         new_job = NewJob(job=queued_job(provider, update.task_id))
         recorded = await runtime.ingest.record(
             None,
@@ -394,7 +350,7 @@ async def provider_callback(request: Request[Any, Any, Any], provider: FromPath[
             source="callback",
             raw=_raw(request, provider, body),
             new_job=new_job,
-            next_poll_at=_overdue_at(runtime, adapter),
+            next_poll_at=overdue_at(runtime, adapter),
         )
         bind(job_id=recorded.job.id)
         return _answer(

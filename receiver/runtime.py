@@ -7,13 +7,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.dispatch import Dispatcher, Registry, load_handlers
 from receiver.ingest import Ingest
+from receiver.outgoing import lazy_client
 from receiver.poller import Poller
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
@@ -22,6 +22,9 @@ from receiver.store import Store, store_for
 from receiver.store.sqlite import sqlite_path
 from receiver.submit import Submitter
 from receiver.verify import digest, mint_token
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Runtime", "admin_token_file", "ensure_admin_token"]
 
@@ -65,7 +68,7 @@ class Runtime:
             # The default module is optional (a fresh directory has none); a named one is not.
             required = settings.handlers != DEFAULT_HANDLERS
             handlers = load_handlers(settings.handlers, required=required)
-        client = client or httpx.AsyncClient(follow_redirects=False)
+        client = client or lazy_client(follow_redirects=False)
         providers = {**PROVIDERS, **generic_providers(settings.generic)}
         handlers = handlers.layered()  # the built-ins belong to this runtime alone
         builtins = install_builtins(handlers, settings, client=client, store=store)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import msgspec
 
 from receiver.errors import ConfigError, ProviderError
@@ -20,6 +19,7 @@ from receiver.ingest import Ingest
 from receiver.models import Job, Status, Update, new_id, now
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
 from receiver.store.base import NewJob, Store
+from receiver.urls import http_url
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
 __all__ = ["Submitted", "Submitter", "check_notify_url", "queued_job"]
@@ -54,13 +54,10 @@ def check_notify_url(url: str) -> str:
 
     Private and loopback addresses are allowed: whoever may call POST /jobs is an admin.
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        raise ConfigError("notify_url must be an absolute http(s) URL") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    parsed = http_url(url)
+    if parsed is None:
         raise ConfigError("notify_url must be an absolute http(s) URL")
-    if parsed.userinfo:
+    if "@" in parsed.netloc:
         raise ConfigError(
             "notify_url must not carry credentials: its posts are signed with"
             " RECEIVER_FORWARD_SECRET, and the URL is shown with the job"

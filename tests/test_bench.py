@@ -57,7 +57,12 @@ class TestBenchCommand:
         assert report["webhook"] is None
         assert report["receiver"]["acknowledged"] > 0
         assert {"receiver_to_floor"} == set(report["ratios"])
-        for figure in ("start_to_ready_ms", "rss_mb", "db_bytes_per_callback"):
+        for figure in (
+            "start_to_callback_ms",
+            "start_to_ready_ms",
+            "rss_mb",
+            "db_bytes_per_callback",
+        ):
             assert report[figure] > 0, figure
         delivery = report["delivery"]
         assert delivery["acknowledged"] == delivery["handled"]

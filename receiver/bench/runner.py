@@ -23,7 +23,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from receiver.bench.load import Load, builtin_load, percentile, wrk_available, wrk_load
+from receiver.bench.load import (
+    PATH,
+    Load,
+    builtin_load,
+    callback_body,
+    percentile,
+    wrk_available,
+    wrk_load,
+)
 from receiver.bench.servers import (
     Server,
     start_floor,
@@ -107,6 +115,7 @@ class Report(msgspec.Struct, kw_only=True):
     floor: Figures | None
     webhook: Figures | None
     receiver: Figures
+    start_to_callback_ms: float | None
     start_to_ready_ms: float | None
     rss_mb: float | None
     db_bytes_per_callback: float | None
@@ -115,6 +124,33 @@ class Report(msgspec.Struct, kw_only=True):
     soak: Soak | None
     ratios: dict[str, float]
     check: Check
+
+
+def _start_probe(session: _Session) -> bytes:
+    """One signed callback, as the load sends them, for the start measurement.
+
+    It is counted as sent and acknowledged, so the store check looks for it too.
+    """
+    prefix = session.prefix()
+    task_id = prefix + "start"
+    acked = Load(
+        generator="start",
+        seconds=0.0,
+        requests=1,
+        acknowledged=1,
+        errors=0,
+        requests_per_s=0.0,
+        p50_ms=0.0,
+        p99_ms=0.0,
+        acked=[task_id],
+    )
+    session.sent.append((prefix, acked))
+    body = callback_body(task_id)
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"x-webhook-secret: {session.secret}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def _figures(load: Load) -> Figures:
@@ -421,6 +457,7 @@ def _run_receiver(
         session.sent.append(peak)
         return {
             "receiver": _figures(peak[1]),
+            "start_to_callback_ms": None,
             "start_to_ready_ms": None,
             "rss_mb": None,
             "db_bytes_per_callback": None,
@@ -437,6 +474,9 @@ def _run_receiver(
         directory, database_url=database_url, secret=session.secret, handled=handled, extra={}
     )
     try:
+        # A cold start is over when a provider's callback is acknowledged (committed);
+        # the whole app, framework included, when its health check answers.
+        start_to_callback = server.ready(probe=_start_probe(session))
         start_to_ready = server.ready()
         session.sent.append(session.load(server.url, _WARM_SECONDS))
         progress(f"receiver: {options.concurrency} connections for {options.duration:g}s")
@@ -460,6 +500,7 @@ def _run_receiver(
     size = _db_bytes(database_url) - size_before
     return {
         "receiver": _figures(peak),
+        "start_to_callback_ms": round(start_to_callback, 1),
         "start_to_ready_ms": round(start_to_ready, 1),
         "rss_mb": round(rss / 2**20, 1),
         "db_bytes_per_callback": round(size / check.stored, 1) if check.stored else None,

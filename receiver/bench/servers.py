@@ -49,13 +49,14 @@ class Server:
         self._probe = probe
         self._spawned = spawned
 
-    def ready(self, timeout: float = 30.0) -> float:
-        """Wait for the first 2xx; return milliseconds from spawn to that answer."""
+    def ready(self, timeout: float = 30.0, probe: bytes | None = None) -> float:
+        """Wait for the first 2xx to `probe` (by default the server's own readiness request);
+        return milliseconds from spawn to that answer."""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode} at start")
-            if _answers(self.port, self._probe):
+            if _answers(self.port, probe or self._probe):
                 return (time.perf_counter() - self._spawned) * 1000
             time.sleep(0.002)
         raise RuntimeError(f"{self.name} did not answer within {timeout:g}s")

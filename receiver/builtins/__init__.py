@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx
-
 from receiver.builtins.command import COMMAND_HANDLER, install_command
 from receiver.builtins.download import DOWNLOAD_HANDLER, install_download
 from receiver.builtins.forward import NOTIFY_URL_HANDLER, forward_name, install_forward
@@ -20,6 +18,8 @@ from receiver.dispatch import Registry
 from receiver.store.base import Store
 
 if TYPE_CHECKING:
+    import httpx
+
     from receiver.config import Settings
 
 __all__ = [

@@ -18,8 +18,8 @@ import mimetypes
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 
 from receiver.builtins.outbound import origin
@@ -27,6 +27,9 @@ from receiver.builtins.settings import DownloadSettings
 from receiver.dispatch import Registry
 from receiver.models import Event, Job, StoredFile, now
 from receiver.store.base import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["DOWNLOAD_HANDLER", "DownloadFailed", "fetch_file", "install_download"]
 
@@ -114,6 +117,8 @@ async def fetch_file(
     client: httpx.AsyncClient, url: str, directory: Path, name: str, settings: DownloadSettings
 ) -> StoredFile:
     """Fetch `url` into `directory/<name><ext>` atomically; DownloadFailed when it cannot."""
+    import httpx
+
     try:
         target = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):

@@ -9,14 +9,16 @@ by a digest of the URL so a reordered list keeps its pending deliveries. A job's
 from __future__ import annotations
 
 import hashlib
-
-import httpx
+from typing import TYPE_CHECKING
 
 from receiver.builtins.outbound import event_document, post_json
 from receiver.builtins.settings import ForwardSettings
 from receiver.dispatch import Registry
 from receiver.models import Event, Job
 from receiver.standard_webhooks import headers_for
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["NOTIFY_URL_HANDLER", "forward_name", "install_forward"]
 

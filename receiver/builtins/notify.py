@@ -6,13 +6,18 @@ Slack (and Mattermost, Rocket.Chat, Google Chat...) take `{"text": ...}`; Discor
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
 import msgspec
 
 from receiver.builtins.outbound import post_json
 from receiver.builtins.settings import NotifySettings
 from receiver.dispatch import Registry
 from receiver.models import Event, Job
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["NOTIFY_HANDLER", "install_notify", "message", "notify_body"]
 
@@ -38,7 +43,7 @@ def message(event: Event, job: Job) -> str:
 def notify_body(url: str, style: str, text: str) -> bytes:
     """The JSON body for this kind of incoming webhook."""
     if style == "auto":
-        host = httpx.URL(url).host
+        host = urlsplit(url).hostname or ""
         style = "discord" if host.endswith(("discord.com", "discordapp.com")) else "slack"
     key = "content" if style == "discord" else "text"
     return msgspec.json.encode({key: text})

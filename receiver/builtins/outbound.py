@@ -9,12 +9,14 @@ downstream by scheme, host and port only: its URL may carry a token.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from receiver.models import Event, Job
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ANSWER_LIMIT",
@@ -34,6 +36,8 @@ class DownstreamError(Exception):
 
 def origin(url: str | httpx.URL) -> str:
     """`scheme://host:port` of a URL: safe to log, unlike the path, query or userinfo."""
+    import httpx
+
     try:
         parsed = httpx.URL(str(url))
     except (httpx.InvalidURL, TypeError, ValueError):
@@ -61,6 +65,8 @@ async def post_json(
     timeout: float,
 ) -> int:
     """POST `body` as JSON; return the 2xx status, else raise DownstreamError."""
+    import httpx
+
     sent = {"content-type": "application/json", "user-agent": "receiver", **(headers or {})}
     try:
         async with client.stream(

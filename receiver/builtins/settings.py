@@ -12,12 +12,12 @@ import re
 import shlex
 from typing import Any
 
-import httpx
 import msgspec
 
 from receiver.errors import ConfigError
 from receiver.models import Event, Job, Status
 from receiver.standard_webhooks import decode_secret
+from receiver.urls import http_url
 
 __all__ = [
     "SECTIONS",
@@ -38,11 +38,7 @@ _encode = msgspec.json.encode
 
 def check_http_url(value: str, setting: str) -> None:
     """An absolute http(s) URL with a host; the error names `setting`, never the value."""
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        raise ConfigError(f"{setting} must be an absolute http(s) URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if http_url(value) is None:
         raise ConfigError(f"{setting} must be an absolute http(s) URL")
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from receiver.cli.common import EXIT_JOB_FAILED, EXIT_OK, print_json, settings_from
@@ -20,6 +20,9 @@ from receiver.cli.output import colour_enabled, paint
 from receiver.cli.source import admin_token_for, client_options
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.errors import ConfigError, ReceiverError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Check", "register"]
 
@@ -67,6 +70,8 @@ async def diagnose(args: argparse.Namespace) -> list[Check]:
     checks.append(_handlers(settings))
     checks.append(_providers(settings))
     checks.append(_admin_token(settings))
+    import httpx
+
     async with httpx.AsyncClient(timeout=args.timeout, follow_redirects=False) as client:
         mine = None
         if settings.url:
@@ -149,6 +154,8 @@ def _admin_token(settings: Settings) -> Check:
 
 async def _health(client: httpx.AsyncClient, base: str) -> str:
     """The instance id answering `base/healthz`; ReceiverError saying why not."""
+    import httpx
+
     try:
         answer = await client.get(base.rstrip("/") + "/healthz")
     except httpx.HTTPError as exc:
@@ -183,7 +190,7 @@ async def _admin_api(client: httpx.AsyncClient, settings: Settings) -> tuple[Che
 
 async def _public_url(client: httpx.AsyncClient, settings: Settings, mine: str | None) -> Check:
     url = settings.public_url
-    host = httpx.URL(url).host
+    host = urlsplit(url).hostname or ""
     loopback = host in ("localhost", "::1") or host.startswith("127.")
     try:
         seen = await _health(client, url)

@@ -7,8 +7,7 @@ import asyncio
 import math
 import sys
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from receiver.cli.common import EXIT_OK, check_store, common_options, setting, settings_from
 from receiver.logs import configure
@@ -19,6 +18,7 @@ __all__ = ["UVICORN_OPTIONS", "register"]
 UVICORN_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "proxy_headers": False,  # RECEIVER_TRUSTED_PROXIES alone decides (receiver.ratelimit)
+    "ws": "none",  # no route is a WebSocket; not loading the library shortens the start
 }
 
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     asyncio.run(check_store(settings))
-    host = httpx.URL(settings.public_url).host
+    host = urlsplit(settings.public_url).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127."):
         print(
             f"receiver: warning: RECEIVER_PUBLIC_URL is {settings.public_url}; providers on the"

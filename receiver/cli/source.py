@@ -11,12 +11,10 @@ import abc
 import argparse
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import msgspec
 
-from receiver.api import DeliveryList, EventList, QuarantineList, RequestList, replay_states
 from receiver.cli.common import common_options, setting, settings_from
 from receiver.config import Settings
 from receiver.errors import ConfigError, ReceiverError, StoreUnavailable
@@ -30,6 +28,10 @@ from receiver.models import (
     now,
 )
 from receiver.store.base import JobPage, metadata_filter
+from receiver.wire import DeliveryList, EventList, QuarantineList, RequestList, replay_states
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ApiSource",
@@ -221,6 +223,8 @@ class ApiSource(Source):
     async def _call(
         self, method: str, path: str, kind: type[T], *, params: Any = None, json: Any = None
     ) -> T:
+        import httpx
+
         try:
             answer = await self.client.request(method, path, params=params, json=json)
         except httpx.HTTPError as exc:
@@ -320,6 +324,8 @@ def _present(values: dict[str, Any]) -> dict[str, Any]:
 
 def _segment(value: str) -> str:
     """An id as one path segment: anything else is refused rather than sent."""
+    import httpx
+
     if not value or "/" in value or value in (".", ".."):
         raise NotFound(f"no such id {value!r}")
     return httpx.URL("/" + value).raw_path.decode()[1:]
@@ -348,6 +354,8 @@ async def open_source(
     args: argparse.Namespace, *, with_handlers: bool = False
 ) -> AsyncIterator[Source]:
     """The admin API when RECEIVER_URL is set, else the database (opened and closed here)."""
+    import httpx
+
     settings = settings_from(args)
     if settings.url:
         token = admin_token_for(settings)

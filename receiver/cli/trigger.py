@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from receiver.cli.common import (
     EXIT_OK,
@@ -25,7 +23,10 @@ from receiver.config import Settings
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
 from receiver.runtime import admin_token_file
-from receiver.simulator.payloads import PHASES
+from receiver.simulator.phase import Phase
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["register"]
 
@@ -36,7 +37,9 @@ def register(commands: Any) -> None:
     )
     common_options(trigger)
     trigger.add_argument("provider", choices=sorted(PROVIDERS), help="the job's provider")
-    trigger.add_argument("status", choices=list(PHASES), help="the status to report")
+    trigger.add_argument(
+        "status", choices=[phase.value for phase in Phase], help="the status to report"
+    )
     trigger.add_argument("--job", required=True, metavar="ID", help="the job's id")
     trigger.add_argument("--progress", type=float, help="progress 0..1 (for running)")
     trigger.add_argument("--result-url", help="result URL (default: media on the simulator)")
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         "wrapped": args.wrapped,
     }
     headers = {"Authorization": f"Bearer {_admin_token(settings)}"}
+    import httpx
+
     try:
         response = httpx.post(
             f"{url}/jobs/{args.job}/trigger",

@@ -16,13 +16,15 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 import msgspec
 
 from receiver.errors import ConfigError, ProviderError, UnparseablePayload
 from receiver.models import Update
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CallbackStyle",
@@ -198,6 +200,8 @@ class ProviderGateway:
 
     async def send(self, request: ProviderRequest) -> Any:
         """Send one request and return the decoded JSON answer; ProviderError on failure."""
+        import httpx
+
         headers = self.adapter.auth_headers(self.settings.api_key or "")
         url = self._base_url() + request.path
         try:

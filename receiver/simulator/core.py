@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import hmac
 import logging
 import time
@@ -23,6 +22,7 @@ import httpx
 import msgspec
 
 from receiver.simulator.config import SimConfig, update_config
+from receiver.simulator.phase import Phase
 
 __all__ = [
     "CallbackInfo",
@@ -37,15 +37,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _RUNNING_PROGRESS = 40
-
-
-class Phase(enum.StrEnum):
-    """Where a simulated job is; each provider renders it in its own words."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
 
 
 class Outgoing(NamedTuple):

@@ -1,0 +1,46 @@
+"""The `/metrics` route: Prometheus text from receiver.metrics.
+
+It needs a token: the admin token, or `RECEIVER_METRICS_TOKEN`, a scrape-only token to
+give Prometheus instead of the admin one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+
+from receiver.metrics import METRICS
+from receiver.verify import digest
+
+__all__ = ["METRICS_ROUTES"]
+
+# Litestar appends "; charset=utf-8" to every text/ type: naming it here sent it twice.
+CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """The admin token or RECEIVER_METRICS_TOKEN, as a Bearer token, compared in constant time."""
+    runtime = connection.app.state.runtime
+    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+    offered = digest(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
+    scrape = runtime.settings.metrics_token
+    admin_ok = hmac.compare_digest(offered, runtime.admin_token_digest)
+    scrape_ok = hmac.compare_digest(offered, digest(scrape)) if scrape else False
+    if not (admin_ok or scrape_ok):
+        raise NotAuthorizedException("a metrics or admin token is required")
+
+
+@get("/metrics", guards=[metrics_guard], include_in_schema=True, media_type=CONTENT_TYPE)
+async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
+    """Prometheus text format; the delivery gauges are read from the store now."""
+    summary = await request.app.state.runtime.store.delivery_summary()
+    body = METRICS.render(summary.counts, summary.oldest_pending_at)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+METRICS_ROUTES = [metrics]

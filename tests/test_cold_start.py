@@ -1,0 +1,179 @@
+"""A cold start takes callbacks before the web framework and the HTTP client are loaded.
+
+`receiver serve` and the serverless entry import only what a provider's callback needs;
+the framework (Litestar) is loaded in the background, or on the first request that needs
+it, and the outgoing client (httpx) when something first sends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.app import create_app
+from receiver.config import load_settings
+from receiver.dispatch import Registry
+from receiver.serving import serve_in_loop
+from receiver.urls import http_url
+
+SECRET = "s" * 24
+
+
+def settings_for(tmp_path: Path) -> dict[str, str]:
+    return {
+        "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
+        "RECEIVER_ADMIN_TOKEN": "a" * 32,
+        "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
+        "RECEIVER_HANDLERS": "",
+    }
+
+
+def callback(task_id: str) -> bytes:
+    return json.dumps({"task_id": task_id, "status": "finished", "percentage": 100}).encode()
+
+
+class TestImports:
+    def test_the_callback_path_loads_neither_framework_nor_client(self, tmp_path: Path) -> None:
+        """In a fresh interpreter: the CLI, the app and a committed callback, without either."""
+        script = textwrap.dedent(
+            f"""
+            import asyncio, json, sys
+            import receiver.cli
+            from receiver.app import create_app
+            from receiver.config import load_settings
+            from receiver.dispatch import Registry
+
+            async def main():
+                env = json.loads(sys.argv[1])
+                app = create_app(load_settings(env, config_file=None), handlers=Registry(),
+                                 preload=False)
+                await app._start()
+                sent = []
+                async def receive():
+                    return {{"type": "http.request", "body": {callback("cold-1")!r}}}
+                async def send(message):
+                    sent.append(message)
+                body = {callback("cold-1")!r}
+                scope = {{"type": "http", "method": "POST", "path": "/hooks/apiframe",
+                          "query_string": b"", "client": ("127.0.0.1", 1),
+                          "headers": [(b"x-webhook-secret", {SECRET.encode()!r}),
+                                      (b"content-length", str(len(body)).encode())]}}
+                await app(scope, receive, send)
+                await app._stop()
+                status = sent[0]["status"]
+                loaded = [m for m in ("litestar", "httpx", "rich") if m in sys.modules]
+                print(json.dumps({{"status": status, "loaded": loaded}}))
+
+            asyncio.run(main())
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(settings_for(tmp_path))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert 0 == done.returncode, done.stderr
+        assert {"status": 200, "loaded": []} == json.loads(done.stdout)
+
+
+class TestFramework:
+    async def test_callback_answered_before_the_framework_then_loaded_on_demand(
+        self, tmp_path: Path
+    ) -> None:
+        """Without preload, a callback leaves the framework unloaded; /healthz loads it."""
+        app = create_app(
+            load_settings(settings_for(tmp_path), config_file=None),
+            handlers=Registry(),
+            preload=False,
+        )
+        async with serve_in_loop(app) as url, httpx.AsyncClient(base_url=url) as client:
+            answer = await client.post(
+                "/hooks/apiframe", content=callback("t-1"), headers={"x-webhook-secret": SECRET}
+            )
+            assert 200 == answer.status_code
+            assert app._framework is None
+            health = await client.get("/healthz")
+            assert 200 == health.status_code
+            assert "ok" == health.json()["status"]
+            assert app._framework is not None
+            # A refusal on the fast path's route is the framework's answer.
+            refused = await client.post(
+                "/hooks/apiframe", content=callback("t-2"), headers={"x-webhook-secret": "no"}
+            )
+            assert 401 == refused.status_code
+
+    async def test_preload_loads_the_framework_after_start(self, tmp_path: Path) -> None:
+        """With preload (the default), the framework is ready without a request asking."""
+        app = create_app(
+            load_settings(settings_for(tmp_path), config_file=None), handlers=Registry()
+        )
+        async with serve_in_loop(app):
+            framework = await app.framework()
+            assert framework is app._framework
+
+    async def test_a_store_that_cannot_open_fails_the_start(self, tmp_path: Path) -> None:
+        """The lifespan answers startup.failed (uvicorn then exits), naming no path or secret."""
+        env = settings_for(tmp_path)
+        env["RECEIVER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'r.db'}"
+        (tmp_path / "missing").write_text("a file where a directory must be")
+        app = create_app(load_settings(env, config_file=None), handlers=Registry())
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan"}, receive, send)
+        assert [{"type": "lifespan.startup.failed", "message": "StoreUnavailable"}] == sent
+
+
+class TestHttpUrl:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "http://hooks.example",
+            "https://hooks.example:8443/base/path?x=1",
+            "http://127.0.0.1:8000",
+            "http://[::1]:8000/",
+            "HTTPS://Hooks.Example/",
+        ],
+    )
+    def test_accepted_as_httpx_accepts_them(self, value: str) -> None:
+        """What we accept, the client that will send to it accepts too, with the same host."""
+        parts = http_url(value)
+        assert parts is not None
+        assert httpx.URL(value).host == parts.hostname
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "",
+            "hooks.example",
+            "/relative/path",
+            "ftp://hooks.example",
+            "http://",
+            "http:///path-only",
+            "http://hooks.example:99999",
+            "http://hooks.example:port",
+            "http://hooks .example",
+            "http://hooks.example/\npath",
+            "http://hooks.example/\x00",
+        ],
+    )
+    def test_refused(self, value: str) -> None:
+        """Not absolute http(s) with a host, a port out of range, whitespace or controls."""
+        assert http_url(value) is None
+
+    def test_not_a_string(self) -> None:
+        assert http_url(None) is None
+        assert http_url(b"http://hooks.example") is None
