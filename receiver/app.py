@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,15 @@ class ReceiverApp:
         module = await asyncio.to_thread(importlib.import_module, "receiver.framework")
         framework: ASGIApp = module.build_framework(self.runtime)
         return framework
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Start and stop the receiver without a server (in-process drivers, tests)."""
+        await self._start()
+        try:
+            yield
+        finally:
+            await self._stop()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup

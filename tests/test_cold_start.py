@@ -54,7 +54,6 @@ class TestImports:
                 env = json.loads(sys.argv[1])
                 app = create_app(load_settings(env, config_file=None), handlers=Registry(),
                                  preload=False)
-                await app._start()
                 sent = []
                 async def receive():
                     return {{"type": "http.request", "body": {callback("cold-1")!r}}}
@@ -65,8 +64,8 @@ class TestImports:
                           "query_string": b"", "client": ("127.0.0.1", 1),
                           "headers": [(b"x-webhook-secret", {SECRET.encode()!r}),
                                       (b"content-length", str(len(body)).encode())]}}
-                await app(scope, receive, send)
-                await app._stop()
+                async with app.lifespan():
+                    await app(scope, receive, send)
                 status = sent[0]["status"]
                 loaded = [m for m in ("litestar", "httpx", "rich") if m in sys.modules]
                 print(json.dumps({{"status": status, "loaded": loaded}}))
