@@ -70,7 +70,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     _loop()
     if _http is None:
-        app = create_app(serverless_settings(), run_loops=False, preload=False)
+        app = create_app(serverless_settings(), run_loops=False, preload=False, tune_gc=True)
         # lifespan "auto": each invocation opens the store's pool and closes it again, so no
         # connection outlives a frozen instance (put PgBouncer or RDS Proxy in front).
         _http = Mangum(cast(Any, app), lifespan="auto")  # Litestar's ASGI types are narrower

@@ -83,6 +83,47 @@ class TestImports:
         assert {"status": 200, "loaded": []} == json.loads(done.stdout)
 
 
+class TestCollector:
+    def test_a_server_process_freezes_what_it_built_and_collects_less_often(
+        self, tmp_path: Path
+    ) -> None:
+        """With tune_gc, once the framework is built: objects frozen, thresholds raised."""
+        script = textwrap.dedent(
+            """
+            import asyncio, gc, json, sys
+            from receiver.app import create_app
+            from receiver.config import load_settings
+            from receiver.dispatch import Registry
+
+            async def main():
+                env = json.loads(sys.argv[1])
+                before = (gc.get_freeze_count(), gc.get_threshold())
+                app = create_app(load_settings(env, config_file=None), handlers=Registry(),
+                                 tune_gc=sys.argv[2] == "on")
+                async with app.lifespan():
+                    await app.framework()
+                    after = (gc.get_freeze_count(), gc.get_threshold())
+                print(json.dumps({"before": before, "after": after}))
+
+            asyncio.run(main())
+            """
+        )
+        seen = {}
+        for mode in ("on", "off"):
+            done = subprocess.run(
+                [sys.executable, "-c", script, json.dumps(settings_for(tmp_path)), mode],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert 0 == done.returncode, done.stderr
+            seen[mode] = json.loads(done.stdout)
+        assert [0, [700, 10, 10]] == seen["on"]["before"] == seen["off"]["after"]
+        frozen, thresholds = seen["on"]["after"]
+        assert frozen > 10_000  # the modules, the routes, the settings
+        assert [10_000, 10, 10] == thresholds
+
+
 class TestFramework:
     async def test_callback_answered_before_the_framework_then_loaded_on_demand(
         self, tmp_path: Path

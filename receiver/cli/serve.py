@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             " internet cannot call back there",
             file=sys.stderr,
         )
-    app = create_app(settings, run_loops=not settings.no_worker)
+    app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
         f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
