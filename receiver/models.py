@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from typing import Any
 
@@ -64,25 +65,39 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = [_CROCKFORD[n >> 5] + _CROCKFORD[n & 31] for n in range(1024)]
 _SHIFTS = range(120, -1, -10)
 _last_id = [0, 0]  # milliseconds and random part of the last id this process made
-# The OS's random bytes, read 4,000 at a time: one system call per 400 ids, not per id.
-_pool = [b"", 0]  # the bytes, and how many of them are used
 
 
-def _random_80_bits() -> int:
-    pool, used = _pool
-    if used + 10 > len(pool):
-        pool, used = os.urandom(4000), 0
-        _pool[0] = pool
-    _pool[1] = used + 10
-    return int.from_bytes(pool[used : used + 10], "big")
+class _RandomPool:
+    """The OS's random bytes, read 4,000 at a time: one system call per 400 ids, not per id."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.used = 0
+
+    def take_80_bits(self) -> int:
+        if self.used + 10 > len(self.data):
+            self.data, self.used = os.urandom(4000), 0
+        start = self.used
+        self.used += 10
+        return int.from_bytes(self.data[start : start + 10], "big")
+
+    def forget(self) -> None:
+        self.data, self.used = b"", 0
 
 
-def _forget_pool() -> None:
-    _pool[0], _pool[1] = b"", 0
+_random = _RandomPool()
+_id_lock = threading.Lock()
 
 
-# A forked child must not hand out its parent's next random bytes again.
-os.register_at_fork(after_in_child=_forget_pool)
+def _after_fork_in_child() -> None:
+    # The child must not hand out its parent's next random bytes again, nor inherit a
+    # lock held by a thread it does not have.
+    global _id_lock
+    _id_lock = threading.Lock()
+    _random.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def new_id(prefix: str) -> str:
@@ -91,12 +106,13 @@ def new_id(prefix: str) -> str:
     Ids made in the same millisecond by one process increase, so sorting by id is
     sorting by creation, which the job list's cursor relies on.
     """
-    millis = int(time.time() * 1000)
-    random_part = _random_80_bits()
-    if millis <= _last_id[0]:
-        millis = _last_id[0]
-        random_part = (_last_id[1] + 1 + (random_part >> 64)) % (1 << 80)
-    _last_id[0], _last_id[1] = millis, random_part
+    with _id_lock:  # a sync handler's thread may make ids too
+        millis = int(time.time() * 1000)
+        random_part = _random.take_80_bits()
+        if millis <= _last_id[0]:
+            millis = _last_id[0]
+            random_part = (_last_id[1] + 1 + (random_part >> 64)) % (1 << 80)
+        _last_id[0], _last_id[1] = millis, random_part
     return f"{prefix}_{base32((millis << 80) | random_part)}"
 
 

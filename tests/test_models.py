@@ -40,20 +40,20 @@ class TestNewId:
 
     def test_random_parts_do_not_repeat_across_pool_refills(self) -> None:
         """The bytes come from a pool read 4,000 at a time; each 80-bit part is used once."""
-        parts = [models._random_80_bits() for _ in range(2_000)]  # five refills
+        parts = [models._random.take_80_bits() for _ in range(2_000)]  # five refills
         assert len(set(parts)) == len(parts)
         assert all(0 <= part < 1 << 80 for part in parts)
 
     def test_a_forked_child_draws_its_own_random_bytes(self) -> None:
         """After fork the child does not reuse what is left of its parent's pool."""
-        models._random_80_bits()  # the pool now holds unused bytes the child would share
+        models._random.take_80_bits()  # the pool now holds unused bytes the child would share
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover (the child)
-            os.write(write, models._random_80_bits().to_bytes(10, "big"))
+            os.write(write, models._random.take_80_bits().to_bytes(10, "big"))
             os._exit(0)
         os.close(write)
         in_child = int.from_bytes(os.read(read, 10), "big")
         os.close(read)
         os.waitpid(child, 0)
-        assert in_child != models._random_80_bits()
+        assert in_child != models._random.take_80_bits()
