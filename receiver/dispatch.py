@@ -237,6 +237,7 @@ class Dispatcher(WorkLoop):
         self.retry_cap = retry_cap
         self.lease = timeout + lease_margin
         self._running: set[asyncio.Task[None]] = set()
+        self._claiming = 0  # claims in flight, whose deliveries are not in _running yet
         # Handlers in progress: the concurrency cap counts these. A delivery whose handler
         # returned frees its slot while its outcome is written (it stays `running`, so no
         # later delivery of its job and handler is claimed before that write commits).
@@ -298,7 +299,11 @@ class Dispatcher(WorkLoop):
             free = min(free, most)
         if free <= 0:
             return 0
-        claimed = await self.store.claim_deliveries(limit=free, lease=self.lease, at=now())
+        self._claiming += 1
+        try:
+            claimed = await self.store.claim_deliveries(limit=free, lease=self.lease, at=now())
+        finally:
+            self._claiming -= 1
         self._busy += len(claimed)
         self.start(claimed)
         return len(claimed)
@@ -321,7 +326,11 @@ class Dispatcher(WorkLoop):
                 started = await self.run_once(None if limit is None else limit - total)
             total += started
             if not started and not self._running:
-                break
+                if not self._claiming:
+                    break
+                # The loop's own claim is in flight: what it took has not started yet (on
+                # PostgreSQL it made this claim skip those rows), so wait to see it start.
+                await asyncio.sleep(0.005)
             if self._running:
                 await asyncio.wait(set(self._running), timeout=0.05)
         return total

@@ -17,7 +17,7 @@ from receiver.dispatch import DeliveryInfo, Dispatcher, Registry, backoff
 from receiver.errors import Retry
 from receiver.ingest import Ingest
 from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update, now
-from receiver.store import NewJob, Store
+from receiver.store import Claimed, NewJob, Store
 
 T0 = 1_000.0
 
@@ -120,6 +120,26 @@ async def deliver_one(store: Store, registry: Registry, **options: Any) -> Deliv
         await wait_for(all_finished(store, 1))
     [delivery] = await deliveries(store)
     return delivery
+
+
+class ClaimAnsweredLate:
+    """The real store, but the first claim that takes something answers only once
+    `answered` is set: a claim in flight, committed and not yet seen by the dispatcher."""
+
+    def __init__(self, store: Store, answered: asyncio.Event):
+        self.store = store
+        self.answered = answered
+        self.taken = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def claim_deliveries(self, **options: Any) -> list[Claimed]:
+        claimed = await self.store.claim_deliveries(**options)
+        if claimed and not self.taken.is_set():
+            self.taken.set()
+            await self.answered.wait()
+        return claimed
 
 
 class TestOn:
@@ -494,6 +514,32 @@ class TestDispatcherLifecycle:
         await fast_dispatcher(store, registry).drain(timeout=5)
         assert ["running", "succeeded"] == seen
         assert [DeliveryState.DONE] * 2 == [d.state for d in await deliveries(store)]
+
+    async def test_drain_waits_for_a_claim_already_in_flight(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A delivery another claim of the same dispatcher took has run when drain returns.
+
+        Between that claim's commit and its answer, drain's own claim finds nothing (the
+        row is taken) and nothing is running yet; that is not "all done".
+        """
+        seen: list[str] = []
+
+        @registry.on("*")
+        async def record(event: Event, job: Job) -> None:
+            seen.append(event.status.value)
+
+        await add_job(store)
+        await Ingest(store, registry).record("job_1", running(0.5), source="callback")
+        answered = asyncio.Event()
+        slow = ClaimAnsweredLate(store, answered)
+        dispatcher = fast_dispatcher(slow, registry)  # type: ignore[arg-type]
+        loop_claim = asyncio.create_task(dispatcher.run_once())
+        await slow.taken.wait()  # committed, not yet answered
+        asyncio.get_running_loop().call_later(0.2, answered.set)
+        await dispatcher.drain(timeout=5)
+        assert ["running"] == seen
+        assert 1 == await loop_claim
 
     async def test_ingest_wakes_an_idle_dispatcher(self, store: Store, registry: Registry) -> None:
         """A recorded event is delivered at once, not after the idle wait."""
