@@ -36,21 +36,7 @@ from receiver.wire import (
     replay_states,
 )
 
-__all__ = [
-    "ADMIN_ROUTES",
-    "OPEN_ROUTES",
-    "DeliveryList",
-    "ErrorBody",
-    "EventList",
-    "JobList",
-    "QuarantineList",
-    "ReplayRequest",
-    "RequestList",
-    "SubmitRequest",
-    "admin_guard",
-    "document_errors",
-    "replay_states",
-]
+__all__ = ["ADMIN_ROUTES", "OPEN_ROUTES", "admin_guard", "document_errors"]
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -102,21 +102,9 @@ class ReceiverApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
-        try:
-            await self._start()
-        except Exception as exc:
-            log.error("start failed: %s: %s", type(exc).__name__, exc)
-            await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        try:
-            await self._stop()
-        except Exception as exc:
-            log.error("stop failed: %s: %s", type(exc).__name__, exc)
-            await send({"type": "lifespan.shutdown.failed", "message": type(exc).__name__})
-            return
-        await send({"type": "lifespan.shutdown.complete"})
+        if await _lifespan_step("startup", self._start, send):
+            await receive()  # lifespan.shutdown
+            await _lifespan_step("shutdown", self._stop, send)
 
     async def _start(self) -> None:
         runtime = self.runtime
@@ -148,6 +136,18 @@ class ReceiverApp:
         if self.owns_client:
             await runtime.client.aclose()
         await runtime.store.close()
+
+
+async def _lifespan_step(step: str, action: Callable[[], Awaitable[None]], send: Send) -> bool:
+    """Run a lifespan step and tell the server how it went; False when it failed."""
+    try:
+        await action()
+    except Exception as exc:
+        log.error("%s failed: %s: %s", step, type(exc).__name__, exc)
+        await send({"type": f"lifespan.{step}.failed", "message": type(exc).__name__})
+        return False
+    await send({"type": f"lifespan.{step}.complete"})
+    return True
 
 
 # Collect the youngest objects when 10,000 more are alive, not 700: nearly everything a

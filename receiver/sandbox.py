@@ -22,13 +22,14 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from receiver.api import ErrorBody, admin_guard, document_errors
+from receiver.api import admin_guard, document_errors
 from receiver.errors import ProviderError, UnparseablePayload
 from receiver.models import RawRequest, Status, Update, new_id, now
 from receiver.providers import PROVIDERS, get_provider
 from receiver.runtime import Runtime
 from receiver.simulator.payloads import PHASES, Kind, Payload, payload_for
 from receiver.verify import redact_headers
+from receiver.wire import ErrorBody
 
 __all__ = ["SANDBOX_ROUTES", "TriggerRequest", "TriggerResult", "default_media_base"]
 
