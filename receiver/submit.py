@@ -106,8 +106,9 @@ class Submitter:
     def _gateway(self, provider: str) -> ProviderGateway:
         adapter = get_provider(provider)  # UnknownProvider for a bad name
         gateway = self.gateways[adapter.name]
-        if not gateway.settings.base_url:
-            raise ConfigError(f"RECEIVER_{provider.upper()}_BASE_URL is not set")
+        missing = gateway.missing_setting()
+        if missing is not None:
+            raise ConfigError(f"{missing} is not set")
         return gateway
 
     async def submit(

@@ -146,6 +146,18 @@ class TestSubmitAndInspect:
         assert 2 == code
         assert "RECEIVER_APIFRAME_BASE_URL" in err
 
+    async def test_provider_without_api_key_exits_2(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A base URL without the API key is refused before a job is made, naming the key."""
+        env = {**env, "RECEIVER_RUNWAY_AI_API_KEY": ""}
+        code, _, err = await run_cli("submit", "runway_ai", "prompt=x", env=env, cwd=tmp_path)
+        assert 2 == code
+        assert "RECEIVER_RUNWAY_AI_API_KEY" in err
+        code, out, _ = await run_cli("jobs", "--json", env=env, cwd=tmp_path)
+        assert 0 == code
+        assert "runway_ai" not in out
+
     async def test_help_names_the_variables(self, tmp_path: Path, env: dict[str, str]) -> None:
         """Every option's help says which RECEIVER_* variable sets it too."""
         code, out, _ = await run_cli("serve", "--help", env=env, cwd=tmp_path)

@@ -102,6 +102,15 @@ class TestCreate:
                 await provider.create({"prompt": "p"}, hook_url=None, webhook_secret=None)
         assert [] == sent
 
+    async def test_api_key_required(self) -> None:
+        """Without an API key nothing is sent, and the error names the variable to set."""
+        async with mock_gateway(Apiframe(), {"task_id": TASK_ID}, api_key="") as (provider, sent):
+            with pytest.raises(ConfigError, match="RECEIVER_APIFRAME_API_KEY") as raised:
+                await provider.create({"prompt": "p"}, hook_url=None, webhook_secret=None)
+        assert [] == sent
+        assert "RECEIVER_APIFRAME_API_KEY" == provider.missing_setting()
+        assert "unreachable" not in str(raised.value)
+
 
 class TestCallback:
     """Webhook bodies become Updates, whatever type `percentage` has."""

@@ -99,6 +99,8 @@ class Provider(abc.ABC):
     callback_style: ClassVar[CallbackStyle]
     # Input fields that name a local file to upload; only a local user may use them.
     file_fields: ClassVar[frozenset[str]] = frozenset()
+    # Whether every request needs RECEIVER_<NAME>_API_KEY (a generic provider's is optional).
+    needs_api_key: ClassVar[bool] = True
 
     @abc.abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:
@@ -192,18 +194,25 @@ class ProviderGateway:
         self.settings = settings
         self.client = client
 
-    def _base_url(self) -> str:
+    def missing_setting(self) -> str | None:
+        """The first setting this provider cannot be called without, if one is unset."""
+        name = f"RECEIVER_{self.adapter.name.upper()}"
         if not self.settings.base_url:
-            env = f"RECEIVER_{self.adapter.name.upper()}_BASE_URL"
-            raise ConfigError(f"{env} is not set: the provider's base URL is required")
-        return self.settings.base_url.rstrip("/")
+            return f"{name}_BASE_URL"
+        if self.adapter.needs_api_key and not self.settings.api_key:
+            return f"{name}_API_KEY"
+        return None
 
     async def send(self, request: ProviderRequest) -> Any:
         """Send one request and return the decoded JSON answer; ProviderError on failure."""
         import httpx
 
+        missing = self.missing_setting()
+        if missing is not None:  # never sent half-configured (an empty key is a bad header)
+            raise ConfigError(f"{missing} is not set: the provider cannot be called without it")
+        assert self.settings.base_url is not None
+        url = self.settings.base_url.rstrip("/") + request.path
         headers = self.adapter.auth_headers(self.settings.api_key or "")
-        url = self._base_url() + request.path
         try:
             response = await self.client.request(
                 request.method,

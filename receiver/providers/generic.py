@@ -231,6 +231,7 @@ class GenericProvider(Provider):
 
     name: ClassVar[str] = "generic"
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.SIGNED_POST
+    needs_api_key: ClassVar[bool] = False
 
     def __init__(self, settings: GenericSettings):
         self.settings = settings
