@@ -95,6 +95,9 @@ async def running_receiver(
         sock.close()
         raise
     async with serve_in_loop(app, sock=sock) as url:
+        # Every route loaded, as /healthz would say: the framework's import thread must
+        # not compete with the test for the GIL (and stretch its writes) once it begins.
+        await app.framework()
         yield LiveReceiver(url=url, runtime=app.state.runtime, admin_token=admin_token)
 
 
