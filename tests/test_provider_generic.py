@@ -481,6 +481,14 @@ class TestStatusApi:
         assert "Bearer test-key" == request.headers["authorization"]
         assert acme.can_pull
 
+    async def test_pull_without_a_key_sends_no_authorization(self) -> None:
+        """A generic provider's key is optional: without one it is pulled all the same."""
+        acme = adapter(base_url="https://api.acme.test", status_path="/jobs/{task_id}")
+        async with mock_gateway(acme, {"status": "done"}, api_key="") as (gw, sent):
+            await gw.pull(TASK_ID)
+        assert None is gw.missing_setting()
+        assert "authorization" not in sent[0].headers
+
     async def test_answer_without_id_is_about_the_asked_task(self) -> None:
         """A status answer need not repeat the task id."""
         acme = adapter(base_url="https://api.acme.test", status_path="/jobs/{task_id}")
