@@ -15,8 +15,8 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -52,6 +52,7 @@ from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, 
 __all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "PostgresStore", "is_fault", "pool_options"]
 
 log = logging.getLogger("receiver.store.postgres")
+T = TypeVar("T")
 
 DELIVERIES_CHANNEL = "receiver_deliveries"
 POLLS_CHANNEL = "receiver_polls"
@@ -238,11 +239,13 @@ class PostgresStore(Store):
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
             raise
 
-    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+    async def _alone(self, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """One statement on a pooled connection, committed by itself: one round trip where
+        an explicit transaction takes three (BEGIN, the statement, COMMIT)."""
         try:
             async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
                 try:
-                    return list(await connection.fetch(sql, *params))
+                    return await call(connection)
                 except Exception as exc:
                     _drop_if_broken(connection, exc)
                     raise
@@ -250,6 +253,14 @@ class PostgresStore(Store):
             if is_fault(exc):
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
             raise
+
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        return list(await self._alone(lambda connection: connection.fetch(sql, *params)))
+
+    async def _execute(self, sql: str, *params: Any) -> str:
+        """A single write statement; asyncpg's status answer, such as "UPDATE 1"."""
+        status: str = await self._alone(lambda connection: connection.execute(sql, *params))
+        return status
 
     async def _fetchrow(self, sql: str, *params: Any) -> Any:
         rows = await self._fetch(sql, *params)
@@ -383,14 +394,13 @@ class PostgresStore(Store):
         return JobPage(items=items, next=items[-1].id if len(rows) > limit else None)
 
     async def save_file(self, job_id: str, name: str, file: StoredFile) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET files = jsonb_set(files::jsonb, ARRAY[$1::text], $2::jsonb)::text"
-                " WHERE id = $3",
-                name,
-                to_json(file),
-                job_id,
-            )
+        await self._execute(
+            "UPDATE jobs SET files = jsonb_set(files::jsonb, ARRAY[$1::text], $2::jsonb)::text"
+            " WHERE id = $3",
+            name,
+            to_json(file),
+            job_id,
+        )
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetch(
@@ -528,8 +538,7 @@ class PostgresStore(Store):
                 await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
 
     async def quarantine(self, entry: Quarantined) -> None:
-        async with self._transaction() as db:
-            await db.execute(_INSERT_QUARANTINE, *QUARANTINE.values(entry))
+        await self._execute(_INSERT_QUARANTINE, *QUARANTINE.values(entry))
 
     async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
         rows = await self._fetch(
@@ -574,54 +583,49 @@ class PostgresStore(Store):
         at: float,
         attempt: int | None,
     ) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
-                " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
-                " updated_at = $4 WHERE id = $5"
-                " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
-                state.value,
-                error,
-                next_attempt_at,
-                at,
-                delivery_id,
-                attempt,
-            )
+        await self._execute(
+            "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
+            " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
+            " updated_at = $4 WHERE id = $5"
+            " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
+            state.value,
+            error,
+            next_attempt_at,
+            at,
+            delivery_id,
+            attempt,
+        )
 
     async def release_delivery(
         self, delivery_id: str, *, at: float, attempt: int | None = None
     ) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = GREATEST(0, attempts - 1),"
-                " next_attempt_at = $1, lease_until = NULL, updated_at = $1"
-                " WHERE id = $2 AND state = 'running' AND ($3::int IS NULL OR attempts = $3)",
-                at,
-                delivery_id,
-                attempt,
-            )
+        await self._execute(
+            "UPDATE deliveries SET state = 'pending', attempts = GREATEST(0, attempts - 1),"
+            " next_attempt_at = $1, lease_until = NULL, updated_at = $1"
+            " WHERE id = $2 AND state = 'running' AND ($3::int IS NULL OR attempts = $3)",
+            at,
+            delivery_id,
+            attempt,
+        )
 
     async def renew_lease(
         self, delivery_id: str, *, lease_until: float, attempt: int | None = None
     ) -> bool:
-        async with self._transaction() as db:
-            status = await db.execute(
-                "UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND state = 'running'"
-                " AND ($3::int IS NULL OR attempts = $3)",
-                lease_until,
-                delivery_id,
-                attempt,
-            )
+        status = await self._execute(
+            "UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND state = 'running'"
+            " AND ($3::int IS NULL OR attempts = $3)",
+            lease_until,
+            delivery_id,
+            attempt,
+        )
         return bool(int(status.split()[-1]))
 
     async def release_running(self) -> int:
         """Every running delivery back to pending. Only safe when no other process runs
         handlers on this database, so the dispatcher does not call it on a shared store."""
-        async with self._transaction() as db:
-            status = await db.execute(
-                "UPDATE deliveries SET state = 'pending', lease_until = NULL"
-                " WHERE state = 'running'"
-            )
+        status = await self._execute(
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'running'"
+        )
         return int(status.split()[-1])
 
     async def next_delivery_at(self) -> float | None:
@@ -701,19 +705,17 @@ class PostgresStore(Store):
     # Polls
 
     async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
-        async with self._transaction() as db:
-            rows = await db.fetch(_CLAIM_POLLS, at + lease, at, limit)
+        rows = await self._fetch(_CLAIM_POLLS, at + lease, at, limit)
         return [JOBS.read(row) for row in rows]
 
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
-                " THEN $1::double precision END, poll_attempts = poll_attempts + $2 WHERE id = $3",
-                at,
-                1 if attempted else 0,
-                job_id,
-            )
+        await self._execute(
+            "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
+            " THEN $1::double precision END, poll_attempts = poll_attempts + $2 WHERE id = $3",
+            at,
+            1 if attempted else 0,
+            job_id,
+        )
 
     async def next_poll_at(self) -> float | None:
         row = await self._fetchrow(
@@ -723,14 +725,13 @@ class PostgresStore(Store):
         return row[0] if row else None
 
     async def schedule_unscheduled_polls(self, provider: str, *, deadline: float) -> int:
-        async with self._transaction() as db:
-            status = await db.execute(
-                "UPDATE jobs SET next_poll_at = updated_at + $1 WHERE provider = $2"
-                " AND status IN ('queued', 'running') AND task_id IS NOT NULL"
-                " AND next_poll_at IS NULL",
-                deadline,
-                provider,
-            )
+        status = await self._execute(
+            "UPDATE jobs SET next_poll_at = updated_at + $1 WHERE provider = $2"
+            " AND status IN ('queued', 'running') AND task_id IS NOT NULL"
+            " AND next_poll_at IS NULL",
+            deadline,
+            provider,
+        )
         return int(status.split()[-1])  # asyncpg answers "UPDATE <count>"
 
 
