@@ -15,8 +15,8 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -52,7 +52,6 @@ from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, 
 __all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "PostgresStore", "is_fault", "pool_options"]
 
 log = logging.getLogger("receiver.store.postgres")
-T = TypeVar("T")
 
 DELIVERIES_CHANNEL = "receiver_deliveries"
 POLLS_CHANNEL = "receiver_polls"
@@ -224,13 +223,13 @@ class PostgresStore(Store):
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction on a pooled connection; database faults become StoreUnavailable."""
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database faults become StoreUnavailable, and a connection
+        broken by one is dropped rather than handed back to the pool."""
         try:
             async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
                 try:
-                    async with connection.transaction():
-                        yield connection
+                    yield connection
                 except Exception as exc:
                     _drop_if_broken(connection, exc)
                     raise
@@ -239,27 +238,23 @@ class PostgresStore(Store):
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
             raise
 
-    async def _alone(self, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """One statement on a pooled connection, committed by itself: one round trip where
-        an explicit transaction takes three (BEGIN, the statement, COMMIT)."""
-        try:
-            async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
-                try:
-                    return await call(connection)
-                except Exception as exc:
-                    _drop_if_broken(connection, exc)
-                    raise
-        except Exception as exc:
-            if is_fault(exc):
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
-            raise
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction on a pooled connection (see `_connection`)."""
+        async with self._connection() as connection, connection.transaction():
+            yield connection
+
+    # A single statement commits by itself: one round trip where an explicit transaction
+    # takes three (BEGIN, the statement, COMMIT).
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
-        return list(await self._alone(lambda connection: connection.fetch(sql, *params)))
+        async with self._connection() as connection:
+            return list(await connection.fetch(sql, *params))
 
     async def _execute(self, sql: str, *params: Any) -> str:
         """A single write statement; asyncpg's status answer, such as "UPDATE 1"."""
-        status: str = await self._alone(lambda connection: connection.execute(sql, *params))
+        async with self._connection() as connection:
+            status: str = await connection.execute(sql, *params)
         return status
 
     async def _fetchrow(self, sql: str, *params: Any) -> Any:
