@@ -106,9 +106,7 @@ class Submitter:
     def _gateway(self, provider: str) -> ProviderGateway:
         adapter = get_provider(provider)  # UnknownProvider for a bad name
         gateway = self.gateways[adapter.name]
-        missing = gateway.missing_setting()
-        if missing is not None:
-            raise ConfigError(f"{missing} is not set")
+        gateway.configured_base_url()  # refused before a job is made
         return gateway
 
     async def submit(

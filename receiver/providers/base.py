@@ -203,15 +203,19 @@ class ProviderGateway:
             return f"{name}_API_KEY"
         return None
 
+    def configured_base_url(self) -> str:
+        """The base URL, once every needed setting is there; ConfigError naming one that is
+        not (never sent half-configured: an empty key is a malformed header)."""
+        missing = self.missing_setting()
+        if missing is not None or not self.settings.base_url:
+            raise ConfigError(f"{missing} is not set: the provider cannot be called without it")
+        return self.settings.base_url.rstrip("/")
+
     async def send(self, request: ProviderRequest) -> Any:
         """Send one request and return the decoded JSON answer; ProviderError on failure."""
         import httpx
 
-        missing = self.missing_setting()
-        if missing is not None:  # never sent half-configured (an empty key is a bad header)
-            raise ConfigError(f"{missing} is not set: the provider cannot be called without it")
-        assert self.settings.base_url is not None
-        url = self.settings.base_url.rstrip("/") + request.path
+        url = self.configured_base_url() + request.path
         headers = self.adapter.auth_headers(self.settings.api_key or "")
         try:
             response = await self.client.request(
