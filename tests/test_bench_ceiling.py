@@ -6,12 +6,13 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
 from receiver.bench.load import callback_body
-from receiver.bench.servers import free_port
+from receiver.bench.servers import Server, free_port
 from receiver.models import Status
 from receiver.store import SQLiteStore
 
@@ -45,22 +46,17 @@ async def test_served_probe_writes_rows_the_receiver_reads(tmp_path: Path) -> No
     """
     database = tmp_path / "ceiling.db"
     port = free_port()
-    log = tmp_path / "ceiling.log"
-    with log.open("wb") as output:
+    with (tmp_path / "ceiling.log").open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, str(CEILING), "serve", str(port), f"sqlite:///{database}"],
-            stdout=output,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
+    probe = b"GET /healthz HTTP/1.1\r\nHost: ceiling\r\n\r\n"
+    server = Server("ceiling", process, port, probe, time.perf_counter())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            for _ in range(200):
-                try:
-                    await http.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    assert process.poll() is None, log.read_text()
-                    await asyncio.sleep(0.05)
+        await asyncio.to_thread(server.ready)
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
             secret = {"x-webhook-secret": "bench-secret"}
             accepted = await http.post(
                 "/hooks/apiframe", content=callback_body("t-1"), headers=secret
@@ -71,8 +67,7 @@ async def test_served_probe_writes_rows_the_receiver_reads(tmp_path: Path) -> No
             # The delivery's "run" is committed by the next flush, which the next write starts.
             await http.post("/hooks/apiframe", content=callback_body("t-3"), headers=secret)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
     assert (200, 401) == (accepted.status_code, refused.status_code)
 
     store = SQLiteStore(f"sqlite:///{database}")
