@@ -247,6 +247,19 @@ class TestEscaping:
         assert "<img src=x" not in page
         assert "sk-live-123" not in page  # payload fields named like credentials are redacted
 
+    async def test_credentials_inside_lists_are_redacted(self, live: LiveReceiver) -> None:
+        """A credential in an object inside a list of the payload is not shown."""
+        job_id = await add_job(live, "tok3")
+        payload = {"outputs": [{"url": "https://x/v.mp4", "Api-Key": "sk-in-a-list-123"}]}
+        await live.runtime.ingest.record(
+            job_id, Update(status=Status.RUNNING, raw_status="x", payload=payload), source="poll"
+        )
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            await log_in(client, live.admin_token)
+            page = (await client.get(f"/ui/jobs/{job_id}")).text
+        assert "https://x/v.mp4" in page
+        assert "sk-in-a-list-123" not in page
+
 
 def _chromium_or_skip() -> None:
     if not os.path.exists(CHROMIUM):
