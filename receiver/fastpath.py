@@ -96,9 +96,7 @@ class FastHooks:
         runtime = self.runtime
         started = time.perf_counter()
         headers = headers_of(scope["headers"])
-        peer = scope.get("client")
-        forwarded = headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-        address = client_address(peer[0] if peer else None, forwarded, runtime.trusted_proxies)
+        address = client_address(scope, runtime.trusted_proxies)
         length = headers.get("content-length", "")
         if (
             (address and runtime.auth_failures.retry_after(f"ip:{address}", now()) is not None)

@@ -98,9 +98,7 @@ def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
 def _client(request: Request[Any, Any, Any]) -> str | None:
     """The caller's address, through trusted proxies only (see receiver.ratelimit)."""
     runtime: Runtime = request.app.state.runtime
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-    return client_address(peer, forwarded, runtime.trusted_proxies)
+    return client_address(request.scope, runtime.trusted_proxies)
 
 
 def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequest:
