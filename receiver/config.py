@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_failure_burst: int = 20
     auth_failure_rate: float = 0.5
     trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
+    # Refused requests kept for diagnosis, newest first; older ones are deleted past this.
+    quarantine_max_rows: int = 10_000
     retry_after: int = 5
     store_timeout: float = 5.0  # longest wait for a locked store before a 503
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
@@ -125,6 +127,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "handler_concurrency",
             "circuit_failures",
             "auth_failure_burst",
+            "quarantine_max_rows",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")

@@ -1,5 +1,7 @@
 """Failed authentication is rate limited, per client address and per token.
 
+On the hook routes every refusal counts, not only failed authentication (receiver.refusals).
+
 Each key (an address, or a token's digest) has a bucket of `burst` failures that
 refills at `rate` per second. While an address's bucket is empty, every request from
 it gets 429 before any work is done. While a token's bucket is empty, failures on it

@@ -7,6 +7,7 @@ there is nothing to brute-force. Comparisons are made between digests with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -84,7 +85,16 @@ _SECRET_NAME = re.compile(r"token|secret|password|api_?key|authorization|signatu
 
 def secret_name(name: str) -> bool:
     """Whether a header or field called `name` carries a credential, however it is spelt."""
+    # Names of usual length are remembered: a callback's dozen headers are checked on the
+    # hot path. Longer ones (a caller's invention) are checked each time, not kept.
+    return _known_secret_name(name) if len(name) <= 64 else _is_secret_name(name)
+
+
+def _is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name.lower().replace("-", "_")) is not None
+
+
+_known_secret_name = functools.lru_cache(maxsize=1024)(_is_secret_name)
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
