@@ -385,7 +385,7 @@ class TestHostileBodies:
     async def test_quarantine_keeps_whole_bodies_only_from_proven_callers(
         self, tmp_path: Path, handlers: Registry
     ) -> None:
-        """A bad body on a job's own URL is kept whole; a guessed token keeps only 4 KiB."""
+        """A bad body on a job's own URL is kept (to 64 KiB); a guessed token keeps only 4 KiB."""
         body = b"x" * 10_000
         async with running_receiver(tmp_path, handlers=handlers) as live:
             await make_job(live, "rixapi", secret=None)
