@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_failure_burst: int = 20
     auth_failure_rate: float = 0.5
     trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
+    # Networks that fetches of provider-given URLs (download) may reach though not public.
+    fetch_allow_networks: str = ""
     retry_after: int = 5
     store_timeout: float = 5.0  # longest wait for a locked store before a 503
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
@@ -143,6 +145,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
         parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
+        parse_networks(self.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
         for section in (self.forward, self.download, self.notify, self.command):
             section.check()
         for name in sorted(set(self.generic) & set(SECTIONS)):  # RECEIVER_<NAME>_* is taken
