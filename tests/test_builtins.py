@@ -159,9 +159,74 @@ class TestNotify:
                 await kit.callback(job, "failed")
                 await kit.settle()
         body = json.loads(chat.seen[0].body)
-        assert ["content"] == list(body)
+        assert ["allowed_mentions", "content"] == sorted(body)
         assert body["content"].startswith(f"job {job.id} (apiframe) failed: ")
         assert "content filter" in body["content"]
+
+
+ZWSP = "\u200b"
+
+
+class TestNotifyText:
+    """A provider's text reaches the chat as text: no mention, no disguised link, one line."""
+
+    async def test_slack_escapes_its_control_characters(self, tmp_path: Path) -> None:
+        """`<!channel>`, `<@U…>` and `<http://…|click>` arrive escaped; `&` too; a plain
+        broadcast and a Markdown link (Mattermost) are broken; a newline is a space."""
+        reason = (
+            "<!channel> @here <@U024BE7LH> <http://evil.example|click>"
+            " [click](http://evil.example) a & b\nline two"
+        )
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url + "/services/T/B/x"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await _failed_with(kit, job, reason)
+                [run] = await kit.settle()
+        assert run.done
+        body = json.loads(chat.seen[0].body)
+        expected = (
+            f"job {job.id} (rixapi) failed: &lt;!channel&gt; @{ZWSP}here &lt;@U024BE7LH&gt;"
+            f" &lt;http://evil.example|click&gt; [click]{ZWSP}(http://evil.example)"
+            " a &amp; b line two"
+        )
+        assert {"text": expected} == body
+
+    async def test_discord_breaks_mentions_and_markdown_and_pings_nobody(
+        self, tmp_path: Path
+    ) -> None:
+        """`@everyone`, `<@id>`, `[x](url)`, bold and spoilers arrive as plain text, and
+        `allowed_mentions` lets no mention ping anyone."""
+        reason = (
+            "@everyone @here <@123456789012345678> <@&42> [click](http://evil.example/x)"
+            " **bold** ||hidden||\n# big"
+        )
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url, "RECEIVER_NOTIFY_FORMAT": "discord"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await _failed_with(kit, job, reason)
+                [run] = await kit.settle()
+        assert run.done
+        body = json.loads(chat.seen[0].body)
+        expected = (
+            f"job {job.id} (rixapi) failed: @{ZWSP}everyone @{ZWSP}here"
+            r" \<@123456789012345678\> \<@&42\> \[click\](http://evil.example/x)"
+            r" \*\*bold\*\* \|\|hidden\|\| # big"
+        )
+        assert {"content": expected, "allowed_mentions": {"parse": []}} == body
+
+    async def test_discord_leaves_a_result_url_clickable(self, tmp_path: Path) -> None:
+        """A plain result URL is not escaped, so the link it shows still works."""
+        url = "https://cdn.test/v_1~a.mp4?x=1&y=2"
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url, "RECEIVER_NOTIFY_FORMAT": "discord"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await kit.callback(job, "succeeded", result_url=url)
+                await kit.settle()
+        body = json.loads(chat.seen[0].body)
+        assert f"job {job.id} (rixapi) succeeded: {url}" == body["content"]
 
 
 def _program(tmp_path: Path, code: str) -> str:
