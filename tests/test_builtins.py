@@ -339,7 +339,7 @@ class TestCommandValues:
             [run] = await kit.settle()
         assert ("dead", 3) == (run.state.value, run.attempts)
         assert run.error is not None
-        assert run.error.startswith("CommandRefused: argument '{error}' would begin with '-'")
+        assert run.error.startswith("CommandRefused: argument 3 ({error}) would begin with '-'")
         assert not record.exists()
 
     async def test_after_double_dash_or_as_name_equals_value_it_is_passed(
@@ -370,7 +370,7 @@ class TestCommandValues:
             await _failed_with(kit, job, "bad\x00--exec=/bin/sh")
             [run] = await kit.settle()
         assert "dead" == run.state.value
-        expected = "CommandRefused: argument 'why: {error}' holds a NUL byte"
+        expected = "CommandRefused: argument 3 ({error}) holds a NUL byte"
         assert (run.error or "").startswith(expected)
         assert not record.exists()
 

@@ -109,6 +109,13 @@ def _fields(event: Event, job: Job, delivery: DeliveryInfo) -> dict[str, str]:
     return {name: _text(values[name]) for name in FIELDS}
 
 
+def _argument_name(index: int, template: str) -> str:
+    """`argument 3 ({error})`: its position and placeholders, never its literal text,
+    which may hold a credential."""
+    placeholders = " ".join(match.group(0) for match in _PLACEHOLDER.finditer(template))
+    return f"argument {index} ({placeholders})"
+
+
 def arguments(argv: list[str], event: Event, job: Job, delivery: DeliveryInfo) -> list[str]:
     """`argv` with each placeholder replaced inside its own argument (a missing key gives "").
 
@@ -125,12 +132,13 @@ def arguments(argv: list[str], event: Event, job: Job, delivery: DeliveryInfo) -
 
     filled: list[str] = []
     options_end = False  # after a literal "--", arguments are operands whatever they hold
-    for template in argv:
-        argument = _passable(_PLACEHOLDER.sub(fill, template), f"argument {template!r}")
+    for index, template in enumerate(argv):
+        where = _argument_name(index, template)
+        argument = _passable(_PLACEHOLDER.sub(fill, template), where)
         if argument.startswith("-") and not template.startswith("-") and not options_end:
             raise CommandRefused(
-                f"argument {template!r} would begin with '-' and be read as an option;"
-                " put it after a literal -- or write it as --name=" + template
+                f"{where} would begin with '-' and be read as an option;"
+                " put it after a literal -- or in --name={value} form"
             )
         options_end = options_end or template == "--"
         filled.append(argument)
