@@ -157,7 +157,7 @@ class TestConfirmBeforeTheTaskId:
     """A final state posted before the create call answers waits for the task id, then a pull."""
 
     async def test_a_forged_success_before_the_create_answer_is_not_believed(
-        self, tmp_path: Path
+        self, tmp_path: Path, store_url: str
     ) -> None:
         """A success posted while the create call is in flight ends nothing; the pull decides."""
         calls: list[tuple[str, str]] = []
@@ -170,7 +170,9 @@ class TestConfirmBeforeTheTaskId:
         config = SimConfig(step_delay=60, create_delay=1.0)
         async with (
             run_simulator(config) as sim,
-            running_receiver(tmp_path, env=_env(sim), handlers=registry) as live,
+            running_receiver(
+                tmp_path, env=_env(sim, RECEIVER_DATABASE_URL=store_url), handlers=registry
+            ) as live,
         ):
             submitting = asyncio.ensure_future(submit(live))
             task = await first_task(sim)
@@ -228,7 +230,7 @@ class TestConfirmBeforeTheTaskId:
         assert (Status.RUNNING, None) == (job.status, job.result_url)
 
     async def test_the_providers_early_final_callback_is_confirmed_by_a_pull(
-        self, tmp_path: Path
+        self, tmp_path: Path, store_url: str
     ) -> None:
         """The provider's own final callback, sent before its create answer, ends the job
         through the pull that follows the task id, and the handlers run once."""
@@ -241,7 +243,8 @@ class TestConfirmBeforeTheTaskId:
 
         config = SimConfig(step_delay=0.05, create_delay=1.0)
         async with run_simulator(config) as sim:
-            async with running_receiver(tmp_path, env=_env(sim), handlers=registry) as live:
+            env = _env(sim, RECEIVER_DATABASE_URL=store_url)
+            async with running_receiver(tmp_path, env=env, handlers=registry) as live:
                 job_id = await submit(live)
                 job = await wait_final(live, job_id)
                 await live.runtime.dispatcher.drain(timeout=5)
