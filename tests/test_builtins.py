@@ -337,7 +337,7 @@ class TestCommandValues:
             job = await kit.job("rixapi")
             await _failed_with(kit, job, "--exec=/bin/sh")
             [run] = await kit.settle()
-        assert ("dead", 3) == (run.state.value, run.attempts)
+        assert ("dead", 1) == (run.state.value, run.attempts)
         assert run.error is not None
         assert run.error.startswith("CommandRefused: argument 3 ({error}) would begin with '-'")
         assert not record.exists()
@@ -369,7 +369,7 @@ class TestCommandValues:
             job = await kit.job("rixapi")
             await _failed_with(kit, job, "bad\x00--exec=/bin/sh")
             [run] = await kit.settle()
-        assert "dead" == run.state.value
+        assert ("dead", 1) == (run.state.value, run.attempts)
         expected = "CommandRefused: argument 3 ({error}) holds a NUL byte"
         assert (run.error or "").startswith(expected)
         assert not record.exists()
@@ -384,7 +384,7 @@ class TestCommandValues:
             job = await kit.job("rixapi")
             await _failed_with(kit, job, "bad\x00news")
             [run] = await kit.settle()
-        assert "dead" == run.state.value
+        assert ("dead", 1) == (run.state.value, run.attempts)
         assert (run.error or "").startswith("CommandRefused: EVENT_ERROR holds a NUL byte")
         assert not record.exists()
 

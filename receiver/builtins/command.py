@@ -29,6 +29,7 @@ import msgspec
 from receiver.builtins.outbound import event_document
 from receiver.builtins.settings import CommandSettings
 from receiver.dispatch import DeliveryInfo, Registry
+from receiver.errors import GiveUp
 from receiver.models import Event, Job
 
 __all__ = [
@@ -67,8 +68,11 @@ class CommandFailed(Exception):
     """The program exited non-zero or overran its timeout; the delivery is retried."""
 
 
-class CommandRefused(CommandFailed):
-    """An event value cannot be given to the program as configured, so it is not run."""
+class CommandRefused(CommandFailed, GiveUp):
+    """An event value cannot be given to the program as configured, so it is not run.
+
+    The same event is refused on every attempt, so the delivery is dead at once.
+    """
 
 
 def _passable(value: str, where: str) -> str:
