@@ -264,16 +264,31 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._phase = _HEAD
 
     def on_headers_complete(self) -> None:
+        if self._lingering:
+            return
+        limit = self.limits.max_head_bytes
+        # What came since the request began bounds its head: only past the limit is it
+        # measured (a whole request, head and body, often arrives in one read).
+        if self._head_bytes > limit and self._head_size() > limit:
+            self._close_with(self.too_large)
+            return
         self._disarm()
         self._phase = _BODY
         self._body_bytes = 0
         super().on_headers_complete()
 
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
     def on_body(self, body: bytes) -> None:
+        if self._lingering:
+            return
         self._body_bytes += len(body)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._lingering:
+            return
         self._disarm()
         self._phase = _DONE
         self._head_bytes = 0

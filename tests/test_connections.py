@@ -162,13 +162,14 @@ class TestConnectionCaps:
         assert (len(other.acknowledged), other.refusals) == (5, {})
         assert again.answer.startswith(b"HTTP/1.1 200 ")
 
+    @pytest.mark.parametrize("size", [70_000, 200_000])
     async def test_a_head_larger_than_its_cap_is_refused(
-        self, start: Callable[..., ReceiverProcess], stop_after: list[ReceiverProcess]
+        self, start: Callable[..., ReceiverProcess], stop_after: list[ReceiverProcess], size: int
     ) -> None:
         receiver = start()
         stop_after.append(receiver)
         await receiver.start()
-        huge = b"GET /healthz HTTP/1.1\r\n" + b"x-filler: " + b"a" * 200_000 + b"\r\n\r\n"
+        huge = b"GET /healthz HTTP/1.1\r\n" + b"x-filler: " + b"a" * size + b"\r\n\r\n"
 
         answer = await hold(receiver.port, "127.0.0.2", huge, 5)
 
