@@ -12,14 +12,21 @@ file descriptors until they let go, and past RLIMIT_NOFILE real callbacks were r
   `MAX_HEAD_BYTES` of it (past that: 431 and close);
 - a body deadline that a progressing upload does not hit: `body_timeout` seconds plus one
   second per `body_min_rate` bytes received, counted from the end of the head;
-- caps on open connections, in total and per client address, checked as a connection is
-  accepted. Past either, the request is answered 503 with Retry-After as soon as it is
+- caps on open connections, in total and per client address (an IPv6 client is its /64),
+  checked as a connection is accepted. Past either, the request is answered 503 with Retry-After as soon as it is
   read (within REFUSAL_WAIT), and the connection closed; at most REFUSING connections
   wait so at once, past that a refused connection is closed at once without an answer.
 
 A deadline that passes aborts the connection; the app sees `http.disconnect`. Addresses in
 RECEIVER_TRUSTED_PROXIES are exempt from the per-client cap: behind a proxy every client
 shares its address, and the proxy is where per-client limits belong.
+
+What this does not do, and belongs in front (a reverse proxy, a load balancer, a
+firewall): TLS; per-client limits and timeouts when clients arrive through a proxy (nginx
+`limit_conn`, `client_header_timeout`, `client_body_timeout`); request rates per address;
+and floods from more addresses than the caps can share out (a distributed attack fills the
+global cap whatever the per-address share). What stays here even behind a proxy: the
+global cap against RLIMIT_NOFILE, the deadlines, and the head size cap.
 """
 
 from __future__ import annotations
@@ -141,7 +148,9 @@ class ConnectionCounter:
 
     def key_for(self, address: str | None) -> str | None:
         """The per-client key a connection from `address` counts under; None for none."""
-        return None if address is None or self._is_exempt(address) else address
+        if address is None or self._is_exempt(address):
+            return None
+        return _client_key(address) if ":" in address else address
 
     def admit(self, key: str | None) -> bool:
         """Count a new connection under `key`, or refuse it (False) past a cap."""
@@ -181,6 +190,17 @@ class ConnectionCounter:
             if len(self._exempt) < 10_000:  # proxies are few; the rest need not be kept
                 self._exempt[address] = known
         return known
+
+
+def _client_key(address: str) -> str:
+    """An IPv6 client is its /64 (one subscriber's share; it has all of it to pick from)."""
+    try:
+        parsed = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if parsed.ipv4_mapped is not None:  # a dual-stack listener's IPv4 client
+        return str(parsed.ipv4_mapped)
+    return parsed.exploded[:19] + "::/64"
 
 
 def _response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:

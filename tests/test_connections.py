@@ -19,7 +19,7 @@ from live_process import SECRET, ReceiverProcess, callback, stored_callbacks
 from procs import HANDLER_MODULE
 
 from receiver.config import load_settings
-from receiver.connections import FD_RESERVE, REFUSING, limits_for
+from receiver.connections import FD_RESERVE, REFUSING, ConnectionCounter, limits_for
 from receiver.errors import ConfigError
 
 HEAD_TIMEOUT = 1.0
@@ -176,6 +176,47 @@ class TestConnectionCaps:
         assert answer.answer.startswith(b"HTTP/1.1 431 ")
 
 
+class TestClientShares:
+    """Connections are counted per client: an IPv6 /64 is one client, a trusted proxy none."""
+
+    def counter(self, proxies: str = "") -> ConnectionCounter:
+        limits, _ = limits_for(
+            load_settings(
+                {"RECEIVER_MAX_CONNECTIONS_PER_CLIENT": "2", "RECEIVER_TRUSTED_PROXIES": proxies}
+            ),
+            soft_limit=1024,
+        )
+        return ConnectionCounter(limits)
+
+    def test_addresses_of_one_ipv6_64_share_one_cap(self) -> None:
+        counter = self.counter()
+        keys = [counter.key_for(f"2001:db8:0:7::{n}") for n in (1, 2, 3)]
+
+        assert [counter.admit(key) for key in keys] == [True, True, False]
+        assert counter.admit(counter.key_for("2001:db8:0:8::1")) is True
+
+    def test_an_ipv4_mapped_address_counts_as_its_ipv4_one(self) -> None:
+        counter = self.counter()
+
+        assert counter.key_for("::ffff:192.0.2.7") == counter.key_for("192.0.2.7")
+
+    def test_a_trusted_proxy_is_held_to_the_total_cap_only(self) -> None:
+        counter = self.counter(proxies="10.0.0.1")
+
+        assert all(counter.admit(counter.key_for("10.0.0.1")) for _ in range(10))
+        assert counter.total == 10
+
+    def test_a_released_connection_frees_its_share(self) -> None:
+        counter = self.counter()
+        key = counter.key_for("192.0.2.7")
+        counter.admit(key)
+        counter.admit(key)
+
+        counter.release(key)
+
+        assert (counter.admit(key), counter.admit(key)) == (True, False)
+
+
 class TestLimitsFromSettings:
     """The caps follow RLIMIT_NOFILE: derived from it when unset, lowered to fit it when set."""
 
@@ -205,3 +246,12 @@ class TestLimitsFromSettings:
             load_settings(
                 {"RECEIVER_MAX_CONNECTIONS": "10", "RECEIVER_MAX_CONNECTIONS_PER_CLIENT": "11"}
             )
+
+    @pytest.mark.parametrize(
+        "variable", ["RECEIVER_HEAD_TIMEOUT", "RECEIVER_BODY_TIMEOUT", "RECEIVER_MAX_CONNECTIONS"]
+    )
+    def test_a_deadline_or_cap_that_is_not_positive_is_a_configuration_error(
+        self, variable: str
+    ) -> None:
+        with pytest.raises(ConfigError, match=variable):
+            load_settings({variable: "0"})
