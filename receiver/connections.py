@@ -13,9 +13,9 @@ file descriptors until they let go, and past RLIMIT_NOFILE real callbacks were r
 - a body deadline that a progressing upload does not hit: `body_timeout` seconds plus one
   second per `body_min_rate` bytes received, counted from the end of the head;
 - caps on open connections, in total and per client address (an IPv6 client is its /64),
-  checked as a connection is accepted. Past either, the request is answered 503 with Retry-After as soon as it is
-  read (within REFUSAL_WAIT), and the connection closed; at most REFUSING connections
-  wait so at once, past that a refused connection is closed at once without an answer.
+  checked as a connection is accepted. Past either, the request is answered 503 with
+  Retry-After as soon as it is read (within REFUSAL_WAIT), and the connection closed; at
+  most REFUSING connections wait so at once, past that one is closed without an answer.
 
 A deadline that passes aborts the connection; the app sees `http.disconnect`. Addresses in
 RECEIVER_TRUSTED_PROXIES are exempt from the per-client cap: behind a proxy every client
