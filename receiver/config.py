@@ -63,8 +63,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
     # Refused requests kept for diagnosis, newest first; older ones are deleted past this.
     quarantine_max_rows: int = 10_000
+    # Networks that fetches of provider-given URLs (download) may reach though not public.
+    fetch_allow_networks: str = ""
     retry_after: int = 5
     store_timeout: float = 5.0  # longest wait for a locked store before a 503
+    # Slow and idle clients (receiver.connections): the head must arrive within
+    # head_timeout; the body within body_timeout plus a second per body_min_rate bytes.
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
+    body_min_rate: int = 16 * 1024
+    # Open connections, in all and per client address; unset: derived from RLIMIT_NOFILE.
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
     log_level: str = "WARNING"
     heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
@@ -128,6 +138,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "circuit_failures",
             "auth_failure_burst",
             "quarantine_max_rows",
+            "body_min_rate",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
@@ -142,14 +153,29 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "circuit_cooldown",
             "auth_failure_rate",
             "store_timeout",
+            "head_timeout",
+            "body_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
+        self._check_connection_caps()
         parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
+        parse_networks(self.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
         for section in (self.forward, self.download, self.notify, self.command):
             section.check()
         for name in sorted(set(self.generic) & set(SECTIONS)):  # RECEIVER_<NAME>_* is taken
             raise ConfigError(f"generic provider name {name!r} is reserved; choose another")
+
+    def _check_connection_caps(self) -> None:
+        for name in ("max_connections", "max_connections_per_client"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
+        total, per_client = self.max_connections, self.max_connections_per_client
+        if total is not None and per_client is not None and per_client > total:
+            raise ConfigError(
+                "RECEIVER_MAX_CONNECTIONS_PER_CLIENT must not exceed RECEIVER_MAX_CONNECTIONS"
+            )
 
     def provider(self, name: str) -> ProviderSettings:
         if name in self.generic:

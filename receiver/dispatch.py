@@ -2,7 +2,8 @@
 
 Each (event, handler) pair is a delivery row. The runner leases due deliveries, calls
 the handler, and marks the row done, schedules a retry with exponential backoff and
-jitter, or marks it dead after `handler_max_attempts`. A delivery waits while an
+jitter, or marks it dead after `handler_max_attempts` (at once when the handler raises
+`GiveUp`: no later attempt can succeed). A delivery waits while an
 earlier one of the same job and handler is unfinished, so each handler sees a job's
 events in order, and a failing handler holds up nothing but its own queue for that job.
 """
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from receiver.errors import ConfigError, Retry, StoreUnavailable
+from receiver.errors import ConfigError, GiveUp, Retry, StoreUnavailable
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
@@ -375,7 +376,7 @@ class Dispatcher(WorkLoop):
         lease = _LeaseKeeper(self.store, delivery.id, delivery.attempts, self.lease)
         try:
             try:
-                error, defer = await self._run_handler(item)
+                error, defer, gave_up = await self._run_handler(item)
             except asyncio.CancelledError:
                 # Cut off at shutdown: pending again, the attempt not counted. One try only:
                 # if the store is down, the next start's release_running gives it back.
@@ -399,7 +400,7 @@ class Dispatcher(WorkLoop):
                 )
                 METRICS.delivery(delivery.handler, "done")
                 return
-            if delivery.attempts >= self.max_attempts:
+            if gave_up or delivery.attempts >= self.max_attempts:
                 await self._record(
                     delivery.id,
                     self.store.kill_delivery,
@@ -409,7 +410,12 @@ class Dispatcher(WorkLoop):
                     attempt=delivery.attempts,
                 )
                 METRICS.delivery(delivery.handler, "dead")
-                log.error("delivery %s is dead after %d attempts", delivery.id, delivery.attempts)
+                log.error(
+                    "delivery %s is dead after %d attempts%s",
+                    delivery.id,
+                    delivery.attempts,
+                    " (the handler gave up)" if gave_up else "",
+                )
                 return
             delay = (
                 defer
@@ -452,13 +458,13 @@ class Dispatcher(WorkLoop):
                 log.warning("could not record the outcome of %s yet: %s", delivery_id, exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
-    async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None]:
-        """Call the delivery's handler: (None, None) on success, else the error and any deferral."""
+    async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None, bool]:
+        """Call the delivery's handler: (error or None, any deferral, whether it gave up)."""
         delivery = item.delivery
         handler = self.handlers.get(delivery.handler)
         if handler is None:
             # A deploy may have renamed it, or loaded other handlers: retried like a failure.
-            return f"no handler named {delivery.handler} is registered", None
+            return f"no handler named {delivery.handler} is registered", None, False
         info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
         # While a sync handler runs, its task is not cancelled at shutdown (see `stop`).
         task = None if handler.is_async else asyncio.current_task()
@@ -467,17 +473,17 @@ class Dispatcher(WorkLoop):
         try:
             await handler.call(item.event, item.job, info, timeout=self.timeout)
         except Retry as request:
-            return "handler asked to retry", request.defer
+            return "handler asked to retry", request.defer, False
         except TimeoutError:
-            return f"timed out after {self.timeout:g}s", None
+            return f"timed out after {self.timeout:g}s", None, False
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
-            return error, None
+            return error, None, isinstance(exc, GiveUp)
         finally:
             if task is not None:
                 self._threads.discard(task)
-        return None, None
+        return None, None, False
 
 
 class _LeaseKeeper:

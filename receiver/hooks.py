@@ -127,17 +127,26 @@ def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: byt
     return msgspec.structs.replace(parse_callback(adapter, body), delivery_id=msg_id)
 
 
-def _needs_confirmation(runtime: Runtime, adapter: Provider, update: Update, job: Job) -> bool:
-    """A final state from an unauthenticated POST is believed only once the status API agrees."""
+def _confirming(runtime: Runtime, adapter: Provider) -> bool:
+    """Whether this provider's callbacks are believed only as far as its status API agrees.
+
+    An unauthenticated POST is vouched for by the job's URL token alone: a leaked token
+    must not be able to end a job, or give it a result or preview URL of its choosing.
+    """
     settings = runtime.settings.provider(adapter.name)
     return (
         adapter.callback_style is CallbackStyle.POST
-        and update.status.terminal
         and settings.confirm_terminal
         and adapter.can_pull
         and bool(settings.base_url)
-        and job.task_id is not None
-        and not job.status.terminal
+    )
+
+
+def _unconfirmed(update: Update) -> Update:
+    """What an unconfirmed body may say: its status and progress. URLs, the error and the
+    task id come only from the status API (the body is still kept with the event)."""
+    return msgspec.structs.replace(
+        update, task_id=None, result_url=None, preview_url=None, error=None, error_code=None
     )
 
 
@@ -261,12 +270,15 @@ async def job_callback(
         update = signed or parse_callback(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise Reject(400, "task_mismatch")
-        if _needs_confirmation(runtime, adapter, update, job):
-            # Only the URL token vouches for this body: a leaked token must not be able to
-            # end a job with a result URL of its choosing. Keep it, and ask the provider.
-            await runtime.store.record_nudge(job.id, _raw(request, provider, body), poll_at=now())
-            runtime.poller.wake()
-            return _answer(202, ok=True, confirming=True)
+        if _confirming(runtime, adapter):
+            if update.status.terminal and not job.status.terminal:
+                # Kept, and the provider asked. Before the create call has answered there
+                # is no task id to ask about: the pull waits for it (Store.set_task_id).
+                raw = _raw(request, provider, body)
+                await runtime.store.record_nudge(job.id, raw, poll_at=now())
+                runtime.poller.wake()
+                return _answer(202, ok=True, confirming=True)
+            update = _unconfirmed(update)
         recorded = await runtime.ingest.record(
             job.id,
             update,

@@ -29,16 +29,14 @@ __all__ = ["FailureLimiter", "Network", "client_address", "parse_networks"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """`10.0.0.0/8, 192.168.1.7` as networks; ConfigError naming RECEIVER_TRUSTED_PROXIES."""
+def parse_networks(text: str, setting: str = "RECEIVER_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """`10.0.0.0/8, 192.168.1.7` as networks; ConfigError naming `setting`."""
     networks = []
     for item in text.replace(",", " ").split():
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise ConfigError(
-                f"RECEIVER_TRUSTED_PROXIES: {item!r} is not an address or network"
-            ) from None
+            raise ConfigError(f"{setting}: {item!r} is not an address or network") from None
     return tuple(networks)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -58,8 +58,10 @@ class ReceiverProcess:
         *,
         handlers: str,
         env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,  # runs in the child (e.g. setrlimit)
     ):
         self.directory = directory
+        self.preexec_fn = preexec_fn
         self.port = free_port()  # a first choice: see `start`
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = directory / "receiver.db"
@@ -105,6 +107,7 @@ class ReceiverProcess:
                 cwd=self.directory,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=1) as client:

@@ -396,6 +396,21 @@ class TestNudges:
         assert None is await store.next_poll_at()
         assert [] == await store.claim_polls(limit=5, lease=60, at=T0 + 5)
 
+    async def test_nudge_before_the_task_id_is_polled_once_it_comes(self, store: Store) -> None:
+        """A nudge kept before the create call answered makes the job due when its id is set."""
+        await add_job(store, task_id=None)
+        await store.record_nudge("job_1", make_raw(), poll_at=T0 + 5)
+        await store.set_task_id("job_1", "t-7", T0 + 900)
+        assert T0 + 5 == await store.next_poll_at()
+        [job] = await store.claim_polls(limit=5, lease=60, at=T0 + 5)
+        assert ("job_1", "t-7") == (job.id, job.task_id)
+
+    async def test_set_task_id_schedules_its_poll_when_none_is_due(self, store: Store) -> None:
+        """Without an earlier poll, the job's first poll is the one set_task_id names."""
+        await add_job(store, task_id=None)
+        await store.set_task_id("job_1", "t-7", T0 + 900)
+        assert T0 + 900 == await store.next_poll_at()
+
 
 def make_quarantined(n: int) -> Quarantined:
     return Quarantined(

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.connections import guarded_protocol, limits_for
     from receiver.runtime import Runtime
     from receiver.serving import GracefulServer
     from receiver.store import display_url
@@ -76,11 +77,15 @@ def run(args: argparse.Namespace) -> int:
             " internet cannot call back there",
             file=sys.stderr,
         )
+    limits, warning = limits_for(settings)
+    if warning:
+        print(f"receiver: warning: {warning}", file=sys.stderr)
     app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
         f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
-        f"{', ingest only' if settings.no_worker else ''})",
+        f"{', ingest only' if settings.no_worker else ''}; at most {limits.max_connections}"
+        f" connections, {limits.max_per_client} per client address)",
         file=sys.stderr,
     )
     config = uvicorn.Config(
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         log_config=None,  # ours, set above: JSON or text, secrets redacted
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        http=guarded_protocol(limits),  # deadlines and connection caps: receiver.connections
         **UVICORN_OPTIONS,
     )
     # On SIGTERM the loops take no new work at once; the app's lifespan then gives running

@@ -145,7 +145,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
-        """Record the provider's task id once the create call answered."""
+        """Record the provider's task id once the create call answered.
+
+        The job's next poll becomes `next_poll_at` unless one is already due sooner: a
+        callback that came before the id, kept until the status API confirms it, is
+        pulled for as soon as the id is known.
+        """
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...

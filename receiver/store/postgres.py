@@ -327,7 +327,8 @@ class PostgresStore(Store):
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET task_id = $1, next_poll_at = $2, updated_at = $3 WHERE id = $4",
+                "UPDATE jobs SET task_id = $1, next_poll_at = LEAST(next_poll_at, $2),"
+                " updated_at = $3 WHERE id = $4",
                 task_id,
                 next_poll_at,
                 now(),

@@ -415,8 +415,10 @@ class SQLiteStore(Store):
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET task_id = ?, next_poll_at = ?, updated_at = ? WHERE id = ?",
-                (task_id, next_poll_at, now(), job_id),
+                "UPDATE jobs SET task_id = ?, next_poll_at = CASE WHEN next_poll_at IS NULL"
+                " THEN ? WHEN ? IS NULL THEN next_poll_at ELSE MIN(next_poll_at, ?) END,"
+                " updated_at = ? WHERE id = ?",
+                (task_id, next_poll_at, next_poll_at, next_poll_at, now(), job_id),
             )
 
     async def get_job(self, job_id: str) -> Job | None:
