@@ -239,8 +239,11 @@ async def _guarded(
 
 
 def refused_by_framework(request: Request[Any, Any, Any], answer: Answer) -> Answer:
-    """A 4xx the framework answered on a hook path (no such route, a wrong method):
-    counted like any other refusal, or 429 for an address whose budget is spent."""
+    """A 4xx the framework answered on a hook path, counted like any other refusal.
+
+    No such route, a wrong method: the address (and the token in the path) pay for it, and
+    an address whose budget is spent gets 429 instead.
+    """
     if not 400 <= (answer.status_code or 200) < 500 or answer.status_code == 429:
         return answer
     runtime: Runtime = request.app.state.runtime

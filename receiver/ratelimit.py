@@ -65,9 +65,11 @@ def client_address(scope: Mapping[str, Any], proxies: tuple[Network, ...]) -> st
 
 
 def _forwarded_hops(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """Every X-Forwarded-For hop, in order, from ALL its lines: HTTP makes repeated lines one
-    comma-joined list (RFC 9110 5.3), and a proxy may append its own line, not extend the first.
-    Empty elements are ignored, as the list syntax says."""
+    """Every X-Forwarded-For hop, in order, from all its lines; empty elements skipped.
+
+    HTTP makes repeated lines one comma-joined list (RFC 9110 5.3), and a proxy may append
+    a line of its own rather than extend the first, which the caller writes.
+    """
     hops: list[str] = []
     for name, value in headers:
         if name.lower() == b"x-forwarded-for":
@@ -76,8 +78,11 @@ def _forwarded_hops(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
 
 
 def _forwarded_client(peer: str, hops: list[str], proxies: tuple[Network, ...]) -> str:
-    """The right-most hop that is not a trusted proxy; the peer if there is none or the chain
-    is broken (what we cannot parse we do not believe)."""
+    """The right-most hop that is not a trusted proxy.
+
+    The peer if every hop is trusted, or if the chain is broken: what we cannot parse we do
+    not believe.
+    """
     for hop in reversed(hops):
         parsed = _address(hop)
         if parsed is None:

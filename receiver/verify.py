@@ -109,9 +109,11 @@ def redact_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact_value(value: Any) -> Any:
-    """A copy of a decoded JSON value with credentials replaced in objects at any depth,
-    inside lists too. Walked with a stack, not recursion: a body nested as deep as the
-    decoder allows must not overflow Python's stack here."""
+    """A copy of a decoded JSON value with credentials replaced, at any depth, lists included.
+
+    Walked with a stack, not recursion: a body nested as deep as the decoder allows must
+    not overflow Python's stack here.
+    """
     top: list[Any] = [None]
     pending: list[tuple[Any, Any, Any]] = [(value, top, 0)]  # (value, its copy's parent, slot)
     while pending:
