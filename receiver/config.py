@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_failure_burst: int = 20
     auth_failure_rate: float = 0.5
     trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
+    # Refused requests kept for diagnosis, newest first; older ones are deleted past this.
+    quarantine_max_rows: int = 10_000
     # Networks that fetches of provider-given URLs (download) may reach though not public.
     fetch_allow_networks: str = ""
     retry_after: int = 5
@@ -135,6 +137,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "handler_concurrency",
             "circuit_failures",
             "auth_failure_burst",
+            "quarantine_max_rows",
             "body_min_rate",
         ):
             if getattr(self, name) < 1:

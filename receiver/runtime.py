@@ -18,6 +18,7 @@ from receiver.poller import Poller
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
 from receiver.ratelimit import FailureLimiter, Network, parse_networks
+from receiver.refusals import Quarantine
 from receiver.store import Store, store_for
 from receiver.store.sqlite import sqlite_path
 from receiver.submit import Submitter
@@ -47,6 +48,7 @@ class Runtime:
     admin_token_digest: str
     auth_failures: FailureLimiter
     trusted_proxies: tuple[Network, ...]
+    quarantine: Quarantine  # where refused hook requests are kept, capped
     # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
     providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
 
@@ -131,6 +133,7 @@ class Runtime:
                 burst=settings.auth_failure_burst, rate=settings.auth_failure_rate
             ),
             trusted_proxies=parse_networks(settings.trusted_proxies),
+            quarantine=Quarantine(store, max_rows=settings.quarantine_max_rows),
             providers=providers,
         )
 

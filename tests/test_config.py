@@ -41,6 +41,7 @@ class TestDefaults:
         assert "handlers" == settings.handlers
         assert None is settings.admin_token
         assert {} == settings.providers
+        assert 10_000 == settings.quarantine_max_rows
 
     def test_unconfigured_provider_gets_default_settings(self) -> None:
         """A provider nobody configured still has usable (empty) settings."""
@@ -185,6 +186,7 @@ class TestErrors:
             ("RECEIVER_RETRY_AFTER", "-1"),
             ("RECEIVER_LOG_LEVEL", "LOUD"),
             ("RECEIVER_APIFRAME_TIMEOUT", "0"),
+            ("RECEIVER_QUARANTINE_MAX_ROWS", "0"),
         ],
     )
     def test_out_of_range_numbers(self, variable: str, value: str) -> None:

@@ -93,6 +93,8 @@ class TestRedactor:
             ("GET /hooks/aivideoapi/x?uuid=1&token=abcdef123", "abcdef123"),
             ("Authorization: Bearer sk-abcdef123456", "sk-abcdef123456"),
             ("headers {'x-webhook-secret': 'hunter2hunter2'}", "hunter2hunter2"),
+            ("headers {'x_webhook_secret': 'hunter2hunter2'}", "hunter2hunter2"),
+            ("X_API_KEY=hunter2hunter2 sent", "hunter2hunter2"),
             ("key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             ("the key is configured-api-key-42 here", "configured-api-key-42"),
         ],

@@ -148,6 +148,35 @@ class TestSession:
             assert 429 == answer.status_code
             assert "set-cookie" not in answer.headers
 
+    async def test_a_forged_first_forwarded_line_does_not_escape_the_limit(
+        self, tmp_path: Path
+    ) -> None:
+        """Behind a trusted proxy that appends its own X-Forwarded-For line, a caller who
+        forges a new first line each time is still limited by the proxy's line."""
+        env = {
+            "RECEIVER_AUTH_FAILURE_BURST": "3",
+            "RECEIVER_AUTH_FAILURE_RATE": "0.01",
+            "RECEIVER_TRUSTED_PROXIES": "127.0.0.1",
+        }
+        async with (
+            running_receiver(tmp_path, env=env) as receiver,
+            httpx.AsyncClient(base_url=receiver.url) as client,
+        ):
+            codes = [
+                (
+                    await client.post(
+                        "/ui/login",
+                        data={"token": f"guess-{n}"},
+                        headers=[
+                            ("x-forwarded-for", f"6.6.6.{n}"),
+                            ("x-forwarded-for", "198.51.100.7"),
+                        ],
+                    )
+                ).status_code
+                for n in range(5)
+            ]
+        assert [401, 401, 401, 429, 429] == codes
+
     async def test_cookie_is_httponly_strict_and_not_the_token(self, live: LiveReceiver) -> None:
         """The cookie is HttpOnly and SameSite=Strict and holds neither the token nor its hash."""
         async with httpx.AsyncClient(base_url=live.url) as client:
@@ -246,6 +275,19 @@ class TestEscaping:
         assert 'src="javascript:' not in page and 'href="javascript:' not in page
         assert "<img src=x" not in page
         assert "sk-live-123" not in page  # payload fields named like credentials are redacted
+
+    async def test_credentials_inside_lists_are_redacted(self, live: LiveReceiver) -> None:
+        """A credential in an object inside a list of the payload is not shown."""
+        job_id = await add_job(live, "tok3")
+        payload = {"outputs": [{"url": "https://x/v.mp4", "Api-Key": "sk-in-a-list-123"}]}
+        await live.runtime.ingest.record(
+            job_id, Update(status=Status.RUNNING, raw_status="x", payload=payload), source="poll"
+        )
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            await log_in(client, live.admin_token)
+            page = (await client.get(f"/ui/jobs/{job_id}")).text
+        assert "https://x/v.mp4" in page
+        assert "sk-in-a-list-123" not in page
 
 
 def _chromium_or_skip() -> None:

@@ -258,6 +258,14 @@ class Store(abc.ABC):
     async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]: ...
 
     @abc.abstractmethod
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        """Delete up to `batch` of the oldest entries past the newest `keep`; how many went.
+
+        Bounded, so no one call pays for a big delete: called often, it keeps the table near
+        `keep` rows (see receiver.refusals).
+        """
+
+    @abc.abstractmethod
     async def list_requests(self, job_id: str) -> list[RawRequest]: ...
 
     # Deliveries

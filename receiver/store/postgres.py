@@ -542,6 +542,10 @@ class PostgresStore(Store):
         )
         return [QUARANTINE.read(row) for row in rows]
 
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        status = await self._execute(_TRIM_QUARANTINE, keep, batch)
+        return int(status.split()[-1])  # "DELETE <count>"
+
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
             f"SELECT {REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id", job_id
@@ -814,6 +818,12 @@ _INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "inpu
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+# Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
+_TRIM_QUARANTINE = (
+    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine"
+    " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET $1)"
+    " ORDER BY id LIMIT $2)"
+)
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
 _INSERT_REQUEST_AND_CHECK = (
     f"WITH r AS ({_INSERT_REQUEST})"

@@ -116,6 +116,12 @@ _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+# Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
+_TRIM_QUARANTINE = (
+    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine"
+    " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
+    " ORDER BY id LIMIT ?)"
+)
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 
 
@@ -567,6 +573,12 @@ class SQLiteStore(Store):
             f"SELECT {QUARANTINE.select} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [QUARANTINE.read(row) for row in rows]
+
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute(_TRIM_QUARANTINE, (keep, batch)).rowcount
+
+        return await self._write(work)
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetchall(

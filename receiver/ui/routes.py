@@ -119,9 +119,7 @@ async def login(request: AnyRequest) -> Response[Any]:
     next_page = _next_page(form.get("next"))
     runtime = _runtime(request)
     # Guessing the token is limited like failed callbacks: per client address, 429 after a burst.
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-    address = client_address(peer, forwarded, runtime.trusted_proxies)
+    address = client_address(request.scope, runtime.trusted_proxies)
     key = f"ui-login:{address}" if address else None
     if (wait := runtime.auth_failures.retry_after(key, now())) is not None:
         return Response(
