@@ -281,7 +281,13 @@ class TestUnconfirmedFields:
         token alone is neither on the job nor fetched, though the confirmed end has none."""
         config = SimConfig(step_delay=1.0, no_preview=True)
         async with downstream() as evil, run_simulator(config) as sim:
-            env = _env(sim, RECEIVER_DOWNLOAD_DIR=str(tmp_path / "files"))
+            # Loopback allowed: the simulator and the planted host both live there, so only
+            # the confirmation keeps the planted preview out.
+            env = _env(
+                sim,
+                RECEIVER_DOWNLOAD_DIR=str(tmp_path / "files"),
+                RECEIVER_FETCH_ALLOW_NETWORKS="127.0.0.0/8",
+            )
             async with running_receiver(tmp_path, env=env) as live:
                 job_id = await submit(live)
                 [task] = sim.tasks()
