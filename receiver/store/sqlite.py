@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -140,6 +141,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def _create_private(path: Path) -> None:
+    """Make the database file 0600 before SQLite does (it would make it 0644 under the usual
+    umask); SQLite gives the -wal and -shm files the database file's own mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     """Store on one SQLite file (or `:memory:` for tests)."""
 
@@ -160,7 +169,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(self.path))
             self._db = await self._connect(reader=False)
             await self.db.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
