@@ -79,6 +79,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON lines otherwise
     url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
     metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
+    session_ttl: float = 12 * 3600.0  # seconds a dashboard login lasts
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
     generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
@@ -150,6 +151,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "circuit_cooldown",
             "auth_failure_rate",
             "store_timeout",
+            "session_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")

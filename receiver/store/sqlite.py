@@ -476,6 +476,26 @@ class SQLiteStore(Store):
                 (metadata_path(name), to_json(file), job_id),
             )
 
+    # Dashboard sessions
+
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (at,))
+            await db.execute(
+                "INSERT INTO sessions (key, created_at, expires_at) VALUES (?, ?, ?)",
+                (key, at, expires_at),
+            )
+
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM sessions WHERE key = ? AND expires_at > ?", (key, at)
+        )
+        return row is not None
+
+    async def delete_session(self, key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE key = ?", (key,))
+
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
             f"SELECT {EVENTS.select} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
