@@ -26,10 +26,19 @@ from receiver.providers.generic import check_generic, generic_from_env, split_se
 from receiver.ratelimit import parse_networks
 from receiver.urls import http_url
 
-__all__ = ["DEFAULT_HANDLERS", "ENV_PREFIX", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_HANDLERS",
+    "ENV_PREFIX",
+    "MIN_TOKEN_LENGTH",
+    "Settings",
+    "check_token",
+    "load_settings",
+]
 
 ENV_PREFIX = "RECEIVER_"
 DEFAULT_HANDLERS = "handlers"  # a module of that name in the working directory, if any
+# An admin or metrics token shorter than this could be guessed; 32 hex digits are 128 bits.
+MIN_TOKEN_LENGTH = 32
 log = logging.getLogger("receiver.config")
 
 
@@ -82,6 +91,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON lines otherwise
     url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
     metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
+    session_ttl: float = 12 * 3600.0  # seconds a dashboard login lasts
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
     generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
@@ -124,6 +134,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 f"RECEIVER_LOG_FORMAT must be json, text or auto, got {self.log_format!r}"
             )
+        check_token("RECEIVER_ADMIN_TOKEN", self.admin_token)
+        check_token("RECEIVER_METRICS_TOKEN", self.metrics_token)
         if self.url is not None and not _is_http_url(self.url):
             raise ConfigError("RECEIVER_URL must be an absolute http(s) URL")
         if not 0 < self.port < 65536:
@@ -155,6 +167,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "store_timeout",
             "head_timeout",
             "body_timeout",
+            "session_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
@@ -198,6 +211,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def give_up_for(self, provider: str) -> float:
         """Age in seconds at which a job still open is failed."""
         return self.provider(provider).give_up_after or self.give_up_after
+
+
+def check_token(name: str, value: str | None) -> None:
+    """ConfigError unless `value` is unset or long enough; the value itself is never echoed."""
+    if value is None:
+        return
+    length = len(value.strip())
+    if length < MIN_TOKEN_LENGTH:
+        got = "it is empty" if length == 0 else f"it has {length}"
+        raise ConfigError(
+            f"{name} must be at least {MIN_TOKEN_LENGTH} characters ({got});"
+            " make one with `openssl rand -hex 32`"
+        )
 
 
 _FIELDS = {

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from receiver.testing import TEST_ADMIN_TOKEN
+
 __all__ = [
     "SECRET",
     "ReceiverProcess",
@@ -72,7 +74,7 @@ class ReceiverProcess:
             "HANDLED_FILE": str(directory / "handled.log"),
             "RECEIVER_DATABASE_URL": f"sqlite:///{self.db}",
             "RECEIVER_HANDLERS": handlers,
-            "RECEIVER_ADMIN_TOKEN": "admin",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
             "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
             "RECEIVER_PORT": str(self.port),
             "RECEIVER_PUBLIC_URL": self.url,

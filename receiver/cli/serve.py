@@ -9,7 +9,14 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from receiver.cli.common import EXIT_OK, check_store, common_options, setting, settings_from
+from receiver.cli.common import (
+    EXIT_OK,
+    check_store,
+    common_options,
+    keep_files_private,
+    setting,
+    settings_from,
+)
 from receiver.logs import configure
 
 __all__ = ["UVICORN_OPTIONS", "register"]
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from receiver.store import display_url
 
     settings = settings_from(args)
+    keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     asyncio.run(check_store(settings))
     host = urlsplit(settings.public_url).hostname or ""

@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from receiver.cli.common import EXIT_OK, common_options, setting, settings_from
+from receiver.cli.common import (
+    EXIT_OK,
+    common_options,
+    keep_files_private,
+    setting,
+    settings_from,
+)
 from receiver.config import Settings
 from receiver.logs import configure
 
@@ -50,6 +56,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     return asyncio.run(work(settings, grace=args.grace))
 

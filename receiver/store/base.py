@@ -392,6 +392,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def next_poll_at(self) -> float | None: ...
 
+    # Dashboard sessions
+
+    @abc.abstractmethod
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        """Keep a session by its keyed digest until `expires_at`; those expired by `at` go."""
+
+    @abc.abstractmethod
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        """Whether a session with this key exists and has not expired by `at`."""
+
+    @abc.abstractmethod
+    async def delete_session(self, key: str) -> None:
+        """End a session (logout); deleting an unknown one is not an error."""
+
     @abc.abstractmethod
     async def schedule_unscheduled_polls(self, provider: str, *, deadline: float) -> int:
         """Schedule a poll at `updated_at + deadline` for each open job of `provider` that has a

@@ -398,6 +398,27 @@ class PostgresStore(Store):
             job_id,
         )
 
+    # Dashboard sessions
+
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= $1", at)
+            await db.execute(
+                "INSERT INTO sessions (key, created_at, expires_at) VALUES ($1, $2, $3)",
+                key,
+                at,
+                expires_at,
+            )
+
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        row = await self._fetchrow(
+            "SELECT 1 FROM sessions WHERE key = $1 AND expires_at > $2", key, at
+        )
+        return row is not None
+
+    async def delete_session(self, key: str) -> None:
+        await self._execute("DELETE FROM sessions WHERE key = $1", key)
+
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetch(
             f"SELECT {EVENTS.select} FROM events WHERE job_id = $1 ORDER BY seq LIMIT $2",

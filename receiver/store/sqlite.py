@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -146,6 +147,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def _create_private(path: Path) -> None:
+    """Make the database file 0600 before SQLite does (it would make it 0644 under the usual
+    umask); SQLite gives the -wal and -shm files the database file's own mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     """Store on one SQLite file (or `:memory:` for tests)."""
 
@@ -166,7 +175,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(self.path))
             self._db = await self._connect(reader=False)
             await self.db.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
@@ -474,6 +483,26 @@ class SQLiteStore(Store):
                 "UPDATE jobs SET files = json_set(files, ?, json(?)) WHERE id = ?",
                 (metadata_path(name), to_json(file), job_id),
             )
+
+    # Dashboard sessions
+
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (at,))
+            await db.execute(
+                "INSERT INTO sessions (key, created_at, expires_at) VALUES (?, ?, ?)",
+                (key, at, expires_at),
+            )
+
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM sessions WHERE key = ? AND expires_at > ?", (key, at)
+        )
+        return row is not None
+
+    async def delete_session(self, key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE key = ?", (key,))
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
