@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_after: int = 5
     store_timeout: float = 5.0  # longest wait for a locked store before a 503
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
+    # A worker whose heartbeat (sent every third of this) is older is dead: its work is taken over.
+    worker_timeout: float = 15.0
     log_level: str = "WARNING"
     heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
     no_worker: bool = False  # `serve` only ingests; `receiver worker` runs handlers and polls
@@ -130,6 +132,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError("RECEIVER_SHUTDOWN_GRACE must not be negative")
+        if not self.worker_timeout >= 1:  # `not >=`: NaN is refused too
+            raise ConfigError("RECEIVER_WORKER_TIMEOUT must be at least 1 (seconds)")
         for name in (
             "handler_timeout",
             "poll_interval",

@@ -66,6 +66,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await runtime.store.open()
+        await runtime.start_heartbeat()
         await runtime.store.listen(runtime.wakers())
         tasks = [
             asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
@@ -91,6 +92,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await runtime.heartbeat.stop()
         await runtime.client.aclose()
         await runtime.store.close()
     return EXIT_OK

@@ -1,0 +1,368 @@
+"""Worker heartbeats on every backend: the store's `workers` contract, and the Heartbeat
+and Dispatcher that use it (a dead worker's leased work is taken over in seconds; a live
+one's never)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from receiver.dispatch import Dispatcher, Registry
+from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
+from receiver.models import DeliveryState, Event, Job, Status, Update, now
+from receiver.store import NewJob, Store
+from receiver.store.base import Worker
+
+T0 = 1_000.0
+
+
+def worker(worker_id: str, *, host: str = "elsewhere", pid: int = 1) -> Worker:
+    return Worker(id=worker_id, host=host, pid=pid, pid_scope="")
+
+
+async def add_job(store: Store, job_id: str = "job_1", *, next_poll_at: float | None = None) -> Job:
+    at = time.time()
+    job = Job(
+        id=job_id,
+        provider="apiframe",
+        task_id=f"t-{job_id}",
+        status=Status.QUEUED,
+        created_at=at,
+        updated_at=at,
+    )
+    await store.create_job(NewJob(job=job, next_poll_at=next_poll_at))
+    return job
+
+
+async def pending(store: Store, job_id: str = "job_1", *, at: float = T0) -> str:
+    """A job with one pending delivery (handler "h"), due at `at`; the delivery's id."""
+    await add_job(store, job_id)
+    recorded = await store.record(
+        job_id,
+        Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
+        source="callback",
+        route=lambda event, job: ["h"],
+        at=at,
+    )
+    return recorded.deliveries[0].id
+
+
+async def state_of(store: Store, delivery_id: str) -> tuple[DeliveryState, int]:
+    [found] = [d for d in await store.list_deliveries() if d.id == delivery_id]
+    return found.state, found.attempts
+
+
+class TestWorkerRows:
+    """A worker registers, beats, and is listed until it is reaped."""
+
+    async def test_register_beat_list_and_reap(self, store: Store) -> None:
+        """Registering stamps the heartbeat now; once reaped, a heartbeat answers False."""
+        before = time.time()
+        stored = await store.register_worker(worker("w1", host="h1", pid=42))
+        assert ("w1", "h1", 42) == (stored.id, stored.host, stored.pid)
+        assert abs(stored.heartbeat_at - before) < 5  # the store's clock, near ours here
+        assert stored.started_at == stored.heartbeat_at
+        await asyncio.sleep(0.01)
+        assert await store.heartbeat("w1")
+        [listed] = await store.list_workers()
+        assert listed.heartbeat_at > stored.heartbeat_at
+        reaped = await store.reap_workers(timeout=60, dead=["w1"], at=now())
+        assert ["w1"] == reaped.workers
+        assert [] == await store.list_workers()
+        assert not await store.heartbeat("w1")
+
+    async def test_registering_again_keeps_the_start(self, store: Store) -> None:
+        """A worker that joins again (after being declared dead) keeps its first start time."""
+        first = await store.register_worker(worker("w1"))
+        await asyncio.sleep(0.01)
+        again = await store.register_worker(worker("w1"))
+        assert first.started_at == again.started_at
+        assert again.heartbeat_at > first.heartbeat_at
+
+    async def test_lateness_is_judged_on_the_stores_clock(self, store: Store) -> None:
+        """A fresh worker is not reaped even when the caller's own clock (`at`) runs an hour
+        ahead: heartbeats are compared with the store's clock, not the caller's."""
+        await store.register_worker(worker("w1"))
+        reaped = await store.reap_workers(timeout=5, at=now() + 3600)
+        assert [] == reaped.workers
+        assert ["w1"] == [w.id for w in await store.list_workers()]
+
+    async def test_a_late_heartbeat_is_reaped(self, store: Store) -> None:
+        """A worker whose last heartbeat is older than the timeout is removed by anyone."""
+        await store.register_worker(worker("late"))
+        await asyncio.sleep(0.3)
+        await store.register_worker(worker("fresh"))
+        reaped = await store.reap_workers(timeout=0.2, at=now())
+        assert ["late"] == reaped.workers
+        assert ["fresh"] == [w.id for w in await store.list_workers()]
+
+
+class TestTakeOver:
+    """Deliveries and polls leased by a dead worker are taken over at once, fenced; a live
+    worker's are never."""
+
+    async def test_a_dead_workers_delivery_is_claimed_at_once(self, store: Store) -> None:
+        """Reaped, its running delivery is pending again, its attempt counted, and another
+        worker claims it long before the lease would have lapsed."""
+        delivery_id = await pending(store)
+        await store.register_worker(worker("dead"))
+        await store.register_worker(worker("live"))
+        assert 1 == len(await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="dead"))
+        assert [] == await store.claim_deliveries(limit=5, lease=330, at=T0 + 2, worker="live")
+        reaped = await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 3)
+        assert (["dead"], 1) == (reaped.workers, reaped.deliveries)
+        assert (DeliveryState.PENDING, 1) == await state_of(store, delivery_id)
+        assert T0 + 4 >= (await store.next_delivery_at() or 0)
+        [again] = await store.claim_deliveries(limit=5, lease=330, at=T0 + 4, worker="live")
+        assert (delivery_id, 2) == (again.delivery.id, again.delivery.attempts)
+        assert "taken over" in (again.delivery.last_error or "")
+
+    async def test_the_dead_runners_late_writes_change_nothing(self, store: Store) -> None:
+        """The attempt fence holds: after the take-over, the dead runner's renewal, outcome and
+        release are ignored, and the new runner's outcome stands."""
+        delivery_id = await pending(store)
+        await store.register_worker(worker("dead"))
+        await store.register_worker(worker("live"))
+        await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="dead")
+        await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 2)
+        # Between the reap and the new claim: nothing of the old attempt applies either.
+        assert not await store.renew_lease(delivery_id, lease_until=T0 + 500, attempt=1)
+        await store.finish_delivery(delivery_id, at=T0 + 3, attempt=1)
+        assert (DeliveryState.PENDING, 1) == await state_of(store, delivery_id)
+        await store.claim_deliveries(limit=5, lease=330, at=T0 + 4, worker="live")
+        await store.finish_delivery(delivery_id, at=T0 + 5, attempt=1)
+        await store.release_delivery(delivery_id, at=T0 + 5, attempt=1)
+        assert (DeliveryState.RUNNING, 2) == await state_of(store, delivery_id)
+        await store.finish_delivery(delivery_id, at=T0 + 6, attempt=2)
+        assert (DeliveryState.DONE, 2) == await state_of(store, delivery_id)
+
+    async def test_a_live_workers_delivery_is_never_taken(self, store: Store) -> None:
+        """While its heartbeat is fresh, nobody reaps it, and its lease keeps others off."""
+        delivery_id = await pending(store)
+        await store.register_worker(worker("busy"))
+        await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="busy")
+        assert await store.heartbeat("busy")
+        reaped = await store.reap_workers(timeout=60, at=T0 + 100)
+        assert ([], 0) == (reaped.workers, reaped.deliveries)
+        assert [] == await store.claim_deliveries(limit=5, lease=330, at=T0 + 100)
+        assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
+
+    async def test_a_worker_declared_dead_claims_nothing_until_it_joins_again(
+        self, store: Store
+    ) -> None:
+        """Its row gone, its claims take nothing (the work is others' now); registered again,
+        it claims as before."""
+        await pending(store)
+        await store.register_worker(worker("w1"))
+        await store.reap_workers(timeout=60, dead=["w1"], at=T0)
+        assert [] == await store.claim_deliveries(limit=5, lease=60, at=T0 + 1, worker="w1")
+        await store.register_worker(worker("w1"))
+        [claimed] = await store.claim_deliveries(limit=5, lease=60, at=T0 + 1, worker="w1")
+        assert 1 == claimed.delivery.attempts
+
+    async def test_unstamped_leases_are_left_to_lapse(self, store: Store) -> None:
+        """A delivery claimed with no worker id (a scheduled drain) is not taken by a reap."""
+        delivery_id = await pending(store)
+        await store.claim_deliveries(limit=5, lease=60, at=T0 + 1)
+        assert 0 == (await store.reap_workers(timeout=0.001, at=T0 + 2)).deliveries
+        assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
+
+    async def test_a_dead_workers_poll_is_due_at_once(self, store: Store) -> None:
+        """A poll leased by a dead worker is due at the reap; one it finished is left alone."""
+        await store.register_worker(worker("dead"))
+        await add_job(store, "job_leased", next_poll_at=T0)
+        await add_job(store, "job_done", next_poll_at=T0)
+        claimed = await store.claim_polls(limit=5, lease=120, at=T0 + 1, worker="dead")
+        assert {"job_leased", "job_done"} == {job.id for job in claimed}
+        await store.schedule_poll("job_done", T0 + 300, attempted=True)  # its poll finished
+        reaped = await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 2)
+        assert 1 == reaped.polls
+        assert T0 + 2 == await store.next_poll_at()
+        await store.register_worker(worker("live"))
+        taken = await store.claim_polls(limit=5, lease=120, at=T0 + 2, worker="live")
+        assert ["job_leased"] == [job.id for job in taken]
+
+
+class TestProvenDead:
+    """Only a worker on this host and PID namespace whose pid is gone is proven dead."""
+
+    def test_proof_needs_our_host_and_namespace_and_a_gone_pid(self) -> None:
+        """A gone pid here proves death; elsewhere, or with a live pid, nothing is proven."""
+        me = this_process()
+        assert me.pid_scope == pid_scope() != "", "this test needs Linux's /proc"
+        exited = subprocess.Popen(["true"])
+        exited.wait()
+        gone = Worker(id="old", host=me.host, pid=exited.pid, pid_scope=me.pid_scope)
+        assert proven_dead(gone, me)
+        assert not proven_dead(Worker(id="o", host="other", pid=exited.pid), me)
+        assert not proven_dead(
+            Worker(id="o", host=me.host, pid=exited.pid, pid_scope="another-namespace"), me
+        )
+        assert not proven_dead(Worker(id="o", host=me.host, pid=1, pid_scope=me.pid_scope), me)
+        # Our own pid under another id is another runtime in this very process.
+        assert not proven_dead(Worker(id="o", host=me.host, pid=me.pid, pid_scope=me.pid_scope), me)
+
+
+@contextlib.asynccontextmanager
+async def beating(heartbeat: Heartbeat) -> AsyncIterator[Heartbeat]:
+    await heartbeat.start()
+    try:
+        yield heartbeat
+    finally:
+        await heartbeat.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(dispatcher: Dispatcher) -> AsyncIterator[None]:
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        yield
+    finally:
+        await dispatcher.stop(grace=0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    """Poll `condition` until true; the seconds it took. Fails after `timeout`."""
+    started = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def runner(store: Store, registry: Registry, heartbeat: Heartbeat | None = None) -> Dispatcher:
+    dispatcher = Dispatcher(store, registry, idle_wait=0.05, timeout=300)
+    if heartbeat is not None:
+        dispatcher.worker = heartbeat.id
+        heartbeat.on_declared_dead = dispatcher.recheck_leases
+    return dispatcher
+
+
+def slow_handler(registry: Registry, runs: list[str], seconds: float) -> None:
+    active: list[str] = []
+
+    @registry.on("*", name="h")
+    async def handle(event: Event, job: Job) -> None:
+        assert not active, "a delivery ran twice at the same time"
+        active.append(event.id)
+        runs.append(event.id)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            active.remove(event.id)
+
+
+class TestHeartbeat:
+    """Heartbeats take a dead worker's deliveries over in about the timeout, never a live one's."""
+
+    async def test_a_silent_worker_is_taken_over_after_the_timeout(
+        self, make_store: Callable[[], Store]
+    ) -> None:
+        """A worker that stops beating with a delivery leased (on another host: nothing to
+        prove) loses it to a live worker once its heartbeat is older than the timeout."""
+        dead_store, live_store = make_store(), make_store()
+        await dead_store.open()
+        await live_store.open()
+        try:
+            delivery_id = await pending(live_store, at=now())
+            dead = Heartbeat(dead_store, timeout=1.0, worker=worker("dead"))
+            await dead.beat()  # registered, then silent: killed
+            await dead_store.claim_deliveries(limit=1, lease=330, at=now(), worker=dead.id)
+            live = Heartbeat(live_store, timeout=1.0, worker=worker("live"))
+            async with beating(live):
+
+                async def claimed() -> bool:
+                    return bool(
+                        await live_store.claim_deliveries(
+                            limit=1, lease=330, at=now(), worker=live.id
+                        )
+                    )
+
+                took = await wait_for(claimed, timeout=10)
+                assert (DeliveryState.RUNNING, 2) == await state_of(live_store, delivery_id)
+            assert 0.5 < took < 4, f"taken over after {took:.1f}s with a 1s timeout"
+        finally:
+            await dead_store.close()
+            await live_store.close()
+
+    async def test_a_proven_dead_predecessor_is_taken_over_at_start(self, store: Store) -> None:
+        """At start, a worker of this host whose pid is gone is reaped without waiting for its
+        heartbeat to be late: a restarted `serve` runs its predecessor's work at once."""
+        delivery_id = await pending(store, at=now())
+        exited = subprocess.Popen(["true"])
+        exited.wait()
+        me = this_process()
+        predecessor = Worker(id="old", host=me.host, pid=exited.pid, pid_scope=me.pid_scope)
+        await store.register_worker(predecessor)
+        await store.claim_deliveries(limit=1, lease=330, at=now(), worker="old")
+        async with beating(Heartbeat(store, timeout=60.0, worker=me)):
+            [claimed] = await store.claim_deliveries(limit=1, lease=330, at=now(), worker=me.id)
+            assert ["old"] != [w.id for w in await store.list_workers()]
+        assert (delivery_id, 2) == (claimed.delivery.id, claimed.delivery.attempts)
+        assert [] == await store.list_workers()  # its own row went at stop
+
+    async def test_a_live_slow_worker_is_never_taken_over(
+        self, make_store: Callable[[], Store], registry: Registry
+    ) -> None:
+        """A handler that runs for several worker timeouts, in a worker that beats, runs once
+        while another worker beats and claims beside it."""
+        runs: list[str] = []
+        slow_handler(registry, runs, 3.5)
+        first_store, second_store = make_store(), make_store()
+        await first_store.open()
+        await second_store.open()
+        try:
+            first = Heartbeat(first_store, timeout=1.0, worker=worker("first"))
+            second = Heartbeat(second_store, timeout=1.0, worker=worker("second"))
+            async with (
+                beating(first),
+                beating(second),
+                running(runner(first_store, registry, first)),
+                running(runner(second_store, registry, second)),
+            ):
+                delivery_id = await pending(first_store, at=now())
+
+                async def done() -> bool:
+                    return (await state_of(first_store, delivery_id))[0] is DeliveryState.DONE
+
+                await wait_for(done, timeout=10)
+            assert 1 == len(runs)
+            assert (DeliveryState.DONE, 1) == await state_of(first_store, delivery_id)
+        finally:
+            await first_store.close()
+            await second_store.close()
+
+    async def test_a_worker_declared_dead_stops_its_handler_and_joins_again(
+        self, make_store: Callable[[], Store], registry: Registry
+    ) -> None:
+        """Found declared dead at its next beat, a worker stops the handler whose delivery was
+        taken back (so it never runs beside the new run), registers again, and the delivery
+        then runs to the end once."""
+        runs: list[str] = []
+        slow_handler(registry, runs, 1.5)
+        store = make_store()
+        await store.open()
+        try:
+            delivery_id = await pending(store, at=now())
+            heartbeat = Heartbeat(store, timeout=30.0, worker=worker("stalled"))
+            async with beating(heartbeat), running(runner(store, registry, heartbeat)):
+                await wait_for(lambda: asyncio.sleep(0, result=bool(runs)), timeout=5)
+                # Another process finds it late (its loop stalled, say) and takes its work.
+                await store.reap_workers(timeout=30, dead=["stalled"], at=now())
+                await heartbeat.beat()
+
+                async def done() -> bool:
+                    return (await state_of(store, delivery_id))[0] is DeliveryState.DONE
+
+                await wait_for(done, timeout=10)
+                assert ["stalled"] == [w.id for w in await store.list_workers()]
+            assert 2 == len(runs)  # the first cut off, the second ran to the end
+            assert (DeliveryState.DONE, 2) == await state_of(store, delivery_id)
+        finally:
+            await store.close()
