@@ -14,6 +14,10 @@ declared dead while alive (its loop stalled, or it could not reach the database 
 whole timeout): its deliveries may already run elsewhere. It has its dispatcher renew
 every lease at once and stop the handlers whose lease is gone (their writes are fenced by
 the attempt number anyway), then registers again.
+
+A process judges others late only after beating without a gap for a whole timeout
+itself: when the database was out of reach for everyone, every heartbeat is late once it
+is back, and the first process to reconnect must not take over the others' live work.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -94,6 +100,10 @@ class Heartbeat:
         self.on_declared_dead = on_declared_dead
         self._registered = False
         self._task: asyncio.Task[None] | None = None
+        # Monotonic times: our last heartbeat that landed, and the start of the unbroken run
+        # of heartbeats it ends (see `_beaten`).
+        self._last_beat: float | None = None
+        self._steady_since = 0.0
 
     @property
     def id(self) -> str:
@@ -118,7 +128,7 @@ class Heartbeat:
             await self._task
         self._task = None
         with contextlib.suppress(StoreUnavailable):
-            await self.store.reap_workers(timeout=self.timeout, dead=[self.id], at=now())
+            await self.store.reap_workers(timeout=math.inf, dead=[self.id], at=now())
 
     async def beat(self) -> None:
         """One heartbeat: stamp our row (registering if needed), then reap the dead."""
@@ -135,12 +145,29 @@ class Heartbeat:
             if self.on_declared_dead is not None:
                 await self.on_declared_dead()
             self.worker = await self.store.register_worker(self.worker)
+        self._beaten()
         await self.reap()
 
+    def _beaten(self) -> None:
+        """Note a heartbeat that landed; a missed one starts a new unbroken run."""
+        moment = time.monotonic()
+        if self._last_beat is None or moment - self._last_beat > 2 * self.interval:
+            self._steady_since = moment
+        self._last_beat = moment
+
+    @property
+    def steady(self) -> bool:
+        """Whether our heartbeats have landed without a gap for a whole timeout, so that a
+        late heartbeat of another means it stopped, not that the database was away."""
+        return self._last_beat is not None and (
+            self._last_beat - self._steady_since >= self.timeout
+        )
+
     async def reap(self) -> None:
-        """Take back the work of workers that are late or that we can prove dead."""
+        """Take back the work of workers we can prove dead, and, once steady, of late ones."""
         dead = [w.id for w in await self.store.list_workers() if proven_dead(w, self.worker)]
-        reaped = await self.store.reap_workers(timeout=self.timeout, dead=dead, at=now())
+        timeout = self.timeout if self.steady else math.inf
+        reaped = await self.store.reap_workers(timeout=timeout, dead=dead, at=now())
         if reaped.workers or reaped.deliveries or reaped.polls:
             log.warning(
                 "took over %d deliveries and %d polls from stopped workers %s",

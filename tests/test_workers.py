@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,6 +90,15 @@ class TestWorkerRows:
         reaped = await store.reap_workers(timeout=5, at=now() + 3600)
         assert [] == reaped.workers
         assert ["w1"] == [w.id for w in await store.list_workers()]
+
+    async def test_an_infinite_timeout_reaps_only_the_named(self, store: Store) -> None:
+        """With `math.inf`, no heartbeat is late: only the workers named dead are removed."""
+        await store.register_worker(worker("late"))
+        await store.register_worker(worker("named"))
+        await asyncio.sleep(0.05)
+        reaped = await store.reap_workers(timeout=math.inf, dead=["named"], at=now())
+        assert ["named"] == reaped.workers
+        assert ["late"] == [w.id for w in await store.list_workers()]
 
     async def test_a_late_heartbeat_is_reaped(self, store: Store) -> None:
         """A worker whose last heartbeat is older than the timeout is removed by anyone."""
@@ -290,6 +300,22 @@ class TestHeartbeat:
         finally:
             await dead_store.close()
             await live_store.close()
+
+    async def test_after_an_outage_for_everyone_nobody_is_taken_over(self, store: Store) -> None:
+        """When no heartbeat landed for longer than the timeout (the database was away), the
+        first worker back does not take the others' work: it has not been steady itself."""
+        delivery_id = await pending(store, at=now())
+        first = Heartbeat(store, timeout=1.0, worker=worker("first"))
+        second = Heartbeat(store, timeout=1.0, worker=worker("second"))
+        await first.beat()
+        await second.beat()
+        await store.claim_deliveries(limit=1, lease=330, at=now(), worker="second")
+        await asyncio.sleep(1.3)  # nobody beats: the outage
+        await first.beat()
+        assert not first.steady
+        assert ["first", "second"] == sorted(w.id for w in await store.list_workers())
+        assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
+        assert await store.heartbeat("second")
 
     async def test_a_proven_dead_predecessor_is_taken_over_at_start(self, store: Store) -> None:
         """At start, a worker of this host whose pid is gone is reaped without waiting for its

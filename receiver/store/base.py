@@ -439,8 +439,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def reap_workers(self, *, timeout: float, dead: Sequence[str] = (), at: float) -> Reaped:
-        """Remove the workers whose heartbeat is older than `timeout` seconds, and those in
-        `dead` (known to have stopped), and take back their leased work, in one transaction.
+        """Remove the workers whose heartbeat is older than `timeout` seconds (`math.inf`:
+        none), and those in `dead` (known to have stopped), and take back their leased work,
+        in one transaction.
 
         Their running deliveries go back to pending, due as they were, their attempt
         counted (as a claim of a lapsed lease would count it): the dead runner's writes,
