@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import msgspec
 
 from receiver.errors import StoreUnavailable
 from receiver.models import new_id, now
@@ -96,7 +97,8 @@ class Heartbeat:
         self.store = store
         self.timeout = timeout
         self.interval = timeout / 3
-        self.worker = worker or this_process()
+        # Others judge our heartbeat by the timeout we set, so it travels with our row.
+        self.worker = msgspec.structs.replace(worker or this_process(), timeout=timeout)
         self.on_declared_dead = on_declared_dead
         self._registered = False
         self._task: asyncio.Task[None] | None = None
@@ -128,7 +130,7 @@ class Heartbeat:
             await self._task
         self._task = None
         with contextlib.suppress(StoreUnavailable):
-            await self.store.reap_workers(timeout=math.inf, dead=[self.id], at=now())
+            await self.store.reap_workers(late=False, dead=[self.id], at=now())
 
     async def beat(self) -> None:
         """One heartbeat: stamp our row (registering if needed), then reap the dead."""
@@ -166,8 +168,7 @@ class Heartbeat:
     async def reap(self) -> None:
         """Take back the work of workers we can prove dead, and, once steady, of late ones."""
         dead = [w.id for w in await self.store.list_workers() if proven_dead(w, self.worker)]
-        timeout = self.timeout if self.steady else math.inf
-        reaped = await self.store.reap_workers(timeout=timeout, dead=dead, at=now())
+        reaped = await self.store.reap_workers(late=self.steady, dead=dead, at=now())
         if reaped.workers or reaped.deliveries or reaped.polls:
             log.warning(
                 "took over %d deliveries and %d polls from stopped workers %s",

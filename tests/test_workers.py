@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +19,10 @@ from receiver.store.base import Worker
 T0 = 1_000.0
 
 
-def worker(worker_id: str, *, host: str = "elsewhere", pid: int = 1) -> Worker:
-    return Worker(id=worker_id, host=host, pid=pid, pid_scope="")
+def worker(
+    worker_id: str, *, host: str = "elsewhere", pid: int = 1, timeout: float = 15.0
+) -> Worker:
+    return Worker(id=worker_id, host=host, pid=pid, pid_scope="", timeout=timeout)
 
 
 async def add_job(store: Store, job_id: str = "job_1", *, next_poll_at: float | None = None) -> Job:
@@ -70,7 +71,7 @@ class TestWorkerRows:
         assert await store.heartbeat("w1")
         [listed] = await store.list_workers()
         assert listed.heartbeat_at > stored.heartbeat_at
-        reaped = await store.reap_workers(timeout=60, dead=["w1"], at=now())
+        reaped = await store.reap_workers(dead=["w1"], at=now())
         assert ["w1"] == reaped.workers
         assert [] == await store.list_workers()
         assert not await store.heartbeat("w1")
@@ -86,28 +87,39 @@ class TestWorkerRows:
     async def test_lateness_is_judged_on_the_stores_clock(self, store: Store) -> None:
         """A fresh worker is not reaped even when the caller's own clock (`at`) runs an hour
         ahead: heartbeats are compared with the store's clock, not the caller's."""
-        await store.register_worker(worker("w1"))
-        reaped = await store.reap_workers(timeout=5, at=now() + 3600)
+        await store.register_worker(worker("w1", timeout=5))
+        reaped = await store.reap_workers(at=now() + 3600)
         assert [] == reaped.workers
         assert ["w1"] == [w.id for w in await store.list_workers()]
 
-    async def test_an_infinite_timeout_reaps_only_the_named(self, store: Store) -> None:
-        """With `math.inf`, no heartbeat is late: only the workers named dead are removed."""
-        await store.register_worker(worker("late"))
+    async def test_without_late_only_the_named_are_reaped(self, store: Store) -> None:
+        """With `late=False` a late heartbeat is left alone: only the workers named dead go."""
+        await store.register_worker(worker("late", timeout=0.01))
         await store.register_worker(worker("named"))
         await asyncio.sleep(0.05)
-        reaped = await store.reap_workers(timeout=math.inf, dead=["named"], at=now())
+        reaped = await store.reap_workers(late=False, dead=["named"], at=now())
         assert ["named"] == reaped.workers
         assert ["late"] == [w.id for w in await store.list_workers()]
+        assert ["late"] == (await store.reap_workers(at=now())).workers
 
     async def test_a_late_heartbeat_is_reaped(self, store: Store) -> None:
         """A worker whose last heartbeat is older than the timeout is removed by anyone."""
-        await store.register_worker(worker("late"))
+        await store.register_worker(worker("late", timeout=0.2))
         await asyncio.sleep(0.3)
-        await store.register_worker(worker("fresh"))
-        reaped = await store.reap_workers(timeout=0.2, at=now())
+        await store.register_worker(worker("fresh", timeout=0.2))
+        reaped = await store.reap_workers(at=now())
         assert ["late"] == reaped.workers
         assert ["fresh"] == [w.id for w in await store.list_workers()]
+
+    async def test_each_worker_is_judged_by_its_own_timeout(self, store: Store) -> None:
+        """A worker configured with a longer timeout (and so beating less often) is not late
+        by another's shorter one."""
+        await store.register_worker(worker("short", timeout=0.2))
+        stored = await store.register_worker(worker("long", timeout=60))
+        assert 60 == stored.timeout
+        await asyncio.sleep(0.3)
+        assert ["short"] == (await store.reap_workers(at=now())).workers
+        assert ["long"] == [w.id for w in await store.list_workers()]
 
 
 class TestTakeOver:
@@ -122,7 +134,7 @@ class TestTakeOver:
         await store.register_worker(worker("live"))
         assert 1 == len(await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="dead"))
         assert [] == await store.claim_deliveries(limit=5, lease=330, at=T0 + 2, worker="live")
-        reaped = await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 3)
+        reaped = await store.reap_workers(dead=["dead"], at=T0 + 3)
         assert (["dead"], 1) == (reaped.workers, reaped.deliveries)
         assert (DeliveryState.PENDING, 1) == await state_of(store, delivery_id)
         assert T0 + 4 >= (await store.next_delivery_at() or 0)
@@ -137,7 +149,7 @@ class TestTakeOver:
         await store.register_worker(worker("dead"))
         await store.register_worker(worker("live"))
         await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="dead")
-        await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 2)
+        await store.reap_workers(dead=["dead"], at=T0 + 2)
         # Between the reap and the new claim: nothing of the old attempt applies either.
         assert not await store.renew_lease(delivery_id, lease_until=T0 + 500, attempt=1)
         await store.finish_delivery(delivery_id, at=T0 + 3, attempt=1)
@@ -155,7 +167,7 @@ class TestTakeOver:
         await store.register_worker(worker("busy"))
         await store.claim_deliveries(limit=5, lease=330, at=T0 + 1, worker="busy")
         assert await store.heartbeat("busy")
-        reaped = await store.reap_workers(timeout=60, at=T0 + 100)
+        reaped = await store.reap_workers(at=T0 + 100)
         assert ([], 0) == (reaped.workers, reaped.deliveries)
         assert [] == await store.claim_deliveries(limit=5, lease=330, at=T0 + 100)
         assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
@@ -167,7 +179,7 @@ class TestTakeOver:
         it claims as before."""
         await pending(store)
         await store.register_worker(worker("w1"))
-        await store.reap_workers(timeout=60, dead=["w1"], at=T0)
+        await store.reap_workers(dead=["w1"], at=T0)
         assert [] == await store.claim_deliveries(limit=5, lease=60, at=T0 + 1, worker="w1")
         await store.register_worker(worker("w1"))
         [claimed] = await store.claim_deliveries(limit=5, lease=60, at=T0 + 1, worker="w1")
@@ -177,7 +189,7 @@ class TestTakeOver:
         """A delivery claimed with no worker id (a scheduled drain) is not taken by a reap."""
         delivery_id = await pending(store)
         await store.claim_deliveries(limit=5, lease=60, at=T0 + 1)
-        assert 0 == (await store.reap_workers(timeout=0.001, at=T0 + 2)).deliveries
+        assert 0 == (await store.reap_workers(at=T0 + 2)).deliveries
         assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
 
     async def test_a_dead_workers_poll_is_due_at_once(self, store: Store) -> None:
@@ -188,7 +200,7 @@ class TestTakeOver:
         claimed = await store.claim_polls(limit=5, lease=120, at=T0 + 1, worker="dead")
         assert {"job_leased", "job_done"} == {job.id for job in claimed}
         await store.schedule_poll("job_done", T0 + 300, attempted=True)  # its poll finished
-        reaped = await store.reap_workers(timeout=60, dead=["dead"], at=T0 + 2)
+        reaped = await store.reap_workers(dead=["dead"], at=T0 + 2)
         assert 1 == reaped.polls
         assert T0 + 2 == await store.next_poll_at()
         await store.register_worker(worker("live"))
@@ -380,7 +392,7 @@ class TestHeartbeat:
             async with beating(heartbeat), running(runner(store, registry, heartbeat)):
                 await wait_for(lambda: asyncio.sleep(0, result=bool(runs)), timeout=5)
                 # Another process finds it late (its loop stalled, say) and takes its work.
-                await store.reap_workers(timeout=30, dead=["stalled"], at=now())
+                await store.reap_workers(dead=["stalled"], at=now())
                 await heartbeat.beat()
 
                 async def done() -> bool:

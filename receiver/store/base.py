@@ -118,13 +118,16 @@ class Worker(msgspec.Struct, kw_only=True):
 
     `heartbeat_at` (and `started_at`) are the database's clock where it has one
     (PostgreSQL), so processes on hosts with skewed clocks agree on who is late.
-    `pid_scope` names the PID namespace on this boot, "" when unknown.
+    `pid_scope` names the PID namespace on this boot, "" when unknown. `timeout` is how
+    late its heartbeat may be before it counts as dead: its own RECEIVER_WORKER_TIMEOUT,
+    so processes configured differently never judge each other by the wrong one.
     """
 
     id: str
     host: str
     pid: int
     pid_scope: str = ""
+    timeout: float = 15.0
     started_at: float = 0.0
     heartbeat_at: float = 0.0
 
@@ -438,10 +441,12 @@ class Store(abc.ABC):
         """Every registered worker, oldest first."""
 
     @abc.abstractmethod
-    async def reap_workers(self, *, timeout: float, dead: Sequence[str] = (), at: float) -> Reaped:
-        """Remove the workers whose heartbeat is older than `timeout` seconds (`math.inf`:
-        none), and those in `dead` (known to have stopped), and take back their leased work,
-        in one transaction.
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
+        """Remove the workers in `dead` (known to have stopped) and, with `late`, those whose
+        heartbeat is older than their `timeout`, and take back their leased work, in one
+        transaction.
 
         Their running deliveries go back to pending, due as they were, their attempt
         counted (as a claim of a lapsed lease would count it): the dead runner's writes,

@@ -770,15 +770,17 @@ class PostgresStore(Store):
     async def register_worker(self, worker: Worker) -> Worker:
         async with self._beating() as db:
             row = await db.fetchrow(
-                "INSERT INTO workers (id, host, pid, pid_scope, started_at, heartbeat_at)"
-                f" SELECT $1, $2, $3, $4, t, t FROM (SELECT {_DB_NOW} AS t) AS clock"
-                " ON CONFLICT (id)"
-                " DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at"
+                "INSERT INTO workers"
+                " (id, host, pid, pid_scope, timeout, started_at, heartbeat_at)"
+                f" SELECT $1, $2, $3, $4, $5, t, t FROM (SELECT {_DB_NOW} AS t) AS clock"
+                " ON CONFLICT (id) DO UPDATE"
+                " SET heartbeat_at = EXCLUDED.heartbeat_at, timeout = EXCLUDED.timeout"
                 f" RETURNING {_WORKER_COLUMNS}",
                 worker.id,
                 worker.host,
                 worker.pid,
                 worker.pid_scope,
+                worker.timeout,
             )
         return Worker(**dict(row))
 
@@ -793,10 +795,12 @@ class PostgresStore(Store):
         rows = await self._fetch(f"SELECT {_WORKER_COLUMNS} FROM workers ORDER BY started_at, id")
         return [Worker(**dict(row)) for row in rows]
 
-    async def reap_workers(self, *, timeout: float, dead: Sequence[str] = (), at: float) -> Reaped:
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
         async with self._beating() as db:
             row = await db.fetchrow(
-                _REAP_WORKERS, timeout, list(dead), at, DELIVERIES_CHANNEL, POLLS_CHANNEL
+                _REAP_WORKERS, late, list(dead), at, DELIVERIES_CHANNEL, POLLS_CHANNEL
             )
         return Reaped(workers=list(row[0]), deliveries=row[1], polls=row[2])
 
@@ -939,7 +943,7 @@ _CLAIM_POLLS = (
 
 # Heartbeats are stamped and compared on the database's clock, never a host's own.
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
-_WORKER_COLUMNS = "id, host, pid, pid_scope, started_at, heartbeat_at"
+_WORKER_COLUMNS = "id, host, pid, pid_scope, timeout, started_at, heartbeat_at"
 # One statement: remove the late workers (and those known dead), put their running
 # deliveries back to pending with the attempt counted (which fences the dead runner's
 # writes), make their polls due, and wake every process if anything moved. Work stamped
@@ -947,7 +951,8 @@ _WORKER_COLUMNS = "id, host, pid, pid_scope, started_at, heartbeat_at"
 # was before `gone`, so the gone ones are named explicitly.
 _REAP_WORKERS = (
     "WITH gone AS ("
-    f"  DELETE FROM workers WHERE heartbeat_at < {_DB_NOW} - $1 OR id = ANY($2::text[])"
+    f"  DELETE FROM workers WHERE ($1 AND heartbeat_at < {_DB_NOW} - timeout)"
+    "   OR id = ANY($2::text[])"
     "  RETURNING id),"
     " freed AS ("
     "  UPDATE deliveries d SET state = 'pending', lease_until = NULL, updated_at = $3,"

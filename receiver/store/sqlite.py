@@ -749,10 +749,11 @@ class SQLiteStore(Store):
         at = now()
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO workers (id, host, pid, pid_scope, started_at, heartbeat_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                (worker.id, worker.host, worker.pid, worker.pid_scope, at, at),
+                "INSERT INTO workers"
+                " (id, host, pid, pid_scope, timeout, started_at, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET heartbeat_at = excluded.heartbeat_at, timeout = excluded.timeout",
+                (worker.id, worker.host, worker.pid, worker.pid_scope, worker.timeout, at, at),
             )
             async with db.execute(f"{_WORKERS} WHERE id = ?", (worker.id,)) as cursor:
                 row = await cursor.fetchone()
@@ -770,12 +771,15 @@ class SQLiteStore(Store):
         rows = await self._fetchall(f"{_WORKERS} ORDER BY started_at, id")
         return [_worker(row) for row in rows]
 
-    async def reap_workers(self, *, timeout: float, dead: Sequence[str] = (), at: float) -> Reaped:
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
         marks = ", ".join("?" * len(dead))
         async with self._transaction() as db:
             async with db.execute(
-                f"DELETE FROM workers WHERE heartbeat_at < ? OR id IN ({marks}) RETURNING id",
-                (now() - timeout, *dead),
+                f"DELETE FROM workers WHERE (? AND heartbeat_at < ? - timeout)"
+                f" OR id IN ({marks}) RETURNING id",
+                (late, now(), *dead),
             ) as cursor:
                 gone = sorted(row[0] for row in await cursor.fetchall())
             # The gone rows are deleted already: "no row" covers them and any orphans.
@@ -795,17 +799,18 @@ class SQLiteStore(Store):
         return Reaped(workers=gone, deliveries=freed.rowcount, polls=polled.rowcount)
 
 
-_WORKERS = "SELECT id, host, pid, pid_scope, started_at, heartbeat_at FROM workers"
+_WORKERS = "SELECT id, host, pid, pid_scope, timeout, started_at, heartbeat_at FROM workers"
 _HAS_WORKER = "EXISTS (SELECT 1 FROM workers w WHERE w.id = deliveries.worker_id)"
 
 
 def _worker(row: Sequence[Any]) -> Worker:
-    worker_id, host, pid, pid_scope, started_at, heartbeat_at = row
+    worker_id, host, pid, pid_scope, timeout, started_at, heartbeat_at = row
     return Worker(
         id=worker_id,
         host=host,
         pid=pid,
         pid_scope=pid_scope,
+        timeout=timeout,
         started_at=started_at,
         heartbeat_at=heartbeat_at,
     )

@@ -11,6 +11,7 @@ CREATE TABLE workers (
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     pid_scope    TEXT NOT NULL DEFAULT '',
+    timeout      DOUBLE PRECISION NOT NULL,  -- seconds its heartbeat may be late: its own setting
     started_at   DOUBLE PRECISION NOT NULL,
     heartbeat_at DOUBLE PRECISION NOT NULL
 );

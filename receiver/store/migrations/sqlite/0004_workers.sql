@@ -9,6 +9,7 @@ CREATE TABLE workers (
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     pid_scope    TEXT NOT NULL DEFAULT '',
+    timeout      REAL NOT NULL,  -- seconds its heartbeat may be late: its own setting
     started_at   REAL NOT NULL,
     heartbeat_at REAL NOT NULL
 );
