@@ -257,7 +257,8 @@ class Dispatcher(WorkLoop):
         try:
             if self.store.shared:
                 # Other workers may hold live leases on this database: a dead worker's
-                # deliveries are taken over when their leases run out, never by release.
+                # deliveries are taken over when its heartbeat stops (receiver.heartbeat)
+                # or their leases run out, never by release.
                 return
             released = await self.store.release_running()
             if released:

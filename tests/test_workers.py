@@ -207,6 +207,24 @@ class TestTakeOver:
         taken = await store.claim_polls(limit=5, lease=120, at=T0 + 2, worker="live")
         assert ["job_leased"] == [job.id for job in taken]
 
+    async def test_a_recorded_poll_answer_ends_the_polls_lease(self, store: Store) -> None:
+        """Once the poll's answer is recorded with the next poll time, the poll is no longer
+        the worker's: reaping it later leaves that schedule alone."""
+        await store.register_worker(worker("w1"))
+        await add_job(store, "job_1", next_poll_at=T0)
+        await store.claim_polls(limit=5, lease=120, at=T0 + 1, worker="w1")
+        for update in (
+            Update(status=Status.RUNNING, raw_status="processing", progress=0.5),  # news
+            Update(status=Status.RUNNING, raw_status="processing", progress=0.5),  # the same
+        ):
+            await store.claim_polls(limit=5, lease=120, at=T0 + 400, worker="w1")
+            await store.record(
+                "job_1", update, source="poll", route=lambda e, j: [], next_poll_at=T0 + 300
+            )
+            assert 0 == (await store.reap_workers(dead=["w1"], at=T0 + 2)).polls
+            assert T0 + 300 == await store.next_poll_at()
+            await store.register_worker(worker("w1"))
+
 
 class TestProvenDead:
     """Only a worker on this host and PID namespace whose pid is gone is proven dead."""
