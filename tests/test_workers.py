@@ -10,11 +10,14 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
+
 from receiver.dispatch import Dispatcher, Registry
 from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
 from receiver.store import NewJob, Store
 from receiver.store.base import Worker
+from receiver.store.postgres import PostgresStore
 
 T0 = 1_000.0
 
@@ -421,4 +424,35 @@ class TestHeartbeat:
             assert 2 == len(runs)  # the first cut off, the second ran to the end
             assert (DeliveryState.DONE, 2) == await state_of(store, delivery_id)
         finally:
+            await store.close()
+
+
+class TestPostgresReapSkipsLockedRows:
+    """On PostgreSQL a reap never waits on a row another transaction holds: it leaves it, and
+    the next reap takes it back as work of a worker that has no row."""
+
+    async def test_a_locked_delivery_is_taken_by_the_next_reap(self, pg_url: str) -> None:
+        """A delivery locked at the reap stays running; the dead worker is gone all the same,
+        and once the lock is let go the next reap puts the delivery back."""
+        store = PostgresStore(pg_url)
+        await store.open()
+        holder = await asyncpg.connect(pg_url)
+        try:
+            delivery_id = await pending(store)
+            await store.register_worker(worker("dead"))
+            await store.claim_deliveries(limit=1, lease=330, at=T0 + 1, worker="dead")
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
+                )
+                reaped = await asyncio.wait_for(
+                    store.reap_workers(dead=["dead"], at=T0 + 2), timeout=5
+                )
+                assert (["dead"], 0) == (reaped.workers, reaped.deliveries)
+            assert (DeliveryState.RUNNING, 1) == await state_of(store, delivery_id)
+            reaped = await store.reap_workers(at=T0 + 3)
+            assert ([], 1) == (reaped.workers, reaped.deliveries)
+            assert (DeliveryState.PENDING, 1) == await state_of(store, delivery_id)
+        finally:
+            await holder.close()
             await store.close()

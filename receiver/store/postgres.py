@@ -948,7 +948,9 @@ _WORKER_COLUMNS = "id, host, pid, pid_scope, timeout, started_at, heartbeat_at"
 # deliveries back to pending with the attempt counted (which fences the dead runner's
 # writes), make their polls due, and wake every process if anything moved. Work stamped
 # with a worker that has no row is taken back too. The CTEs see the workers table as it
-# was before `gone`, so the gone ones are named explicitly.
+# was before `gone`, so the gone ones are named explicitly. Rows another transaction
+# holds (a renewal, a claim) are skipped, not waited for: left stamped with a worker
+# that has no row, the next reap takes them.
 _REAP_WORKERS = (
     "WITH gone AS ("
     f"  DELETE FROM workers WHERE ($1 AND heartbeat_at < {_DB_NOW} - timeout)"
@@ -957,17 +959,19 @@ _REAP_WORKERS = (
     " freed AS ("
     "  UPDATE deliveries d SET state = 'pending', lease_until = NULL, updated_at = $3,"
     "   last_error = 'worker ' || d.worker_id || ' stopped; taken over', worker_id = NULL"
-    "  WHERE d.state = 'running' AND d.worker_id IS NOT NULL"
-    "   AND (d.worker_id IN (SELECT id FROM gone)"
-    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = d.worker_id))"
-    "  RETURNING 1),"
+    "  FROM (SELECT seq FROM deliveries e WHERE e.state = 'running'"
+    "   AND e.worker_id IS NOT NULL AND (e.worker_id IN (SELECT id FROM gone)"
+    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = e.worker_id))"
+    "   FOR UPDATE SKIP LOCKED) AS picked"
+    "  WHERE d.seq = picked.seq RETURNING 1),"
     " polled AS ("
     "  UPDATE jobs j SET poll_worker_id = NULL,"
     "   next_poll_at = CASE WHEN j.next_poll_at > $3 THEN $3 ELSE j.next_poll_at END"
-    "  WHERE j.poll_worker_id IS NOT NULL"
-    "   AND (j.poll_worker_id IN (SELECT id FROM gone)"
-    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.poll_worker_id))"
-    "  RETURNING 1),"
+    "  FROM (SELECT id FROM jobs k WHERE k.poll_worker_id IS NOT NULL"
+    "   AND (k.poll_worker_id IN (SELECT id FROM gone)"
+    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = k.poll_worker_id))"
+    "   FOR UPDATE SKIP LOCKED) AS picked"
+    "  WHERE j.id = picked.id RETURNING 1),"
     " counts AS ("
     "  SELECT (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM gone) AS workers,"
     "   (SELECT count(*) FROM freed)::int AS deliveries,"
