@@ -9,12 +9,17 @@ import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
+import pytest
 
+from receiver.config import load_settings
 from receiver.dispatch import Dispatcher, Registry
+from receiver.errors import ConfigError
 from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
+from receiver.runtime import Runtime
 from receiver.store import NewJob, Store
 from receiver.store.base import Worker
 from receiver.store.postgres import PostgresStore
@@ -427,9 +432,9 @@ class TestHeartbeat:
             await store.close()
 
 
-class TestPostgresReapSkipsLockedRows:
-    """On PostgreSQL a reap never waits on a row another transaction holds: it leaves it, and
-    the next reap takes it back as work of a worker that has no row."""
+class TestPostgresNeverWaits:
+    """On PostgreSQL heartbeats and reaps wait on nobody: not on a row another transaction
+    holds (the next reap takes it), not on a pool busy with other work."""
 
     async def test_a_locked_delivery_is_taken_by_the_next_reap(self, pg_url: str) -> None:
         """A delivery locked at the reap stays running; the dead worker is gone all the same,
@@ -456,3 +461,35 @@ class TestPostgresReapSkipsLockedRows:
         finally:
             await holder.close()
             await store.close()
+
+    async def test_a_busy_pool_does_not_delay_heartbeats(self, pg_url: str) -> None:
+        """Heartbeats have a connection of their own: with every pooled connection taken
+        (ingest under load), a worker still beats, and is not declared dead for it."""
+        store = PostgresStore(f"{pg_url}?pool_size=1&pool_min=1&pool_timeout=0.5")
+        await store.open()
+        try:
+            await store.register_worker(worker("busy"))
+            async with store.pool.acquire():  # the pool's only connection
+                assert await asyncio.wait_for(store.heartbeat("busy"), 2)
+                reaped = await asyncio.wait_for(store.reap_workers(at=now()), 2)
+                assert [] == reaped.workers
+        finally:
+            await store.close()
+
+
+class TestWorkerTimeoutSetting:
+    """RECEIVER_WORKER_TIMEOUT sets how late a heartbeat may be; a bad value is refused."""
+
+    def test_default_and_override(self, tmp_path: Path) -> None:
+        """15 s by default; the variable's value reaches the runtime's heartbeat."""
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+        assert 15.0 == load_settings({"RECEIVER_DATABASE_URL": url}).worker_timeout
+        settings = load_settings({"RECEIVER_DATABASE_URL": url, "RECEIVER_WORKER_TIMEOUT": "6"})
+        heartbeat = Runtime.build(settings, handlers=Registry()).heartbeat
+        assert (6.0, 2.0, 6.0) == (heartbeat.timeout, heartbeat.interval, heartbeat.worker.timeout)
+
+    @pytest.mark.parametrize("value", ["0", "0.5", "-3", "nan", "soon"])
+    def test_bad_values_are_refused(self, value: str) -> None:
+        """Under a second, negative, NaN or not a number: one line naming the variable."""
+        with pytest.raises(ConfigError, match="RECEIVER_WORKER_TIMEOUT"):
+            load_settings({"RECEIVER_WORKER_TIMEOUT": value})
