@@ -13,7 +13,9 @@ A live worker is never taken over while it beats. One that finds its own row gon
 declared dead while alive (its loop stalled, or it could not reach the database for the
 whole timeout): its deliveries may already run elsewhere. It has its dispatcher renew
 every lease at once and stop the handlers whose lease is gone (their writes are fenced by
-the attempt number anyway), then registers again.
+the attempt number anyway), then registers again. It does the same at every failed beat
+once its last heartbeat is older than the timeout, so a worker cut off from its
+heartbeats stops a taken-over handler within a beat, not at the next lease renewal.
 
 A process judges others late only after beating without a gap for a whole timeout
 itself: when the database was out of reach for everyone, every heartbeat is late once it
@@ -186,5 +188,16 @@ class Heartbeat:
                     await self.beat()
             except (StoreUnavailable, TimeoutError) as exc:
                 log.warning("heartbeat failed: %s", exc or type(exc).__name__)
+                await self._fence_if_late()
             except Exception:
                 log.exception("heartbeat failed unexpectedly")
+
+    async def _fence_if_late(self) -> None:
+        """After a failed beat: once our last heartbeat is older than the timeout, others may
+        have declared us dead, so check every lease and stop the handlers that lost theirs,
+        at each failed beat until one lands (a lease the store cannot answer for is kept)."""
+        late = self._last_beat is None or time.monotonic() - self._last_beat > self.timeout
+        if late and self._registered and self.on_declared_dead is not None:
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self.on_declared_dead()

@@ -16,7 +16,7 @@ import pytest
 
 from receiver.config import load_settings
 from receiver.dispatch import Dispatcher, Registry
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, StoreUnavailable
 from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
 from receiver.runtime import Runtime
@@ -430,6 +430,56 @@ class TestHeartbeat:
             assert (DeliveryState.DONE, 2) == await state_of(store, delivery_id)
         finally:
             await store.close()
+
+    async def test_a_worker_cut_off_from_its_heartbeats_stops_a_taken_handler(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A worker whose heartbeats fail (while its leases still reach the store) checks its
+        leases at each failed beat once it is late, and stops the handler another worker
+        took over: within a beat, not at the next lease renewal (110 s away)."""
+        started: list[str] = []
+        stopped: list[float] = []
+
+        @registry.on("*", name="h")
+        async def handle(event: Event, job: Job) -> None:
+            started.append(event.id)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                stopped.append(time.monotonic())
+                raise
+
+        beats = CutOffBeats(store)
+        heartbeat = Heartbeat(beats, timeout=1.0, worker=worker("cut"))  # type: ignore[arg-type]
+        async with beating(heartbeat), running(runner(store, registry, heartbeat)):
+            delivery_id = await pending(store, at=now())
+            await wait_for(lambda: asyncio.sleep(0, result=bool(started)), timeout=5)
+            beats.cut = True
+            await asyncio.sleep(1.2)  # late now: others take its work over
+            await store.reap_workers(dead=["cut"], at=now())
+            await store.register_worker(worker("other"))
+            [taken] = await store.claim_deliveries(limit=1, lease=330, at=now(), worker="other")
+            assert delivery_id == taken.delivery.id
+            taken_at = time.monotonic()
+            await wait_for(lambda: asyncio.sleep(0, result=bool(stopped)), timeout=3)
+        assert stopped[0] - taken_at < 1.5
+        assert (DeliveryState.RUNNING, 2) == await state_of(store, delivery_id)
+
+
+class CutOffBeats:
+    """The real store, except that every heartbeat fails once `cut` is set."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.cut = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        if self.cut:
+            raise StoreUnavailable("cut off")
+        return await self.store.heartbeat(worker_id)
 
 
 class TestPostgresNeverWaits:

@@ -3,8 +3,9 @@
 Any number of workers may share one PostgreSQL database: deliveries and polls are
 claimed under leases, and LISTEN/NOTIFY wakes an idle worker as soon as a receiver
 commits work. Each keeps a heartbeat in the database (receiver.heartbeat): the work of
-one that dies is taken over by the others within RECEIVER_WORKER_TIMEOUT. SIGTERM or SIGINT stops claiming, lets running handlers finish (up to
-`--grace` seconds), puts the rest back to pending, and exits 0.
+one that dies is taken over by the others within RECEIVER_WORKER_TIMEOUT. SIGTERM or
+SIGINT stops claiming, lets running handlers finish (up to `--grace` seconds), puts the
+rest back to pending, and exits 0.
 """
 
 from __future__ import annotations

@@ -785,10 +785,14 @@ class PostgresStore(Store):
         return Worker(**dict(row))
 
     async def heartbeat(self, worker_id: str) -> bool:
-        async with self._beating() as db:
-            status: str = await db.execute(
-                f"UPDATE workers SET heartbeat_at = {_DB_NOW} WHERE id = $1", worker_id
-            )
+        sql = f"UPDATE workers SET heartbeat_at = {_DB_NOW} WHERE id = $1"
+        try:
+            async with self._beating() as db:
+                status: str = await db.execute(sql, worker_id)
+        except StoreUnavailable:
+            # No connection of its own to be had (the server's connection limit, say): the
+            # pool's may still reach the server, and a missed beat can cost a live worker.
+            status = await self._execute(sql, worker_id)
         return status != "UPDATE 0"
 
     async def list_workers(self) -> list[Worker]:
