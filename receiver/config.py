@@ -85,6 +85,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: int | None = None
     max_connections_per_client: int | None = None
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
+    # A worker whose heartbeat (sent every third of this) is older is dead: its work is taken over.
+    worker_timeout: float = 15.0
     log_level: str = "WARNING"
     heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
     no_worker: bool = False  # `serve` only ingests; `receiver worker` runs handlers and polls
@@ -156,6 +158,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError("RECEIVER_SHUTDOWN_GRACE must not be negative")
+        if not self.worker_timeout >= 1:  # `not >=`: NaN is refused too
+            raise ConfigError("RECEIVER_WORKER_TIMEOUT must be at least 1 (seconds)")
         for name in (
             "handler_timeout",
             "poll_interval",

@@ -11,6 +11,7 @@ from receiver.admin_token import admin_token_file, ensure_admin_token
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.dispatch import Dispatcher, Registry, load_handlers
+from receiver.heartbeat import Heartbeat
 from receiver.ingest import Ingest
 from receiver.outgoing import lazy_client
 from receiver.poller import Poller
@@ -47,12 +48,19 @@ class Runtime:
     auth_failures: FailureLimiter
     trusted_proxies: tuple[Network, ...]
     quarantine: Quarantine  # where refused hook requests are kept, capped
+    heartbeat: Heartbeat
     # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
     providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
 
     def wakers(self) -> dict[str, Callable[[], None]]:
         """What to wake when another process commits work (see `Store.listen`)."""
         return {"deliveries": self.dispatcher.wake, "polls": self.poller.wake}
+
+    async def start_heartbeat(self) -> None:
+        """Join the workers (before the loops start): stamp what we lease with our id, and
+        take over the work of dead workers, a killed predecessor's included."""
+        self.dispatcher.worker = self.poller.worker = self.heartbeat.id
+        await self.heartbeat.start()
 
     @classmethod
     def build(
@@ -132,5 +140,10 @@ class Runtime:
             ),
             trusted_proxies=parse_networks(settings.trusted_proxies),
             quarantine=Quarantine(store, max_rows=settings.quarantine_max_rows),
+            heartbeat=Heartbeat(
+                store,
+                timeout=settings.worker_timeout,
+                on_declared_dead=dispatcher.recheck_leases,
+            ),
             providers=providers,
         )

@@ -2,8 +2,10 @@
 
 Any number of workers may share one PostgreSQL database: deliveries and polls are
 claimed under leases, and LISTEN/NOTIFY wakes an idle worker as soon as a receiver
-commits work. SIGTERM or SIGINT stops claiming, lets running handlers finish (up to
-`--grace` seconds), puts the rest back to pending, and exits 0.
+commits work. Each keeps a heartbeat in the database (receiver.heartbeat): the work of
+one that dies is taken over by the others within RECEIVER_WORKER_TIMEOUT. SIGTERM or
+SIGINT stops claiming, lets running handlers finish (up to `--grace` seconds), puts the
+rest back to pending, and exits 0.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await runtime.store.open()
+        await runtime.start_heartbeat()
         await runtime.store.listen(runtime.wakers())
         tasks = [
             asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
@@ -98,6 +101,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await runtime.heartbeat.stop()
         await runtime.client.aclose()
         await runtime.store.close()
     return EXIT_OK
