@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 
 from receiver.models import now
-from receiver.ratelimit import client_address
+from receiver.ratelimit import client_address, client_key
 from receiver.verify import digest
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def failure_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The limiter key of the caller's address (through trusted proxies only), if known."""
     runtime = _runtime(connection)
     address = client_address(connection.scope, runtime.trusted_proxies)
-    return f"admin:{address}" if address else None
+    return f"admin:{client_key(address)}" if address else None
 
 
 def locked_out_for(connection: ASGIConnection[Any, Any, Any, Any]) -> int | None:

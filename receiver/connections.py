@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config import Settings
 from receiver.errors import ConfigError
-from receiver.ratelimit import Network, parse_networks
+from receiver.ratelimit import Network, client_key, parse_networks
 
 __all__ = [
     "FD_RESERVE",
@@ -150,7 +150,7 @@ class ConnectionCounter:
         """The per-client key a connection from `address` counts under; None for none."""
         if address is None or self._is_exempt(address):
             return None
-        return _client_key(address) if ":" in address else address
+        return client_key(address)
 
     def admit(self, key: str | None) -> bool:
         """Count a new connection under `key`, or refuse it (False) past a cap."""
@@ -190,17 +190,6 @@ class ConnectionCounter:
             if len(self._exempt) < 10_000:  # proxies are few; the rest need not be kept
                 self._exempt[address] = known
         return known
-
-
-def _client_key(address: str) -> str:
-    """An IPv6 client is its /64 (one subscriber's share; it has all of it to pick from)."""
-    try:
-        parsed = ipaddress.IPv6Address(address.partition("%")[0])
-    except ValueError:
-        return address
-    if parsed.ipv4_mapped is not None:  # a dual-stack listener's IPv4 client
-        return str(parsed.ipv4_mapped)
-    return parsed.exploded[:19] + "::/64"
 
 
 def _response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 
 from receiver.errors import ConfigError
 
-__all__ = ["FailureLimiter", "Network", "client_address", "parse_networks"]
+__all__ = ["FailureLimiter", "Network", "client_address", "client_key", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -90,6 +90,24 @@ def _forwarded_client(peer: str, hops: list[str], proxies: tuple[Network, ...]) 
         if not any(parsed in network for network in proxies):
             return str(parsed)
     return peer
+
+
+def client_key(address: str) -> str:
+    """What one client is counted as: an IPv4 address, or an IPv6 client's /64.
+
+    An IPv6 subscriber is given a whole /64 to pick addresses from, so counting single
+    addresses would give it 2**64 budgets and connection shares. A dual-stack listener's
+    IPv4-mapped client is its IPv4 address.
+    """
+    if ":" not in address:
+        return address
+    try:
+        parsed = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return parsed.exploded[:19] + "::/64"
 
 
 class FailureLimiter:

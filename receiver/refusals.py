@@ -19,7 +19,7 @@ import logging
 from receiver.callbacks import Reject, capped
 from receiver.errors import StoreUnavailable
 from receiver.models import Quarantined, RawRequest, new_id
-from receiver.ratelimit import FailureLimiter
+from receiver.ratelimit import FailureLimiter, client_key
 from receiver.store.base import Store
 from receiver.verify import digest
 
@@ -47,7 +47,7 @@ _TRIM_BATCH = 1000
 
 
 def _address_key(address: str | None) -> str | None:
-    return f"ip:{address}" if address else None
+    return f"ip:{client_key(address)}" if address else None
 
 
 def address_wait(limiter: FailureLimiter, address: str | None, at: float) -> int | None:

@@ -13,7 +13,8 @@ import pytest
 from receiver.dispatch import Registry
 from receiver.errors import ConfigError
 from receiver.models import Job, Status, new_id, now
-from receiver.ratelimit import FailureLimiter, client_address, parse_networks
+from receiver.ratelimit import FailureLimiter, client_address, client_key, parse_networks
+from receiver.refusals import address_wait, charge
 from receiver.store import NewJob
 from receiver.testing import LiveReceiver, running_receiver
 from receiver.verify import digest
@@ -55,6 +56,26 @@ def scope(peer: str | None, *forwarded: str) -> dict[str, Any]:
     """An ASGI scope from `peer` with one X-Forwarded-For line per `forwarded` value."""
     headers = [(b"host", b"x"), *((b"x-forwarded-for", line.encode()) for line in forwarded)]
     return {"type": "http", "client": (peer, 1234) if peer else None, "headers": headers}
+
+
+class TestClientKey:
+    """An IPv6 client is counted as its /64, so rotating addresses in it buys no budget."""
+
+    def test_ipv6_addresses_of_one_64_share_a_key(self) -> None:
+        assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
+        assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+
+    def test_ipv4_and_mapped_ipv4_are_one_client(self) -> None:
+        assert "192.0.2.7" == client_key("::ffff:192.0.2.7") == client_key("192.0.2.7")
+
+    def test_refusals_from_one_64_spend_one_budget(self) -> None:
+        """Twenty refusals from twenty addresses of one /64 leave a twenty-first address
+        of it waiting, while another /64 is untouched."""
+        limiter = FailureLimiter(burst=20, rate=0.5)
+        for host in range(1, 21):
+            charge(limiter, f"2001:db8:0:1::{host:x}", None, 100.0)
+        assert address_wait(limiter, "2001:db8:0:1::abcd", 100.0) is not None
+        assert address_wait(limiter, "2001:db8:0:2::1", 100.0) is None
 
 
 class TestClientAddress:
