@@ -114,6 +114,7 @@ class ReceiverApp:
             self._tasks = [
                 asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
                 asyncio.create_task(runtime.poller.run(), name="poller"),
+                asyncio.create_task(runtime.pruner.run(), name="pruner"),
             ]
         if self.preload and self._framework is None and self._loading is None:
             self._loading = asyncio.ensure_future(self._load())

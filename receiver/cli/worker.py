@@ -70,6 +70,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         tasks = [
             asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(runtime.poller.run(), name="poller"),
+            asyncio.create_task(runtime.pruner.run(), name="pruner"),
         ]
         if settings.heartbeat_file:
             tasks.append(asyncio.create_task(_heartbeat(Path(settings.heartbeat_file))))
