@@ -7,11 +7,15 @@ the retention to pass.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_store import make_job, route_to
 
 from receiver.config import load_settings
 from receiver.errors import ConfigError
@@ -19,7 +23,6 @@ from receiver.models import DeliveryState, Quarantined, RawRequest, Status, Upda
 from receiver.retention import Pruner, prune_all
 from receiver.store import NewJob, SQLiteStore, Store
 from receiver.store.base import PRUNED_TABLES
-from test_store import make_job, route_to
 
 DAY = 86400.0
 T0 = 1_000_000.0  # when the old jobs ran
@@ -131,7 +134,7 @@ class TestPrune:
         assert Status.RUNNING == (await story.get_job("job_open")).status  # type: ignore[union-attr]
 
     async def test_pending_deliveries_never_go(self, story: Store) -> None:
-        [running, pending] = await story.list_deliveries(job_id="job_pending")
+        [running, _pending] = await story.list_deliveries(job_id="job_pending")
         claimed = await story.claim_deliveries(limit=1, lease=60, at=NOW)
         assert [running.id] == [c.delivery.id for c in claimed]
         await prune_all(story, before=NOW + 1000 * DAY, jobs=True)
@@ -227,8 +230,15 @@ class TestSetting:
 
     @pytest.mark.parametrize(
         ("text", "seconds"),
-        [("30d", 30 * DAY), ("12h", 43200.0), ("90m", 5400.0), ("45s", 45.0), ("3600", 3600.0)]
-        + [("0", 0.0), ("1.5", 1.5)],
+        [
+            ("30d", 30 * DAY),
+            ("12h", 43200.0),
+            ("90m", 5400.0),
+            ("45s", 45.0),
+            ("3600", 3600.0),
+            ("0", 0.0),
+            ("1.5", 1.5),
+        ],
     )
     def test_durations(self, text: str, seconds: float) -> None:
         assert seconds == load_settings({"RECEIVER_RETENTION": text}).retention_seconds()
@@ -283,3 +293,87 @@ class TestSQLiteSpace:
         finally:
             await store.close()
         assert 0 == page_setting(tmp_path / "r.db", "freelist_count")
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """`python -m receiver ARGS` as a subprocess: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        *args,
+        env={**os.environ, "RECEIVER_HANDLERS": "", **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class TestPruneCommand:
+    """`receiver prune` deletes what is past the retention now; `--dry-run` only counts it."""
+
+    async def test_dry_run_counts_then_prune_deletes(
+        self, story: Store, store_url: str, tmp_path: Path
+    ) -> None:
+        env = {"RECEIVER_DATABASE_URL": store_url}
+        code, out, err = await run_cli("prune", "--dry-run", "--json", env=env, cwd=tmp_path)
+        assert 0 == code, err
+        dry = json.loads(out)
+        # Every story row is from 1970: all of it is past 30 days but the open job's and
+        # the one with unfinished deliveries.
+        expected = {"deliveries": 8, "events": 4, "requests": 4, "quarantine": 2, "jobs": 0}
+        assert {"dry_run": True, "counts": expected} == dry
+        assert (2, 2, 4) == await rows(story, "job_ended")
+        assert 2 == len(await story.list_quarantine())
+        code, out, err = await run_cli("prune", "--json", env=env, cwd=tmp_path)
+        assert 0 == code, err
+        assert {"dry_run": False, "counts": expected} == json.loads(out)
+        for job_id in ("job_ended", "job_failed", "job_recent"):
+            assert (0, 0, 0) == await rows(story, job_id)
+        assert (1, 1, 2) == await rows(story, "job_open")
+        assert (1, 1, 2) == await rows(story, "job_pending")
+        assert [] == await story.list_quarantine()
+
+    async def test_jobs_and_retention_options(
+        self, story: Store, store_url: str, tmp_path: Path
+    ) -> None:
+        env = {"RECEIVER_DATABASE_URL": store_url}
+        code, out, _ = await run_cli("prune", "--retention", "30000d", env=env, cwd=tmp_path)
+        assert 0 == code
+        assert ["deleted 0 deliveries", "deleted 0 events"] == [
+            " ".join(line.split()) for line in out.splitlines()[:2]
+        ]
+        assert (2, 2, 4) == await rows(story, "job_ended")
+        code, out, _ = await run_cli("prune", "--jobs", "--dry-run", env=env, cwd=tmp_path)
+        assert "would delete 3 jobs" in [" ".join(line.split()) for line in out.splitlines()]
+        code, out, _ = await run_cli("prune", "--jobs", env=env, cwd=tmp_path)
+        assert "deleted 3 jobs" in [" ".join(line.split()) for line in out.splitlines()]
+        assert (await story.get_job("job_ended")) is None
+        assert (await story.get_job("job_open")) is not None
+
+    async def test_zero_keeps_everything(
+        self, story: Store, store_url: str, tmp_path: Path
+    ) -> None:
+        env = {"RECEIVER_DATABASE_URL": store_url, "RECEIVER_RETENTION": "0"}
+        code, out, _ = await run_cli("prune", env=env, cwd=tmp_path)
+        assert 0 == code and "nothing pruned" in out
+        assert (2, 2, 4) == await rows(story, "job_ended")
+
+
+class TestPruneCommandUsage:
+    """`receiver prune --help` names its variables; a bad retention is one clear line."""
+
+    async def test_help_names_the_variables(self, tmp_path: Path) -> None:
+        code, out, _ = await run_cli("prune", "--help", env={}, cwd=tmp_path)
+        assert 0 == code
+        for variable in ("RECEIVER_RETENTION", "RECEIVER_DATABASE_URL"):
+            assert variable in out
+
+    async def test_bad_retention(self, tmp_path: Path) -> None:
+        env = {"RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+        code, out, err = await run_cli("prune", "--retention", "soon", env=env, cwd=tmp_path)
+        assert (2, "") == (code, out)
+        assert "RECEIVER_RETENTION must be a duration" in err and "Traceback" not in err
