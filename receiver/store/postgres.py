@@ -919,7 +919,8 @@ _ENDED = (
     "  AND u.state IN ('pending', 'running'))"
 )
 _PRUNABLE_EVENTS = (
-    f"FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.received_at < $1 AND {_ENDED}"
+    "FROM events e WHERE e.received_at < $1"
+    f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
 _PRUNABLE_REQUESTS = (
     "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < $1"
