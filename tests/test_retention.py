@@ -377,3 +377,33 @@ class TestPruneCommandUsage:
         code, out, err = await run_cli("prune", "--retention", "soon", env=env, cwd=tmp_path)
         assert (2, "") == (code, out)
         assert "RECEIVER_RETENTION must be a duration" in err and "Traceback" not in err
+
+
+class TestConcurrentPruners:
+    """Pruners in several processes on one database share the work and never fail."""
+
+    async def test_two_stores_prune_at_once(self, make_store: Any) -> None:
+        first, second = make_store(), make_store()
+        await first.open()
+        await second.open()
+        try:
+            for n in range(30):
+                statuses = [Status.RUNNING, Status.SUCCEEDED]
+                await job_with_story(first, f"job_{n:02d}", statuses, at=T0)
+                await finish_deliveries(first, f"job_{n:02d}", at=T0 + 10)
+            reports = await asyncio.gather(
+                prune_all(first, before=BEFORE, limit=7, pause=0, jobs=True),
+                prune_all(second, before=BEFORE, limit=7, pause=0, jobs=True),
+            )
+            totals = {t: sum(r.counts[t] for r in reports) for t in PRUNED_TABLES}
+            assert {"deliveries": 120, "events": 60, "requests": 60, "quarantine": 0} == {
+                t: c for t, c in totals.items() if t != "jobs"
+            }
+            # A job goes once its rows are gone; a pass that finished before the other
+            # deleted a job's last rows leaves that job for the next pass.
+            again = await prune_all(first, before=BEFORE, jobs=True)
+            assert 30 == totals["jobs"] + again.counts["jobs"]
+            assert [] == (await first.list_jobs()).items
+        finally:
+            await first.close()
+            await second.close()
