@@ -185,7 +185,7 @@ def create_app(
     preload: bool = True,
     tune_gc: bool = False,
 ) -> ReceiverApp:
-    """Build the receiver. With `run_loops`, the dispatcher and poller run inside the app.
+    """Build the receiver. With `run_loops`, the dispatcher, poller and pruner run inside it.
 
     With `preload` (the default) the framework is imported as the app starts; without it,
     on the first request that needs it (a serverless function that mostly takes callbacks).

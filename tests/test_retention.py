@@ -407,3 +407,34 @@ class TestConcurrentPruners:
         finally:
             await first.close()
             await second.close()
+
+
+class TestWorkerPrunes:
+    """`receiver worker` runs the pruner beside its loops."""
+
+    async def test_worker_deletes_old_rows(
+        self, story: Store, store_url: str, tmp_path: Path
+    ) -> None:
+        env = {**os.environ, "RECEIVER_HANDLERS": "", "RECEIVER_DATABASE_URL": store_url}
+        env["RECEIVER_RETENTION"] = "1"  # a pass every second
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "worker",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            for _ in range(200):
+                if (0, 0, 0) == await rows(story, "job_ended"):
+                    break
+                await asyncio.sleep(0.05)
+            assert (0, 0, 0) == await rows(story, "job_ended")
+            assert (1, 1, 2) == await rows(story, "job_open")
+        finally:
+            process.terminate()
+            _, err = await asyncio.wait_for(process.communicate(), 30)
+        assert 0 == process.returncode, err.decode()

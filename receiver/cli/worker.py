@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def work(settings: Settings, *, grace: float = 30.0) -> int:
-    """Run the dispatcher and the poller until SIGTERM or SIGINT; return the exit code."""
+    """Run the dispatcher, the poller and the pruner until SIGTERM or SIGINT; the exit code."""
     from receiver.runtime import Runtime
     from receiver.store import display_url
 
