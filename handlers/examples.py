@@ -16,12 +16,14 @@ from receiver import Event, Job, on
 from receiver.builtins.download import fetch_file
 from receiver.builtins.forward import send_signed
 from receiver.builtins.settings import DownloadSettings
+from receiver.egress import Egress
 
 # One downstream per customer, each with its own Standard Webhooks secret.
 CUSTOMER_HOOKS = {
     "acme": ("https://hooks.acme.example/video", os.environ.get("ACME_WHSEC", "")),
 }
 _client = httpx.AsyncClient(follow_redirects=False)
+_egress = Egress()  # result URLs are the provider's choice: public addresses only
 
 
 @on(["succeeded", "failed"], when=lambda event, job: job.metadata.get("customer") in CUSTOMER_HOOKS)
@@ -37,4 +39,4 @@ async def keep_thumbnails(event: Event, job: Job) -> None:
     if event.result_url and event.result_url.endswith((".jpg", ".png")):
         settings = DownloadSettings(max_bytes=20 * 1024 * 1024, content_types=["image/"])
         folder = Path(os.environ.get("THUMBNAILS", "thumbnails")) / job.id
-        await fetch_file(_client, event.result_url, folder, "thumbnail", settings)
+        await fetch_file(_egress, event.result_url, folder, "thumbnail", settings)

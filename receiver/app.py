@@ -110,6 +110,7 @@ class ReceiverApp:
         runtime = self.runtime
         await runtime.store.open()
         if self.run_loops:
+            await runtime.start_heartbeat()
             await runtime.store.listen(runtime.wakers())
             self._tasks = [
                 asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
@@ -130,6 +131,7 @@ class ReceiverApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await runtime.heartbeat.stop()
         if self._loading is not None and not self._loading.done():
             # Its import thread finishes by itself; a later start (Mangum's next) loads again.
             self._loading.cancel()

@@ -1,24 +1,37 @@
 """Reading a callback, shared by both hook paths (receiver.hooks and receiver.fastpath).
 
-Kept apart from the routes so that the fast path loads without the web framework.
+Kept apart from the routes so that the fast path loads without the web framework. What is
+kept of a request (accepted or refused) is redacted and capped here, once for both paths:
+each header name to 128 bytes and value to 1 KiB, all headers to 8 KiB (the rest dropped
+and counted), the path and the query to 1 KiB each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from receiver.errors import UnparseablePayload
-from receiver.models import Update, now
+from receiver.models import RawRequest, Update, now
 from receiver.providers import Provider
+from receiver.verify import REDACTED, redact_path, redact_query, secret_name
 
 if TYPE_CHECKING:
     from receiver.runtime import Runtime
 
-__all__ = ["Reject", "headers_of", "overdue_at", "parse_callback"]
+__all__ = [
+    "HEADERS_BYTES",
+    "Reject",
+    "capped",
+    "headers_of",
+    "kept_headers",
+    "kept_request",
+    "overdue_at",
+    "parse_callback",
+]
 
 log = logging.getLogger("receiver.hooks")
 
@@ -41,6 +54,60 @@ def headers_of(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
+
+
+# Headers are read as latin-1, so for them a character is a byte.
+_HEADER_NAME_BYTES = 128
+_HEADER_VALUE_BYTES = 1024
+HEADERS_BYTES = 8 * 1024
+_TEXT_CHARS = 1024  # the path and the query
+_DROPPED = "[not kept]"
+
+
+def capped(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}[+{len(text) - limit}]"
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as they are kept: credentials redacted (on the whole name), then capped."""
+    kept: dict[str, str] = {}
+    room = HEADERS_BYTES
+    for name, value in headers.items():
+        if secret_name(name):
+            value = REDACTED
+        if len(name) > _HEADER_NAME_BYTES or len(value) > _HEADER_VALUE_BYTES:
+            name, value = capped(name, _HEADER_NAME_BYTES), capped(value, _HEADER_VALUE_BYTES)
+        room -= len(name) + len(value)
+        if room < 0:
+            kept[_DROPPED] = f"{len(headers) - len(kept)} more headers"
+            break
+        kept[name] = value
+    return kept
+
+
+def kept_request(
+    scope: Mapping[str, Any],
+    *,
+    request_id: str,
+    provider: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    client: str | None,
+) -> RawRequest:
+    """The copy of a hook request that is stored: redacted and capped, the body as given."""
+    return RawRequest(
+        id=request_id,
+        received_at=now(),
+        provider=provider,
+        method=scope["method"],
+        # The scope's path and raw query: a query that is not UTF-8 must still be kept.
+        path=capped(redact_path(scope["path"]), _TEXT_CHARS),
+        query=capped(redact_query(scope.get("query_string", b"").decode("latin-1")), _TEXT_CHARS),
+        headers=kept_headers(headers),
+        body=body,
+        client=client,
+    )
 
 
 def parse_callback(adapter: Provider, body: bytes) -> Update:

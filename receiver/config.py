@@ -26,10 +26,20 @@ from receiver.providers.generic import check_generic, generic_from_env, split_se
 from receiver.ratelimit import parse_networks
 from receiver.urls import http_url
 
-__all__ = ["DEFAULT_HANDLERS", "ENV_PREFIX", "Settings", "load_settings", "parse_duration"]
+__all__ = [
+    "DEFAULT_HANDLERS",
+    "ENV_PREFIX",
+    "MIN_TOKEN_LENGTH",
+    "Settings",
+    "check_token",
+    "load_settings",
+    "parse_duration",
+]
 
 ENV_PREFIX = "RECEIVER_"
 DEFAULT_HANDLERS = "handlers"  # a module of that name in the working directory, if any
+# An admin or metrics token shorter than this could be guessed; 32 hex digits are 128 bits.
+MIN_TOKEN_LENGTH = 32
 log = logging.getLogger("receiver.config")
 
 
@@ -61,9 +71,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_failure_burst: int = 20
     auth_failure_rate: float = 0.5
     trusted_proxies: str = ""  # addresses or networks whose X-Forwarded-For is believed
+    # Refused requests kept for diagnosis, newest first; older ones are deleted past this.
+    quarantine_max_rows: int = 10_000
+    # Networks that fetches of provider-given URLs (download) may reach though not public.
+    fetch_allow_networks: str = ""
     retry_after: int = 5
     store_timeout: float = 5.0  # longest wait for a locked store before a 503
+    # Slow and idle clients (receiver.connections): the head must arrive within
+    # head_timeout; the body within body_timeout plus a second per body_min_rate bytes.
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
+    body_min_rate: int = 16 * 1024
+    # Open connections, in all and per client address; unset: derived from RLIMIT_NOFILE.
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
     shutdown_grace: float = 30.0  # after SIGTERM: time for in-flight requests and handlers
+    # A worker whose heartbeat (sent every third of this) is older is dead: its work is taken over.
+    worker_timeout: float = 15.0
     log_level: str = "WARNING"
     heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
     no_worker: bool = False  # `serve` only ingests; `receiver worker` runs handlers and polls
@@ -73,6 +97,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON lines otherwise
     url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
     metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
+    session_ttl: float = 12 * 3600.0  # seconds a dashboard login lasts
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
     generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
@@ -115,6 +140,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 f"RECEIVER_LOG_FORMAT must be json, text or auto, got {self.log_format!r}"
             )
+        check_token("RECEIVER_ADMIN_TOKEN", self.admin_token)
+        check_token("RECEIVER_METRICS_TOKEN", self.metrics_token)
         if self.url is not None and not _is_http_url(self.url):
             raise ConfigError("RECEIVER_URL must be an absolute http(s) URL")
         if not 0 < self.port < 65536:
@@ -128,11 +155,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "handler_concurrency",
             "circuit_failures",
             "auth_failure_burst",
+            "quarantine_max_rows",
+            "body_min_rate",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
         if self.shutdown_grace < 0:
             raise ConfigError("RECEIVER_SHUTDOWN_GRACE must not be negative")
+        if not self.worker_timeout >= 1:  # `not >=`: NaN is refused too
+            raise ConfigError("RECEIVER_WORKER_TIMEOUT must be at least 1 (seconds)")
         for name in (
             "handler_timeout",
             "poll_interval",
@@ -142,15 +173,31 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "circuit_cooldown",
             "auth_failure_rate",
             "store_timeout",
+            "head_timeout",
+            "body_timeout",
+            "session_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
+        self._check_connection_caps()
         parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
+        parse_networks(self.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
         parse_duration(self.retention, name="RECEIVER_RETENTION")
         for section in (self.forward, self.download, self.notify, self.command):
             section.check()
         for name in sorted(set(self.generic) & set(SECTIONS)):  # RECEIVER_<NAME>_* is taken
             raise ConfigError(f"generic provider name {name!r} is reserved; choose another")
+
+    def _check_connection_caps(self) -> None:
+        for name in ("max_connections", "max_connections_per_client"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"RECEIVER_{name.upper()} must be at least 1")
+        total, per_client = self.max_connections, self.max_connections_per_client
+        if total is not None and per_client is not None and per_client > total:
+            raise ConfigError(
+                "RECEIVER_MAX_CONNECTIONS_PER_CLIENT must not exceed RECEIVER_MAX_CONNECTIONS"
+            )
 
     def provider(self, name: str) -> ProviderSettings:
         if name in self.generic:
@@ -177,6 +224,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def give_up_for(self, provider: str) -> float:
         """Age in seconds at which a job still open is failed."""
         return self.provider(provider).give_up_after or self.give_up_after
+
+
+def check_token(name: str, value: str | None) -> None:
+    """ConfigError unless `value` is unset or long enough; the value itself is never echoed."""
+    if value is None:
+        return
+    length = len(value.strip())
+    if length < MIN_TOKEN_LENGTH:
+        got = "it is empty" if length == 0 else f"it has {length}"
+        raise ConfigError(
+            f"{name} must be at least {MIN_TOKEN_LENGTH} characters ({got});"
+            " make one with `openssl rand -hex 32`"
+        )
 
 
 _FIELDS = {

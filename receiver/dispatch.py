@@ -2,7 +2,8 @@
 
 Each (event, handler) pair is a delivery row. The runner leases due deliveries, calls
 the handler, and marks the row done, schedules a retry with exponential backoff and
-jitter, or marks it dead after `handler_max_attempts`. A delivery waits while an
+jitter, or marks it dead after `handler_max_attempts` (at once when the handler raises
+`GiveUp`: no later attempt can succeed). A delivery waits while an
 earlier one of the same job and handler is unfinished, so each handler sees a job's
 events in order, and a failing handler holds up nothing but its own queue for that job.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from receiver.errors import ConfigError, Retry, StoreUnavailable
+from receiver.errors import ConfigError, GiveUp, Retry, StoreUnavailable
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
@@ -243,6 +245,10 @@ class Dispatcher(WorkLoop):
         # later delivery of its job and handler is claimed before that write commits).
         self._busy = 0
         self._threads: set[asyncio.Task[Any]] = set()  # deliveries inside a sync handler
+        self._handling: set[asyncio.Task[Any]] = set()  # deliveries inside their handler
+        self._leases: set[_LeaseKeeper] = set()
+        # This process's worker id (receiver.heartbeat), stamped on the deliveries it leases.
+        self.worker: str | None = None
         self._halted_at: float | None = None
         # Whether ingest may hand deliveries straight to this runner (see `reserve`): only
         # once it runs, and after the start's release, which would undo such a claim.
@@ -252,7 +258,8 @@ class Dispatcher(WorkLoop):
         try:
             if self.store.shared:
                 # Other workers may hold live leases on this database: a dead worker's
-                # deliveries are taken over when their leases run out, never by release.
+                # deliveries are taken over when its heartbeat stops (receiver.heartbeat)
+                # or their leases run out, never by release.
                 return
             released = await self.store.release_running()
             if released:
@@ -301,7 +308,9 @@ class Dispatcher(WorkLoop):
             return 0
         self._claiming += 1
         try:
-            claimed = await self.store.claim_deliveries(limit=free, lease=self.lease, at=now())
+            claimed = await self.store.claim_deliveries(
+                limit=free, lease=self.lease, at=now(), worker=self.worker
+            )
         finally:
             self._claiming -= 1
         self._busy += len(claimed)
@@ -368,16 +377,45 @@ class Dispatcher(WorkLoop):
             )
         await asyncio.wait(pending)
 
+    async def recheck_leases(self) -> None:
+        """Renew every running delivery's lease now; stop the handlers whose lease is gone.
+
+        Called when this worker finds it was declared dead: its deliveries were put back
+        for others, and a handler still running here would run beside their new run.
+        """
+        await asyncio.gather(*(lease.renew() for lease in list(self._leases)))
+
+    def _lost(self, task: asyncio.Task[Any], delivery_id: str) -> None:
+        """A delivery's lease is gone (taken over elsewhere): stop its handler if it runs.
+
+        A sync handler cannot be stopped; its outcome, like any write of a lost lease, is
+        fenced by the attempt number and changes nothing.
+        """
+        log.warning("lost the lease of delivery %s: another worker has it now", delivery_id)
+        if task in self._handling and task not in self._threads:
+            task.cancel()
+
     async def _deliver(self, item: Claimed) -> None:
         """Run one claimed delivery, holding its lease, and record the outcome."""
         delivery = item.delivery
         bind(job_id=delivery.job_id, provider=item.job.provider, request_id=delivery.id)
-        lease = _LeaseKeeper(self.store, delivery.id, delivery.attempts, self.lease)
+        task = asyncio.current_task()
+        assert task is not None  # _deliver always runs as its own task (see `start`)
+        lease = _LeaseKeeper(
+            self.store,
+            delivery.id,
+            delivery.attempts,
+            self.lease,
+            on_lost=functools.partial(self._lost, task, delivery.id),
+        )
+        self._leases.add(lease)
+        self._handling.add(task)
         try:
             try:
-                error, defer = await self._run_handler(item)
+                error, defer, gave_up = await self._run_handler(item)
             except asyncio.CancelledError:
-                # Cut off at shutdown: pending again, the attempt not counted. One try only:
+                # Cut off at shutdown, or its lease lost: pending again, the attempt not
+                # counted (a lost lease's write is fenced and changes nothing). One try only:
                 # if the store is down, the next start's release_running gives it back.
                 with contextlib.suppress(StoreUnavailable):
                     await asyncio.shield(
@@ -387,6 +425,7 @@ class Dispatcher(WorkLoop):
                     )
                 raise
             finally:
+                self._handling.discard(task)
                 self._busy -= 1
                 self.wake()
             if error is None:
@@ -399,7 +438,7 @@ class Dispatcher(WorkLoop):
                 )
                 METRICS.delivery(delivery.handler, "done")
                 return
-            if delivery.attempts >= self.max_attempts:
+            if gave_up or delivery.attempts >= self.max_attempts:
                 await self._record(
                     delivery.id,
                     self.store.kill_delivery,
@@ -409,7 +448,12 @@ class Dispatcher(WorkLoop):
                     attempt=delivery.attempts,
                 )
                 METRICS.delivery(delivery.handler, "dead")
-                log.error("delivery %s is dead after %d attempts", delivery.id, delivery.attempts)
+                log.error(
+                    "delivery %s is dead after %d attempts%s",
+                    delivery.id,
+                    delivery.attempts,
+                    " (the handler gave up)" if gave_up else "",
+                )
                 return
             delay = (
                 defer
@@ -428,6 +472,7 @@ class Dispatcher(WorkLoop):
             METRICS.delivery(delivery.handler, "retry")
         finally:
             lease.release()
+            self._leases.discard(lease)
 
     async def _record(
         self, delivery_id: str, write: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
@@ -452,13 +497,13 @@ class Dispatcher(WorkLoop):
                 log.warning("could not record the outcome of %s yet: %s", delivery_id, exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
-    async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None]:
-        """Call the delivery's handler: (None, None) on success, else the error and any deferral."""
+    async def _run_handler(self, item: Claimed) -> tuple[str | None, float | None, bool]:
+        """Call the delivery's handler: (error or None, any deferral, whether it gave up)."""
         delivery = item.delivery
         handler = self.handlers.get(delivery.handler)
         if handler is None:
             # A deploy may have renamed it, or loaded other handlers: retried like a failure.
-            return f"no handler named {delivery.handler} is registered", None
+            return f"no handler named {delivery.handler} is registered", None, False
         info = DeliveryInfo(id=delivery.id, handler=delivery.handler, attempt=delivery.attempts)
         # While a sync handler runs, its task is not cancelled at shutdown (see `stop`).
         task = None if handler.is_async else asyncio.current_task()
@@ -467,38 +512,48 @@ class Dispatcher(WorkLoop):
         try:
             await handler.call(item.event, item.job, info, timeout=self.timeout)
         except Retry as request:
-            return "handler asked to retry", request.defer
+            return "handler asked to retry", request.defer, False
         except TimeoutError:
-            return f"timed out after {self.timeout:g}s", None
+            return f"timed out after {self.timeout:g}s", None, False
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
-            return error, None
+            return error, None, isinstance(exc, GiveUp)
         finally:
             if task is not None:
                 self._threads.discard(task)
-        return None, None
+        return None, None, False
 
 
 class _LeaseKeeper:
-    """Renews a running delivery's lease every third of its length until released.
+    """Renews a running delivery's lease every third of its length until released, and
+    calls `on_lost` if a renewal finds it gone (the delivery was taken over).
 
     A timer, not a task per delivery: most handlers return long before the first renewal.
     """
 
-    def __init__(self, store: Store, delivery_id: str, attempt: int, lease: float):
+    def __init__(
+        self,
+        store: Store,
+        delivery_id: str,
+        attempt: int,
+        lease: float,
+        on_lost: Callable[[], None] = lambda: None,
+    ):
         self.store = store
         self.delivery_id = delivery_id
         self.attempt = attempt
         self.lease = lease
+        self.on_lost = on_lost
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(lease / 3, self._due)
         self._renewing: asyncio.Task[None] | None = None
 
     def _due(self) -> None:
-        self._renewing = self._loop.create_task(self._renew())
+        self._renewing = self._loop.create_task(self.renew())
 
-    async def _renew(self) -> None:
+    async def renew(self) -> None:
+        """Renew now; the next renewal is a third of the lease later."""
         try:
             renewed = await self.store.renew_lease(
                 self.delivery_id, lease_until=now() + self.lease, attempt=self.attempt
@@ -506,8 +561,14 @@ class _LeaseKeeper:
         except StoreUnavailable as exc:
             log.warning("could not renew the lease of %s: %s", self.delivery_id, exc)
             renewed = True  # try again at the next third
-        if renewed and self._timer is not None:
+        if self._timer is None:
+            return  # released meanwhile
+        self._timer.cancel()
+        self._timer = None
+        if renewed:
             self._timer = self._loop.call_later(self.lease / 3, self._due)
+        else:
+            self.on_lost()
 
     def release(self) -> None:
         if self._timer is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "GiveUp",
     "ProviderError",
     "ReceiverError",
     "Retry",
@@ -56,3 +57,7 @@ class Retry(ReceiverError):
     def __init__(self, defer: float | None = None):
         super().__init__(f"retry requested (defer={defer})")
         self.defer = defer
+
+
+class GiveUp(ReceiverError):
+    """Raised by a handler when no later attempt can succeed: the delivery is dead at once."""

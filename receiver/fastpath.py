@@ -20,17 +20,18 @@ from typing import Any
 
 import msgspec
 
-from receiver.callbacks import Reject, headers_of, overdue_at, parse_callback
+from receiver.callbacks import Reject, headers_of, kept_request, overdue_at, parse_callback
 from receiver.errors import StoreUnavailable
 from receiver.logs import bind
 from receiver.metrics import METRICS
 from receiver.models import RawRequest, Update, new_id, now
 from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
 from receiver.ratelimit import client_address
+from receiver.refusals import address_wait
 from receiver.runtime import Runtime
 from receiver.store.base import NewJob, Recorded, TokenMatch
 from receiver.submit import queued_job
-from receiver.verify import digest, matches, redact_headers, redact_path, redact_query
+from receiver.verify import digest, matches
 
 __all__ = ["FastHooks"]
 
@@ -96,12 +97,10 @@ class FastHooks:
         runtime = self.runtime
         started = time.perf_counter()
         headers = headers_of(scope["headers"])
-        peer = scope.get("client")
-        forwarded = headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-        address = client_address(peer[0] if peer else None, forwarded, runtime.trusted_proxies)
+        address = client_address(scope, runtime.trusted_proxies)
         length = headers.get("content-length", "")
         if (
-            (address and runtime.auth_failures.retry_after(f"ip:{address}", now()) is not None)
+            address_wait(runtime.auth_failures, address, now()) is not None
             or not (length.isascii() and length.isdigit())
             or int(length) > self.max_body
         ):
@@ -135,14 +134,11 @@ class FastHooks:
             return
         request_id = new_id("req")
         bind(request_id=request_id, provider=route.provider)
-        raw = RawRequest(
-            id=request_id,
-            received_at=now(),
+        raw = kept_request(
+            scope,
+            request_id=request_id,
             provider=route.provider,
-            method="POST",
-            path=redact_path(scope["path"]),
-            query=redact_query(scope.get("query_string", b"").decode("latin-1")),
-            headers=redact_headers(headers),
+            headers=headers,
             body=body,
             client=address,
         )

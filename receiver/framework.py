@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 
 from receiver.api import ADMIN_ROUTES, OPEN_ROUTES, document_errors
 from receiver.errors import StoreUnavailable
-from receiver.hooks import HOOK_ROUTES
+from receiver.hooks import HOOK_ROUTES, refused_by_framework
 from receiver.runtime import Runtime
 from receiver.sandbox import SANDBOX_ROUTES
 from receiver.scrape import METRICS_ROUTES
@@ -46,7 +46,10 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     content: dict[str, Any] = {"error": exc.detail}
     if exc.extra:
         content["extra"] = exc.extra
-    return Response(content, status_code=exc.status_code, headers=exc.headers)
+    answer = Response(content, status_code=exc.status_code, headers=exc.headers)
+    if request.scope["path"].startswith("/hooks/"):
+        return refused_by_framework(request, answer)  # every refusal on a hook route counts
+    return answer
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:

@@ -5,7 +5,8 @@
 - `POST /hooks/{provider}`: tasks submitted elsewhere, authenticated by a static secret,
   or for a generic provider by its Standard Webhooks signature over the raw body.
 
-Every rejection is answered without detail and kept, redacted, in the quarantine.
+Every rejection is answered without detail, kept (redacted and capped) in the quarantine,
+and counted against the caller's failure budget (receiver.refusals).
 """
 
 from __future__ import annotations
@@ -22,33 +23,27 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
-from receiver.callbacks import Reject, headers_of, overdue_at, parse_callback
+from receiver.callbacks import Reject, headers_of, kept_request, overdue_at, parse_callback
 from receiver.errors import StoreUnavailable
 from receiver.logs import bind, current
 from receiver.metrics import METRICS, provider_label
-from receiver.models import Job, Quarantined, RawRequest, Update, new_id, now
+from receiver.models import Job, RawRequest, Update, new_id, now
 from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
 from receiver.ratelimit import client_address
+from receiver.refusals import UNPROVEN_BODY_BYTES, address_wait, charge, token_of
 from receiver.runtime import Runtime
 from receiver.standard_webhooks import SignatureError
 from receiver.store.base import NewJob
 from receiver.submit import queued_job
-from receiver.verify import digest, matches, matches_any, redact_headers, redact_path, redact_query
+from receiver.verify import digest, matches, matches_any, redact_path
 
-__all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid"]
+__all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid", "refused_by_framework"]
 
 log = logging.getLogger("receiver.hooks")
 
 Answer = Response[dict[str, Any]]
 
-# A rejected body is kept whole when the caller proved itself (a 400 on a job's own URL:
-# diagnosis needs it), and only its start otherwise, so guessing tokens cannot fill the disk.
-_UNPROVEN_BODY_LIMIT = 4 * 1024
 _UUID_PARAM = re.compile(r"(?:^|[?&;])uuid=([^&?;#]*)")
-
-
-# Rejections that count against a caller's (and a token's) failure budget.
-_AUTH_FAILURES = frozenset({401, 404})
 
 _MESSAGES = {
     400: "bad request",
@@ -86,7 +81,7 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> tuple[bytes
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return b"".join(chunks)[:_UNPROVEN_BODY_LIMIT], True
+            return b"".join(chunks)[:UNPROVEN_BODY_BYTES], True
         chunks.append(chunk)
     return b"".join(chunks), False
 
@@ -98,47 +93,18 @@ def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
 def _client(request: Request[Any, Any, Any]) -> str | None:
     """The caller's address, through trusted proxies only (see receiver.ratelimit)."""
     runtime: Runtime = request.app.state.runtime
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-    return client_address(peer, forwarded, runtime.trusted_proxies)
+    return client_address(request.scope, runtime.trusted_proxies)
 
 
 def _raw(request: Request[Any, Any, Any], provider: str, body: bytes) -> RawRequest:
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    return RawRequest(
-        id=current("request_id") or new_id("req"),
-        received_at=now(),
+    return kept_request(
+        request.scope,
+        request_id=current("request_id") or new_id("req"),
         provider=provider,
-        method=request.method,
-        # The scope's path, not request.url: building the URL decodes the raw query as
-        # UTF-8, and a query that is not must still be kept, not fail the request.
-        path=redact_path(request.scope["path"]),
-        query=redact_query(query),
-        headers=redact_headers(_headers(request)),
+        headers=_headers(request),
         body=body,
         client=_client(request),
     )
-
-
-async def _quarantine(runtime: Runtime, raw: RawRequest, reject: Reject) -> None:
-    entry = Quarantined(
-        id=new_id("qua"),
-        received_at=raw.received_at,
-        provider=raw.provider,
-        reason=reject.reason,
-        status_code=reject.status_code,
-        method=raw.method,
-        path=raw.path,
-        query=raw.query,
-        headers=raw.headers,
-        body=raw.body if reject.status_code == 400 else raw.body[:_UNPROVEN_BODY_LIMIT],
-        client=raw.client,
-    )
-    try:
-        await runtime.store.quarantine(entry)
-    except StoreUnavailable as exc:
-        # The rejection stands; only the diagnosis copy is lost.
-        log.warning("could not quarantine a rejected request: %s", exc)
 
 
 def _adapter(runtime: Runtime, provider: str) -> Provider:
@@ -161,17 +127,26 @@ def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: byt
     return msgspec.structs.replace(parse_callback(adapter, body), delivery_id=msg_id)
 
 
-def _needs_confirmation(runtime: Runtime, adapter: Provider, update: Update, job: Job) -> bool:
-    """A final state from an unauthenticated POST is believed only once the status API agrees."""
+def _confirming(runtime: Runtime, adapter: Provider) -> bool:
+    """Whether this provider's callbacks are believed only as far as its status API agrees.
+
+    An unauthenticated POST is vouched for by the job's URL token alone: a leaked token
+    must not be able to end a job, or give it a result or preview URL of its choosing.
+    """
     settings = runtime.settings.provider(adapter.name)
     return (
         adapter.callback_style is CallbackStyle.POST
-        and update.status.terminal
         and settings.confirm_terminal
         and adapter.can_pull
         and bool(settings.base_url)
-        and job.task_id is not None
-        and not job.status.terminal
+    )
+
+
+def _unconfirmed(update: Update) -> Update:
+    """What an unconfirmed body may say: its status and progress. URLs, the error and the
+    task id come only from the status API (the body is still kept with the event)."""
+    return msgspec.structs.replace(
+        update, task_id=None, result_url=None, preview_url=None, error=None, error_code=None
     )
 
 
@@ -215,18 +190,16 @@ async def _guarded(
 ) -> Answer:
     """Run one hook: read the body, then `handle`; answer and quarantine a rejection.
 
-    An address that keeps failing authentication is answered 429 before any work.
+    An address whose failure budget is spent is answered 429 before any work.
     StoreUnavailable goes on to the app's handler, which answers 503 with Retry-After.
     """
     runtime: Runtime = request.app.state.runtime
     started = time.perf_counter()
     label = provider_label(provider, runtime.settings.generic)
     bind(request_id=new_id("req"), provider=label)
-    failures = runtime.auth_failures
     address = _client(request)
-    address_key = f"ip:{address}" if address else None
     at = now()
-    if (wait := failures.retry_after(address_key, at)) is not None:
+    if (wait := address_wait(runtime.auth_failures, address, at)) is not None:
         METRICS.callback(label, "rate_limited", time.perf_counter() - started)
         return _too_many(wait)
     body = b""
@@ -242,16 +215,11 @@ async def _guarded(
         return answer
     except Reject as reject:
         outcome, status = reject.reason, reject.status_code
-        if reject.status_code in _AUTH_FAILURES:
-            token_key = f"token:{digest(token)}" if token else None
-            failures.failed(address_key, at)
-            wait = failures.retry_after(token_key, at)
-            failures.failed(token_key, at)
-            if wait is not None:
-                # Someone is hammering this job's URL: refuse without a quarantine write.
-                outcome, status = "rate_limited", 429
-                return _too_many(wait)
-        await _quarantine(runtime, _raw(request, provider, body), reject)
+        if (wait := charge(runtime.auth_failures, address, token, at)) is not None:
+            # Someone is hammering this job's URL: refuse without a quarantine write.
+            outcome, status = "rate_limited", 429
+            return _too_many(wait)
+        await runtime.quarantine.keep(_raw(request, provider, body), reject)
         return _answer(reject.status_code)
     except StoreUnavailable:
         outcome, status = "unavailable", 503
@@ -270,6 +238,25 @@ async def _guarded(
             )
 
 
+def refused_by_framework(request: Request[Any, Any, Any], answer: Answer) -> Answer:
+    """A 4xx the framework answered on a hook path, counted like any other refusal.
+
+    No such route, a wrong method: the address (and the token in the path) pay for it, and
+    an address whose budget is spent gets 429 instead.
+    """
+    if not 400 <= (answer.status_code or 200) < 500 or answer.status_code == 429:
+        return answer
+    runtime: Runtime = request.app.state.runtime
+    address = _client(request)
+    at = now()
+    if (wait := address_wait(runtime.auth_failures, address, at)) is not None:
+        return _too_many(wait)
+    token = token_of(request.scope["path"])
+    if (wait := charge(runtime.auth_failures, address, token, at)) is not None:
+        return _too_many(wait)
+    return answer
+
+
 @post("/hooks/{provider:str}/{token:str}", request_max_body_size=None, status_code=200)
 async def job_callback(
     request: Request[Any, Any, Any], provider: FromPath[str], token: FromPath[str]
@@ -286,12 +273,15 @@ async def job_callback(
         update = signed or parse_callback(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise Reject(400, "task_mismatch")
-        if _needs_confirmation(runtime, adapter, update, job):
-            # Only the URL token vouches for this body: a leaked token must not be able to
-            # end a job with a result URL of its choosing. Keep it, and ask the provider.
-            await runtime.store.record_nudge(job.id, _raw(request, provider, body), poll_at=now())
-            runtime.poller.wake()
-            return _answer(202, ok=True, confirming=True)
+        if _confirming(runtime, adapter):
+            if update.status.terminal and not job.status.terminal:
+                # Kept, and the provider asked. Before the create call has answered there
+                # is no task id to ask about: the pull waits for it (Store.set_task_id).
+                raw = _raw(request, provider, body)
+                await runtime.store.record_nudge(job.id, raw, poll_at=now())
+                runtime.poller.wake()
+                return _answer(202, ok=True, confirming=True)
+            update = _unconfirmed(update)
         recorded = await runtime.ingest.record(
             job.id,
             update,

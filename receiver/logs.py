@@ -70,7 +70,8 @@ _QUERY_IN_TEXT = re.compile(r"\?[^\s\"']+")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _HEADER_IN_TEXT = re.compile(
     r"(?i)\b("
-    + "|".join(re.escape(h) for h in sorted(SECRET_HEADERS))
+    # Any spelling of a secret header: `x_webhook_secret` as well as `X-Webhook-Secret`.
+    + "|".join(re.escape(h).replace(r"\-", "[-_]") for h in sorted(SECRET_HEADERS))
     + r")(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"
 )
 _WHSEC = re.compile(r"\bwhsec_[A-Za-z0-9+/=]+")

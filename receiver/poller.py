@@ -78,6 +78,8 @@ class Poller(WorkLoop):
         self.deadline_for = deadline_for
         self.give_up_for = give_up_for
         self.limits = dict(limits or {})
+        # This process's worker id (receiver.heartbeat), stamped on the polls it leases.
+        self.worker: str | None = None
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
@@ -102,7 +104,9 @@ class Poller(WorkLoop):
 
     async def run_once(self) -> int:
         """Poll every job that is due now (up to `concurrency`); return how many."""
-        jobs = await self.store.claim_polls(limit=self.concurrency, lease=120.0, at=now())
+        jobs = await self.store.claim_polls(
+            limit=self.concurrency, lease=120.0, at=now(), worker=self.worker
+        )
         if jobs:
             await asyncio.gather(*(self.poll(job) for job in jobs))
         return len(jobs)

@@ -1,5 +1,7 @@
 """Failed authentication is rate limited, per client address and per token.
 
+On the hook routes every refusal counts, not only failed authentication (receiver.refusals).
+
 Each key (an address, or a token's digest) has a bucket of `burst` failures that
 refills at `rate` per second. While an address's bucket is empty, every request from
 it gets 429 before any work is done. While a token's bucket is empty, failures on it
@@ -8,7 +10,8 @@ prove itself still goes through: an attacker hammering a job's URL must not be a
 lock its real provider out. Memory is bounded: the least recently failed keys go first.
 
 `X-Forwarded-For` is believed only when the direct peer is in RECEIVER_TRUSTED_PROXIES;
-then the client is the right-most address in it that is not itself a trusted proxy.
+then the client is the right-most address in it (all its lines read as one list) that is
+not itself a trusted proxy.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from receiver.errors import ConfigError
 
@@ -25,16 +29,14 @@ __all__ = ["FailureLimiter", "Network", "client_address", "parse_networks"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """`10.0.0.0/8, 192.168.1.7` as networks; ConfigError naming RECEIVER_TRUSTED_PROXIES."""
+def parse_networks(text: str, setting: str = "RECEIVER_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """`10.0.0.0/8, 192.168.1.7` as networks; ConfigError naming `setting`."""
     networks = []
     for item in text.replace(",", " ").split():
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise ConfigError(
-                f"RECEIVER_TRUSTED_PROXIES: {item!r} is not an address or network"
-            ) from None
+            raise ConfigError(f"{setting}: {item!r} is not an address or network") from None
     return tuple(networks)
 
 
@@ -50,18 +52,43 @@ def _trusted(address: str, proxies: Iterable[Network]) -> bool:
     return parsed is not None and any(parsed in network for network in proxies)
 
 
-def client_address(
-    peer: str | None, forwarded_for: str | None, proxies: tuple[Network, ...]
-) -> str | None:
-    """The caller's address: the peer's, or what trusted proxies say they forwarded for."""
-    if peer is None or not forwarded_for or not proxies or not _trusted(peer, proxies):
+def client_address(scope: Mapping[str, Any], proxies: tuple[Network, ...]) -> str | None:
+    """The caller's address for an ASGI `scope`: the peer's, or what trusted proxies forwarded.
+
+    The one place this rule lives: every route that budgets or records a caller asks here.
+    """
+    client = scope.get("client")
+    peer: str | None = client[0] if client else None
+    if peer is None or not proxies or not _trusted(peer, proxies):
         return peer
-    for hop in reversed(forwarded_for.split(",")):
-        hop = hop.strip()
-        if _address(hop) is None:
-            return peer  # a forged or broken chain: fall back to what we can see
-        if not _trusted(hop, proxies):
-            return hop
+    return _forwarded_client(peer, _forwarded_hops(scope.get("headers", ())), proxies)
+
+
+def _forwarded_hops(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Every X-Forwarded-For hop, in order, from all its lines; empty elements skipped.
+
+    HTTP makes repeated lines one comma-joined list (RFC 9110 5.3), and a proxy may append
+    a line of its own rather than extend the first, which the caller writes.
+    """
+    hops: list[str] = []
+    for name, value in headers:
+        if name.lower() == b"x-forwarded-for":
+            hops += [hop.strip() for hop in value.decode("latin-1").split(",") if hop.strip()]
+    return hops
+
+
+def _forwarded_client(peer: str, hops: list[str], proxies: tuple[Network, ...]) -> str:
+    """The right-most hop that is not a trusted proxy.
+
+    The peer if every hop is trusted, or if the chain is broken: what we cannot parse we do
+    not believe.
+    """
+    for hop in reversed(hops):
+        parsed = _address(hop)
+        if parsed is None:
+            return peer
+        if not any(parsed in network for network in proxies):
+            return str(parsed)
     return peer
 
 

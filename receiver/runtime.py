@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from receiver.admin_token import admin_token_file, ensure_admin_token
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.dispatch import Dispatcher, Registry, load_handlers
+from receiver.heartbeat import Heartbeat
 from receiver.ingest import Ingest
 from receiver.outgoing import lazy_client
 from receiver.poller import Poller
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
 from receiver.ratelimit import FailureLimiter, Network, parse_networks
+from receiver.refusals import Quarantine
 from receiver.retention import Pruner
 from receiver.store import Store, store_for
-from receiver.store.sqlite import sqlite_path
 from receiver.submit import Submitter
-from receiver.verify import digest, mint_token
+from receiver.verify import digest
 
 if TYPE_CHECKING:
     import httpx
@@ -49,12 +49,20 @@ class Runtime:
     admin_token_digest: str
     auth_failures: FailureLimiter
     trusted_proxies: tuple[Network, ...]
+    quarantine: Quarantine  # where refused hook requests are kept, capped
+    heartbeat: Heartbeat
     # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
     providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
 
     def wakers(self) -> dict[str, Callable[[], None]]:
         """What to wake when another process commits work (see `Store.listen`)."""
         return {"deliveries": self.dispatcher.wake, "polls": self.poller.wake}
+
+    async def start_heartbeat(self) -> None:
+        """Join the workers (before the loops start): stamp what we lease with our id, and
+        take over the work of dead workers, a killed predecessor's included."""
+        self.dispatcher.worker = self.poller.worker = self.heartbeat.id
+        await self.heartbeat.start()
 
     @classmethod
     def build(
@@ -134,33 +142,11 @@ class Runtime:
                 burst=settings.auth_failure_burst, rate=settings.auth_failure_rate
             ),
             trusted_proxies=parse_networks(settings.trusted_proxies),
+            quarantine=Quarantine(store, max_rows=settings.quarantine_max_rows),
+            heartbeat=Heartbeat(
+                store,
+                timeout=settings.worker_timeout,
+                on_declared_dead=dispatcher.recheck_leases,
+            ),
             providers=providers,
         )
-
-
-def admin_token_file(settings: Settings) -> Path:
-    """Where a generated admin token is kept: beside the SQLite file, else the working directory."""
-    if settings.database_url.startswith("sqlite:"):
-        path = sqlite_path(settings.database_url)
-        if path != ":memory:":
-            return Path(path + ".admin-token")
-    return Path("receiver.admin-token")
-
-
-def ensure_admin_token(settings: Settings) -> str:
-    """RECEIVER_ADMIN_TOKEN, or the token generated at first start (created 0600 if absent)."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = admin_token_file(settings)
-    if path.exists():
-        return path.read_text().strip()
-    token = mint_token()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    log.warning("no RECEIVER_ADMIN_TOKEN set: generated one and wrote it to %s", path.resolve())
-    return token

@@ -26,6 +26,7 @@ from receiver.api import admin_guard, document_errors
 from receiver.errors import ProviderError, UnparseablePayload
 from receiver.models import RawRequest, Status, Update, new_id, now
 from receiver.providers import PROVIDERS, get_provider
+from receiver.ratelimit import client_address
 from receiver.runtime import Runtime
 from receiver.simulator.payloads import PHASES, Kind, Payload, payload_for
 from receiver.verify import redact_headers
@@ -141,7 +142,7 @@ async def trigger(
         query="",
         headers=redact_headers({k.lower(): v for k, v in request.headers.items()}),
         body=body,
-        client=request.client.host if request.client else None,
+        client=client_address(request.scope, runtime.trusted_proxies),
     )
     recorded = await runtime.ingest.record(job.id, update, source="trigger", raw=raw)
     return TriggerResult(

@@ -115,7 +115,8 @@ def advance(
         status=status,
         raw_status=update.raw_status,
         progress=progress,
-        result_url=update.result_url or job.result_url,
+        # A failure has no result, whatever an earlier event claimed.
+        result_url=update.result_url if failed else update.result_url or job.result_url,
         preview_url=preview_url,
         error=(update.error or job.error or f"provider reported {update.raw_status}")
         if failed

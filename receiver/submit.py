@@ -156,6 +156,7 @@ class Submitter:
             return await self._failed(job, f"could not build the request: {exc}"[:500], None)
         if created.task_id is not None:
             await self.store.set_task_id(job.id, created.task_id, self._first_poll(gateway))
+            self.wake_poller()  # a callback that came first may be waiting for its pull
         if created.update is not None:
             recorded = await self.ingest.record(job.id, created.update, source="submit")
             return Submitted(job=recorded.job, hook_url=hook_url)

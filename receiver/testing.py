@@ -42,6 +42,7 @@ from receiver.submit import check_notify_url, queued_job
 from receiver.verify import digest, mint_secret, mint_token
 
 __all__ = [
+    "TEST_ADMIN_TOKEN",
     "Callback",
     "HandlerKit",
     "KitJob",
@@ -52,6 +53,9 @@ __all__ = [
     "mock_gateway",
     "running_receiver",
 ]
+
+# The receiver refuses an admin token shorter than 32 characters, in tests too.
+TEST_ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -74,7 +78,7 @@ async def running_receiver(
     handlers: Registry | None = None,
     env: Mapping[str, str] | None = None,
     store: Store | None = None,
-    admin_token: str = "test-admin-token",
+    admin_token: str = TEST_ADMIN_TOKEN,
 ) -> AsyncIterator[LiveReceiver]:
     """Serve a receiver whose database lives in `directory`; `env` adds RECEIVER_* settings."""
     sock = bind()
@@ -370,7 +374,7 @@ async def handler_kit(
     environ = {
         "RECEIVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "RECEIVER_DATABASE_URL": f"sqlite:///{directory / 'receiver.db'}",
-        "RECEIVER_ADMIN_TOKEN": "test-admin-token",
+        "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
         "RECEIVER_HANDLERS": "",
         **settings_env,
     }
@@ -384,5 +388,5 @@ async def handler_kit(
         serve_in_loop(app, sock=sock) as url,
         httpx.AsyncClient(timeout=30) as client,
     ):
-        live = LiveReceiver(url=url, runtime=app.state.runtime, admin_token="test-admin-token")
+        live = LiveReceiver(url=url, runtime=app.state.runtime, admin_token=TEST_ADMIN_TOKEN)
         yield HandlerKit(receiver=live, client=client)

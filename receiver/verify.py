@@ -7,6 +7,7 @@ there is nothing to brute-force. Comparisons are made between digests with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -26,6 +27,8 @@ __all__ = [
     "redact_headers",
     "redact_path",
     "redact_query",
+    "redact_value",
+    "secret_name",
 ]
 
 REDACTED = "[redacted]"
@@ -74,28 +77,61 @@ def matches_any(candidate: str | None, secrets_: Iterable[str | None]) -> bool:
     return found
 
 
+# One rule for every name a credential can travel under (headers, payload fields): matched
+# on the name lowercased with `-` read as `_`, so `X-Webhook-Secret`, `x_webhook_secret` and
+# `X_WEBHOOK_SECRET` are one name. It covers every name in SECRET_HEADERS.
+_SECRET_NAME = re.compile(r"token|secret|password|api_?key|authorization|signature|cookie")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a header or field called `name` carries a credential, however it is spelt."""
+    # Names of usual length are remembered: a callback's dozen headers are checked on the
+    # hot path. Longer ones (a caller's invention) are checked each time, not kept.
+    return _known_secret_name(name) if len(name) <= 64 else _is_secret_name(name)
+
+
+def _is_secret_name(name: str) -> bool:
+    return _SECRET_NAME.search(name.lower().replace("-", "_")) is not None
+
+
+_known_secret_name = functools.lru_cache(maxsize=1024)(_is_secret_name)
+
+
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Headers with credentials replaced, for the raw-request and quarantine tables."""
-    return {
-        name: (REDACTED if name.lower() in SECRET_HEADERS else value)
-        for name, value in headers.items()
-    }
-
-
-_SECRET_FIELD = re.compile(r"(token|secret|password|api_?key|authorization)", re.I)
+    return {name: (REDACTED if secret_name(name) else value) for name, value in headers.items()}
 
 
 def redact_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of user-supplied fields with anything named like a credential replaced."""
-    redacted: dict[str, Any] = {}
-    for key, value in fields.items():
-        if _SECRET_FIELD.search(key):
-            redacted[key] = REDACTED
-        elif isinstance(value, Mapping):
-            redacted[key] = redact_fields(value)
-        else:
-            redacted[key] = value
+    redacted: dict[str, Any] = redact_value(fields)
     return redacted
+
+
+def redact_value(value: Any) -> Any:
+    """A copy of a decoded JSON value with credentials replaced, at any depth, lists included.
+
+    Walked with a stack, not recursion: a body nested as deep as the decoder allows must
+    not overflow Python's stack here.
+    """
+    top: list[Any] = [None]
+    pending: list[tuple[Any, Any, Any]] = [(value, top, 0)]  # (value, its copy's parent, slot)
+    while pending:
+        item, parent, slot = pending.pop()
+        copy: Any = item
+        if isinstance(item, Mapping):
+            copy = {}
+            for key, child in item.items():
+                if secret_name(str(key)):
+                    copy[key] = REDACTED
+                else:
+                    copy[key] = None  # a place kept in order, filled when `child` is taken
+                    pending.append((child, copy, key))
+        elif isinstance(item, list | tuple):
+            copy = [None] * len(item)
+            pending.extend((child, copy, index) for index, child in enumerate(item))
+        parent[slot] = copy
+    return top[0]
 
 
 _HOOK_PATH = re.compile(r"^(/hooks/[^/]+/)([^/?]+)")

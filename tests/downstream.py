@@ -80,12 +80,14 @@ class Downstream:
 
 
 @contextlib.asynccontextmanager
-async def downstream(respond: Callable[[Seen], Reply] | None = None) -> AsyncIterator[Downstream]:
-    """Serve until the block ends; by default every request gets an empty 200."""
+async def downstream(
+    respond: Callable[[Seen], Reply] | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[Downstream]:
+    """Serve on `host` until the block ends; by default every request gets an empty 200."""
     server_state = Downstream(respond or (lambda seen: Reply()))
-    server = await asyncio.start_server(server_state._handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(server_state._handle, host, port)
     port = server.sockets[0].getsockname()[1]
-    server_state.url = f"http://127.0.0.1:{port}"
+    server_state.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     try:
         yield server_state
     finally:

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
+
+from receiver.testing import TEST_ADMIN_TOKEN
 
 __all__ = [
     "SECRET",
@@ -58,8 +60,10 @@ class ReceiverProcess:
         *,
         handlers: str,
         env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,  # runs in the child (e.g. setrlimit)
     ):
         self.directory = directory
+        self.preexec_fn = preexec_fn
         self.port = free_port()  # a first choice: see `start`
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = directory / "receiver.db"
@@ -70,7 +74,7 @@ class ReceiverProcess:
             "HANDLED_FILE": str(directory / "handled.log"),
             "RECEIVER_DATABASE_URL": f"sqlite:///{self.db}",
             "RECEIVER_HANDLERS": handlers,
-            "RECEIVER_ADMIN_TOKEN": "admin",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
             "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
             "RECEIVER_PORT": str(self.port),
             "RECEIVER_PUBLIC_URL": self.url,
@@ -105,6 +109,7 @@ class ReceiverProcess:
                 cwd=self.directory,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=1) as client:

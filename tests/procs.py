@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from receiver.testing import TEST_ADMIN_TOKEN
+
 __all__ = ["HANDLER_MODULE", "SECRET", "send_until_refused", "start_receiver", "wait_healthy"]
 
 SECRET = "static-secret-for-the-kill-test"
@@ -46,7 +48,7 @@ def start_receiver(
         "HANDLED_FILE": str(tmp_path / "handled.log"),
         "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
         "RECEIVER_HANDLERS": "kill_handlers",
-        "RECEIVER_ADMIN_TOKEN": "admin",
+        "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
         "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
         "RECEIVER_PORT": str(port),
         **(extra_env or {}),

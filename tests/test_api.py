@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,6 +85,90 @@ class TestAdminGuard:
         paths = answer.json()["paths"]
         for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/healthz"):
             assert path in paths
+
+
+def client_from(live: LiveReceiver, address: str) -> httpx.AsyncClient:
+    """A client whose connections come from `address` (any of 127.0.0.0/8 on loopback)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=live.url, transport=transport, timeout=10)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class TestGuessingIsLimited:
+    """Wrong admin tokens are limited per client address: 429 with Retry-After past a burst."""
+
+    async def test_default_burst_then_429_while_another_address_works(
+        self, live: LiveReceiver
+    ) -> None:
+        """60 wrong tokens from one address: the first 20 are 401, the rest 429; meanwhile
+        another address still gets in with the right token."""
+        async with client_from(live, "127.0.0.1") as guesser:
+            started = time.monotonic()
+            codes = [
+                (await guesser.get("/jobs", headers=bearer(f"guess-{n}"))).status_code
+                for n in range(60)
+            ]
+            locked = await guesser.get("/jobs", headers=live.admin_headers)
+            elapsed = time.monotonic() - started
+        assert ([401] * 20, 429) == (codes[:20], codes[20])
+        # The bucket refills at 0.5 per second: that many more guesses, and no others.
+        assert codes.count(401) <= 20 + math.ceil(elapsed * 0.5)
+        assert {401, 429} >= set(codes)
+        assert 429 == locked.status_code  # the right token too: the answer must not tell
+        assert int(locked.headers["retry-after"]) >= 1
+        assert "error" in locked.json()
+        async with client_from(live, "127.0.0.2") as other:
+            assert 200 == (await other.get("/jobs", headers=live.admin_headers)).status_code
+            assert 401 == (await other.get("/jobs", headers=bearer("wrong"))).status_code
+
+    async def test_metrics_and_login_share_the_bucket(self, tmp_path: Path) -> None:
+        """/metrics and the dashboard's login count the same failures, and are closed alike."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "3", "RECEIVER_AUTH_FAILURE_RATE": "0.01"}
+        async with running_receiver(tmp_path, env=env) as live, client_from(live, "127.0.0.3") as c:
+            assert 401 == (await c.get("/metrics", headers=bearer("wrong-1"))).status_code
+            assert 401 == (await c.post("/ui/login", data={"token": "wrong-2"})).status_code
+            assert 401 == (await c.get("/jobs", headers=bearer("wrong-3"))).status_code
+            for answer in (
+                await c.get("/metrics", headers=live.admin_headers),
+                await c.post("/ui/login", data={"token": live.admin_token}),
+                await c.post("/jobs", headers=live.admin_headers, json={"provider": "x"}),
+            ):
+                assert 429 == answer.status_code
+                assert "retry-after" in answer.headers
+
+    async def test_the_bucket_refills(self, tmp_path: Path) -> None:
+        """After Retry-After seconds the address may try again."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "1", "RECEIVER_AUTH_FAILURE_RATE": "2"}
+        async with running_receiver(tmp_path, env=env) as live, client_from(live, "127.0.0.4") as c:
+            assert 401 == (await c.get("/jobs", headers=bearer("wrong"))).status_code
+            refused = await c.get("/jobs", headers=live.admin_headers)
+            assert (429, "1") == (refused.status_code, refused.headers["retry-after"])
+            await asyncio.sleep(1.0)
+            assert 200 == (await c.get("/jobs", headers=live.admin_headers)).status_code
+
+    async def test_missing_tokens_are_not_counted(self, tmp_path: Path) -> None:
+        """A request without a Bearer token is refused, but is not a guess."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "2"}
+        async with running_receiver(tmp_path, env=env) as live, client_from(live, "127.0.0.5") as c:
+            codes = [(await c.get("/jobs")).status_code for _ in range(10)]
+            assert [401] * 10 == codes
+            assert 200 == (await c.get("/jobs", headers=live.admin_headers)).status_code
+
+    async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(
+        self, tmp_path: Path
+    ) -> None:
+        """With RECEIVER_TRUSTED_PROXIES, the address the proxy forwarded for is the one limited."""
+        env = {"RECEIVER_AUTH_FAILURE_BURST": "2", "RECEIVER_TRUSTED_PROXIES": "127.0.0.0/8"}
+        async with running_receiver(tmp_path, env=env) as live, client_from(live, "127.0.0.6") as c:
+            guesser = {"X-Forwarded-For": "203.0.113.9"}
+            for _ in range(3):
+                await c.get("/jobs", headers={**guesser, **bearer("wrong")})
+            assert 429 == (await c.get("/jobs", headers=guesser)).status_code
+            admin = {"X-Forwarded-For": "198.51.100.7", **live.admin_headers}
+            assert 200 == (await c.get("/jobs", headers=admin)).status_code
 
 
 class TestAdminToken:

@@ -17,7 +17,7 @@ from receiver.config import load_settings
 from receiver.dispatch import Registry
 from receiver.errors import ConfigError
 from receiver.standard_webhooks import mint_whsec
-from receiver.testing import handler_kit
+from receiver.testing import HandlerKit, KitJob, handler_kit
 
 
 class TestForward:
@@ -159,9 +159,74 @@ class TestNotify:
                 await kit.callback(job, "failed")
                 await kit.settle()
         body = json.loads(chat.seen[0].body)
-        assert ["content"] == list(body)
+        assert ["allowed_mentions", "content"] == sorted(body)
         assert body["content"].startswith(f"job {job.id} (apiframe) failed: ")
         assert "content filter" in body["content"]
+
+
+ZWSP = "\u200b"
+
+
+class TestNotifyText:
+    """A provider's text reaches the chat as text: no mention, no disguised link, one line."""
+
+    async def test_slack_escapes_its_control_characters(self, tmp_path: Path) -> None:
+        """`<!channel>`, `<@U…>` and `<http://…|click>` arrive escaped; `&` too; a plain
+        broadcast and a Markdown link (Mattermost) are broken; a newline is a space."""
+        reason = (
+            "<!channel> @here <@U024BE7LH> <http://evil.example|click>"
+            " [click](http://evil.example) a & b\nline two"
+        )
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url + "/services/T/B/x"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await _failed_with(kit, job, reason)
+                [run] = await kit.settle()
+        assert run.done
+        body = json.loads(chat.seen[0].body)
+        expected = (
+            f"job {job.id} (rixapi) failed: &lt;!channel&gt; @{ZWSP}here &lt;@U024BE7LH&gt;"
+            f" &lt;http://evil.example|click&gt; [click]{ZWSP}(http://evil.example)"
+            " a &amp; b line two"
+        )
+        assert {"text": expected} == body
+
+    async def test_discord_breaks_mentions_and_markdown_and_pings_nobody(
+        self, tmp_path: Path
+    ) -> None:
+        """`@everyone`, `<@id>`, `[x](url)`, bold and spoilers arrive as plain text, and
+        `allowed_mentions` lets no mention ping anyone."""
+        reason = (
+            "@everyone @here <@123456789012345678> <@&42> [click](http://evil.example/x)"
+            " **bold** ||hidden||\n# big"
+        )
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url, "RECEIVER_NOTIFY_FORMAT": "discord"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await _failed_with(kit, job, reason)
+                [run] = await kit.settle()
+        assert run.done
+        body = json.loads(chat.seen[0].body)
+        expected = (
+            f"job {job.id} (rixapi) failed: @{ZWSP}everyone @{ZWSP}here"
+            r" \<@123456789012345678\> \<@&42\> \[click\](http://evil.example/x)"
+            r" \*\*bold\*\* \|\|hidden\|\| # big"
+        )
+        assert {"content": expected, "allowed_mentions": {"parse": []}} == body
+
+    async def test_discord_leaves_a_result_url_clickable(self, tmp_path: Path) -> None:
+        """A plain result URL is not escaped, so the link it shows still works."""
+        url = "https://cdn.test/v_1~a.mp4?x=1&y=2"
+        async with downstream() as chat:
+            env = {"RECEIVER_NOTIFY_URL": chat.url, "RECEIVER_NOTIFY_FORMAT": "discord"}
+            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+                job = await kit.job("rixapi")
+                await kit.callback(job, "succeeded", result_url=url)
+                await kit.settle()
+        body = json.loads(chat.seen[0].body)
+        assert f"job {job.id} (rixapi) succeeded: {url}" == body["content"]
 
 
 def _program(tmp_path: Path, code: str) -> str:
@@ -249,6 +314,81 @@ time.sleep(60)
         assert _gone(child)
 
 
+async def _failed_with(kit: HandlerKit, job: KitJob, reason: str) -> None:
+    """rixapi's failure post for `job`, its `msg` (the job's error) chosen by the test."""
+    body = {"task_id": job.task_id, "status": "2", "msg": reason}
+    answer = await kit.client.post(f"{kit.receiver.url}/hooks/rixapi/{job.token}", json=body)
+    assert 200 == answer.status_code, answer.text
+
+
+class TestCommandValues:
+    """An event value never becomes an option of the program, and is passed whole or not at all."""
+
+    async def test_a_value_beginning_with_a_dash_is_not_run_as_an_option(
+        self, tmp_path: Path
+    ) -> None:
+        """`{error}` as a whole argument, filled with `--exec=/bin/sh`, fails the delivery
+        with the reason, and the program never runs."""
+        record = tmp_path / "record.json"
+        command = _program(tmp_path, _RECORD) + f" {record} {{error}}"
+        async with handler_kit(
+            tmp_path, handlers=Registry(), env={"RECEIVER_COMMAND": command}
+        ) as kit:
+            job = await kit.job("rixapi")
+            await _failed_with(kit, job, "--exec=/bin/sh")
+            [run] = await kit.settle()
+        assert ("dead", 1) == (run.state.value, run.attempts)
+        assert run.error is not None
+        assert run.error.startswith("CommandRefused: argument 3 ({error}) would begin with '-'")
+        assert not record.exists()
+
+    async def test_after_double_dash_or_as_name_equals_value_it_is_passed(
+        self, tmp_path: Path
+    ) -> None:
+        """`--reason={error}` and an argument after a literal `--` carry the value as it is."""
+        record = tmp_path / "record.json"
+        command = _program(tmp_path, _RECORD) + f" {record} --reason={{error}} -- {{error}}"
+        async with handler_kit(
+            tmp_path, handlers=Registry(), env={"RECEIVER_COMMAND": command}
+        ) as kit:
+            job = await kit.job("rixapi")
+            await _failed_with(kit, job, "--exec=/bin/sh")
+            [run] = await kit.settle()
+        assert run.done
+        expected = ["--reason=--exec=/bin/sh", "--", "--exec=/bin/sh"]
+        assert expected == json.loads(record.read_text())["argv"]
+
+    async def test_a_nul_byte_fails_the_delivery_with_the_reason(self, tmp_path: Path) -> None:
+        """A value holding NUL is never cut short: the program does not run, and the
+        delivery's error says which argument could not be passed."""
+        record = tmp_path / "record.json"
+        command = _program(tmp_path, _RECORD) + f" {record} 'why: {{error}}'"
+        async with handler_kit(
+            tmp_path, handlers=Registry(), env={"RECEIVER_COMMAND": command}
+        ) as kit:
+            job = await kit.job("rixapi")
+            await _failed_with(kit, job, "bad\x00--exec=/bin/sh")
+            [run] = await kit.settle()
+        assert ("dead", 1) == (run.state.value, run.attempts)
+        expected = "CommandRefused: argument 3 ({error}) holds a NUL byte"
+        assert (run.error or "").startswith(expected)
+        assert not record.exists()
+
+    async def test_a_nul_byte_in_a_variable_fails_the_delivery(self, tmp_path: Path) -> None:
+        """Without a placeholder, the value still cannot reach EVENT_ERROR cut short."""
+        record = tmp_path / "record.json"
+        command = _program(tmp_path, _RECORD) + f" {record}"
+        async with handler_kit(
+            tmp_path, handlers=Registry(), env={"RECEIVER_COMMAND": command}
+        ) as kit:
+            job = await kit.job("rixapi")
+            await _failed_with(kit, job, "bad\x00news")
+            [run] = await kit.settle()
+        assert ("dead", 1) == (run.state.value, run.attempts)
+        assert (run.error or "").startswith("CommandRefused: EVENT_ERROR holds a NUL byte")
+        assert not record.exists()
+
+
 def _gone(pid: int, wait: float = 5.0) -> bool:
     """Whether the process has ended (a zombie waiting for its reaper counts as ended)."""
     deadline = time.monotonic() + wait
@@ -290,6 +430,7 @@ class TestSettings:
                 "RECEIVER_COMMAND: unknown placeholder {secret}",
             ),
             ({"RECEIVER_COMMAND": "run 'open"}, "RECEIVER_COMMAND: unbalanced quotes"),
+            ({"RECEIVER_COMMAND": "{result_url} x"}, "the program cannot be a placeholder"),
             ({"RECEIVER_COMMAND_TIMEOUT": "0"}, "RECEIVER_COMMAND_TIMEOUT must be greater than 0"),
             (
                 {"RECEIVER_DOWNLOAD_MAX_BYTES": "0"},

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from downstream import Reply, Seen, downstream
 
 from receiver.builtins import DOWNLOAD_HANDLER
@@ -20,8 +25,12 @@ def _video(seen: Seen) -> Reply:
     return Reply(body=VIDEO, headers={"content-type": "video/mp4"})
 
 
+# The test servers are on loopback, which downloads refuse unless it is allowed.
+LOOPBACK_ALLOWED = {"RECEIVER_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+
+
 def _env(directory: Path, **extra: str) -> dict[str, str]:
-    return {"RECEIVER_DOWNLOAD_DIR": str(directory), **extra}
+    return {"RECEIVER_DOWNLOAD_DIR": str(directory), **LOOPBACK_ALLOWED, **extra}
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -111,17 +120,17 @@ class TestDownload:
         assert 1 == len(names) and names[0].endswith(".part")
 
     async def test_wrong_content_type_is_refused(self, tmp_path: Path) -> None:
-        """An HTML page where a video was expected is not stored."""
+        """An HTML page where a video was expected is not stored, nor asked for again."""
         html = Reply(body=b"<html>expired</html>", headers={"content-type": "text/html"})
         _, run, job = await _download(tmp_path, lambda seen: html)
-        assert "dead" == run.state.value
+        assert ("dead", 1) == (run.state.value, run.attempts)
         assert "content type text/html is not allowed" in (run.error or "")
         assert {} == job.files
 
     async def test_size_cap(self, tmp_path: Path) -> None:
         """A file over RECEIVER_DOWNLOAD_MAX_BYTES is refused and nothing is left on disk."""
         _, run, job = await _download(tmp_path, _video, RECEIVER_DOWNLOAD_MAX_BYTES="1000")
-        assert "dead" == run.state.value
+        assert ("dead", 1) == (run.state.value, run.attempts)
         assert "over RECEIVER_DOWNLOAD_MAX_BYTES" in (run.error or "")
         assert {} == job.files
         assert [] == _leftovers(tmp_path / "v")
@@ -181,3 +190,85 @@ class TestDownload:
         assert ["preview", "result"] == sorted(stored.files)
         assert Path(stored.files["result"].path).read_bytes().startswith(b"\x00\x00\x00\x18ftyp")
         assert Path(stored.files["preview"].path).name == "preview.jpg"
+
+
+class TestInternalAddresses:
+    """By default a result URL on an internal address is never fetched: dead at once, no retry."""
+
+    @pytest.mark.parametrize(
+        "host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433", "127.1"]
+    )
+    async def test_refused_and_never_contacted(self, tmp_path: Path, host: str) -> None:
+        """The server is not contacted; the delivery is dead after one attempt, saying why."""
+        env = {"RECEIVER_DOWNLOAD_DIR": str(tmp_path / "v")}
+        async with (
+            downstream(_video) as files,
+            handler_kit(tmp_path, handlers=Registry(), env=env) as kit,
+        ):
+            port = files.url.rsplit(":", 1)[1]
+            job = await kit.job("rixapi")
+            url = f"http://{host}:{port}/out/video.mp4"
+            await kit.callback(job, "succeeded", result_url=url, preview_url="")
+            [run] = await kit.settle()
+            stored = await kit.get(job)
+        assert [] == files.seen
+        assert ("dead", 1) == (run.state.value, run.attempts)
+        assert re.search(r"127\.0\.0\.1\)? is loopback, not a public address", run.error or "")
+        assert "RECEIVER_FETCH_ALLOW_NETWORKS can allow it" in (run.error or "")
+        assert {} == stored.files
+
+    async def test_only_the_allowed_networks_are_allowed(self, tmp_path: Path) -> None:
+        """Allowing 10.0.0.0/8 does not allow loopback."""
+        env = {"RECEIVER_FETCH_ALLOW_NETWORKS": "10.0.0.0/8, 192.168.0.0/16"}
+        seen, run, job = await _download(tmp_path, _video, **env)
+        assert ([], "dead", {}) == (seen, run.state.value, job.files)
+
+    async def test_a_bad_network_is_a_config_error(self, tmp_path: Path) -> None:
+        """An entry that is not a network is named in a one-line error."""
+        from receiver.config import load_settings
+        from receiver.errors import ConfigError
+
+        empty = tmp_path / "receiver.toml"
+        empty.write_text("")
+        with pytest.raises(ConfigError, match="RECEIVER_FETCH_ALLOW_NETWORKS: 'intranet'"):
+            load_settings({"RECEIVER_FETCH_ALLOW_NETWORKS": "10.0.0.0/8,intranet"}, empty)
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class TestFileModes:
+    """Downloads are readable by the receiver's user only: files 0600, folders 0700."""
+
+    async def test_stored_file_and_its_folders(self, tmp_path: Path) -> None:
+        """Even with a umask of 0, the result is 0600 and the folders made for it 0700."""
+        with _umask(0):
+            _, run, job = await _download(tmp_path, _video)
+        path = Path(job.files["result"].path)
+        assert run.done
+        assert (0o600, 0o700, 0o700) == (
+            _mode(path),
+            _mode(path.parent),
+            _mode(tmp_path / "v"),
+        )
+
+    async def test_part_file_of_a_broken_transfer(self, tmp_path: Path) -> None:
+        """The part file a broken transfer leaves for its resume is 0600 too."""
+
+        def respond(seen: Seen) -> Reply:
+            return Reply(body=VIDEO, headers={"content-type": "video/mp4"}, cut_after=100)
+
+        with _umask(0):
+            _, run, _ = await _download(tmp_path, respond)
+        [part] = [p for p in (tmp_path / "v").rglob("*.part")]
+        assert ("dead", 0o600, 0o700) == (run.state.value, _mode(part), _mode(part.parent))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
+from receiver.testing import TEST_ADMIN_TOKEN
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -44,7 +45,7 @@ def env(tmp_path: Path, sim: RunningSimulator) -> dict[str, str]:
         "RECEIVER_RUNWAY_AI_API_KEY": "k",
         "RECEIVER_ARTVISUM_BASE_URL": sim.base_url("artvisum"),
         "RECEIVER_ARTVISUM_API_KEY": "k",
-        "RECEIVER_ADMIN_TOKEN": "admin",
+        "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
         "RECEIVER_HANDLERS": "",
     }
 

@@ -9,6 +9,10 @@ import pytest
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError
 from receiver.providers import ProviderSettings
+from receiver.testing import TEST_ADMIN_TOKEN
+
+ADMIN = "admin-" + "a" * 40
+METRICS = "metrics-" + "m" * 40
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +45,7 @@ class TestDefaults:
         assert "handlers" == settings.handlers
         assert None is settings.admin_token
         assert {} == settings.providers
+        assert 10_000 == settings.quarantine_max_rows
 
     def test_unconfigured_provider_gets_default_settings(self) -> None:
         """A provider nobody configured still has usable (empty) settings."""
@@ -60,11 +65,11 @@ class TestSources:
             {
                 "RECEIVER_PORT": "9001",
                 "RECEIVER_HANDLER_TIMEOUT": "2.5",
-                "RECEIVER_ADMIN_TOKEN": "adm",
+                "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
                 "RECEIVER_DATABASE_URL": "postgresql://db/receiver",
             }
         )
-        assert (9001, 2.5, "adm", "postgresql://db/receiver") == (
+        assert (9001, 2.5, TEST_ADMIN_TOKEN, "postgresql://db/receiver") == (
             settings.port,
             settings.handler_timeout,
             settings.admin_token,
@@ -185,6 +190,7 @@ class TestErrors:
             ("RECEIVER_RETRY_AFTER", "-1"),
             ("RECEIVER_LOG_LEVEL", "LOUD"),
             ("RECEIVER_APIFRAME_TIMEOUT", "0"),
+            ("RECEIVER_QUARANTINE_MAX_ROWS", "0"),
         ],
     )
     def test_out_of_range_numbers(self, variable: str, value: str) -> None:
@@ -225,8 +231,8 @@ class TestSecretsList:
         other = "whsec_" + "b" * 43 + "="
         settings = load_settings(
             {
-                "RECEIVER_ADMIN_TOKEN": "admin-t",
-                "RECEIVER_METRICS_TOKEN": "metrics-t",
+                "RECEIVER_ADMIN_TOKEN": ADMIN,
+                "RECEIVER_METRICS_TOKEN": METRICS,
                 "RECEIVER_APIFRAME_API_KEY": "af-key",
                 "RECEIVER_APIFRAME_WEBHOOK_SECRET": "af-secret",
                 "RECEIVER_GENERIC_PROVIDERS": "acme",
@@ -237,8 +243,8 @@ class TestSecretsList:
             config_file=None,
         )
         assert {
-            "admin-t",
-            "metrics-t",
+            ADMIN,
+            METRICS,
             "af-key",
             "af-secret",
             whsec,

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver.dispatch import DeliveryInfo, Dispatcher, Registry, backoff
-from receiver.errors import Retry
+from receiver.errors import GiveUp, Retry
 from receiver.ingest import Ingest
 from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update, now
 from receiver.store import Claimed, NewJob, Store
@@ -328,6 +328,24 @@ class TestRetries:
         assert (DeliveryState.DEAD, 3, 3) == (delivery.state, delivery.attempts, len(calls))
         assert delivery.last_error is not None
         assert "RuntimeError: boom 3" in delivery.last_error
+
+    async def test_give_up_is_dead_at_the_first_attempt(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A handler raising `GiveUp` (or a subclass) is not run again: dead, with its error."""
+        calls: list[int] = []
+
+        class Refused(GiveUp):
+            pass
+
+        @registry.on("running")
+        async def refuses(event: Event, job: Job) -> None:
+            calls.append(1)
+            raise Refused("that address is private")
+
+        delivery = await deliver_one(store, registry, max_attempts=3)
+        assert (DeliveryState.DEAD, 1, 1) == (delivery.state, delivery.attempts, len(calls))
+        assert "Refused: that address is private" == delivery.last_error
 
     async def test_retry_defer_is_honoured(self, store: Store, registry: Registry) -> None:
         """`Retry(defer=...)` sets the wait before the next attempt, instead of the backoff."""

@@ -18,7 +18,7 @@ from receiver.hooks import nudge_uuid
 from receiver.models import Job, Status, new_id, now
 from receiver.store import NewJob, SQLiteStore
 from receiver.testing import LiveReceiver, running_receiver
-from receiver.verify import digest
+from receiver.verify import REDACTED, digest
 
 TOKEN = "tok-" + "a" * 40
 SECRET = "s3cret-" + "b" * 40
@@ -246,6 +246,20 @@ class TestRejections:
         await assert_untouched(live, job, calls)
         assert ["missing_secret"] == await quarantine_reasons(live)
 
+    async def test_a_secret_header_in_another_spelling_is_not_kept(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """`x_webhook_secret` is not the secret header, but it is redacted like it."""
+        job = await make_job(live)
+        answer = await client.post(
+            f"/hooks/apiframe/{TOKEN}", json=APIFRAME_FINISHED, headers={"x_webhook_secret": SECRET}
+        )
+        assert 401 == answer.status_code
+        await assert_untouched(live, job, calls)
+        [entry] = await live.runtime.store.list_quarantine()
+        assert ("missing_secret", REDACTED) == (entry.reason, entry.headers["x_webhook_secret"])
+        assert SECRET not in repr(entry)
+
     async def test_unknown_token_is_404(
         self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
     ) -> None:
@@ -371,7 +385,7 @@ class TestHostileBodies:
     async def test_quarantine_keeps_whole_bodies_only_from_proven_callers(
         self, tmp_path: Path, handlers: Registry
     ) -> None:
-        """A bad body on a job's own URL is kept whole; a guessed token keeps only 4 KiB."""
+        """A bad body on a job's own URL is kept (to 64 KiB); a guessed token keeps only 4 KiB."""
         body = b"x" * 10_000
         async with running_receiver(tmp_path, handlers=handlers) as live:
             await make_job(live, "rixapi", secret=None)

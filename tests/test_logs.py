@@ -24,6 +24,7 @@ from receiver.verify import digest
 
 TOKEN = "tok-SECRET-in-the-path-0123456789"
 SECRET = "hdr-SECRET-in-the-header-987654"
+ADMIN_TOKEN = "admin-token-value-123-" + "v" * 20
 BODY = {"task_id": "task-1", "status": "processing", "percentage": "40"}
 
 
@@ -93,6 +94,8 @@ class TestRedactor:
             ("GET /hooks/aivideoapi/x?uuid=1&token=abcdef123", "abcdef123"),
             ("Authorization: Bearer sk-abcdef123456", "sk-abcdef123456"),
             ("headers {'x-webhook-secret': 'hunter2hunter2'}", "hunter2hunter2"),
+            ("headers {'x_webhook_secret': 'hunter2hunter2'}", "hunter2hunter2"),
+            ("X_API_KEY=hunter2hunter2 sent", "hunter2hunter2"),
             ("key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             ("the key is configured-api-key-42 here", "configured-api-key-42"),
         ],
@@ -206,7 +209,7 @@ class TestServe:
             "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}",
             "RECEIVER_PORT": str(port),
             "RECEIVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "RECEIVER_ADMIN_TOKEN": "admin-token-value-123",
+            "RECEIVER_ADMIN_TOKEN": ADMIN_TOKEN,
             "RECEIVER_HANDLERS": "",
             "RECEIVER_LOG_LEVEL": "INFO",
             "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
@@ -236,12 +239,12 @@ class TestServe:
                 await client.post(
                     "/hooks/apiframe", json=BODY, headers={"x-webhook-secret": SECRET}
                 )
-                await client.get("/jobs", headers={"Authorization": "Bearer admin-token-value-123"})
+                await client.get("/jobs", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         finally:
             process.terminate()
             _, err = await asyncio.wait_for(process.communicate(), timeout=30)
         text = err.decode()
-        assert TOKEN not in text and SECRET not in text and "admin-token-value-123" not in text
+        assert TOKEN not in text and SECRET not in text and ADMIN_TOKEN not in text
         logged = [line for line in text.splitlines() if not line.startswith("receiver:")]
         entries = [json.loads(line) for line in logged]
         hooks = [e for e in entries if e["logger"] == "receiver.hooks"]

@@ -23,6 +23,7 @@ from receiver.testing import LiveReceiver, running_receiver
 from receiver.verify import digest
 
 SECRET = "metrics-test-secret"
+SCRAPE_TOKEN = "scrape-only-token-" + "s" * 32
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -51,7 +52,7 @@ async def live(tmp_path: Path, sim: RunningSimulator) -> AsyncIterator[LiveRecei
     registry = Registry()
     Handlers(registry)
     env = {
-        "RECEIVER_METRICS_TOKEN": "scrape-only-token",
+        "RECEIVER_METRICS_TOKEN": SCRAPE_TOKEN,
         "RECEIVER_APIFRAME_BASE_URL": sim.base_url("apiframe"),
         "RECEIVER_APIFRAME_API_KEY": "k",
     }
@@ -103,7 +104,7 @@ async def post(live: LiveReceiver, path: str, body: Any, secret: str = SECRET) -
 class TestAccess:
     """/metrics answers the admin token or the scrape-only token, and nobody else."""
 
-    @pytest.mark.parametrize("header", [None, "Bearer wrong", "scrape-only-token"])
+    @pytest.mark.parametrize("header", [None, "Bearer wrong", SCRAPE_TOKEN])
     async def test_refused_without_a_token(self, live: LiveReceiver, header: str | None) -> None:
         """No token, a wrong one, or a badly framed one is a 401."""
         async with httpx.AsyncClient(base_url=live.url) as client:
@@ -112,10 +113,10 @@ class TestAccess:
 
     async def test_scrape_token_works(self, live: LiveReceiver) -> None:
         """RECEIVER_METRICS_TOKEN reads the metrics but opens no admin route."""
-        samples = await scrape(live, "scrape-only-token")
+        samples = await scrape(live, SCRAPE_TOKEN)
         assert ("receiver_deliveries_dead", ()) in samples
         async with httpx.AsyncClient(base_url=live.url) as client:
-            headers = {"Authorization": "Bearer scrape-only-token"}
+            headers = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
             assert 401 == (await client.get("/jobs", headers=headers)).status_code
 
 

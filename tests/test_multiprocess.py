@@ -23,6 +23,8 @@ import asyncpg
 import httpx
 import pytest
 
+from receiver.testing import TEST_ADMIN_TOKEN
+
 SECRET = "static-secret-for-the-multiprocess-test"
 HANDLER_MODULE = textwrap.dedent(
     """
@@ -62,7 +64,7 @@ class Cluster:
             "HANDLED_FILE": str(self.handled),
             "RECEIVER_DATABASE_URL": database_url,
             "RECEIVER_HANDLERS": "mp_handlers",
-            "RECEIVER_ADMIN_TOKEN": "admin",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
             "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
             # A handler's lease is its timeout + 30 s: a killed worker's work waits that long.
             "RECEIVER_HANDLER_TIMEOUT": "2",

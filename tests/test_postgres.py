@@ -21,7 +21,7 @@ from receiver.models import DeliveryState, Event, Job, Status, Update, now
 from receiver.store import NewJob, display_url, store_for
 from receiver.store.migrations import migrations
 from receiver.store.postgres import PostgresStore, is_fault, pool_options
-from receiver.testing import running_receiver
+from receiver.testing import TEST_ADMIN_TOKEN, running_receiver
 
 SECRET = "static-secret-for-postgres-tests"
 
@@ -138,7 +138,7 @@ class TestMigrations:
         env = {
             "RECEIVER_DATABASE_URL": pg_database,
             "RECEIVER_HANDLERS": "",
-            "RECEIVER_ADMIN_TOKEN": "admin",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
         }
         for command in ("serve", "worker"):
             code, _, err = await run_cli(command, env=env, cwd=tmp_path)

@@ -51,25 +51,46 @@ class TestBuckets:
         assert 100 == len(limiter._buckets)
 
 
+def scope(peer: str | None, *forwarded: str) -> dict[str, Any]:
+    """An ASGI scope from `peer` with one X-Forwarded-For line per `forwarded` value."""
+    headers = [(b"host", b"x"), *((b"x-forwarded-for", line.encode()) for line in forwarded)]
+    return {"type": "http", "client": (peer, 1234) if peer else None, "headers": headers}
+
+
 class TestClientAddress:
-    """X-Forwarded-For is believed only from trusted proxies."""
+    """X-Forwarded-For is believed only from trusted proxies, all its lines as one list."""
 
     PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")
 
     @pytest.mark.parametrize(
         ("peer", "forwarded", "expected"),
         [
-            ("203.0.113.5", "1.2.3.4", "203.0.113.5"),  # untrusted peer: header ignored
-            ("10.1.2.3", "1.2.3.4", "1.2.3.4"),
-            ("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9", "1.2.3.4"),  # right-most untrusted
-            ("192.168.1.7", "10.0.0.1, 10.0.0.2", "192.168.1.7"),  # all trusted: the peer
-            ("10.1.2.3", "1.2.3.4, not-an-ip", "10.1.2.3"),  # a broken chain is not believed
-            ("10.1.2.3", None, "10.1.2.3"),
+            ("203.0.113.5", ["1.2.3.4"], "203.0.113.5"),  # untrusted peer: header ignored
+            ("10.1.2.3", ["1.2.3.4"], "1.2.3.4"),
+            ("10.1.2.3", ["6.6.6.6, 1.2.3.4, 10.9.9.9"], "1.2.3.4"),  # right-most untrusted
+            ("192.168.1.7", ["10.0.0.1, 10.0.0.2"], "192.168.1.7"),  # all trusted: the peer
+            ("10.1.2.3", ["1.2.3.4, not-an-ip"], "10.1.2.3"),  # a broken chain is not believed
+            ("10.1.2.3", [], "10.1.2.3"),
+            # A proxy that appends its own line: the lines are one list, the last one counts.
+            ("10.1.2.3", ["6.6.6.6", "1.2.3.4"], "1.2.3.4"),
+            ("10.1.2.3", ["6.6.6.6, 7.7.7.7", "1.2.3.4, 10.9.9.9"], "1.2.3.4"),
+            ("10.1.2.3", ["1.2.3.4", "10.9.9.9"], "1.2.3.4"),
+            ("10.1.2.3", ["1.2.3.4", "not-an-ip"], "10.1.2.3"),
+            ("10.1.2.3", ["1.2.3.4,, ", ""], "1.2.3.4"),  # empty elements are skipped
+            ("203.0.113.5", ["1.2.3.4", "5.6.7.8"], "203.0.113.5"),
         ],
     )
-    def test_forwarded_for(self, peer: str, forwarded: str | None, expected: str) -> None:
+    def test_forwarded_for(self, peer: str, forwarded: list[str], expected: str) -> None:
         """The right-most hop that is not a trusted proxy is the client."""
-        assert expected == client_address(peer, forwarded, self.PROXIES)
+        assert expected == client_address(scope(peer, *forwarded), self.PROXIES)
+
+    def test_no_peer_is_no_address(self) -> None:
+        """A scope without a client (a Unix socket) has no address to budget."""
+        assert None is client_address(scope(None, "1.2.3.4"), self.PROXIES)
+
+    def test_without_trusted_proxies_the_header_is_never_read(self) -> None:
+        """With no RECEIVER_TRUSTED_PROXIES the peer is the client, whatever is forwarded."""
+        assert "10.1.2.3" == client_address(scope("10.1.2.3", "1.2.3.4"), ())
 
     def test_bad_setting_is_named(self) -> None:
         """A typo in RECEIVER_TRUSTED_PROXIES is a ConfigError naming it and the entry."""
@@ -124,11 +145,11 @@ async def live(tmp_path: Path, fired: Fired) -> AsyncIterator[LiveReceiver]:
 
 
 async def post(
-    live: LiveReceiver, secret: str, *, via: str | None = None, token: str = TOKEN
+    live: LiveReceiver, secret: str, *, via: str | list[str] | None = None, token: str = TOKEN
 ) -> httpx.Response:
-    headers = {"x-webhook-secret": secret}
-    if via:
-        headers["x-forwarded-for"] = via
+    """A callback; `via` is an X-Forwarded-For value, or a list of them, one line each."""
+    lines = [via] if isinstance(via, str) else via or []
+    headers = [("x-webhook-secret", secret), *(("x-forwarded-for", line) for line in lines)]
     async with httpx.AsyncClient(base_url=live.url) as client:
         return await client.post(f"/hooks/apiframe/{token}", json=FINISHED, headers=headers)
 
@@ -188,6 +209,24 @@ class TestLiveLimits:
             for n in range(7)
         ]
         assert [404] * 5 + [429] * 2 == codes
+
+    async def test_a_line_appended_by_the_proxy_names_the_client(
+        self, live: LiveReceiver, fired: Fired
+    ) -> None:
+        """A trusted proxy adds its own X-Forwarded-For line: that line, not the caller's
+        forged first one, is the address budgeted and kept, on both hook paths."""
+        await make_job(live)
+        codes = [
+            (
+                await post(live, "x", via=[f"6.6.6.{n}", "198.51.100.7"], token=f"guess{n}")
+            ).status_code
+            for n in range(6)
+        ]
+        assert [404] * 5 + [429] == codes
+        # The right secret would be taken by the fast path: it too sees the spent budget.
+        assert 429 == (await post(live, SECRET, via=["6.6.6.99", "198.51.100.7"])).status_code
+        assert {"198.51.100.7"} == {e.client for e in await live.runtime.store.list_quarantine()}
+        assert 200 == (await post(live, SECRET, via=["198.51.100.7", "198.51.100.8"])).status_code
 
     async def test_forwarded_for_from_an_untrusted_peer_is_ignored(self, tmp_path: Path) -> None:
         """Without trusted proxies, changing X-Forwarded-For does not escape the limit."""

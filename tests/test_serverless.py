@@ -106,7 +106,7 @@ def lambda_env(
     monkeypatch.chdir(tmp_path)
     env = {
         "RECEIVER_DATABASE_URL": pg_url,
-        "RECEIVER_ADMIN_TOKEN": "admin-token-for-lambda",
+        "RECEIVER_ADMIN_TOKEN": "admin-token-for-lambda-" + "l" * 20,
         "RECEIVER_HANDLERS": "lambda_handlers",
         "RECEIVER_PUBLIC_URL": "https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com",
     }

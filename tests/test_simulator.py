@@ -559,6 +559,27 @@ class TestMisbehaviour:
         feed = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
         assert "3" == feed.json()["data"]["status"]
 
+    async def test_create_delay_calls_back_before_the_answer(
+        self, sim: RunningSimulator, http: httpx.AsyncClient, receiver: ReceiverStub
+    ) -> None:
+        """With `create_delay`, the task's final callback reaches the receiver before its id."""
+        sim.config.create_delay = 0.5
+        task_id = await create_rixapi(http, receiver.url + "/hook")
+        assert ["1", "3"] == [hit.json()["status"] for hit in receiver.hits]
+        assert task_id == receiver.hits[-1].json()["task_id"]
+
+    async def test_no_preview(
+        self, sim: RunningSimulator, http: httpx.AsyncClient, receiver: ReceiverStub
+    ) -> None:
+        """With `no_preview`, a success carries its video and neither poster nor last frame."""
+        sim.config.no_preview = True
+        task_id = await create_rixapi(http, receiver.url + "/hook")
+        await sim.wait_idle()
+        feed = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
+        data = feed.json()["data"]
+        assert ("3", "", "") == (data["status"], data["poster"], data["last_frame"])
+        assert data["video_url"].startswith(f"{sim.url}/_sim/media/")
+
     @pytest.mark.parametrize(("provider", "error_of"), ERROR_OF)
     async def test_create_error(
         self,

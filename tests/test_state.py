@@ -163,6 +163,12 @@ class TestForwardMoves:
         assert "E42" == result.job.error_code
         assert 0.7 == result.job.progress
 
+    def test_failed_clears_an_earlier_result_url(self) -> None:
+        """A failure has no result: a URL an earlier event put on the job does not survive it."""
+        job = make_job(Status.RUNNING, progress=0.4, result_url="https://evil.example/v.mp4")
+        update = make_update(Status.FAILED, raw_status="2", error="generation failed")
+        assert None is advance(job, update, duplicate=False, at=T0).job.result_url
+
     def test_failed_without_message_names_the_raw_status(self) -> None:
         """A failure without a message gets a default one naming the provider's status."""
         result = advance(

@@ -396,6 +396,36 @@ class TestNudges:
         assert None is await store.next_poll_at()
         assert [] == await store.claim_polls(limit=5, lease=60, at=T0 + 5)
 
+    async def test_nudge_before_the_task_id_is_polled_once_it_comes(self, store: Store) -> None:
+        """A nudge kept before the create call answered makes the job due when its id is set."""
+        await add_job(store, task_id=None)
+        await store.record_nudge("job_1", make_raw(), poll_at=T0 + 5)
+        await store.set_task_id("job_1", "t-7", T0 + 900)
+        assert T0 + 5 == await store.next_poll_at()
+        [job] = await store.claim_polls(limit=5, lease=60, at=T0 + 5)
+        assert ("job_1", "t-7") == (job.id, job.task_id)
+
+    async def test_set_task_id_schedules_its_poll_when_none_is_due(self, store: Store) -> None:
+        """Without an earlier poll, the job's first poll is the one set_task_id names."""
+        await add_job(store, task_id=None)
+        await store.set_task_id("job_1", "t-7", T0 + 900)
+        assert T0 + 900 == await store.next_poll_at()
+
+
+def make_quarantined(n: int) -> Quarantined:
+    return Quarantined(
+        id=f"qua_{n:03d}",
+        received_at=T0 + n,
+        provider="apiframe",
+        reason="unknown_token",
+        status_code=404,
+        method="POST",
+        path="/hooks/apiframe/[token:abc]",
+        query="",
+        headers={},
+        body=b"",
+    )
+
 
 class TestQuarantine:
     """Rejected requests are kept as given and listed newest first."""
@@ -422,6 +452,23 @@ class TestQuarantine:
             await store.quarantine(entry)
         assert list(reversed(entries)) == await store.list_quarantine()
         assert [entries[2]] == await store.list_quarantine(limit=1)
+
+    async def test_trim_keeps_the_newest_a_batch_at_a_time(self, store: Store) -> None:
+        """Trimming deletes the oldest entries past `keep`, never more than `batch` a call."""
+        for n in range(30):
+            await store.quarantine(make_quarantined(n))
+        deleted = [await store.trim_quarantine(keep=10, batch=8) for _ in range(4)]
+        assert [8, 8, 4, 0] == deleted
+        kept = [entry.id for entry in await store.list_quarantine(limit=100)]
+        assert [f"qua_{n:03d}" for n in reversed(range(20, 30))] == kept
+
+    async def test_trim_under_the_cap_deletes_nothing(self, store: Store) -> None:
+        """A table at or under `keep` rows is left as it is, an empty one too."""
+        assert 0 == await store.trim_quarantine(keep=3, batch=100)
+        for n in range(3):
+            await store.quarantine(make_quarantined(n))
+        assert 0 == await store.trim_quarantine(keep=3, batch=100)
+        assert 3 == len(await store.list_quarantine())
 
 
 class TestClaimDeliveries:

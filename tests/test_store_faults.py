@@ -52,6 +52,7 @@ from receiver.runtime import Runtime
 from receiver.serving import serve_in_loop
 from receiver.simulator import SimConfig, run_simulator
 from receiver.store import SQLiteStore
+from receiver.testing import TEST_ADMIN_TOKEN
 
 HANDLER_MODULE = textwrap.dedent(
     """
@@ -218,7 +219,7 @@ async def submit(client: httpx.AsyncClient) -> str:
     answer = await client.post(
         "/jobs",
         json={"provider": "apiframe", "input": {"prompt": "a mech", "duration": 5}},
-        headers={"Authorization": "Bearer admin"},
+        headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"},
     )
     assert 201 == answer.status_code, answer.text
     return str(answer.json()["id"])
@@ -359,7 +360,7 @@ async def quiet_receiver(tmp_path: Path, store: SQLiteStore) -> AsyncIterator[ht
     settings = load_settings(
         {
             "RECEIVER_DATABASE_URL": store.url,
-            "RECEIVER_ADMIN_TOKEN": "admin",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
             "RECEIVER_APIFRAME_WEBHOOK_SECRET": SECRET,
         },
         config_file=None,
@@ -475,7 +476,7 @@ class TestStoreTimeoutSetting:
             {
                 "RECEIVER_STORE_TIMEOUT": "0.25",
                 "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}",
-                "RECEIVER_ADMIN_TOKEN": "admin",
+                "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
             },
             config_file=None,
         )

@@ -15,7 +15,7 @@ import pytest
 from receiver.dispatch import Registry
 from receiver.serving import bind
 from receiver.simulator import run_simulator
-from receiver.testing import handler_kit, running_receiver
+from receiver.testing import TEST_ADMIN_TOKEN, handler_kit, running_receiver
 
 # The provider's own word for "succeeded", as its adapter reads it from the triggered body.
 RAW_SUCCESS = {
@@ -145,13 +145,15 @@ class TestTriggerCommand:
 
     async def test_trigger_then_refusals(self, tmp_path: Path) -> None:
         async with (
-            running_receiver(tmp_path, admin_token="sandbox-token") as live,
+            running_receiver(tmp_path) as live,
             httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as client,
         ):
             job = (await client.post("/jobs", json={"provider": "rixapi", "task_id": "t1"})).json()
             # The token file `serve` would have written: the command reads it when no
             # RECEIVER_ADMIN_TOKEN is set.
-            Path(str(tmp_path / "receiver.db") + ".admin-token").write_text("sandbox-token\n")
+            token_file = Path(str(tmp_path / "receiver.db") + ".admin-token")
+            token_file.write_text(live.admin_token + "\n")
+            token_file.chmod(0o600)
             env = {
                 "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
                 "RECEIVER_HANDLERS": "",
@@ -180,7 +182,7 @@ class TestTriggerCommand:
             assert (2, "receiver: 404 no such job\n") == (code, err)
             code, _, err = await _cli(
                 "trigger", "rixapi", "succeeded", "--job", job["id"], "--url", live.url,
-                env={**env, "RECEIVER_ADMIN_TOKEN": "wrong"}, cwd=tmp_path,
+                env={**env, "RECEIVER_ADMIN_TOKEN": "wrong-" + "w" * 40}, cwd=tmp_path,
             )  # fmt: skip
             assert (2, "receiver: 401 admin token required\n") == (code, err)
 
@@ -191,7 +193,7 @@ class TestTriggerCommand:
         code, _, err = await _cli(
             "trigger", "rixapi", "succeeded", "--job", "job_x", "--wait", "0.5",
             "--url", f"http://127.0.0.1:{port}",
-            env={"RECEIVER_ADMIN_TOKEN": "t"}, cwd=tmp_path,
+            env={"RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}, cwd=tmp_path,
         )  # fmt: skip
         assert 2 == code
         assert f"cannot reach the receiver at http://127.0.0.1:{port}" in err

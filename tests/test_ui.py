@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,7 @@ from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Status, Update, new_id, now
 from receiver.store import NewJob
 from receiver.testing import LiveReceiver, running_receiver
-from receiver.ui.session import (
-    SESSION_AGE,
-    csrf_token,
-    csrf_valid,
-    new_session,
-    session_valid,
-)
+from receiver.ui.session import COOKIE, csrf_token, csrf_valid
 from receiver.verify import digest
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -113,6 +108,29 @@ async def log_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.post("/ui/login", data={"token": token})
 
 
+async def login_cookie(live: LiveReceiver, token: str) -> str:
+    """A fresh session's cookie value, from a client of its own."""
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        answer = await log_in(client, token)
+    assert 303 == answer.status_code
+    return answer.cookies[COOKIE]
+
+
+async def opens(live: LiveReceiver, cookie: str) -> bool:
+    """Whether the dashboard's page opens with this session cookie."""
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        client.cookies.set(COOKIE, cookie, path="/ui")
+        return 200 == (await client.get("/ui")).status_code
+
+
+async def log_out(live: LiveReceiver, cookie: str) -> int:
+    """Press the page's "Log out" (with its CSRF value); the answer's status."""
+    csrf = csrf_token(live.runtime.admin_token_digest, cookie)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        client.cookies.set(COOKIE, cookie, path="/ui")
+        return (await client.post("/ui/logout", data={"csrf": csrf})).status_code
+
+
 class TestSession:
     """The admin token is traded once for a cookie that does not contain it."""
 
@@ -148,6 +166,35 @@ class TestSession:
             assert 429 == answer.status_code
             assert "set-cookie" not in answer.headers
 
+    async def test_a_forged_first_forwarded_line_does_not_escape_the_limit(
+        self, tmp_path: Path
+    ) -> None:
+        """Behind a trusted proxy that appends its own X-Forwarded-For line, a caller who
+        forges a new first line each time is still limited by the proxy's line."""
+        env = {
+            "RECEIVER_AUTH_FAILURE_BURST": "3",
+            "RECEIVER_AUTH_FAILURE_RATE": "0.01",
+            "RECEIVER_TRUSTED_PROXIES": "127.0.0.1",
+        }
+        async with (
+            running_receiver(tmp_path, env=env) as receiver,
+            httpx.AsyncClient(base_url=receiver.url) as client,
+        ):
+            codes = [
+                (
+                    await client.post(
+                        "/ui/login",
+                        data={"token": f"guess-{n}"},
+                        headers=[
+                            ("x-forwarded-for", f"6.6.6.{n}"),
+                            ("x-forwarded-for", "198.51.100.7"),
+                        ],
+                    )
+                ).status_code
+                for n in range(5)
+            ]
+        assert [401, 401, 401, 429, 429] == codes
+
     async def test_cookie_is_httponly_strict_and_not_the_token(self, live: LiveReceiver) -> None:
         """The cookie is HttpOnly and SameSite=Strict and holds neither the token nor its hash."""
         async with httpx.AsyncClient(base_url=live.url) as client:
@@ -175,10 +222,9 @@ class TestSession:
                 assert landing == answer.headers["location"]
 
     async def test_a_forged_cookie_is_refused(self, live: LiveReceiver) -> None:
-        """A cookie that was not signed with the admin token's key does not open a session."""
-        async with httpx.AsyncClient(base_url=live.url) as client:
-            client.cookies.set("receiver_session", f"{int(now())}.{'0' * 64}", path="/ui")
-            assert 303 == (await client.get("/ui")).status_code
+        """A cookie the receiver did not issue opens no session, whatever its shape."""
+        for forged in (f"{int(now())}.{'0' * 64}", "A" * 43, "x" * 5000):
+            assert not await opens(live, forged)
 
     async def test_replay_without_csrf_is_refused(self, live: LiveReceiver) -> None:
         """A logged-in post without the page's CSRF value replays nothing."""
@@ -194,30 +240,90 @@ class TestSession:
         assert ["dead"] == [d.state.value for d in await live.runtime.store.list_deliveries()]
 
 
-class TestSessionValues:
-    """Session values expire, are bound to the admin token, and cannot be altered."""
+class TestSessionLifetime:
+    """A session is a random id kept by the store: it ends at logout and after the TTL."""
 
-    def test_round_trip_and_expiry(self) -> None:
-        """A fresh session is valid until SESSION_AGE has passed, then refused."""
-        value = new_session("key", at=1_000_000)
-        assert session_valid("key", value, at=1_000_000 + SESSION_AGE - 1)
-        assert not session_valid("key", value, at=1_000_000 + SESSION_AGE)
-        assert not session_valid("key", value, at=1_000_000 - 10)  # issued in the future
+    async def test_two_logins_in_the_same_second_get_different_sessions(
+        self, live: LiveReceiver
+    ) -> None:
+        """Sessions are not derived from the time: two at once differ, and each ends alone."""
+        first = second = ""
+        for _ in range(20):  # until both logins fall in one wall-clock second
+            started = int(time.time())
+            first, second = await asyncio.gather(
+                login_cookie(live, live.admin_token), login_cookie(live, live.admin_token)
+            )
+            if int(time.time()) == started:
+                break
+        else:
+            pytest.fail("no two logins within one second")
+        assert first != second
+        assert 43 == len(first)  # 256 random bits, URL-safe
+        await log_out(live, first)
+        assert (False, True) == (await opens(live, first), await opens(live, second))
 
-    def test_other_key_or_altered_value_is_refused(self) -> None:
-        """A changed admin token, a changed time or a changed signature ends the session."""
-        value = new_session("key", at=1_000_000)
-        issued, _, signature = value.partition(".")
-        assert not session_valid("other-key", value, at=1_000_001)
-        assert not session_valid("key", f"{int(issued) + 1}.{signature}", at=1_000_001)
-        flipped = signature[:-1] + ("1" if signature.endswith("0") else "0")
-        assert not session_valid("key", f"{issued}.{flipped}", at=1_000_001)
-        for junk in ("", ".", "abc.def", "1" * 20 + ".x", None):
-            assert not session_valid("key", junk, at=1_000_001)
+    async def test_logout_revokes_the_cookie(self, live: LiveReceiver) -> None:
+        """A cookie kept from before logout opens nothing: no page, no stream, no post."""
+        cookie = await login_cookie(live, live.admin_token)
+        assert await opens(live, cookie)
+        assert 303 == await log_out(live, cookie)
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            client.cookies.set(COOKIE, cookie, path="/ui")
+            assert 303 == (await client.get("/ui")).status_code
+            assert 401 == (await client.get("/ui/stream")).status_code
+        assert 401 == await log_out(live, cookie)
+
+    async def test_session_expires_after_the_ttl(self, tmp_path: Path) -> None:
+        """With RECEIVER_SESSION_TTL=1 the cookie says Max-Age=1 and stops working after it."""
+        env = {"RECEIVER_SESSION_TTL": "1"}
+        async with running_receiver(tmp_path, env=env) as live:
+            async with httpx.AsyncClient(base_url=live.url) as client:
+                answer = await log_in(client, live.admin_token)
+            assert "max-age=1;" in answer.headers["set-cookie"].lower() + ";"
+            cookie = answer.cookies[COOKIE]
+            assert await opens(live, cookie)
+            await asyncio.sleep(1.2)
+            assert not await opens(live, cookie)
+
+    async def test_sessions_are_shared_by_receivers_on_one_database(self, tmp_path: Path) -> None:
+        """A login on one receiver works on another with the same store; logout ends both."""
+        async with running_receiver(tmp_path) as one, running_receiver(tmp_path) as two:
+            cookie = await login_cookie(one, one.admin_token)
+            assert await opens(two, cookie)
+            await log_out(two, cookie)
+            assert not await opens(one, cookie)
+
+    async def test_a_new_admin_token_ends_every_session(self, tmp_path: Path) -> None:
+        """Sessions are kept under a digest keyed by the admin token: rotating it logs all out."""
+        async with running_receiver(tmp_path) as live:
+            cookie = await login_cookie(live, live.admin_token)
+        rotated = "another-admin-token-" + "x" * 20
+        async with running_receiver(tmp_path, admin_token=rotated) as live:
+            assert not await opens(live, cookie)
+
+    @pytest.mark.parametrize(
+        ("public_url", "secure"),
+        [("https://hooks.example.test", True), ("http://127.0.0.1:9", False)],
+    )
+    async def test_cookie_is_secure_when_the_public_url_is_https(
+        self, tmp_path: Path, public_url: str, secure: bool
+    ) -> None:
+        """Behind https the cookie carries Secure (on plain http a browser would drop it)."""
+        env = {"RECEIVER_PUBLIC_URL": public_url}
+        async with (
+            running_receiver(tmp_path, env=env) as live,
+            httpx.AsyncClient(base_url=live.url) as client,
+        ):
+            cookie = (await log_in(client, live.admin_token)).headers["set-cookie"].lower()
+        assert (secure, True, True) == (
+            "; secure" in cookie,
+            "; httponly" in cookie,
+            "; samesite=strict" in cookie,
+        )
 
     def test_csrf_is_bound_to_the_session(self) -> None:
         """A CSRF value made for one session is refused with another."""
-        first, second = new_session("key", at=1), new_session("key", at=2)
+        first, second = "session-one", "session-two"
         assert csrf_valid("key", first, csrf_token("key", first))
         assert not csrf_valid("key", second, csrf_token("key", first))
         assert not csrf_valid("key", first, None)
@@ -246,6 +352,19 @@ class TestEscaping:
         assert 'src="javascript:' not in page and 'href="javascript:' not in page
         assert "<img src=x" not in page
         assert "sk-live-123" not in page  # payload fields named like credentials are redacted
+
+    async def test_credentials_inside_lists_are_redacted(self, live: LiveReceiver) -> None:
+        """A credential in an object inside a list of the payload is not shown."""
+        job_id = await add_job(live, "tok3")
+        payload = {"outputs": [{"url": "https://x/v.mp4", "Api-Key": "sk-in-a-list-123"}]}
+        await live.runtime.ingest.record(
+            job_id, Update(status=Status.RUNNING, raw_status="x", payload=payload), source="poll"
+        )
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            await log_in(client, live.admin_token)
+            page = (await client.get(f"/ui/jobs/{job_id}")).text
+        assert "https://x/v.mp4" in page
+        assert "sk-in-a-list-123" not in page
 
 
 def _chromium_or_skip() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from receiver.verify import (
     matches_any,
     mint_secret,
     mint_token,
+    redact_fields,
     redact_headers,
     redact_path,
     redact_query,
@@ -127,6 +129,64 @@ class TestRedaction:
             "X-Request-Id": "req-1",
         } == redacted
         assert "s3cret" == headers["X-Webhook-Secret"]
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "x_webhook_secret",
+            "X_WEBHOOK_SECRET",
+            "x-Webhook_Secret",
+            "x_api_key",
+            "X-Api_Key",
+            "proxy_authorization",
+            "webhook_signature",
+            "set_cookie",
+        ],
+    )
+    def test_secret_headers_are_hidden_however_they_are_spelt(self, name: str) -> None:
+        """`_` for `-` and any case are one name: a credential header is hidden in each spelling."""
+        assert {name: REDACTED, "x-request-id": "req-1"} == redact_headers(
+            {name: "s3cret", "x-request-id": "req-1"}
+        )
+
+    def test_credentials_inside_lists_are_hidden(self) -> None:
+        """A secret in an object inside a list, at any depth, is replaced; the rest is kept."""
+        fields = {
+            "prompt": "a cat",
+            "hooks": [{"url": "https://x/", "webhook_secret": "s3cret"}, "plain", 3],
+            "deep": {"list": [[{"X-Api-Key": "k3y", "ok": [1, {"token": "t0k"}]}]]},
+        }
+        assert {
+            "prompt": "a cat",
+            "hooks": [{"url": "https://x/", "webhook_secret": REDACTED}, "plain", 3],
+            "deep": {"list": [[{"X-Api-Key": REDACTED, "ok": [1, {"token": REDACTED}]}]]},
+        } == redact_fields(fields)
+        assert "s3cret" == fields["hooks"][0]["webhook_secret"]  # type: ignore[index]
+
+    def test_field_names_follow_the_same_rule_as_headers(self) -> None:
+        """`api-key`, `API_KEY` and `apikey` are all credentials in a payload too."""
+        fields = {"api-key": "a", "API_KEY": "b", "apikey": "c", "Webhook-Secret": "d", "id": 1}
+        assert {
+            "api-key": REDACTED,
+            "API_KEY": REDACTED,
+            "apikey": REDACTED,
+            "Webhook-Secret": REDACTED,
+            "id": 1,
+        } == redact_fields(fields)
+
+    def test_a_value_nested_deeper_than_the_stack_is_redacted(self) -> None:
+        """Nesting far past Python's recursion limit is walked, not a RecursionError."""
+        top: dict[str, object] = {}
+        inner = top
+        for _ in range(5000):
+            child: dict[str, object] = {}
+            inner["next"] = [child]
+            inner = child
+        inner["secret"] = "s3cret"
+        found: Any = redact_fields(top)
+        for _ in range(5000):
+            found = found["next"][0]
+        assert {"secret": REDACTED} == found
 
     def test_path_token_becomes_a_short_digest(self) -> None:
         """`/hooks/p/<token>` keeps the provider and a digest prefix of the token, not the token."""

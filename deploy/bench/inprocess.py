@@ -16,6 +16,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import secrets
 import sys
 import tempfile
 import time
@@ -120,7 +121,7 @@ if __name__ == "__main__":
             RECEIVER_DATABASE_URL=f"sqlite:///{Path(directory) / 'receiver.db'}",
             RECEIVER_HANDLERS="receiver.bench.handler",
             RECEIVER_APIFRAME_WEBHOOK_SECRET=SECRET,
-            RECEIVER_ADMIN_TOKEN="bench-admin-token",
+            RECEIVER_ADMIN_TOKEN=secrets.token_urlsafe(32),
             RECEIVER_LOG_LEVEL="WARNING",
         )
         uvloop.run(

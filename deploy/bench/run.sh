@@ -9,7 +9,7 @@ DB="receiver_bench_$$"
 WORK="$(mktemp -d)"
 export SECRET=bench-secret BENCH_LOG="$WORK/handled.log" PYTHONPATH="$PWD/deploy/bench"
 export RECEIVER_DATABASE_URL="$SERVER/$DB?pool_size=16" RECEIVER_HANDLERS=bench_handlers
-export RECEIVER_APIFRAME_WEBHOOK_SECRET=$SECRET RECEIVER_ADMIN_TOKEN=bench RECEIVER_LOG_LEVEL=ERROR
+export RECEIVER_APIFRAME_WEBHOOK_SECRET=$SECRET RECEIVER_ADMIN_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n") RECEIVER_LOG_LEVEL=ERROR
 psql -q "$SERVER/postgres" -c "CREATE DATABASE $DB"
 pids=()
 cleanup() {

@@ -470,8 +470,14 @@ def _run_receiver(
     _migrate(database_url, directory)
     size_before = 0 if database_url.startswith("sqlite:") else _db_bytes(database_url)
     progress("receiver: start")
+    # The load comes from one address, past the default per-client connection cap.
+    per_client = {"RECEIVER_MAX_CONNECTIONS_PER_CLIENT": str(options.concurrency + 8)}
     server = start_receiver(
-        directory, database_url=database_url, secret=session.secret, handled=handled, extra={}
+        directory,
+        database_url=database_url,
+        secret=session.secret,
+        handled=handled,
+        extra=per_client,
     )
     try:
         # A cold start is over when a provider's callback is acknowledged (committed);

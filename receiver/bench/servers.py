@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -105,7 +106,7 @@ def start_receiver(
         "RECEIVER_HANDLERS": "receiver.bench.handler",
         "RECEIVER_BENCH_HANDLED": str(handled),
         "RECEIVER_APIFRAME_WEBHOOK_SECRET": secret,
-        "RECEIVER_ADMIN_TOKEN": secret + "-admin",
+        "RECEIVER_ADMIN_TOKEN": secrets.token_urlsafe(32),  # nobody uses it: not shown
         "RECEIVER_PORT": str(port),
         "RECEIVER_PUBLIC_URL": f"http://bench.example:{port}",
         "RECEIVER_LOG_LEVEL": "WARNING",

@@ -15,6 +15,8 @@ from receiver.builtins.download import DOWNLOAD_HANDLER, install_download
 from receiver.builtins.forward import NOTIFY_URL_HANDLER, forward_name, install_forward
 from receiver.builtins.notify import NOTIFY_HANDLER, install_notify
 from receiver.dispatch import Registry
+from receiver.egress import Egress
+from receiver.ratelimit import parse_networks
 from receiver.store.base import Store
 
 if TYPE_CHECKING:
@@ -35,10 +37,15 @@ __all__ = [
 def install_builtins(
     registry: Registry, settings: Settings, *, client: httpx.AsyncClient, store: Store
 ) -> list[str]:
-    """Register every configured built-in into `registry`; return their handler names."""
+    """Register every configured built-in into `registry`; return their handler names.
+
+    `download` fetches URLs a provider chose, so it goes through an `Egress` instead of
+    `client`: public addresses only, and the networks RECEIVER_FETCH_ALLOW_NETWORKS lists.
+    """
+    allowed = parse_networks(settings.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
     return [
         *install_forward(registry, settings.forward, client),
-        *install_download(registry, settings.download, client, store),
+        *install_download(registry, settings.download, Egress(allowed), store),
         *install_notify(registry, settings.notify, client),
         *install_command(registry, settings.command),
     ]

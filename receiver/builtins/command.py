@@ -3,7 +3,12 @@
 The program gets the event in `EVENT_*` variables (`EVENT_JOB_ID`, `EVENT_STATUS`,
 `EVENT_RESULT_URL`, `EVENT_METADATA` as JSON, `EVENT_JSON` the whole document...) and in
 its arguments through placeholders (`{job_id}`, `{metadata.customer}`). It is executed
-directly, never through a shell, so no value can inject a command. It runs in its own
+directly, never through a shell, so no value can inject a command. Nor can a value
+become an option: an argument that only a filled-in value makes begin with `-` is
+refused (the program is not run and the delivery fails with the reason), unless it
+follows a literal `--` argument; `--name={placeholder}` is the way to pass a value to
+an option. A value holding a NUL byte, which a program cannot be given, is refused
+the same way, never cut short. It runs in its own
 process group: past the timeout, or when the delivery is cut off, the whole group is
 killed. A non-zero exit is a failure, retried like any handler's. Only the variables
 named in `pass_env` (and PATH, HOME, LANG, TZ) are inherited: the receiver's own
@@ -24,12 +29,14 @@ import msgspec
 from receiver.builtins.outbound import event_document
 from receiver.builtins.settings import CommandSettings
 from receiver.dispatch import DeliveryInfo, Registry
+from receiver.errors import GiveUp
 from receiver.models import Event, Job
 
 __all__ = [
     "COMMAND_HANDLER",
     "FIELDS",
     "CommandFailed",
+    "CommandRefused",
     "arguments",
     "environment",
     "install_command",
@@ -61,6 +68,24 @@ class CommandFailed(Exception):
     """The program exited non-zero or overran its timeout; the delivery is retried."""
 
 
+class CommandRefused(CommandFailed, GiveUp):
+    """An event value cannot be given to the program as configured, so it is not run.
+
+    The same event is refused on every attempt, so the delivery is dead at once.
+    """
+
+
+def _passable(value: str, where: str) -> str:
+    """`value` if a program can be given it whole; CommandRefused naming `where` if not."""
+    if "\x00" in value:
+        raise CommandRefused(f"{where} holds a NUL byte, which cannot be passed to a program")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise CommandRefused(f"{where} holds text that cannot be passed to a program") from None
+    return value
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -88,8 +113,19 @@ def _fields(event: Event, job: Job, delivery: DeliveryInfo) -> dict[str, str]:
     return {name: _text(values[name]) for name in FIELDS}
 
 
+def _argument_name(index: int, template: str) -> str:
+    """`argument 3 ({error})`: its position and placeholders, never its literal text,
+    which may hold a credential."""
+    placeholders = " ".join(match.group(0) for match in _PLACEHOLDER.finditer(template))
+    return f"argument {index} ({placeholders})"
+
+
 def arguments(argv: list[str], event: Event, job: Job, delivery: DeliveryInfo) -> list[str]:
-    """`argv` with each placeholder replaced inside its own argument (a missing key gives "")."""
+    """`argv` with each placeholder replaced inside its own argument (a missing key gives "").
+
+    CommandRefused when a value would make an argument an option (see the module's
+    docstring) or cannot be passed at all.
+    """
     fields = _fields(event, job, delivery)
 
     def fill(match: re.Match[str]) -> str:
@@ -98,7 +134,19 @@ def arguments(argv: list[str], event: Event, job: Job, delivery: DeliveryInfo) -
             return _text(job.metadata.get(key))
         return fields.get(name, match.group(0))
 
-    return [_PLACEHOLDER.sub(fill, argument) for argument in argv]
+    filled: list[str] = []
+    options_end = False  # after a literal "--", arguments are operands whatever they hold
+    for index, template in enumerate(argv):
+        where = _argument_name(index, template)
+        argument = _passable(_PLACEHOLDER.sub(fill, template), where)
+        if argument.startswith("-") and not template.startswith("-") and not options_end:
+            raise CommandRefused(
+                f"{where} would begin with '-' and be read as an option;"
+                " put it after a literal -- or in --name={value} form"
+            )
+        options_end = options_end or template == "--"
+        filled.append(argument)
+    return filled
 
 
 def environment(
@@ -109,7 +157,7 @@ def environment(
     env = {name: os.environ[name] for name in inherited if name in os.environ}
     for name, value in _fields(event, job, delivery).items():
         key = "EVENT_ID" if name == "event_id" else f"EVENT_{name.upper()}"
-        env[key] = value
+        env[key] = _passable(value, key)
     env["EVENT_METADATA"] = _text(job.metadata)
     env["EVENT_JSON"] = event_document(event, job).decode()
     return env

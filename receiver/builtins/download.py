@@ -8,6 +8,14 @@ an HTTP Range request when the server allows it, else starts it again; a part fi
 never reused for another URL. The job then lists the copy under `files` (path, SHA-256,
 size, content type), so a later retry, or a duplicate event, does not fetch it again.
 Redirects are followed only within the same scheme, host and port.
+
+The URL is a provider's choice, so the fetch goes through an `Egress`: every hop's host
+is resolved and refused unless all its addresses are public (or in
+RECEIVER_FETCH_ALLOW_NETWORKS), and the connection goes to the address checked. The
+status, content type and length are judged from the response head before any of the
+body is read. Files are created 0600 and folders 0700: results may be private media.
+A refusal (address, type, size, URL) raises `DownloadRefused`: the delivery is dead at
+once, since no retry would change it; a network failure is retried.
 """
 
 from __future__ import annotations
@@ -18,20 +26,28 @@ import mimetypes
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
 from receiver.builtins.outbound import origin
 from receiver.builtins.settings import DownloadSettings
 from receiver.dispatch import Registry
+from receiver.egress import Egress, FetchRefused
+from receiver.errors import GiveUp
 from receiver.models import Event, Job, StoredFile, now
 from receiver.store.base import Store
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DOWNLOAD_HANDLER", "DownloadFailed", "fetch_file", "install_download"]
+__all__ = [
+    "DOWNLOAD_HANDLER",
+    "DownloadFailed",
+    "DownloadRefused",
+    "fetch_file",
+    "install_download",
+]
 
 DOWNLOAD_HANDLER = "builtin.download"
 _MAX_REDIRECTS = 5
@@ -41,7 +57,11 @@ _EXTENSIONS = {"video/mp4": ".mp4", "image/jpeg": ".jpg", "image/gif": ".gif", "
 
 
 class DownloadFailed(Exception):
-    """A file could not be fetched, or was refused (size, type, host); the delivery is retried."""
+    """A file could not be fetched (network, server error); the delivery is retried."""
+
+
+class DownloadRefused(DownloadFailed, GiveUp):
+    """A file was refused (address, host, type, size, URL); no later attempt is made."""
 
 
 def _allowed_type(content_type: str, allowed: list[str]) -> bool:
@@ -62,6 +82,23 @@ def _extension(content_type: str, url: httpx.URL) -> str:
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents 0700; existing ones are left as they are."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def _open_part(part: Path) -> BinaryIO:
+    """The part file for appending, created 0600 (and made so if an older run left it wider)."""
+    fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -108,13 +145,13 @@ async def _open(
         await response.aclose()
         target = url.join(response.headers.get("location", ""))
         if not _same_origin(url, target):
-            raise DownloadFailed(f"{origin(url)} redirected to another host; not followed")
+            raise DownloadRefused(f"{origin(url)} redirected to another host; not followed")
         url = target
     raise DownloadFailed(f"{origin(url)} redirected more than {_MAX_REDIRECTS} times")
 
 
 async def fetch_file(
-    client: httpx.AsyncClient, url: str, directory: Path, name: str, settings: DownloadSettings
+    egress: Egress, url: str, directory: Path, name: str, settings: DownloadSettings
 ) -> StoredFile:
     """Fetch `url` into `directory/<name><ext>` atomically; DownloadFailed when it cannot."""
     import httpx
@@ -122,12 +159,26 @@ async def fetch_file(
     try:
         target = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
-        raise DownloadFailed("the result URL is not a valid URL") from None
+        raise DownloadRefused("the result URL is not a valid URL") from None
     if target.scheme not in ("http", "https") or not target.host:
-        raise DownloadFailed("only http(s) result URLs are downloaded")
+        raise DownloadRefused("only http(s) result URLs are downloaded")
     if settings.hosts and target.host not in settings.hosts:
-        raise DownloadFailed(f"{origin(target)} is not in RECEIVER_DOWNLOAD_HOSTS")
-    directory.mkdir(parents=True, exist_ok=True)
+        raise DownloadRefused(f"{origin(target)} is not in RECEIVER_DOWNLOAD_HOSTS")
+    async with egress.client() as client:
+        return await _fetch(client, url, target, directory, name, settings)
+
+
+async def _fetch(
+    client: httpx.AsyncClient,
+    url: str,
+    target: httpx.URL,
+    directory: Path,
+    name: str,
+    settings: DownloadSettings,
+) -> StoredFile:
+    import httpx
+
+    _private_dirs(directory)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     transfer = _Transfer(directory / f".{name}-{digest}.part")
     offset = await asyncio.to_thread(transfer.resume_from)
@@ -136,6 +187,8 @@ async def fetch_file(
         headers["range"] = f"bytes={offset}-"
     try:
         response = await _open(client, target, headers, settings.timeout)
+    except FetchRefused as exc:
+        raise DownloadRefused(f"{origin(target)} refused: {exc}") from None
     except httpx.HTTPError as exc:
         raise DownloadFailed(f"{origin(target)} unreachable: {type(exc).__name__}") from None
     try:
@@ -173,16 +226,16 @@ async def _receive(
         raise DownloadFailed(f"{origin(url)} answered {response.status_code}")
     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if not _allowed_type(content_type, settings.content_types):
-        raise DownloadFailed(f"content type {content_type or '(none)'} is not allowed")
+        raise DownloadRefused(f"content type {content_type or '(none)'} is not allowed")
     if total is not None and total > settings.max_bytes:
-        raise DownloadFailed(f"{total} bytes is over RECEIVER_DOWNLOAD_MAX_BYTES")
-    with transfer.part.open("ab") as handle:
+        raise DownloadRefused(f"{total} bytes is over RECEIVER_DOWNLOAD_MAX_BYTES")
+    with _open_part(transfer.part) as handle:
         async for chunk in response.aiter_raw():  # as it arrives: a break keeps what came
             transfer.size += len(chunk)
             if transfer.size > settings.max_bytes:
                 handle.close()
                 transfer.restart()
-                raise DownloadFailed("the file grew over RECEIVER_DOWNLOAD_MAX_BYTES")
+                raise DownloadRefused("the file grew over RECEIVER_DOWNLOAD_MAX_BYTES")
             handle.write(chunk)
             transfer.sha.update(chunk)
         handle.flush()
@@ -203,7 +256,7 @@ async def _receive(
 
 
 def install_download(
-    registry: Registry, settings: DownloadSettings, client: httpx.AsyncClient, store: Store
+    registry: Registry, settings: DownloadSettings, egress: Egress, store: Store
 ) -> list[str]:
     """Register the handler when `RECEIVER_DOWNLOAD_DIR` is set."""
     if not settings.dir:
@@ -218,7 +271,7 @@ def install_download(
             kept = job.files.get(name)
             if not url or (kept is not None and kept.url == url and Path(kept.path).is_file()):
                 continue
-            stored = await fetch_file(client, url, root / job.id, name, settings)
+            stored = await fetch_file(egress, url, root / job.id, name, settings)
             await store.save_file(job.id, name, stored)
 
     registry.on("succeeded", when=settings.accepts, name=DOWNLOAD_HANDLER)(download)

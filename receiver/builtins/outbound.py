@@ -43,7 +43,8 @@ def origin(url: str | httpx.URL) -> str:
     except (httpx.InvalidURL, TypeError, ValueError):
         return "(invalid URL)"
     port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{parsed.scheme}://{host}{port}"
 
 
 async def read_capped(response: httpx.Response, limit: int = ANSWER_LIMIT) -> bytes:

@@ -184,6 +184,8 @@ class CommandSettings(EventFilter, kw_only=True, forbid_unknown_fields=True):
         self.check_filter("command")
         if self.timeout <= 0:
             raise ConfigError("RECEIVER_COMMAND_TIMEOUT must be greater than 0")
+        if self.argv and _PLACEHOLDER.search(self.argv[0]):
+            raise ConfigError("RECEIVER_COMMAND: the program cannot be a placeholder")
         for argument in self.argv:
             for match in _PLACEHOLDER.finditer(argument):
                 name, key = match.groups()

@@ -24,6 +24,7 @@ __all__ = [
     "age",
     "check_store",
     "common_options",
+    "keep_files_private",
     "pairs",
     "print_json",
     "progress",
@@ -56,6 +57,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if key.startswith("RECEIVER_") and value is not None
     }
     return load_settings({**os.environ, **overrides})
+
+
+def keep_files_private() -> None:
+    """Every file this process creates from now on is its user's alone (umask 077).
+
+    The database, its -wal and -shm files, the admin token and the heartbeat hold or
+    reveal what others on the machine must not read. Handlers' files inherit this too.
+    """
+    os.umask(0o077)
 
 
 def value(text: str) -> Any:

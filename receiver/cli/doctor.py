@@ -145,7 +145,11 @@ def _providers(settings: Settings) -> Check:
 def _admin_token(settings: Settings) -> Check:
     if settings.admin_token:
         return Check(name="admin token", ok=True, detail="RECEIVER_ADMIN_TOKEN is set")
-    if admin_token_for(settings):
+    try:
+        found = admin_token_for(settings)
+    except ConfigError as exc:  # a token file open to others, or too short
+        return Check(name="admin token", ok=False, detail=str(exc))
+    if found:
         return Check(
             name="admin token", ok=True, detail="generated one is kept beside the database"
         )

@@ -9,7 +9,14 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from receiver.cli.common import EXIT_OK, check_store, common_options, setting, settings_from
+from receiver.cli.common import (
+    EXIT_OK,
+    check_store,
+    common_options,
+    keep_files_private,
+    setting,
+    settings_from,
+)
 from receiver.logs import configure
 
 __all__ = ["UVICORN_OPTIONS", "register"]
@@ -62,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.connections import guarded_protocol, limits_for
     from receiver.runtime import Runtime
     from receiver.serving import GracefulServer
     from receiver.store import display_url
 
     settings = settings_from(args)
+    keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     asyncio.run(check_store(settings))
     host = urlsplit(settings.public_url).hostname or ""
@@ -76,11 +85,15 @@ def run(args: argparse.Namespace) -> int:
             " internet cannot call back there",
             file=sys.stderr,
         )
+    limits, warning = limits_for(settings)
+    if warning:
+        print(f"receiver: warning: {warning}", file=sys.stderr)
     app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
         f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
-        f"{', ingest only' if settings.no_worker else ''})",
+        f"{', ingest only' if settings.no_worker else ''}; at most {limits.max_connections}"
+        f" connections, {limits.max_per_client} per client address)",
         file=sys.stderr,
     )
     config = uvicorn.Config(
@@ -90,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         log_config=None,  # ours, set above: JSON or text, secrets redacted
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        http=guarded_protocol(limits),  # deadlines and connection caps: receiver.connections
         **UVICORN_OPTIONS,
     )
     # On SIGTERM the loops take no new work at once; the app's lifespan then gives running

@@ -341,12 +341,9 @@ def _error_of(answer: httpx.Response) -> str | None:
 
 def admin_token_for(settings: Settings) -> str | None:
     """RECEIVER_ADMIN_TOKEN, else the token a local `serve` generated beside its database."""
-    from receiver.runtime import admin_token_file
+    from receiver.admin_token import stored_admin_token
 
-    if settings.admin_token:
-        return settings.admin_token
-    path = admin_token_file(settings)
-    return path.read_text().strip() if path.is_file() else None
+    return stored_admin_token(settings)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from receiver.admin_token import admin_token_file, stored_admin_token
 from receiver.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -22,7 +23,6 @@ from receiver.cli.common import (
 from receiver.config import Settings
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
-from receiver.runtime import admin_token_file
 from receiver.simulator.phase import Phase
 
 if TYPE_CHECKING:
@@ -64,12 +64,11 @@ def register(commands: Any) -> None:
 
 def _admin_token(settings: Settings) -> str:
     """RECEIVER_ADMIN_TOKEN, or the one `serve` generated beside the database (never made here)."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = admin_token_file(settings)
-    if not path.is_file():
+    token = stored_admin_token(settings)
+    if token is None:
+        path = admin_token_file(settings)
         raise ConfigError(f"no RECEIVER_ADMIN_TOKEN and no token file at {path}")
-    return path.read_text().strip()
+    return token
 
 
 def _receiver_url(args: argparse.Namespace, settings: Settings) -> str:

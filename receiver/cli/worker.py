@@ -2,8 +2,10 @@
 
 Any number of workers may share one PostgreSQL database: deliveries and polls are
 claimed under leases, and LISTEN/NOTIFY wakes an idle worker as soon as a receiver
-commits work. SIGTERM or SIGINT stops claiming, lets running handlers finish (up to
-`--grace` seconds), puts the rest back to pending, and exits 0.
+commits work. Each keeps a heartbeat in the database (receiver.heartbeat): the work of
+one that dies is taken over by the others within RECEIVER_WORKER_TIMEOUT. SIGTERM or
+SIGINT stops claiming, lets running handlers finish (up to `--grace` seconds), puts the
+rest back to pending, and exits 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from receiver.cli.common import EXIT_OK, common_options, setting, settings_from
+from receiver.cli.common import (
+    EXIT_OK,
+    common_options,
+    keep_files_private,
+    setting,
+    settings_from,
+)
 from receiver.config import Settings
 from receiver.logs import configure
 
@@ -50,6 +58,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
     return asyncio.run(work(settings, grace=args.grace))
 
@@ -66,6 +75,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await runtime.store.open()
+        await runtime.start_heartbeat()
         await runtime.store.listen(runtime.wakers())
         tasks = [
             asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
@@ -92,6 +102,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await runtime.heartbeat.stop()
         await runtime.client.aclose()
         await runtime.store.close()
     return EXIT_OK

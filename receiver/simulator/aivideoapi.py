@@ -81,6 +81,7 @@ async def _create(request: AnyRequest, kind: str) -> Response[Any]:
         preview_url=media_url(request, "gif"),
     )
     sim.start(task, _script)
+    await sim.hold_answer(task)
     return Response({"uuid": task.task_id})
 
 

@@ -71,6 +71,7 @@ async def imagine(request: AnyRequest) -> Response[Any]:
         result_url=media_url(request, "mp4"),
     )
     sim.start(task, _script)
+    await sim.hold_answer(task)
     return Response({"task_id": task.task_id})
 
 

@@ -126,6 +126,7 @@ async def create(request: AnyRequest) -> Response[Any]:
         _PROVIDER, result_url=media_url(request, "mp4"), preview_url=media_url(request, "gif")
     )
     sim.start(task, _script)
+    await sim.hold_answer(task)
     body = {"uuid": task.task_id}
     return Response({"status": "success", "message": "Task created successfully", "data": body})
 

@@ -18,7 +18,10 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     `duplicate` sends every callback twice; `late` sends one more progress callback after
     the final one; `lose` never calls back; `wrapped` wraps rixapi callbacks in
     `{code, msg, data}`; `create_error` makes create calls answer that HTTP status;
-    `status_error`, `status_retry_after` and `status_delay` make status APIs misbehave.
+    `create_delay` holds a create answer back while its task already runs (so callbacks
+    can arrive before the receiver knows the task id); `no_preview` gives results no
+    preview; `status_error`, `status_retry_after` and `status_delay` make status APIs
+    misbehave.
     """
 
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
@@ -29,6 +32,8 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lose: bool = False
     wrapped: bool = False
     create_error: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
+    create_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    no_preview: bool = False
     callback_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Status API faults (every provider): answer this HTTP status, with this Retry-After,
     # and/or only after this many seconds.

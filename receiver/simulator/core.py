@@ -131,6 +131,8 @@ class Simulator:
     def add(self, provider: str, **fields: Any) -> SimTask:
         """Register a new task under a fresh id, with a snapshot of the current config."""
         config = msgspec.structs.replace(self.config)
+        if config.no_preview:
+            fields["preview_url"] = None
         task = SimTask(provider=provider, task_id=str(uuid.uuid4()), config=config, **fields)
         self._tasks[(provider, task.task_id)] = task
         return task
@@ -147,6 +149,11 @@ class Simulator:
         runner = asyncio.get_running_loop().create_task(self._lifecycle(task, script))
         self._running.add(runner)
         runner.add_done_callback(self._running.discard)
+
+    async def hold_answer(self, task: SimTask) -> None:
+        """Keep a create answer back for `create_delay` while the task already runs."""
+        if task.config.create_delay:
+            await asyncio.sleep(task.config.create_delay)
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until every lifecycle has ended; TimeoutError after `timeout` seconds."""

@@ -89,6 +89,7 @@ async def create(request: AnyRequest) -> Response[Any]:
         preview_url=media_url(request, "jpg"),
     )
     sim.start(task, _script)
+    await sim.hold_answer(task)
     return Response(_wrap({"task_id": task.task_id}))
 
 

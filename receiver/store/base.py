@@ -32,10 +32,12 @@ __all__ = [
     "DeliverySummary",
     "JobPage",
     "NewJob",
+    "Reaped",
     "Recorded",
     "Router",
     "Store",
     "TokenMatch",
+    "Worker",
     "metadata_filter",
 ]
 
@@ -116,6 +118,33 @@ class JobPage(msgspec.Struct, kw_only=True):
 PRUNED_TABLES = ("deliveries", "events", "requests", "quarantine", "jobs")
 
 
+class Worker(msgspec.Struct, kw_only=True):
+    """A process that runs handlers or polls, as its row in the `workers` table.
+
+    `heartbeat_at` (and `started_at`) are the database's clock where it has one
+    (PostgreSQL), so processes on hosts with skewed clocks agree on who is late.
+    `pid_scope` names the PID namespace on this boot, "" when unknown. `timeout` is how
+    late its heartbeat may be before it counts as dead: its own RECEIVER_WORKER_TIMEOUT,
+    so processes configured differently never judge each other by the wrong one.
+    """
+
+    id: str
+    host: str
+    pid: int
+    pid_scope: str = ""
+    timeout: float = 15.0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+
+
+class Reaped(msgspec.Struct, kw_only=True):
+    """What `Store.reap_workers` took back: the dead workers' ids, and how much work."""
+
+    workers: list[str]
+    deliveries: int = 0
+    polls: int = 0
+
+
 class Store(abc.ABC):
     """Durable state of the receiver. Raises StoreUnavailable when it cannot read or commit."""
 
@@ -150,7 +179,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
-        """Record the provider's task id once the create call answered."""
+        """Record the provider's task id once the create call answered.
+
+        The job's next poll becomes `next_poll_at` unless one is already due sooner: a
+        callback that came before the id, kept until the status API confirms it, is
+        pulled for as soon as the id is known.
+        """
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...
@@ -258,6 +292,14 @@ class Store(abc.ABC):
     async def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]: ...
 
     @abc.abstractmethod
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        """Delete up to `batch` of the oldest entries past the newest `keep`; how many went.
+
+        Bounded, so no one call pays for a big delete: called often, it keeps the table near
+        `keep` rows (see receiver.refusals).
+        """
+
+    @abc.abstractmethod
     async def list_requests(self, job_id: str) -> list[RawRequest]: ...
 
     # Deliveries
@@ -267,8 +309,15 @@ class Store(abc.ABC):
     # delivery was claimed again (the attempt number moved on) changes nothing.
 
     @abc.abstractmethod
-    async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
-        """Lease due deliveries, oldest first, skipping any whose earlier sibling is unfinished."""
+    async def claim_deliveries(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Claimed]:
+        """Lease due deliveries, oldest first, skipping any whose earlier sibling is unfinished.
+
+        With `worker`, the deliveries are stamped with that worker's id, so they are taken
+        back as soon as it is found dead (`reap_workers`); a worker whose row is gone (it
+        was declared dead and has not registered again) claims nothing.
+        """
 
     async def finish_delivery(
         self, delivery_id: str, *, at: float, attempt: int | None = None
@@ -375,8 +424,14 @@ class Store(abc.ABC):
     # Polls
 
     @abc.abstractmethod
-    async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
-        """Jobs whose poll is due; their next poll is pushed back by `lease` while it runs."""
+    async def claim_polls(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Job]:
+        """Jobs whose poll is due; their next poll is pushed back by `lease` while it runs.
+
+        `worker` stamps the polls as `claim_deliveries` stamps deliveries; the next
+        schedule of a job's poll (`schedule_poll`, `record` with `next_poll_at`) clears it.
+        """
 
     @abc.abstractmethod
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None: ...
@@ -384,10 +439,52 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def next_poll_at(self) -> float | None: ...
 
+    # Dashboard sessions
+
+    @abc.abstractmethod
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        """Keep a session by its keyed digest until `expires_at`; those expired by `at` go."""
+
+    @abc.abstractmethod
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        """Whether a session with this key exists and has not expired by `at`."""
+
+    @abc.abstractmethod
+    async def delete_session(self, key: str) -> None:
+        """End a session (logout); deleting an unknown one is not an error."""
+
     @abc.abstractmethod
     async def schedule_unscheduled_polls(self, provider: str, *, deadline: float) -> int:
         """Schedule a poll at `updated_at + deadline` for each open job of `provider` that has a
         task id and no poll scheduled; return how many. Heals jobs left open while we were down."""
+
+    # Workers: heartbeats, so a dead process's leased work is taken over in seconds
+
+    @abc.abstractmethod
+    async def register_worker(self, worker: Worker) -> Worker:
+        """Add (or bring back) `worker`'s row, beating now; the row as stored."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str) -> bool:
+        """Stamp the worker's row with the time now; False if it is gone (declared dead)."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[Worker]:
+        """Every registered worker, oldest first."""
+
+    @abc.abstractmethod
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
+        """Remove the workers in `dead` (known to have stopped) and, with `late`, those whose
+        heartbeat is older than their `timeout`, and take back their leased work, in one
+        transaction.
+
+        Their running deliveries go back to pending, due as they were, their attempt
+        counted (as a claim of a lapsed lease would count it): the dead runner's writes,
+        fenced by that attempt, no longer apply. Their polls are due at `at`. Work stamped
+        with a worker that has no row any more is taken back too.
+        """
 
     # Retention
 

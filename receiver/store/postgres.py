@@ -42,10 +42,12 @@ from receiver.store.base import (
     DeliverySummary,
     JobPage,
     NewJob,
+    Reaped,
     Recorded,
     Router,
     Store,
     TokenMatch,
+    Worker,
 )
 from receiver.store.migrations import migrations
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, Table, to_json
@@ -120,6 +122,9 @@ class PostgresStore(Store):
         self._acquire_timeout: float = options["timeout"]
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
+        # Heartbeats have a connection of their own (see `_beating`).
+        self._beat: asyncpg.Connection | None = None
+        self._beat_lock = asyncio.Lock()
 
     # Connection, schema and transactions
 
@@ -149,6 +154,10 @@ class PostgresStore(Store):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
+        if self._beat is not None:
+            beat, self._beat = self._beat, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(beat.close(), 2)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -262,6 +271,28 @@ class PostgresStore(Store):
         rows = await self._fetch(sql, *params)
         return rows[0] if rows else None
 
+    @contextlib.asynccontextmanager
+    async def _beating(self) -> AsyncIterator[asyncpg.Connection]:
+        """This process's heartbeat connection, outside the pool: a pool kept busy by
+        ingest must not make a live worker miss its heartbeats and be declared dead.
+
+        Made on first use and again after a fault; one caller at a time.
+        """
+        async with self._beat_lock:
+            if self._beat is None or self._beat.is_closed():
+                self._beat = await self._connect()
+            connection = self._beat
+            try:
+                yield connection
+            except BaseException as exc:
+                # Cut off mid-statement (a timeout), a connection cannot be trusted again.
+                if is_fault(exc) or not isinstance(exc, Exception):
+                    connection.terminate()
+                    self._beat = None
+                if is_fault(exc):
+                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+                raise
+
     # Waking other processes
 
     async def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
@@ -328,7 +359,8 @@ class PostgresStore(Store):
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET task_id = $1, next_poll_at = $2, updated_at = $3 WHERE id = $4",
+                "UPDATE jobs SET task_id = $1, next_poll_at = LEAST(next_poll_at, $2),"
+                " updated_at = $3 WHERE id = $4",
                 task_id,
                 next_poll_at,
                 now(),
@@ -397,6 +429,27 @@ class PostgresStore(Store):
             to_json(file),
             job_id,
         )
+
+    # Dashboard sessions
+
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= $1", at)
+            await db.execute(
+                "INSERT INTO sessions (key, created_at, expires_at) VALUES ($1, $2, $3)",
+                key,
+                at,
+                expires_at,
+            )
+
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        row = await self._fetchrow(
+            "SELECT 1 FROM sessions WHERE key = $1 AND expires_at > $2", key, at
+        )
+        return row is not None
+
+    async def delete_session(self, key: str) -> None:
+        await self._execute("DELETE FROM sessions WHERE key = $1", key)
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetch(
@@ -542,6 +595,10 @@ class PostgresStore(Store):
         )
         return [QUARANTINE.read(row) for row in rows]
 
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        status = await self._execute(_TRIM_QUARANTINE, keep, batch)
+        return int(status.split()[-1])  # "DELETE <count>"
+
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
             f"SELECT {REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id", job_id
@@ -550,9 +607,11 @@ class PostgresStore(Store):
 
     # Deliveries
 
-    async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
+    async def claim_deliveries(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Claimed]:
         async with self._transaction() as db:
-            rows = await db.fetch(_CLAIM_DELIVERIES, at + lease, at, limit)
+            rows = await db.fetch(_CLAIM_DELIVERIES, at + lease, at, limit, worker)
             deliveries = [DELIVERIES.read(row) for row in rows]
             if not deliveries:
                 return []
@@ -700,14 +759,17 @@ class PostgresStore(Store):
 
     # Polls
 
-    async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
-        rows = await self._fetch(_CLAIM_POLLS, at + lease, at, limit)
+    async def claim_polls(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Job]:
+        rows = await self._fetch(_CLAIM_POLLS, at + lease, at, limit, worker)
         return [JOBS.read(row) for row in rows]
 
     async def schedule_poll(self, job_id: str, at: float | None, *, attempted: bool) -> None:
         await self._execute(
             "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
-            " THEN $1::double precision END, poll_attempts = poll_attempts + $2 WHERE id = $3",
+            " THEN $1::double precision END, poll_attempts = poll_attempts + $2,"
+            " poll_worker_id = NULL WHERE id = $3",
             at,
             1 if attempted else 0,
             job_id,
@@ -729,6 +791,49 @@ class PostgresStore(Store):
             provider,
         )
         return int(status.split()[-1])  # asyncpg answers "UPDATE <count>"
+
+    # Workers
+
+    async def register_worker(self, worker: Worker) -> Worker:
+        async with self._beating() as db:
+            row = await db.fetchrow(
+                "INSERT INTO workers"
+                " (id, host, pid, pid_scope, timeout, started_at, heartbeat_at)"
+                f" SELECT $1, $2, $3, $4, $5, t, t FROM (SELECT {_DB_NOW} AS t) AS clock"
+                " ON CONFLICT (id) DO UPDATE"
+                " SET heartbeat_at = EXCLUDED.heartbeat_at, timeout = EXCLUDED.timeout"
+                f" RETURNING {_WORKER_COLUMNS}",
+                worker.id,
+                worker.host,
+                worker.pid,
+                worker.pid_scope,
+                worker.timeout,
+            )
+        return Worker(**dict(row))
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        sql = f"UPDATE workers SET heartbeat_at = {_DB_NOW} WHERE id = $1"
+        try:
+            async with self._beating() as db:
+                status: str = await db.execute(sql, worker_id)
+        except StoreUnavailable:
+            # No connection of its own to be had (the server's connection limit, say): the
+            # pool's may still reach the server, and a missed beat can cost a live worker.
+            status = await self._execute(sql, worker_id)
+        return status != "UPDATE 0"
+
+    async def list_workers(self) -> list[Worker]:
+        rows = await self._fetch(f"SELECT {_WORKER_COLUMNS} FROM workers ORDER BY started_at, id")
+        return [Worker(**dict(row)) for row in rows]
+
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
+        async with self._beating() as db:
+            row = await db.fetchrow(
+                _REAP_WORKERS, late, list(dead), at, DELIVERIES_CHANNEL, POLLS_CHANNEL
+            )
+        return Reaped(workers=list(row[0]), deliveries=row[1], polls=row[2])
 
     # Retention
 
@@ -861,23 +966,32 @@ _INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "inpu
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+# Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
+_TRIM_QUARANTINE = (
+    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine"
+    " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET $1)"
+    " ORDER BY id LIMIT $2)"
+)
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
 _INSERT_REQUEST_AND_CHECK = (
     f"WITH r AS ({_INSERT_REQUEST})"
     f" SELECT EXISTS (SELECT 1 FROM events WHERE job_id = ${len(REQUESTS.columns) + 2}"
     f" AND dedupe_key = ${len(REQUESTS.columns) + 3})"
 )
-_MOVE_POLL = "UPDATE jobs SET next_poll_at = $1 WHERE id = $2"
+_MOVE_POLL = "UPDATE jobs SET next_poll_at = $1, poll_worker_id = NULL WHERE id = $2"
 _SAVE_JOB_STATE = (
     "UPDATE jobs SET task_id = $1, status = $2, raw_status = $3, progress = $4,"
     " result_url = $5, preview_url = $6, preview_rank = $7, error = $8, error_code = $9,"
     " updated_at = $10,"
-    " next_poll_at = CASE WHEN $11 THEN NULL ELSE COALESCE($12, next_poll_at) END"
+    " next_poll_at = CASE WHEN $11 THEN NULL ELSE COALESCE($12, next_poll_at) END,"
+    # A poll's outcome (a new schedule, or the end of the job) ends its lease.
+    " poll_worker_id = CASE WHEN $11 OR $12 IS NOT NULL THEN NULL ELSE poll_worker_id END"
     " WHERE id = $13"
 )
 
 # Due pending deliveries whose earlier sibling (same job and handler) is finished, and
-# running ones whose lease ran out (their runner died). The state test sits on the
+# running ones whose lease ran out (their runner died), for a worker still registered
+# ($4; a worker declared dead claims nothing). The state test sits on the
 # locked row itself, so PostgreSQL re-checks it after waiting on a concurrent claim:
 # a delivery another worker took in the meantime is dropped, never claimed twice.
 _CLAIM_DELIVERIES = (
@@ -889,10 +1003,12 @@ _CLAIM_DELIVERIES = (
     "     AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
     "      AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running')))"
     "    OR (d.state = 'running' AND d.lease_until < $2))"
+    "   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
     "  ORDER BY due, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
     " claimed AS ("
     "  UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
-    "   lease_until = $1, updated_at = $2 FROM picked WHERE deliveries.seq = picked.seq"
+    "   lease_until = $1, updated_at = $2, worker_id = $4"
+    "  FROM picked WHERE deliveries.seq = picked.seq"
     f"  RETURNING {DELIVERIES.select_as('deliveries')}, picked.due, picked.seq)"
     f" SELECT {DELIVERIES.select} FROM claimed ORDER BY due, seq"
 )
@@ -900,11 +1016,54 @@ _CLAIM_POLLS = (
     "WITH picked AS ("
     "  SELECT id, next_poll_at AS due FROM jobs WHERE next_poll_at <= $2"
     "  AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+    "  AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
     "  ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED),"
     " claimed AS ("
-    "  UPDATE jobs SET next_poll_at = $1 FROM picked WHERE jobs.id = picked.id"
+    "  UPDATE jobs SET next_poll_at = $1, poll_worker_id = $4"
+    "  FROM picked WHERE jobs.id = picked.id"
     f"  RETURNING {JOBS.select_as('jobs')}, picked.due)"
     f" SELECT {JOBS.select} FROM claimed ORDER BY due, id"
+)
+
+# Heartbeats are stamped and compared on the database's clock, never a host's own.
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+_WORKER_COLUMNS = "id, host, pid, pid_scope, timeout, started_at, heartbeat_at"
+# One statement: remove the late workers (and those known dead), put their running
+# deliveries back to pending with the attempt counted (which fences the dead runner's
+# writes), make their polls due, and wake every process if anything moved. Work stamped
+# with a worker that has no row is taken back too. The CTEs see the workers table as it
+# was before `gone`, so the gone ones are named explicitly. Rows another transaction
+# holds (a renewal, a claim) are skipped, not waited for: left stamped with a worker
+# that has no row, the next reap takes them.
+_REAP_WORKERS = (
+    "WITH gone AS ("
+    f"  DELETE FROM workers WHERE ($1 AND heartbeat_at < {_DB_NOW} - timeout)"
+    "   OR id = ANY($2::text[])"
+    "  RETURNING id),"
+    " freed AS ("
+    "  UPDATE deliveries d SET state = 'pending', lease_until = NULL, updated_at = $3,"
+    "   last_error = 'worker ' || d.worker_id || ' stopped; taken over', worker_id = NULL"
+    "  FROM (SELECT seq FROM deliveries e WHERE e.state = 'running'"
+    "   AND e.worker_id IS NOT NULL AND (e.worker_id IN (SELECT id FROM gone)"
+    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = e.worker_id))"
+    "   FOR UPDATE SKIP LOCKED) AS picked"
+    "  WHERE d.seq = picked.seq RETURNING 1),"
+    " polled AS ("
+    "  UPDATE jobs j SET poll_worker_id = NULL,"
+    "   next_poll_at = CASE WHEN j.next_poll_at > $3 THEN $3 ELSE j.next_poll_at END"
+    "  FROM (SELECT id FROM jobs k WHERE k.poll_worker_id IS NOT NULL"
+    "   AND (k.poll_worker_id IN (SELECT id FROM gone)"
+    "    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = k.poll_worker_id))"
+    "   FOR UPDATE SKIP LOCKED) AS picked"
+    "  WHERE j.id = picked.id RETURNING 1),"
+    " counts AS ("
+    "  SELECT (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM gone) AS workers,"
+    "   (SELECT count(*) FROM freed)::int AS deliveries,"
+    "   (SELECT count(*) FROM polled)::int AS polls)"
+    " SELECT workers, deliveries, polls,"
+    "  CASE WHEN deliveries > 0 THEN pg_notify($4, '') END,"
+    "  CASE WHEN polls > 0 THEN pg_notify($5, '') END"
+    " FROM counts"
 )
 
 

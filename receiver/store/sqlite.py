@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,10 +53,12 @@ from receiver.store.base import (
     DeliverySummary,
     JobPage,
     NewJob,
+    Reaped,
     Recorded,
     Router,
     Store,
     TokenMatch,
+    Worker,
 )
 from receiver.store.migrations import migrations
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, to_json
@@ -117,6 +120,12 @@ _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
+# Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
+_TRIM_QUARANTINE = (
+    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine"
+    " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
+    " ORDER BY id LIMIT ?)"
+)
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
@@ -142,6 +151,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def _create_private(path: Path) -> None:
+    """Make the database file 0600 before SQLite does (it would make it 0644 under the usual
+    umask); SQLite gives the -wal and -shm files the database file's own mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     """Store on one SQLite file (or `:memory:` for tests)."""
 
@@ -162,7 +179,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(self.path))
             self._db = await self._connect(reader=False)
             # Takes effect at once on a new file (no table yet); see _incremental_vacuum.
             await self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -437,8 +454,10 @@ class SQLiteStore(Store):
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET task_id = ?, next_poll_at = ?, updated_at = ? WHERE id = ?",
-                (task_id, next_poll_at, now(), job_id),
+                "UPDATE jobs SET task_id = ?, next_poll_at = CASE WHEN next_poll_at IS NULL"
+                " THEN ? WHEN ? IS NULL THEN next_poll_at ELSE MIN(next_poll_at, ?) END,"
+                " updated_at = ? WHERE id = ?",
+                (task_id, next_poll_at, next_poll_at, next_poll_at, now(), job_id),
             )
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -494,6 +513,26 @@ class SQLiteStore(Store):
                 "UPDATE jobs SET files = json_set(files, ?, json(?)) WHERE id = ?",
                 (metadata_path(name), to_json(file), job_id),
             )
+
+    # Dashboard sessions
+
+    async def create_session(self, key: str, *, at: float, expires_at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (at,))
+            await db.execute(
+                "INSERT INTO sessions (key, created_at, expires_at) VALUES (?, ?, ?)",
+                (key, at, expires_at),
+            )
+
+    async def session_alive(self, key: str, *, at: float) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM sessions WHERE key = ? AND expires_at > ?", (key, at)
+        )
+        return row is not None
+
+    async def delete_session(self, key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE key = ?", (key,))
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
@@ -594,6 +633,12 @@ class SQLiteStore(Store):
         )
         return [QUARANTINE.read(row) for row in rows]
 
+    async def trim_quarantine(self, *, keep: int, batch: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute(_TRIM_QUARANTINE, (keep, batch)).rowcount
+
+        return await self._write(work)
+
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetchall(
             f"SELECT {REQUESTS.select} FROM requests WHERE job_id = ? ORDER BY id", (job_id,)
@@ -602,8 +647,12 @@ class SQLiteStore(Store):
 
     # Deliveries
 
-    async def claim_deliveries(self, *, limit: int, lease: float, at: float) -> list[Claimed]:
-        return await self._write(functools.partial(_claim, limit=limit, lease=lease, at=at))
+    async def claim_deliveries(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Claimed]:
+        return await self._write(
+            functools.partial(_claim, limit=limit, lease=lease, at=at, worker=worker)
+        )
 
     async def set_delivery_state(
         self,
@@ -723,15 +772,18 @@ class SQLiteStore(Store):
 
     # Polls
 
-    async def claim_polls(self, *, limit: int, lease: float, at: float) -> list[Job]:
+    async def claim_polls(
+        self, *, limit: int, lease: float, at: float, worker: str | None = None
+    ) -> list[Job]:
         async with (
             self._transaction() as db,
             db.execute(
-                "UPDATE jobs SET next_poll_at = ? WHERE id IN ("
+                "UPDATE jobs SET next_poll_at = ?, poll_worker_id = ? WHERE id IN ("
                 "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
                 "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
+                f" AND {_REGISTERED}"
                 f" RETURNING {JOBS.select}",
-                (at + lease, at, limit),
+                (at + lease, worker, at, limit, worker, worker),
             ) as cursor,
         ):
             return [JOBS.read(row) for row in await cursor.fetchall()]
@@ -740,7 +792,8 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE jobs SET next_poll_at = CASE WHEN status IN ('queued', 'running')"
-                " THEN ? END, poll_attempts = poll_attempts + ? WHERE id = ?",
+                " THEN ? END, poll_attempts = poll_attempts + ?, poll_worker_id = NULL"
+                " WHERE id = ?",
                 (at, 1 if attempted else 0, job_id),
             )
 
@@ -805,6 +858,78 @@ class SQLiteStore(Store):
             return left
 
         return await self._write(work)
+
+    # Workers (this file has one process; the rows still say who leased what)
+
+    async def register_worker(self, worker: Worker) -> Worker:
+        at = now()
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO workers"
+                " (id, host, pid, pid_scope, timeout, started_at, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET heartbeat_at = excluded.heartbeat_at, timeout = excluded.timeout",
+                (worker.id, worker.host, worker.pid, worker.pid_scope, worker.timeout, at, at),
+            )
+            async with db.execute(f"{_WORKERS} WHERE id = ?", (worker.id,)) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None  # written in this very transaction
+        return _worker(row)
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE id = ?", (now(), worker_id)
+            )
+            return cursor.rowcount > 0
+
+    async def list_workers(self) -> list[Worker]:
+        rows = await self._fetchall(f"{_WORKERS} ORDER BY started_at, id")
+        return [_worker(row) for row in rows]
+
+    async def reap_workers(
+        self, *, late: bool = True, dead: Sequence[str] = (), at: float
+    ) -> Reaped:
+        marks = ", ".join("?" * len(dead))
+        async with self._transaction() as db:
+            async with db.execute(
+                f"DELETE FROM workers WHERE (? AND heartbeat_at < ? - timeout)"
+                f" OR id IN ({marks}) RETURNING id",
+                (late, now(), *dead),
+            ) as cursor:
+                gone = sorted(row[0] for row in await cursor.fetchall())
+            # The gone rows are deleted already: "no row" covers them and any orphans.
+            freed = await db.execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?,"
+                " last_error = 'worker ' || worker_id || ' stopped; taken over', worker_id = NULL"
+                f" WHERE state = 'running' AND worker_id IS NOT NULL AND NOT {_HAS_WORKER}",
+                (at,),
+            )
+            polled = await db.execute(
+                "UPDATE jobs SET poll_worker_id = NULL,"
+                " next_poll_at = CASE WHEN next_poll_at > ? THEN ? ELSE next_poll_at END"
+                " WHERE poll_worker_id IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM workers w WHERE w.id = jobs.poll_worker_id)",
+                (at, at),
+            )
+        return Reaped(workers=gone, deliveries=freed.rowcount, polls=polled.rowcount)
+
+
+_WORKERS = "SELECT id, host, pid, pid_scope, timeout, started_at, heartbeat_at FROM workers"
+_HAS_WORKER = "EXISTS (SELECT 1 FROM workers w WHERE w.id = deliveries.worker_id)"
+
+
+def _worker(row: Sequence[Any]) -> Worker:
+    worker_id, host, pid, pid_scope, timeout, started_at, heartbeat_at = row
+    return Worker(
+        id=worker_id,
+        host=host,
+        pid=pid,
+        pid_scope=pid_scope,
+        timeout=timeout,
+        started_at=started_at,
+        heartbeat_at=heartbeat_at,
+    )
 
 
 # Work run on the write connection's thread, inside a batch's transaction (see `_write`).
@@ -922,7 +1047,10 @@ def _record(
         _save_job_state(conn, after, transition.preview_rank, next_poll_at)
     elif next_poll_at is not None and not after.status.terminal:
         # Nothing new (a poll that saw the same state): only the next poll moves.
-        conn.execute("UPDATE jobs SET next_poll_at = ? WHERE id = ?", (next_poll_at, job.id))
+        conn.execute(
+            "UPDATE jobs SET next_poll_at = ?, poll_worker_id = NULL WHERE id = ?",
+            (next_poll_at, job.id),
+        )
     if raw is not None:
         _insert_request(conn, raw, job.id)
     conn.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
@@ -988,7 +1116,9 @@ def _save_job_state(
     conn.execute(
         "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
         " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?,"
-        " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END"
+        " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
+        # A poll's outcome (a new schedule, or the end of the job) ends its lease.
+        " poll_worker_id = CASE WHEN ? OR ? IS NOT NULL THEN NULL ELSE poll_worker_id END"
         " WHERE id = ?",
         (
             job.task_id,
@@ -1001,6 +1131,8 @@ def _save_job_state(
             job.error,
             job.error_code,
             job.updated_at,
+            job.status.terminal,
+            next_poll_at,
             job.status.terminal,
             next_poll_at,
             job.id,
@@ -1018,6 +1150,9 @@ _DUE_PENDING = (
     "  AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running'))"
     " ORDER BY d.next_attempt_at, d.seq LIMIT ?"
 )
+_WORKER_ROW = "SELECT 1 FROM workers WHERE id = ?"
+# A claim for a worker whose row is gone (declared dead) takes nothing.
+_REGISTERED = "(? IS NULL OR EXISTS (SELECT 1 FROM workers WHERE id = ?))"
 # A lease that ran out belongs to a runner that died: take it over.
 _LAPSED = (
     "SELECT seq, lease_until FROM deliveries WHERE state = 'running' AND lease_until < ?"
@@ -1025,8 +1160,12 @@ _LAPSED = (
 )
 
 
-def _claim(conn: sqlite3.Connection, *, limit: int, lease: float, at: float) -> list[Claimed]:
+def _claim(
+    conn: sqlite3.Connection, *, limit: int, lease: float, at: float, worker: str | None = None
+) -> list[Claimed]:
     """Lease due deliveries with their events and jobs (see Store.claim_deliveries)."""
+    if worker is not None and conn.execute(_WORKER_ROW, (worker,)).fetchone() is None:
+        return []  # declared dead: it takes nothing until it registers again
     candidates = conn.execute(_DUE_PENDING, (at, limit)).fetchall()
     candidates += conn.execute(_LAPSED, (at, limit)).fetchall()
     seqs = [seq for seq, _ in sorted(candidates, key=lambda c: (c[1], c[0]))[:limit]]
@@ -1034,9 +1173,10 @@ def _claim(conn: sqlite3.Connection, *, limit: int, lease: float, at: float) -> 
         return []
     rows = conn.execute(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
-        f" lease_until = ?, updated_at = ? WHERE seq IN ({', '.join('?' * len(seqs))})"
+        " lease_until = ?, updated_at = ?, worker_id = ?"
+        f" WHERE seq IN ({', '.join('?' * len(seqs))})"
         f" RETURNING seq, {DELIVERIES.select}",
-        (at + lease, at, *seqs),
+        (at + lease, at, worker, *seqs),
     ).fetchall()
     order = {seq: position for position, seq in enumerate(seqs)}
     deliveries = [DELIVERIES.read(row[1:]) for row in sorted(rows, key=lambda r: order[r[0]])]

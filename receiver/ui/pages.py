@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from receiver.models import Delivery, DeliveryState, Event, Job, RawRequest
-from receiver.verify import redact_fields
+from receiver.verify import redact_value
 
 __all__ = ["job_page", "jobs_page", "login_page", "page", "safe_url"]
 
@@ -100,9 +100,7 @@ def jobs_page(jobs: list[Job], *, csrf: str) -> str:
 
 def _pretty(data: Any) -> str:
     """Indented JSON with anything named like a credential redacted, escaped."""
-    if isinstance(data, dict):
-        data = redact_fields(data)
-    return e(msgspec.json.format(msgspec.json.encode(data)).decode())
+    return e(msgspec.json.format(msgspec.json.encode(redact_value(data))).decode())
 
 
 def _body(raw: RawRequest) -> str:

@@ -22,19 +22,19 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
+from receiver.admin_auth import locked_out_for, record_failure
 from receiver.errors import StoreUnavailable
 from receiver.metrics import METRICS
 from receiver.models import DeliveryState, now
-from receiver.ratelimit import client_address
 from receiver.runtime import Runtime
 from receiver.ui import pages
 from receiver.ui.session import (
     COOKIE,
-    SESSION_AGE,
     csrf_token,
     csrf_valid,
-    new_session,
-    session_valid,
+    end_session,
+    session_alive,
+    start_session,
 )
 from receiver.verify import digest
 
@@ -68,9 +68,11 @@ def _key(request: AnyRequest) -> str:
     return _runtime(request).admin_token_digest
 
 
-def _session(request: AnyRequest) -> str | None:
+async def _session(request: AnyRequest) -> str | None:
+    """The request's session cookie if it names a live session, else None."""
     value = request.cookies.get(COOKIE)
-    return value if session_valid(_key(request), value) else None
+    alive = await session_alive(_runtime(request).store, _key(request), value, at=now())
+    return value if alive else None
 
 
 def _html(body: str, status_code: int = 200) -> Response[str]:
@@ -96,9 +98,9 @@ async def _form(request: AnyRequest) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-def _check_post(request: AnyRequest, form: dict[str, str]) -> str:
+async def _check_post(request: AnyRequest, form: dict[str, str]) -> str:
     """The session of a form post that proves it came from our own page; else 401."""
-    session = _session(request)
+    session = await _session(request)
     if session is None or not csrf_valid(_key(request), session, form.get("csrf")):
         raise NotAuthorizedException("session or CSRF value missing")
     return session
@@ -118,12 +120,8 @@ async def login(request: AnyRequest) -> Response[Any]:
     offered = form.get("token", "").strip()
     next_page = _next_page(form.get("next"))
     runtime = _runtime(request)
-    # Guessing the token is limited like failed callbacks: per client address, 429 after a burst.
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-    address = client_address(peer, forwarded, runtime.trusted_proxies)
-    key = f"ui-login:{address}" if address else None
-    if (wait := runtime.auth_failures.retry_after(key, now())) is not None:
+    # Guessing is limited per client address, in the same bucket as wrong Bearer tokens.
+    if (wait := locked_out_for(request)) is not None:
         return Response(
             "too many attempts; try again later",
             media_type=MediaType.TEXT,
@@ -131,24 +129,27 @@ async def login(request: AnyRequest) -> Response[Any]:
             headers={**_HEADERS, "Retry-After": str(wait)},
         )
     if not offered or not hmac.compare_digest(digest(offered), _key(request)):
-        runtime.auth_failures.failed(key, now())
+        record_failure(request)
         return _html(pages.login_page(failed=True, next_page=next_page), status_code=401)
-    secure = _runtime(request).settings.public_url.startswith("https://")
+    ttl = runtime.settings.session_ttl
+    session = await start_session(runtime.store, _key(request), at=now(), ttl=ttl)
     cookie = Cookie(
         key=COOKIE,
-        value=new_session(_key(request)),
+        value=session,
         path="/ui",
-        max_age=SESSION_AGE,
+        max_age=max(1, int(ttl)),
         httponly=True,
         samesite="strict",
-        secure=secure,
+        secure=runtime.settings.public_url.startswith("https://"),
     )
     return Redirect(next_page, status_code=303, cookies=[cookie], headers=_HEADERS)
 
 
 @post("/logout", include_in_schema=False, status_code=303)
 async def logout(request: AnyRequest) -> Response[Any]:
-    _check_post(request, await _form(request))
+    """End the session everywhere (not only in this browser), then back to the login form."""
+    session = await _check_post(request, await _form(request))
+    await end_session(_runtime(request).store, _key(request), session)
     response = Redirect("/ui/login", status_code=303, headers=_HEADERS)
     response.delete_cookie(COOKIE, path="/ui")
     return response
@@ -156,7 +157,7 @@ async def logout(request: AnyRequest) -> Response[Any]:
 
 @get("/", include_in_schema=False)
 async def jobs(request: AnyRequest) -> Response[Any]:
-    session = _session(request)
+    session = await _session(request)
     if session is None:
         return _to_login(request)
     page = await _runtime(request).store.list_jobs(limit=100)
@@ -165,7 +166,7 @@ async def jobs(request: AnyRequest) -> Response[Any]:
 
 @get("/jobs/{job_id:str}", include_in_schema=False)
 async def job(request: AnyRequest, job_id: FromPath[str]) -> Response[Any]:
-    session = _session(request)
+    session = await _session(request)
     if session is None:
         return _to_login(request)
     store = _runtime(request).store
@@ -186,7 +187,7 @@ async def job(request: AnyRequest, job_id: FromPath[str]) -> Response[Any]:
 async def replay(request: AnyRequest, delivery_id: FromPath[str]) -> Response[Any]:
     """Run a dead or done delivery again (same id), then back to its job's page."""
     form = await _form(request)
-    _check_post(request, form)
+    await _check_post(request, form)
     runtime = _runtime(request)
     states = frozenset({DeliveryState.DEAD, DeliveryState.DONE})
     replayed = await runtime.store.replay_deliveries(
@@ -249,7 +250,7 @@ async def _changes(runtime: Runtime, job_id: str | None) -> AsyncIterator[Server
 @get("/stream", include_in_schema=False)
 async def stream(request: AnyRequest, job: FromQuery[str | None] = None) -> ServerSentEvent:
     """Server-sent events: every job's (or one job's and its deliveries') changes."""
-    if _session(request) is None:
+    if await _session(request) is None:
         raise NotAuthorizedException("log in first")
     return ServerSentEvent(_changes(_runtime(request), job), headers={"Cache-Control": "no-store"})
 

@@ -1,43 +1,50 @@
-"""Dashboard sessions: the admin token is sent once, and a cookie derived from it is kept.
+"""Dashboard sessions: the admin token is sent once, for a random session id kept in a cookie.
 
-The cookie holds when it was issued and an HMAC of that time, keyed by the admin token's
-digest: it never contains the token, it stops working when the token changes, and it
-expires after `SESSION_AGE`. Form posts also carry a CSRF value bound to the session.
-Every comparison is made in constant time.
+The id is 256 random bits: it says nothing about the time or the token, and two logins
+never share one. The store keeps only an HMAC of it keyed by the admin token's digest,
+so a copy of the database holds no usable cookie and a new admin token ends every
+session; the row, shared by every receiver on one database, is deleted at logout and
+ignored once `RECEIVER_SESSION_TTL` seconds have passed since login. Form posts also
+carry a CSRF value bound to the session. Every comparison is made in constant time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
+import secrets
+from typing import TYPE_CHECKING
 
-__all__ = ["COOKIE", "SESSION_AGE", "csrf_token", "csrf_valid", "new_session", "session_valid"]
+if TYPE_CHECKING:
+    from receiver.store import Store
+
+__all__ = ["COOKIE", "csrf_token", "csrf_valid", "end_session", "session_alive", "start_session"]
 
 COOKIE = "receiver_session"
-SESSION_AGE = 12 * 3600
+_MAX_COOKIE = 100  # an id is 43 characters; anything much longer is not one of ours
 
 
 def _sign(key: str, purpose: str, value: str) -> str:
     return hmac.new(key.encode(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
-def new_session(key: str, *, at: float | None = None) -> str:
-    """A cookie value for a session starting now; `key` is the admin token's digest."""
-    issued = str(int(time.time() if at is None else at))
-    return f"{issued}.{_sign(key, 'session', issued)}"
+async def start_session(store: Store, key: str, *, at: float, ttl: float) -> str:
+    """A new session's cookie value, kept until `at + ttl`; `key` is the admin token's digest."""
+    session = secrets.token_urlsafe(32)
+    await store.create_session(_sign(key, "session", session), at=at, expires_at=at + ttl)
+    return session
 
 
-def session_valid(key: str, value: str | None, *, at: float | None = None) -> bool:
-    """Whether `value` is a session made with `key` and not yet expired."""
-    if not value:
+async def session_alive(store: Store, key: str, value: str | None, *, at: float) -> bool:
+    """Whether `value` is a session started with `key`, not ended and not expired."""
+    if not value or len(value) > _MAX_COOKIE:
         return False
-    issued, _, signature = value.partition(".")
-    if not issued.isdigit() or len(issued) > 12:
-        return False
-    expected = _sign(key, "session", issued)
-    fresh = 0 <= (time.time() if at is None else at) - int(issued) < SESSION_AGE
-    return hmac.compare_digest(expected, signature) and fresh
+    return await store.session_alive(_sign(key, "session", value), at=at)
+
+
+async def end_session(store: Store, key: str, value: str) -> None:
+    """Forget the session: its cookie no longer works anywhere."""
+    await store.delete_session(_sign(key, "session", value))
 
 
 def csrf_token(key: str, session: str) -> str:
