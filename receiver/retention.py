@@ -28,11 +28,12 @@ __all__ = [
 log = logging.getLogger("receiver.retention")
 
 # Rows per table per batch. On SQLite each table's batch is one item of the group commit,
-# and callbacks in the same flush wait for it: 500 events with their deliveries took 5.6 ms
-# (median; 24 ms at worst on a busy 2-core machine); 200 took 2.6 ms, 200 requests 2.1 ms.
+# and callbacks in the same flush wait for it (deploy/bench/prune_batches.py): 200 events
+# with their deliveries took 2.9 ms (median, 10 ms at most on a busy 2-core machine), 200
+# requests 2.0 ms; 500 events took 5.6 ms (24 ms at most).
 BATCH = 200
 PAUSE = 0.02  # seconds between batches, in which queued callbacks get the writer
-RECLAIM_PAGES = 256  # pages given back per step: 1 MiB of 4 KiB pages, 1.6 ms (median)
+RECLAIM_PAGES = 256  # pages given back per step: 1 MiB of 4 KiB pages, 2 ms (median)
 
 
 @dataclasses.dataclass
