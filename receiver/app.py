@@ -115,6 +115,7 @@ class ReceiverApp:
             self._tasks = [
                 asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
                 asyncio.create_task(runtime.poller.run(), name="poller"),
+                asyncio.create_task(runtime.pruner.run(), name="pruner"),
             ]
         if self.preload and self._framework is None and self._loading is None:
             self._loading = asyncio.ensure_future(self._load())
@@ -186,7 +187,7 @@ def create_app(
     preload: bool = True,
     tune_gc: bool = False,
 ) -> ReceiverApp:
-    """Build the receiver. With `run_loops`, the dispatcher and poller run inside the app.
+    """Build the receiver. With `run_loops`, the dispatcher, poller and pruner run inside it.
 
     With `preload` (the default) the framework is imported as the app starts; without it,
     on the first request that needs it (a serverless function that mostly takes callbacks).

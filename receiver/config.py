@@ -33,6 +33,7 @@ __all__ = [
     "Settings",
     "check_token",
     "load_settings",
+    "parse_duration",
 ]
 
 ENV_PREFIX = "RECEIVER_"
@@ -90,6 +91,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "WARNING"
     heartbeat_file: str | None = None  # `receiver worker` touches it while its loops run
     no_worker: bool = False  # `serve` only ingests; `receiver worker` runs handlers and polls
+    # Rows of jobs that ended longer ago than this, and quarantine rows this old, are
+    # deleted (receiver.retention): `30d`, `12h`, `90m`, seconds; 0 keeps everything.
+    retention: str | float = "30d"
     log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON lines otherwise
     url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
     metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
@@ -178,6 +182,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self._check_connection_caps()
         parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
         parse_networks(self.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
+        parse_duration(self.retention, name="RECEIVER_RETENTION")
         for section in (self.forward, self.download, self.notify, self.command):
             section.check()
         for name in sorted(set(self.generic) & set(SECTIONS)):  # RECEIVER_<NAME>_* is taken
@@ -208,6 +213,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             found += [generic.api_key, *split_secrets(generic.webhook_secret)]
         return [value for value in found if value]
 
+    def retention_seconds(self) -> float:
+        """RECEIVER_RETENTION in seconds; 0 keeps everything."""
+        return parse_duration(self.retention, name="RECEIVER_RETENTION")
+
     def deadline_for(self, provider: str) -> float:
         """Seconds without news after which a callback-style job is polled."""
         return self.provider(provider).deadline or self.deadline
@@ -234,6 +243,30 @@ _FIELDS = {
     f for f in Settings.__struct_fields__ if f not in ("providers", "generic") and f not in SECTIONS
 }
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: str | float, *, name: str) -> float:
+    """Seconds from `30d`, `12h`, `90m`, `45s` or a bare number of seconds (0 too).
+
+    ConfigError names the setting `name` when `value` is none of these.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            shown = str(value)[:40]
+            raise ConfigError(
+                f"{name} must be a duration such as 30d, 12h, 90m or seconds: {shown!r}"
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{name} must be 0 (keep everything) or a positive duration")
+    return seconds
 
 
 def _is_http_url(value: str) -> bool:

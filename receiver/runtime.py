@@ -19,6 +19,7 @@ from receiver.provider_limits import ProviderLimits
 from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
 from receiver.ratelimit import FailureLimiter, Network, parse_networks
 from receiver.refusals import Quarantine
+from receiver.retention import Pruner
 from receiver.store import Store, store_for
 from receiver.submit import Submitter
 from receiver.verify import digest
@@ -43,6 +44,7 @@ class Runtime:
     ingest: Ingest
     dispatcher: Dispatcher
     poller: Poller
+    pruner: Pruner  # deletes what is past RECEIVER_RETENTION, beside the loops
     submitter: Submitter
     admin_token_digest: str
     auth_failures: FailureLimiter
@@ -133,6 +135,7 @@ class Runtime:
             ingest=ingest,
             dispatcher=dispatcher,
             poller=poller,
+            pruner=Pruner(store, settings.retention_seconds()),
             submitter=submitter,
             admin_token_digest=digest(ensure_admin_token(settings)),
             auth_failures=FailureLimiter(

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def work(settings: Settings, *, grace: float = 30.0) -> int:
-    """Run the dispatcher and the poller until SIGTERM or SIGINT; return the exit code."""
+    """Run the dispatcher, the poller and the pruner until SIGTERM or SIGINT; the exit code."""
     from receiver.runtime import Runtime
     from receiver.store import display_url
 
@@ -80,6 +80,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         tasks = [
             asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(runtime.poller.run(), name="poller"),
+            asyncio.create_task(runtime.pruner.run(), name="pruner"),
         ]
         if settings.heartbeat_file:
             tasks.append(asyncio.create_task(_heartbeat(Path(settings.heartbeat_file))))

@@ -27,6 +27,7 @@ from receiver.models import (
 )
 
 __all__ = [
+    "PRUNED_TABLES",
     "Claimed",
     "DeliverySummary",
     "JobPage",
@@ -111,6 +112,10 @@ class DeliverySummary(msgspec.Struct, kw_only=True):
 class JobPage(msgspec.Struct, kw_only=True):
     items: list[Job]
     next: str | None
+
+
+# The tables `Store.prune` deletes from, in the order it deletes them: children first.
+PRUNED_TABLES = ("deliveries", "events", "requests", "quarantine", "jobs")
 
 
 class Worker(msgspec.Struct, kw_only=True):
@@ -484,3 +489,30 @@ class Store(abc.ABC):
         fenced by that attempt, no longer apply. Their polls are due at `at`. Work stamped
         with a worker that has no row any more is taken back too.
         """
+
+    # Retention
+
+    @abc.abstractmethod
+    async def prune(
+        self, *, before: float, limit: int, dry_run: bool = False, jobs: bool = False
+    ) -> dict[str, int]:
+        """Delete one batch of what is past the retention; the rows deleted per table.
+
+        A job's events (with their deliveries) and raw requests go when the row is older
+        than `before` and the job ended (succeeded, failed, cancelled) and last changed
+        before it, with no pending or running delivery: nothing of an open job, nor of
+        one whose handlers still run, is touched. Quarantine rows, and requests of no
+        job, go by their own age. With `jobs`, such ended jobs go too (their files'
+        records with them) once nothing of theirs is left. At most `limit` events,
+        requests, quarantine rows and jobs go per call, each table in its own short
+        transaction. With `dry_run`, nothing is deleted and every row that would go
+        is counted, without the limit.
+        """
+
+    async def reclaim(self, pages: int) -> int:
+        """Give up to `pages` free pages of the database file back; how many stay free.
+
+        Only SQLite keeps freed pages inside its file. PostgreSQL's autovacuum makes
+        deleted rows reusable by itself: the default does nothing.
+        """
+        return 0

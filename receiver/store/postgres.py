@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -841,6 +842,53 @@ class PostgresStore(Store):
             )
         return Reaped(workers=list(row[0]), deliveries=row[1], polls=row[2])
 
+    # Retention
+
+    async def prune(
+        self, *, before: float, limit: int, dry_run: bool = False, jobs: bool = False
+    ) -> dict[str, int]:
+        if dry_run:
+            counts = {}
+            for table, sql in _COUNT_PRUNABLE.items():
+                if table != "jobs" or jobs:
+                    row = await self._fetchrow(sql, *_prune_params(sql, before, keep_from=before))
+                    counts[table] = int(row[0])
+            counts.setdefault("jobs", 0)
+            return counts
+        # Each table in its own short transaction. Rows are picked FOR UPDATE SKIP LOCKED:
+        # pruners in several processes take different rows and never wait on each other.
+        async with self._transaction() as db:
+            ids = [row[0] for row in await db.fetch(_PICK_EVENTS, before, limit)]
+            deliveries = await db.execute(_PRUNE_DELIVERIES, ids)
+            events = await db.execute(_PRUNE_EVENTS, ids)
+        counts = {"deliveries": _count(deliveries), "events": _count(events)}
+        for table, sql in (("requests", _PRUNE_REQUESTS), ("quarantine", _PRUNE_QUARANTINE)):
+            counts[table] = _count(await self._execute(sql, *_prune_params(sql, before, limit)))
+        counts["jobs"] = (
+            _count(await self._execute(_PRUNE_JOBS, *_prune_params(_PRUNE_JOBS, before, limit)))
+            if jobs
+            else 0
+        )
+        return counts
+
+
+def _prune_params(
+    sql: str, before: float, limit: int | None = None, *, keep_from: float = -math.inf
+) -> list[Any]:
+    """A pruning statement's parameters: the cutoff, then `keep_from` if it takes one
+    (`$2` next to `$3`), then the limit if given."""
+    params: list[Any] = [before]
+    if "$3" in sql or (limit is None and "$2" in sql):
+        params.append(keep_from)
+    if limit is not None:
+        params.append(limit)
+    return params
+
+
+def _count(status: str) -> int:
+    """The row count of asyncpg's status answer, such as "DELETE 12"."""
+    return int(status.split()[-1])
+
 
 def _drop_if_broken(connection: asyncpg.Connection, exc: BaseException) -> None:
     """Close a connection that failed for a connection reason, so the pool replaces it
@@ -1024,3 +1072,62 @@ _REAP_WORKERS = (
     "  CASE WHEN polls > 0 THEN pg_notify($5, '') END"
     " FROM counts"
 )
+
+
+# Retention (see Store.prune), as in the SQLite store: a job's rows may go once it ended
+# before the cutoff ($1) and no delivery of it is unfinished; each walk follows its
+# table's time index (0003_retention). `keep_from` ($2 of requests and jobs) is -inf
+# when deleting (any event keeps a request or a job), the cutoff when counting (an event
+# that will stay keeps it); the limit comes last.
+_ENDED = (
+    "j.status IN ('succeeded', 'failed', 'cancelled') AND j.updated_at < $1"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries u WHERE u.job_id = j.id"
+    "  AND u.state IN ('pending', 'running'))"
+)
+_PRUNABLE_EVENTS = (
+    "FROM events e WHERE e.received_at < $1"
+    f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
+)
+_PRUNABLE_REQUESTS = (
+    "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < $1"
+    f" AND (j.id IS NULL OR ({_ENDED}))"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id AND k.received_at >= $2)"
+)
+_PRUNABLE_QUARANTINE = "FROM quarantine q WHERE q.received_at < $1"
+_PRUNABLE_JOBS = (
+    f"FROM jobs j WHERE {_ENDED}"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.job_id = j.id AND k.received_at >= $2)"
+    " AND NOT EXISTS (SELECT 1 FROM requests k WHERE k.job_id = j.id AND k.received_at >= $2)"
+)
+_PICK_EVENTS = (
+    f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.received_at LIMIT $2 FOR UPDATE OF e SKIP LOCKED"
+)
+# Only finished deliveries, checked again on the row itself: one a replay put back to
+# pending since the pick stays, and so does its event.
+_PRUNE_DELIVERIES = (
+    "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) AND state IN ('done', 'dead')"
+)
+_PRUNE_EVENTS = (
+    "DELETE FROM events e WHERE e.id = ANY($1::text[])"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+)
+_PRUNE_REQUESTS = (
+    f"DELETE FROM requests WHERE id IN (SELECT r.id {_PRUNABLE_REQUESTS}"
+    " ORDER BY r.received_at LIMIT $3 FOR UPDATE OF r SKIP LOCKED)"
+)
+_PRUNE_QUARANTINE = (
+    f"DELETE FROM quarantine WHERE id IN (SELECT q.id {_PRUNABLE_QUARANTINE}"
+    " ORDER BY q.received_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED)"
+)
+_PRUNE_JOBS = (
+    f"DELETE FROM jobs WHERE id IN (SELECT j.id {_PRUNABLE_JOBS}"
+    " ORDER BY j.updated_at LIMIT $3 FOR UPDATE OF j SKIP LOCKED)"
+)
+_COUNT_PRUNABLE = {
+    "deliveries": "SELECT COUNT(*) FROM deliveries d WHERE d.event_id IN"
+    f" (SELECT e.id {_PRUNABLE_EVENTS})",
+    "events": f"SELECT COUNT(*) {_PRUNABLE_EVENTS}",
+    "requests": f"SELECT COUNT(*) {_PRUNABLE_REQUESTS}",
+    "quarantine": f"SELECT COUNT(*) {_PRUNABLE_QUARANTINE}",
+    "jobs": f"SELECT COUNT(*) {_PRUNABLE_JOBS}",
+}

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -127,6 +128,7 @@ _TRIM_QUARANTINE = (
     " ORDER BY id LIMIT ?)"
 )
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
 
 def metadata_path(key: str) -> str:
@@ -180,8 +182,11 @@ class SQLiteStore(Store):
             if self.path != ":memory:":
                 _create_private(Path(self.path))
             self._db = await self._connect(reader=False)
+            # Takes effect at once on a new file (no table yet); see _incremental_vacuum.
+            await self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             await self.db.execute("PRAGMA journal_mode = WAL")
             await self._migrate()
+            await self._incremental_vacuum()
             if self.path != ":memory:":  # a second connection to :memory: is another database
                 self._reader = await self._connect(reader=True)
         except (sqlite3.Error, OSError) as exc:
@@ -303,6 +308,27 @@ class SQLiteStore(Store):
                 await self.db.execute("ROLLBACK")
                 raise
 
+    async def _incremental_vacuum(self) -> None:
+        """Convert a file made before retention to auto_vacuum=INCREMENTAL, once.
+
+        Pruned pages are reused either way; this lets `reclaim` also shrink the file. The
+        change takes a VACUUM, which rewrites the file as one transaction: an interrupted
+        one leaves the file as it was and the next start tries again. One that fails (a
+        reader holding the file, no disk for the copy) is only logged.
+        """
+        async with self.db.execute("PRAGMA auto_vacuum") as cursor:
+            row = await cursor.fetchone()
+        if self.path == ":memory:" or row is None or row[0] == _INCREMENTAL:
+            return
+        log.warning("converting %s to incremental auto-vacuum: a one-time VACUUM", self.path)
+        try:
+            await self.db.execute("VACUUM")
+            await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning(
+                "%s not converted (%s): freed pages are reused, never returned", self.path, exc
+            )
+
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; any SQLite failure becomes StoreUnavailable."""
@@ -401,7 +427,9 @@ class SQLiteStore(Store):
             raise
         return outcomes
 
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _fetchall(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[Any]:
         """A read on the reading connection: committed data only."""
         async with self._turn(self._read_lock):
             reader = await self._connection(reader=True)
@@ -415,7 +443,7 @@ class SQLiteStore(Store):
                     raise StoreUnavailable(str(exc)) from None
                 raise
 
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def _fetchone(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
@@ -793,6 +821,51 @@ class SQLiteStore(Store):
         )
         return row[0] if row else None
 
+    # Retention
+
+    async def prune(
+        self, *, before: float, limit: int, dry_run: bool = False, jobs: bool = False
+    ) -> dict[str, int]:
+        if dry_run:
+            return await self._prunable(before, jobs=jobs)
+        # One table per write, each a short item of the group commit: callbacks queued
+        # meanwhile commit between them instead of waiting for the whole batch.
+        counts = await self._write(functools.partial(_prune_events, before=before, limit=limit))
+        for table, sql in (("requests", _PRUNE_REQUESTS), ("quarantine", _PRUNE_QUARANTINE)):
+            counts[table] = await self._write(
+                functools.partial(_delete, sql=sql, before=before, limit=limit)
+            )
+        counts["jobs"] = (
+            await self._write(
+                functools.partial(_delete, sql=_PRUNE_JOBS, before=before, limit=limit)
+            )
+            if jobs
+            else 0
+        )
+        return counts
+
+    async def _prunable(self, before: float, *, jobs: bool) -> dict[str, int]:
+        """What `prune` would delete, counted on the reading connection."""
+        counts = {}
+        for table, sql in _COUNT_PRUNABLE.items():
+            if table != "jobs" or jobs:
+                row = await self._fetchone(sql, _prune_params(sql, before, keep_from=before))
+                counts[table] = int(row[0])
+        counts.setdefault("jobs", 0)
+        return counts
+
+    async def reclaim(self, pages: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            free: int = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            # One page per statement: Python's sqlite3 steps a pragma once, and
+            # incremental_vacuum frees one page per step.
+            for _ in range(min(pages, free)):
+                conn.execute("PRAGMA incremental_vacuum(1)")
+            left: int = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return left
+
+        return await self._write(work)
+
     # Workers (this file has one process; the rows still say who leased what)
 
     async def register_worker(self, worker: Worker) -> Worker:
@@ -1130,3 +1203,84 @@ def _claim(
         Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
         for d in deliveries
     ]
+
+
+# Retention (see Store.prune). A job's rows may go once it ended before the cutoff and no
+# delivery of it is unfinished; each walk follows its table's time index (0003_retention).
+_ENDED = (
+    "j.status IN ('succeeded', 'failed', 'cancelled') AND j.updated_at < :before"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries u WHERE u.job_id = j.id"
+    "  AND u.state IN ('pending', 'running'))"
+)
+# The job is looked up per event (EXISTS, not a join): a join let the planner walk every
+# ended job instead of the events past the cutoff.
+_PRUNABLE_EVENTS = (
+    "FROM events e WHERE e.received_at < :before"
+    f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
+)
+# A request referred to by an event stays until the event goes. `keep_from` is -inf when
+# deleting (any event keeps it), the cutoff when counting (an event that will stay keeps it).
+_PRUNABLE_REQUESTS = (
+    "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < :before"
+    f" AND (j.id IS NULL OR ({_ENDED}))"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id"
+    "  AND k.received_at >= :keep_from)"
+)
+_PRUNABLE_QUARANTINE = "FROM quarantine WHERE received_at < :before"
+# The partial index of ended jobs by age: the planner preferred the one by status, which
+# made it read and sort every ended job on each batch.
+_PRUNABLE_JOBS = (
+    f"FROM jobs j INDEXED BY jobs_ended WHERE {_ENDED}"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.job_id = j.id"
+    "  AND k.received_at >= :keep_from)"
+    " AND NOT EXISTS (SELECT 1 FROM requests k WHERE k.job_id = j.id"
+    "  AND k.received_at >= :keep_from)"
+)
+_PICK_EVENTS = f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.received_at LIMIT :limit"
+_PRUNE_REQUESTS = (
+    f"DELETE FROM requests WHERE id IN (SELECT r.id {_PRUNABLE_REQUESTS}"
+    " ORDER BY r.received_at LIMIT :limit)"
+)
+_PRUNE_QUARANTINE = (
+    f"DELETE FROM quarantine WHERE id IN (SELECT id {_PRUNABLE_QUARANTINE}"
+    " ORDER BY received_at LIMIT :limit)"
+)
+_PRUNE_JOBS = (
+    f"DELETE FROM jobs WHERE id IN (SELECT j.id {_PRUNABLE_JOBS}"
+    " ORDER BY j.updated_at LIMIT :limit)"
+)
+_COUNT_PRUNABLE = {
+    "deliveries": "SELECT COUNT(*) FROM deliveries d WHERE d.event_id IN"
+    f" (SELECT e.id {_PRUNABLE_EVENTS})",
+    "events": f"SELECT COUNT(*) {_PRUNABLE_EVENTS}",
+    "requests": f"SELECT COUNT(*) {_PRUNABLE_REQUESTS}",
+    "quarantine": f"SELECT COUNT(*) {_PRUNABLE_QUARANTINE}",
+    "jobs": f"SELECT COUNT(*) {_PRUNABLE_JOBS}",
+}
+
+
+def _prune_params(
+    sql: str, before: float, *, limit: int = 0, keep_from: float = -math.inf
+) -> dict[str, float]:
+    """The named parameters `sql` uses, of the ones a pruning statement may take."""
+    given = {"before": before, "limit": limit, "keep_from": keep_from}
+    return {name: value for name, value in given.items() if f":{name}" in sql}
+
+
+def _prune_events(conn: sqlite3.Connection, *, before: float, limit: int) -> dict[str, int]:
+    """Delete up to `limit` prunable events, oldest first, with their deliveries."""
+    ids = [
+        row[0]
+        for row in conn.execute(_PICK_EVENTS, _prune_params(_PICK_EVENTS, before, limit=limit))
+    ]
+    if not ids:
+        return {"deliveries": 0, "events": 0}
+    marks = ", ".join("?" * len(ids))
+    deliveries = conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
+    events = conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+    return {"deliveries": deliveries.rowcount, "events": events.rowcount}
+
+
+def _delete(conn: sqlite3.Connection, sql: str, before: float, limit: int) -> int:
+    """Run one pruning DELETE; how many rows it removed."""
+    return int(conn.execute(sql, _prune_params(sql, before, limit=limit)).rowcount)
