@@ -39,12 +39,17 @@ _decode_json = msgspec.json.Decoder().decode
 
 
 class Reject(Exception):
-    """A request we refuse: the status to answer and the reason kept in the quarantine."""
+    """A request we refuse: the status to answer and the reason kept in the quarantine.
 
-    def __init__(self, status_code: int, reason: str):
+    `reason` is a short fixed word (also a metrics label); `detail`, ours and never the
+    caller's text, is kept beside it in the quarantine only (e.g. a clock skew).
+    """
+
+    def __init__(self, status_code: int, reason: str, *, detail: str | None = None):
         super().__init__(reason)
         self.status_code = status_code
         self.reason = reason
+        self.detail = detail
 
 
 def headers_of(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -411,6 +411,7 @@ class Dispatcher(WorkLoop):
         self._leases.add(lease)
         self._handling.add(task)
         try:
+            started = time.perf_counter()
             try:
                 error, defer, gave_up = await self._run_handler(item)
             except asyncio.CancelledError:
@@ -428,6 +429,7 @@ class Dispatcher(WorkLoop):
                 self._handling.discard(task)
                 self._busy -= 1
                 self.wake()
+            seconds = time.perf_counter() - started
             if error is None:
                 await self._record(
                     delivery.id,
@@ -436,7 +438,7 @@ class Dispatcher(WorkLoop):
                     at=now(),
                     attempt=delivery.attempts,
                 )
-                METRICS.delivery(delivery.handler, "done")
+                METRICS.delivery(delivery.handler, "done", seconds)
                 return
             if gave_up or delivery.attempts >= self.max_attempts:
                 await self._record(
@@ -447,7 +449,7 @@ class Dispatcher(WorkLoop):
                     at=now(),
                     attempt=delivery.attempts,
                 )
-                METRICS.delivery(delivery.handler, "dead")
+                METRICS.delivery(delivery.handler, "dead", seconds)
                 log.error(
                     "delivery %s is dead after %d attempts%s",
                     delivery.id,
@@ -469,7 +471,7 @@ class Dispatcher(WorkLoop):
                 at=now(),
                 attempt=delivery.attempts,
             )
-            METRICS.delivery(delivery.handler, "retry")
+            METRICS.delivery(delivery.handler, "retry", seconds)
         finally:
             lease.release()
             self._leases.discard(lease)

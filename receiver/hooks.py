@@ -32,12 +32,12 @@ from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_t
 from receiver.ratelimit import client_address
 from receiver.refusals import UNPROVEN_BODY_BYTES, address_wait, charge, token_of
 from receiver.runtime import Runtime
-from receiver.standard_webhooks import SignatureError
+from receiver.standard_webhooks import MISSING_SIGNATURE, SignatureError
 from receiver.store.base import NewJob
 from receiver.submit import queued_job
 from receiver.verify import digest, matches, matches_any, redact_path
 
-__all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid", "refused_by_framework"]
+__all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid", "refused_by_framework", "skew_detail"]
 
 log = logging.getLogger("receiver.hooks")
 
@@ -117,14 +117,26 @@ def _adapter(runtime: Runtime, provider: str) -> Provider:
 def _signed(request: Request[Any, Any, Any], adapter: GenericProvider, body: bytes) -> Update:
     """A Standard Webhooks message, verified on the raw bytes before it is parsed.
 
-    The webhook-id becomes the update's delivery id, so a redelivery is a duplicate.
+    The webhook-id becomes the update's delivery id, so a redelivery is a duplicate. A
+    refusal is quarantined with its reason (and a clock skew in seconds), answered 401 bare.
     """
     try:
         msg_id = adapter.authenticate(body, _headers(request))
     except SignatureError as exc:
         log.info("%s: rejected a Standard Webhooks message: %s", adapter.name, exc)
-        raise Reject(401, "bad_signature") from None
+        raise Reject(401, exc.reason, detail=skew_detail(exc, adapter)) from None
     return msgspec.structs.replace(parse_callback(adapter, body), delivery_id=msg_id)
+
+
+def skew_detail(exc: SignatureError, adapter: GenericProvider) -> str | None:
+    """What the quarantine shows beside the reason: the absent headers, or the clock skew."""
+    if exc.reason == MISSING_SIGNATURE:
+        return str(exc)  # only our fixed header names
+    if exc.skew is None:
+        return None
+    side = "behind" if exc.skew < 0 else "ahead of"
+    tolerance = adapter.settings.tolerance
+    return f"timestamp {abs(exc.skew)} s {side} this clock (tolerance {tolerance:g} s)"
 
 
 def _confirming(runtime: Runtime, adapter: Provider) -> bool:

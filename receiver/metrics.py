@@ -6,6 +6,12 @@ beyond the first time a label set is seen. Label values that come from outside (
 provider name in a URL) are mapped onto a fixed set first, so callers cannot make the
 series grow without bound.
 
+Every family has its own name: the gauge of deliveries by state is
+`receiver_deliveries_by_state`, apart from the counter `receiver_deliveries_total`
+(family `receiver_deliveries`), so OpenMetrics readers and prometheus_client's registry
+accept the page. Counters count what this process did; the gauges read from the store
+(deliveries, jobs) see every process's work, a `receiver replay` on the database included.
+
 The `/metrics` route itself is in receiver.scrape.
 """
 
@@ -13,9 +19,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Container, Iterable, Sequence
+import platform
+from collections.abc import Container, Iterable, Mapping, Sequence
+from importlib import metadata
 
 from receiver.models import now
+from receiver.process_metrics import process_lines
 from receiver.providers import PROVIDERS
 
 __all__ = [
@@ -23,6 +32,7 @@ __all__ = [
     "Counter",
     "Histogram",
     "Metrics",
+    "build_version",
     "provider_label",
 ]
 
@@ -30,6 +40,14 @@ __all__ = [
 def provider_label(name: str, configured: Container[str] = ()) -> str:
     """A provider name fit for a label: a built-in or configured provider, else "unknown"."""
     return name if name in PROVIDERS or name in configured else "unknown"
+
+
+def build_version() -> str:
+    """The installed package's version, or "unknown" when run from a bare source tree."""
+    try:
+        return metadata.version("receiver")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _escape(value: str) -> str:
@@ -125,45 +143,81 @@ class Metrics:
             "Status pulls from providers, by provider and outcome (ok, error).",
             ("provider", "outcome"),
         )
-        self.replays = Counter(
-            "receiver_replays_total", "Deliveries put back to pending by a replay.", ()
+        self.handler_seconds = Histogram(
+            "receiver_handler_duration_seconds",
+            "Time a handler ran, by handler and outcome (done, retry, dead).",
+            ("handler", "outcome"),
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
+        self.replays = Counter(
+            "receiver_replays_total",
+            "Deliveries put back to pending by a replay through this process (admin API,"
+            " dashboard, receiver replay --url).",
+            (),
+        )
+        self.build = (build_version(), platform.python_version())
 
     def callback(self, label: str, outcome: str, seconds: float) -> None:
         """Count one hook request; `label` is already bounded (see `provider_label`)."""
         self.callbacks.inc(label, outcome)
         self.ack_seconds.observe(seconds, label)
 
-    def delivery(self, handler: str, outcome: str) -> None:
+    def delivery(self, handler: str, outcome: str, seconds: float | None = None) -> None:
+        """Count one handler run; `seconds`, when it ran at all, goes to the duration histogram."""
         self.deliveries.inc(handler, outcome)
+        if seconds is not None:
+            self.handler_seconds.observe(seconds, handler, outcome)
 
     def poll(self, provider: str, outcome: str) -> None:
         self.polls.inc(provider_label(provider), outcome)
 
-    def render(self, counts: dict[str, int], oldest_pending_at: float | None) -> str:
-        """The exposition text: counters, then the gauges read from the store."""
+    def render(
+        self,
+        counts: Mapping[str, int],
+        oldest_pending_at: float | None,
+        jobs: Mapping[str, int] | None = None,
+    ) -> str:
+        """The exposition text: counters, the gauges read from the store, build and process."""
         lines: list[str] = []
-        for metric in (self.callbacks, self.ack_seconds, self.deliveries, self.polls):
+        for metric in (
+            self.callbacks,
+            self.ack_seconds,
+            self.deliveries,
+            self.handler_seconds,
+            self.polls,
+            self.replays,
+        ):
             lines += metric.render()
-        lines += self.replays.render()
         lines += [
-            "# HELP receiver_deliveries Deliveries in the store, by state.",
-            "# TYPE receiver_deliveries gauge",
+            "# HELP receiver_deliveries_by_state Deliveries in the store, by state.",
+            "# TYPE receiver_deliveries_by_state gauge",
         ]
-        lines += [f'receiver_deliveries{{state="{s}"}} {n}' for s, n in sorted(counts.items())]
         lines += [
-            "# HELP receiver_deliveries_pending Deliveries waiting to run (retries included).",
-            "# TYPE receiver_deliveries_pending gauge",
-            f"receiver_deliveries_pending {counts.get('pending', 0)}",
-            "# HELP receiver_deliveries_dead Deliveries that gave up (see receiver replay).",
-            "# TYPE receiver_deliveries_dead gauge",
-            f"receiver_deliveries_dead {counts.get('dead', 0)}",
+            f'receiver_deliveries_by_state{{state="{_escape(s)}"}} {n}'
+            for s, n in sorted(counts.items())
+        ]
+        lines += [
             "# HELP receiver_oldest_pending_delivery_age_seconds Age of the oldest pending"
             " delivery; 0 when none is pending.",
             "# TYPE receiver_oldest_pending_delivery_age_seconds gauge",
             "receiver_oldest_pending_delivery_age_seconds "
             + _number(0.0 if oldest_pending_at is None else max(0.0, now() - oldest_pending_at)),
         ]
+        if jobs is not None:
+            lines += [
+                "# HELP receiver_jobs Jobs in the store, by status.",
+                "# TYPE receiver_jobs gauge",
+            ]
+            lines += [
+                f'receiver_jobs{{status="{_escape(s)}"}} {n}' for s, n in sorted(jobs.items())
+            ]
+        version, python = self.build
+        lines += [
+            "# HELP receiver_build_info The receiver's version and Python's; always 1.",
+            "# TYPE receiver_build_info gauge",
+            f'receiver_build_info{{version="{_escape(version)}",python="{_escape(python)}"}} 1',
+        ]
+        lines += process_lines()
         return "\n".join(lines) + "\n"
 
 

@@ -85,7 +85,7 @@ def quarantined(raw: RawRequest, reject: Reject) -> Quarantined:
         id=new_id("qua"),
         received_at=raw.received_at,
         provider=capped(raw.provider, _PROVIDER_CHARS),
-        reason=reject.reason,
+        reason=f"{reject.reason}: {reject.detail}" if reject.detail else reject.reason,
         status_code=reject.status_code,
         method=raw.method,
         path=raw.path,

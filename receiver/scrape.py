@@ -32,9 +32,10 @@ def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
 
 @get("/metrics", guards=[metrics_guard], include_in_schema=True, media_type=CONTENT_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
-    """Prometheus text format; the delivery gauges are read from the store now."""
-    summary = await request.app.state.runtime.store.delivery_summary()
-    body = METRICS.render(summary.counts, summary.oldest_pending_at)
+    """Prometheus text format; the delivery and job gauges are read from the store now."""
+    store = request.app.state.runtime.store
+    summary = await store.delivery_summary()
+    body = METRICS.render(summary.counts, summary.oldest_pending_at, await store.job_counts())
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -5,6 +5,15 @@ with the base64 secret after its `whsec_` prefix. `webhook-signature` carries on
 more space-separated `v1,<base64>` values so senders can rotate keys; a receiver may
 also hold several secrets during its own rotation. Verification works on the raw
 bytes as they arrived, never on a re-serialized body.
+
+Svix, which wrote the specification, sends the same three headers named `svix-id`,
+`svix-timestamp` and `svix-signature`; its own library accepts either spelling, and so
+do we, the same way: the three `svix-*` headers when all are present, else the three
+`webhook-*` ones. The three are never mixed across families.
+
+A refusal says why in `SignatureError.reason`: a header missing, a timestamp too old or
+too new (with the skew, so clock drift can be told from a wrong secret), a timestamp that
+is not Unix seconds, or no signature that matches.
 """
 
 from __future__ import annotations
@@ -18,13 +27,20 @@ import time
 from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "BAD_SIGNATURE",
+    "BAD_TIMESTAMP",
     "DEFAULT_TOLERANCE",
+    "FUTURE_SIGNATURE",
+    "HEADER_FAMILIES",
+    "MISSING_SIGNATURE",
     "SECRET_PREFIX",
+    "STALE_SIGNATURE",
     "SignatureError",
     "decode_secret",
     "headers_for",
     "mint_whsec",
     "sign",
+    "signature_headers",
     "verify",
 ]
 
@@ -33,8 +49,31 @@ DEFAULT_TOLERANCE = 300.0  # seconds, both ways, as the specification recommends
 _MAX_SIGNATURES = 16  # a header with more is an attack, not a rotation
 
 
+# Why a message was refused: the quarantine's reason, and the hook metrics' outcome.
+MISSING_SIGNATURE = "missing_signature"  # one of the three headers absent or empty
+BAD_TIMESTAMP = "bad_timestamp"  # the timestamp is not Unix seconds
+STALE_SIGNATURE = "stale_signature"  # the timestamp is older than the tolerance
+FUTURE_SIGNATURE = "future_signature"  # the timestamp is further ahead than the tolerance
+BAD_SIGNATURE = "bad_signature"  # no offered signature matches any key
+
+# The header names, Svix's first: its library tries them first when all three are present.
+HEADER_FAMILIES = (
+    ("svix-id", "svix-timestamp", "svix-signature"),
+    ("webhook-id", "webhook-timestamp", "webhook-signature"),
+)
+
+
 class SignatureError(Exception):
-    """A request whose Standard Webhooks headers do not prove it; the text is safe to log."""
+    """A request whose Standard Webhooks headers do not prove it; the text is safe to log.
+
+    `reason` is one of the reasons above; `skew` is, for a timestamp outside the
+    tolerance, how many seconds it is ahead of this clock (negative: behind).
+    """
+
+    def __init__(self, message: str, *, reason: str = BAD_SIGNATURE, skew: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.skew = skew
 
 
 def mint_whsec() -> str:
@@ -77,6 +116,23 @@ def headers_for(
     }
 
 
+def signature_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """The id, timestamp and signature from one family of headers (lower-case names).
+
+    The `svix-*` family when all three are present and not empty, else the `webhook-*`
+    family, as Svix's library reads them; otherwise SignatureError naming what is absent.
+    """
+    for names in HEADER_FAMILIES:
+        msg_id, stamp, offered = (headers.get(name, "") for name in names)
+        if msg_id and stamp and offered:
+            return msg_id, stamp, offered
+    # Name the absent headers of the family the sender seems to use.
+    svix, standard = HEADER_FAMILIES
+    names = svix if any(headers.get(name) for name in svix) else standard
+    absent = ", ".join(name for name in names if not headers.get(name))
+    raise SignatureError(f"missing {absent}", reason=MISSING_SIGNATURE)
+
+
 def verify(
     body: bytes,
     headers: Mapping[str, str],
@@ -85,24 +141,28 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> str:
-    """Check `body` against its headers with any of `keys`; return the `webhook-id`.
+    """Check `body` against its headers with any of `keys`; return the message id.
 
-    `headers` must have lower-case names. Every offered signature is compared with
-    every key in constant time, so timing does not say which key or signature matched.
+    `headers` must have lower-case names (see `signature_headers` for which are read).
+    Every offered signature is compared with every key in constant time, so timing does
+    not say which key or signature matched.
     """
-    msg_id = headers.get("webhook-id", "")
-    stamp = headers.get("webhook-timestamp", "")
-    offered = headers.get("webhook-signature", "")
-    if not (msg_id and stamp and offered):
-        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    msg_id, stamp, offered = signature_headers(headers)
     if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
-        raise SignatureError("webhook-timestamp is not Unix seconds")
+        raise SignatureError("webhook-timestamp is not Unix seconds", reason=BAD_TIMESTAMP)
     timestamp = int(stamp)
     current = time.time() if now is None else now
+    skew = round(timestamp - current)
     if timestamp < current - tolerance:
-        raise SignatureError("webhook-timestamp is too old")
+        raise SignatureError(
+            f"webhook-timestamp is too old: {-skew} s behind", reason=STALE_SIGNATURE, skew=skew
+        )
     if timestamp > current + tolerance:
-        raise SignatureError("webhook-timestamp is in the future")
+        raise SignatureError(
+            f"webhook-timestamp is in the future: {skew} s ahead",
+            reason=FUTURE_SIGNATURE,
+            skew=skew,
+        )
     candidates = []
     for item in offered.split(" ")[:_MAX_SIGNATURES]:
         version, _, encoded = item.partition(",")
@@ -118,5 +178,5 @@ def verify(
         for candidate in candidates:
             matched |= hmac.compare_digest(expected, candidate)
     if not matched:
-        raise SignatureError("no webhook-signature matches")
+        raise SignatureError("no webhook-signature matches", reason=BAD_SIGNATURE)
     return msg_id

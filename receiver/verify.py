@@ -40,6 +40,7 @@ SECRET_HEADERS = frozenset(
         "x-api-key",
         "proxy-authorization",
         "webhook-signature",  # Standard Webhooks: a valid one replays within the tolerance
+        "svix-signature",  # the same, as Svix names it
     }
 )
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from receiver.dispatch import DeliveryInfo, Registry
-from receiver.models import Event, Job, Status, Update, new_id, now
+from receiver.models import Event, Job, Quarantined, Status, Update, new_id, now
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
 from receiver.store import NewJob
 from receiver.testing import LiveReceiver, running_receiver
@@ -259,6 +259,30 @@ class TestQuarantine:
         assert "guessed-token-123" not in out
         code, out, _ = await run_cli("quarantine", "--json", env=env, cwd=tmp_path)
         assert ["unknown_token"] == [q["reason"] for q in json.loads(out)["items"]]
+
+    async def test_a_reason_with_its_detail(
+        self, live: LiveReceiver, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """A stale signature is told in words, with the skew the receiver measured."""
+        kept = "stale_signature: timestamp 400 s behind this clock (tolerance 300 s)"
+        await live.runtime.store.quarantine(
+            Quarantined(
+                id=new_id("qua"),
+                received_at=now(),
+                provider="acme",
+                reason=kept,
+                status_code=401,
+                method="POST",
+                path="/hooks/acme",
+                query="",
+                headers={},
+                body=b"{}",
+            )
+        )
+        code, out, err = await run_cli("quarantine", env=env, cwd=tmp_path)
+        assert 0 == code, err
+        assert "webhook-timestamp too old" in out
+        assert "400 s behind this clock" in out
 
 
 class TestSubmitWait:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -304,7 +305,7 @@ class TestRefused:
         answer = await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
         assert 401 == answer.status_code
         await assert_nothing_happened(live, calls)
-        assert [("bad_signature", 401)] == await quarantine(live)
+        assert [(f"missing_signature: missing {missing}", 401)] == await quarantine(live)
 
     @pytest.mark.parametrize("offset", [-301, 301, -86400])
     async def test_timestamp_outside_the_tolerance(
@@ -355,6 +356,119 @@ class TestRefused:
         """Only declared names have a route."""
         answer = await client.post("/hooks/other", content=SUCCEEDED, headers=signed(SUCCEEDED))
         assert 404 == answer.status_code
+
+
+def as_svix(headers: dict[str, str]) -> dict[str, str]:
+    """The same headers under Svix's names: `svix-id`, `svix-timestamp`, `svix-signature`."""
+    return {name.replace("webhook-", "svix-"): value for name, value in headers.items()}
+
+
+class TestSvixHeaderNames:
+    """Svix's own header names are accepted as its library accepts them: one family at a time."""
+
+    async def test_svix_names_are_accepted(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A message signed by the reference library and sent as Svix sends it is stored."""
+        headers = as_svix(signed(SUCCEEDED, msg_id="msg_svix"))
+        answer = await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
+        assert (200, "applied") == (answer.status_code, answer.json()["disposition"])
+        await settle(live)
+        assert [(TASK_ID, "succeeded", 1.0)] == calls.events
+        job = await the_job(live)
+        assert job is not None
+        [raw] = await live.runtime.store.list_requests(job.id)
+        assert ("msg_svix", "[redacted]") == (raw.headers["svix-id"], raw.headers["svix-signature"])
+
+    async def test_svix_id_is_the_delivery_id(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """A redelivery under Svix's names (same svix-id) is a duplicate and fires nothing."""
+        first = as_svix(signed(SUCCEEDED, msg_id="msg_again"))
+        again = as_svix(signed(SUCCEEDED, msg_id="msg_again"))
+        await client.post("/hooks/acme", content=SUCCEEDED, headers=first)
+        answer = await client.post("/hooks/acme", content=SUCCEEDED, headers=again)
+        assert "duplicate" == answer.json()["disposition"]
+        await settle(live)
+        assert 1 == len(calls.events)
+
+    async def test_complete_svix_family_wins_over_webhook_family(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """Both families present: the svix-* headers are checked, the webhook-* ones ignored."""
+        good = as_svix(signed(SUCCEEDED))
+        forged = signed(SUCCEEDED, secret=STRANGER)
+        answer = await client.post("/hooks/acme", content=SUCCEEDED, headers={**forged, **good})
+        assert 200 == answer.status_code
+        bad = as_svix(signed(SUCCEEDED, secret=STRANGER))
+        refused = await client.post(
+            "/hooks/acme", content=running(20), headers={**signed(running(20)), **bad}
+        )
+        assert 401 == refused.status_code
+        assert [("bad_signature", 401)] == await quarantine(live)
+
+    async def test_incomplete_svix_family_falls_back_to_webhook_family(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A stray svix-id beside three good webhook-* headers does not spoil them."""
+        headers = {**signed(SUCCEEDED), "svix-id": "msg_stray"}
+        assert (
+            200
+            == (await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)).status_code
+        )
+
+    async def test_families_are_never_mixed(
+        self, live: LiveReceiver, client: httpx.AsyncClient, calls: Calls
+    ) -> None:
+        """svix-id with webhook-timestamp and webhook-signature is not a complete family."""
+        headers = signed(SUCCEEDED, msg_id="msg_mix")
+        headers["svix-id"] = headers.pop("webhook-id")
+        answer = await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
+        assert 401 == answer.status_code
+        await assert_nothing_happened(live, calls)
+        assert [
+            ("missing_signature: missing svix-timestamp, svix-signature", 401)
+        ] == await quarantine(live)
+
+
+class TestRefusalReasons:
+    """The quarantine tells a missing header, a skewed clock and a wrong secret apart."""
+
+    @pytest.mark.parametrize(
+        ("offset", "reason", "side"),
+        [(-400, "stale_signature", "behind"), (3600, "future_signature", "ahead of")],
+    )
+    async def test_skew_is_recorded(
+        self, live: LiveReceiver, client: httpx.AsyncClient, offset: int, reason: str, side: str
+    ) -> None:
+        """A rightly signed message outside the tolerance says which way, and by how much."""
+        headers = signed(SUCCEEDED, at=time.time() + offset)
+        answer = await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
+        assert (401, {"error": "unauthorized"}) == (answer.status_code, answer.json())
+        [(kept, status)] = await quarantine(live)
+        found = re.fullmatch(
+            rf"{reason}: timestamp (\d+) s {side} this clock \(tolerance 300 s\)", kept
+        )
+        assert found is not None, kept
+        # Signed at a whole second, read a moment later: within a second or two of the offset.
+        assert abs(int(found.group(1)) - abs(offset)) <= 2
+        assert 401 == status
+
+    async def test_wrong_secret_is_bad_signature(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A fresh message signed with a secret we do not hold is a bad signature, not a clock."""
+        headers = as_svix(signed(SUCCEEDED, secret=STRANGER))
+        await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
+        assert [("bad_signature", 401)] == await quarantine(live)
+
+    async def test_timestamp_not_unix_seconds(
+        self, live: LiveReceiver, client: httpx.AsyncClient
+    ) -> None:
+        """A timestamp in another form is named as such."""
+        headers = {**signed(SUCCEEDED), "webhook-timestamp": "2026-12-07T15:00:00Z"}
+        await client.post("/hooks/acme", content=SUCCEEDED, headers=headers)
+        assert [("bad_timestamp", 401)] == await quarantine(live)
 
 
 class TestBadPayloads:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import platform
 import re
-from collections.abc import AsyncIterator
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.dispatch import Registry
@@ -60,16 +66,22 @@ async def live(tmp_path: Path, sim: RunningSimulator) -> AsyncIterator[LiveRecei
         yield receiver
 
 
-async def scrape(live: LiveReceiver, token: str | None = None) -> Samples:
-    """Every sample of /metrics, parsed by the Prometheus client's own parser."""
+async def exposition(live: LiveReceiver, token: str | None = None) -> str:
+    """The text of /metrics, as Prometheus gets it."""
     async with httpx.AsyncClient(base_url=live.url) as client:
         answer = await client.get(
             "/metrics", headers={"Authorization": f"Bearer {token or live.admin_token}"}
         )
     assert 200 == answer.status_code
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return answer.text
+
+
+async def scrape(live: LiveReceiver, token: str | None = None) -> Samples:
+    """Every sample of /metrics, parsed by the Prometheus client's own parser."""
+    text = await exposition(live, token)
     samples: Samples = {}
-    for family in text_string_to_metric_families(answer.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -114,7 +126,7 @@ class TestAccess:
     async def test_scrape_token_works(self, live: LiveReceiver) -> None:
         """RECEIVER_METRICS_TOKEN reads the metrics but opens no admin route."""
         samples = await scrape(live, SCRAPE_TOKEN)
-        assert ("receiver_deliveries_dead", ()) in samples
+        assert ("receiver_deliveries_by_state", (("state", "dead"),)) in samples
         async with httpx.AsyncClient(base_url=live.url) as client:
             headers = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
             assert 401 == (await client.get("/jobs", headers=headers)).status_code
@@ -179,8 +191,8 @@ class TestCounters:
                 before, name, handler=delivery.handler, outcome=outcome
             )
             assert 1.0 == moved, outcome
-        assert 1.0 == value(after, "receiver_deliveries_dead")
-        assert 1.0 == value(after, "receiver_deliveries_pending")
+        assert 1.0 == value(after, "receiver_deliveries_by_state", state="dead")
+        assert 1.0 == value(after, "receiver_deliveries_by_state", state="pending")
         assert value(after, "receiver_oldest_pending_delivery_age_seconds") >= 29.0
 
     async def test_polls_by_provider_and_outcome(
@@ -218,6 +230,151 @@ class TestCounters:
         assert 1.0 == value(await scrape(live), "receiver_replays_total") - before
 
 
+class TestHandlerDuration:
+    """Each handler run is timed into a histogram by handler and outcome."""
+
+    async def test_retry_then_done_are_timed(self, live: LiveReceiver) -> None:
+        """The retried run and the successful one land in their own series, summed."""
+        before = await scrape(live)
+        job_id = await add_job(live, "tok4")
+        await live.runtime.ingest.record(
+            job_id, Update(status=Status.RUNNING, raw_status="processing"), source="poll"
+        )
+        for _ in range(200):
+            if [d.state.value for d in await live.runtime.store.list_deliveries()] == ["done"]:
+                break
+            await asyncio.sleep(0.05)
+        [delivery] = await live.runtime.store.list_deliveries()
+        after = await scrape(live)
+        name = "receiver_handler_duration_seconds"
+        for outcome in ("retry", "done"):
+            labels = {"handler": delivery.handler, "outcome": outcome}
+            count = value(after, f"{name}_count", **labels) - value(
+                before, f"{name}_count", **labels
+            )
+            assert 1.0 == count, outcome
+            assert value(after, f"{name}_bucket", le="+Inf", **labels) == value(
+                after, f"{name}_count", **labels
+            )
+            assert 0.0 <= value(after, f"{name}_sum", **labels) < 5.0
+
+
+class TestStoreGauges:
+    """Jobs and deliveries are counted from the store, so every process's changes show."""
+
+    async def test_jobs_by_status(self, live: LiveReceiver) -> None:
+        """A new job is counted as queued; every status is named, with 0 when there is none."""
+        before = await scrape(live)
+        await add_job(live, "tok5")
+        after = await scrape(live)
+        assert 1.0 == value(after, "receiver_jobs", status="queued") - value(
+            before, "receiver_jobs", status="queued"
+        )
+        assert {s.value for s in Status} == {
+            dict(labels)["status"] for name, labels in after if name == "receiver_jobs"
+        }
+
+    async def test_a_cli_replay_on_the_database_shows(
+        self, live: LiveReceiver, tmp_path: Path
+    ) -> None:
+        """`receiver replay` run on the database moves the dead gauge, which the store counts."""
+        job_id = await add_job(live, "tok6")
+        await live.runtime.store.record(
+            job_id,
+            Update(status=Status.RUNNING, raw_status="processing"),
+            source="poll",
+            route=lambda event, job: ["gone.handler"],
+        )
+        [delivery] = await live.runtime.store.list_deliveries()
+        await live.runtime.store.kill_delivery(delivery.id, error="x", at=now())
+        assert 1.0 == value(await scrape(live), "receiver_deliveries_by_state", state="dead")
+        env = {
+            **os.environ,
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
+            "RECEIVER_HANDLERS": "",
+        }
+        env.pop("RECEIVER_URL", None)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "replay",
+            "--all-dead",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert 0 == process.returncode, err.decode()
+        assert 0.0 == value(await scrape(live), "receiver_deliveries_by_state", state="dead")
+
+
+class TestBuildAndProcess:
+    """Build information and the standard process metrics are exported."""
+
+    async def test_build_info(self, live: LiveReceiver) -> None:
+        """One sample, value 1, naming the package version and the Python version."""
+        samples = await scrape(live)
+        [(labels, one)] = [
+            (dict(k), v) for (n, k), v in samples.items() if n == "receiver_build_info"
+        ]
+        assert (platform.python_version(), 1.0) == (labels["python"], one)
+        assert labels["version"] not in ("", "unknown")
+
+    @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="read from /proc")
+    async def test_process_metrics(self, live: LiveReceiver) -> None:
+        """CPU, memory, files and start time, with values this process can vouch for."""
+        samples = await scrape(live)
+        fds = len(os.listdir("/proc/self/fd"))
+        assert 0.0 < value(samples, "process_cpu_seconds_total")
+        assert 10e6 < value(samples, "process_resident_memory_bytes")
+        assert value(samples, "process_resident_memory_bytes") <= value(
+            samples, "process_virtual_memory_bytes"
+        )
+        # The scrape runs in this process: its descriptors are ours, give or take the listing.
+        assert abs(value(samples, "process_open_fds") - fds) <= 20
+        assert value(samples, "process_open_fds") < value(samples, "process_max_fds")
+        started = value(samples, "process_start_time_seconds")
+        assert time.time() - 3600 < started <= time.time()
+
+
+class TestRegistryRules:
+    """The page passes the Prometheus client's own registry: no two families share a name."""
+
+    async def test_every_family_registers(self, live: LiveReceiver) -> None:
+        """Each parsed family goes into one fresh registry; a clashing name raises there."""
+        await add_job(live, "tok7")
+        families = list(text_string_to_metric_families(await exposition(live)))
+        registry = CollectorRegistry()
+        for family in families:
+            registry.register(_Family(family))
+        names = {family.name for family in families}
+        assert {"receiver_deliveries", "receiver_deliveries_by_state", "receiver_jobs"} <= names
+        assert not {"receiver_deliveries_pending", "receiver_deliveries_dead"} & names
+
+    def test_a_clash_is_caught(self) -> None:
+        """A gauge named like a counter's family is refused, so the test above can fail."""
+        text = "# TYPE x_total counter\nx_total 1\n# TYPE x gauge\nx 2\n"
+        registry = CollectorRegistry()
+        with pytest.raises(ValueError, match="Duplicated timeseries"):
+            for family in text_string_to_metric_families(text):
+                registry.register(_Family(family))
+
+
+class _Family:
+    """A collector that yields one parsed family, and describes it so the registry checks it."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self.family
+
+
 class TestLabels:
     """Label values from outside are bounded; rendering is valid for odd values."""
 
@@ -231,7 +388,7 @@ class TestLabels:
 
     def test_escaped_label_values_parse(self) -> None:
         """A handler name with quotes, backslashes and newlines still renders parseable text."""
-        METRICS.delivery('odd"handler\\with\nnewline', "done")
+        METRICS.delivery('odd"handler\\with\nnewline', "done", 0.01)
         text = METRICS.render({"pending": 0, "dead": 0}, None)
         names = {
             (sample.name, sample.labels.get("handler"))
@@ -251,9 +408,9 @@ class TestGrafanaDashboard:
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
         queried = {name for expr in exprs for name in re.findall(r"receiver_[a-z_]+", expr)}
         METRICS.callback("apiframe", "applied", 0.01)
-        METRICS.delivery("a.handler", "done")
+        METRICS.delivery("a.handler", "done", 0.01)
         METRICS.poll("apiframe", "ok")
-        text = METRICS.render({"pending": 0, "dead": 0}, None)
+        text = METRICS.render({"pending": 0, "dead": 0}, None, {"queued": 0})
         exported = {
             sample.name
             for family in text_string_to_metric_families(text)

@@ -113,6 +113,65 @@ class TestVerify:
             verify(b"x", headers, [decode_secret(SECRET)])
 
 
+class TestSvixHeaders:
+    """Svix's header names verify as its own library reads them: one whole family at a time."""
+
+    def _reference(self, msg_id: str, body: bytes, stamp: int) -> dict[str, str]:
+        signature = Webhook(SECRET).sign(msg_id, datetime.fromtimestamp(stamp, tz=UTC), body)
+        return {"svix-id": msg_id, "svix-timestamp": str(stamp), "svix-signature": signature}
+
+    def test_reference_signature_under_svix_names(self) -> None:
+        """The reference's signature sent as svix-* headers yields the svix-id."""
+        headers = self._reference("msg_s", b"{}", int(time.time()))
+        assert "msg_s" == verify(b"{}", headers, [decode_secret(SECRET)])
+
+    def test_svix_family_is_read_first(self) -> None:
+        """With both families complete, the svix-* one decides, as in Svix's library."""
+        svix = self._reference("msg_s", b"{}", int(time.time()))
+        standard = headers_for(OTHER, "msg_w", b"{}")
+        assert "msg_s" == verify(b"{}", {**standard, **svix}, [decode_secret(SECRET)])
+        with pytest.raises(SignatureError) as refused:
+            verify(b"{}", {**standard, **svix}, [decode_secret(OTHER)])
+        assert "bad_signature" == refused.value.reason
+
+    def test_headers_from_two_families_are_missing_ones(self) -> None:
+        """An id from one family and the rest from the other is no family at all."""
+        headers = headers_for(SECRET, "m", b"{}")
+        headers["svix-id"] = headers.pop("webhook-id")
+        with pytest.raises(SignatureError, match="svix-timestamp, svix-signature") as refused:
+            verify(b"{}", headers, [decode_secret(SECRET)])
+        assert "missing_signature" == refused.value.reason
+
+
+class TestReasons:
+    """Each refusal names its cause, and a timestamp outside the window its skew."""
+
+    @pytest.mark.parametrize(
+        ("offset", "reason", "skew"),
+        [(-301, "stale_signature", -301), (900, "future_signature", 900)],
+    )
+    def test_skewed_timestamps(self, offset: int, reason: str, skew: int) -> None:
+        """Too old and too new are told apart, with the seconds off (negative: behind)."""
+        now = float(int(time.time()))
+        headers = headers_for(SECRET, "m", b"{}", timestamp=int(now) + offset)
+        with pytest.raises(SignatureError) as refused:
+            verify(b"{}", headers, [decode_secret(SECRET)], now=now)
+        assert (reason, skew) == (refused.value.reason, refused.value.skew)
+
+    def test_missing_bad_and_malformed(self) -> None:
+        """A missing header, an unknown key and a non-numeric timestamp each have a reason."""
+        headers = headers_for(SECRET, "m", b"{}")
+        cases = [
+            ({k: v for k, v in headers.items() if k != "webhook-signature"}, "missing_signature"),
+            ({**headers, "webhook-timestamp": "soon"}, "bad_timestamp"),
+            (headers_for(OTHER, "m", b"{}"), "bad_signature"),
+        ]
+        for given_headers, reason in cases:
+            with pytest.raises(SignatureError) as refused:
+                verify(b"{}", given_headers, [decode_secret(SECRET)])
+            assert (reason, None) == (refused.value.reason, refused.value.skew)
+
+
 class TestSecrets:
     """Secrets are decoded strictly and minted in the whsec_ form."""
 

@@ -774,6 +774,19 @@ class TestDeliverySummary:
         assert T0 + 1 == summary.oldest_pending_at
 
 
+class TestJobCounts:
+    """`job_counts` names every status, with how many jobs are in it."""
+
+    async def test_counts_by_status(self, store: Store) -> None:
+        """Zero for a status with no job; a job moved on is counted where it is now."""
+        assert {s.value: 0 for s in Status} == await store.job_counts()
+        await add_job(store, "job_1")
+        await add_job(store, "job_2", task_id="t-2")
+        await record(store, make_update(Status.SUCCEEDED, 1.0), job_id="job_2", at=T0 + 30)
+        expected = {s.value: 0 for s in Status} | {"queued": 1, "succeeded": 1}
+        assert expected == await store.job_counts()
+
+
 class TestNextDeliveryAt:
     """`next_delivery_at` says when the earliest claimable delivery or lease expiry falls due."""
 

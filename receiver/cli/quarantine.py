@@ -27,6 +27,11 @@ REASONS = {
     "no_status_api": "provider has no status API to pull",
     "too_large": "body too large",
     "bad_content_length": "bad Content-Length",
+    "missing_signature": "a Standard Webhooks header is missing",
+    "bad_timestamp": "webhook-timestamp is not Unix seconds",
+    "stale_signature": "webhook-timestamp too old (sender's clock behind, or a replay)",
+    "future_signature": "webhook-timestamp in the future (sender's clock ahead)",
+    "bad_signature": "no signature matches (wrong secret or altered body)",
 }
 
 
@@ -51,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             ["AGE", "PROVIDER", "ANSWER", "REASON", "REQUEST", "CLIENT", "BODY"], right=["AGE"]
         )
         for item in items:
-            reason = REASONS.get(item.reason, item.reason)
+            # A stored reason may carry a detail after the word: "stale_signature: ...".
+            word, colon, detail = item.reason.partition(": ")
+            reason = REASONS.get(word, word) + (f": {detail}" if colon else "")
             table.add(
                 age(item.received_at),
                 clean(item.provider),

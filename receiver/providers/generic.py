@@ -6,7 +6,8 @@ or a `[generic.acme]` table) with its `whsec_` secrets, and takes callbacks on
 `{"type": "job.succeeded", "timestamp": "...", "data": {...}}`; the task, status,
 progress, result and error are read from `data` with a table of common words, and a
 per-provider `status_map` for the rest. The signature itself is checked by the route,
-on the raw bytes, with `authenticate`.
+on the raw bytes, with `authenticate`: the `webhook-*` headers, or Svix's `svix-*` ones
+(see receiver.standard_webhooks).
 """
 
 from __future__ import annotations

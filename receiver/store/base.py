@@ -421,6 +421,10 @@ class Store(abc.ABC):
     async def delivery_summary(self) -> DeliverySummary:
         """Counts of deliveries by state and the creation time of the oldest pending one."""
 
+    @abc.abstractmethod
+    async def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status, every status named (read from the status index)."""
+
     # Polls
 
     @abc.abstractmethod

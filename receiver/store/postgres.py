@@ -31,6 +31,7 @@ from receiver.models import (
     Job,
     Quarantined,
     RawRequest,
+    Status,
     StoredFile,
     Update,
     new_id,
@@ -756,6 +757,12 @@ class PostgresStore(Store):
             if first is not None:
                 oldest = first
         return DeliverySummary(counts=counts, oldest_pending_at=oldest)
+
+    async def job_counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        counts = {status.value: 0 for status in Status}
+        counts.update((status, int(count)) for status, count in rows)
+        return counts
 
     # Polls
 

@@ -42,6 +42,7 @@ from receiver.models import (
     Job,
     Quarantined,
     RawRequest,
+    Status,
     StoredFile,
     Update,
     new_id,
@@ -769,6 +770,12 @@ class SQLiteStore(Store):
             if first is not None:
                 oldest = first
         return DeliverySummary(counts=counts, oldest_pending_at=oldest)
+
+    async def job_counts(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        counts = {status.value: 0 for status in Status}
+        counts.update((status, int(count)) for status, count in rows)
+        return counts
 
     # Polls
 
