@@ -37,7 +37,12 @@ def register(commands: Any) -> None:
     common_options(serve)
     setting(serve, "--host", "RECEIVER_HOST", "address to listen on (default 127.0.0.1)")
     setting(serve, "--port", "RECEIVER_PORT", "port to listen on (default 8000)")
-    setting(serve, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    setting(
+        serve,
+        "--public-url",
+        "RECEIVER_PUBLIC_URL",
+        "URL providers call back (default http://RECEIVER_HOST:RECEIVER_PORT)",
+    )
     setting(serve, "--handlers", "RECEIVER_HANDLERS", "module of your handlers (default handlers)")
     setting(
         serve,

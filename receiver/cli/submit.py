@@ -66,7 +66,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="also POST this job's events here, signed with RECEIVER_FORWARD_SECRET",
     )
-    setting(submit, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    setting(
+        submit,
+        "--public-url",
+        "RECEIVER_PUBLIC_URL",
+        "URL providers call back (default http://RECEIVER_HOST:RECEIVER_PORT)",
+    )
     submit.add_argument(
         "--wait", action="store_true", help="follow the job until it ends; exit 1 if it failed"
     )
