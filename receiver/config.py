@@ -33,6 +33,7 @@ __all__ = [
     "Settings",
     "check_token",
     "load_settings",
+    "local_url",
     "parse_duration",
 ]
 
@@ -47,7 +48,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything the receiver can be told; each field is also `RECEIVER_<FIELD>`."""
 
     database_url: str = "sqlite:///./receiver.db"
-    public_url: str = "http://127.0.0.1:8000"
+    # Unset (empty): this receiver's own address, http://RECEIVER_HOST:RECEIVER_PORT.
+    public_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
     handlers: str = DEFAULT_HANDLERS
@@ -108,6 +110,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     command: CommandSettings = msgspec.field(default_factory=CommandSettings)
 
     def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"RECEIVER_PORT must be from 1 to 65535, got {self.port}")
+        if not self.public_url:  # follows the port, so callbacks reach where we listen
+            self.public_url = local_url(self.host, self.port)
         if not _is_http_url(self.public_url):
             raise ConfigError("RECEIVER_PUBLIC_URL must be an absolute http(s) URL")
         if not self.database_url.startswith(("sqlite:", "postgresql://", "postgres://")):
@@ -144,8 +150,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         check_token("RECEIVER_METRICS_TOKEN", self.metrics_token)
         if self.url is not None and not _is_http_url(self.url):
             raise ConfigError("RECEIVER_URL must be an absolute http(s) URL")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"RECEIVER_PORT must be from 1 to 65535, got {self.port}")
         for name in ("retry_max_delay", "poll_max_interval", "retry_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must not be negative")
@@ -224,6 +228,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def give_up_for(self, provider: str) -> float:
         """Age in seconds at which a job still open is failed."""
         return self.provider(provider).give_up_after or self.give_up_after
+
+
+def local_url(host: str, port: int) -> str:
+    """This machine's URL of a receiver listening on `host:port` (any address: loopback)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def check_token(name: str, value: str | None) -> None:

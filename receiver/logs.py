@@ -12,12 +12,13 @@ on with `RECEIVER_LOG_LEVEL=INFO`, and costs one level check when off.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import msgspec
@@ -30,10 +31,19 @@ __all__ = [
     "Redactor",
     "TextFormatter",
     "bind",
+    "cli_log",
     "configure",
+    "configured",
     "current",
+    "held",
     "make_handler",
+    "release",
 ]
+
+# What the `receiver` command itself says on stderr ("serving on ...", warnings, the
+# error it stops on) once a long-running command has configured logging.
+cli_log = logging.getLogger("receiver.cli")
+_configured = False
 
 _FIELDS = ("request_id", "job_id", "provider")
 _context: dict[str, contextvars.ContextVar[str | None]] = {
@@ -163,7 +173,55 @@ def configure(level: str, fmt: str = "auto", *, secrets: Iterable[str | None] = 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # "serving on ..." and its like are INFO, yet shown at the default WARNING level:
+    # an operator needs them; only ERROR or CRITICAL silence them.
+    quiet = root.level > logging.WARNING
+    cli_log.setLevel(root.level if quiet else min(logging.INFO, root.level))
+    global _configured
+    _configured = True
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         named = logging.getLogger(name)
         named.handlers.clear()
         named.propagate = True
+
+
+def configured() -> bool:
+    """Whether `configure` ran in this process (so CLI messages go through the log format)."""
+    return _configured
+
+
+class _Holder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[list[logging.LogRecord]]:
+    """Keep what is logged in the block, for `release` once `configure` knows the format.
+
+    Settings are read (and unknown variables warned about) before the log format they
+    name is known; without this, those warnings would be plain text in a JSON stream.
+    If the block fails, the kept records are written at once, plainly: nothing is lost.
+    """
+    holder = _Holder()
+    root = logging.getLogger()
+    root.addHandler(holder)
+    try:
+        yield holder.records
+    except BaseException:
+        if logging.lastResort is not None:
+            for record in holder.records:
+                logging.lastResort.handle(record)
+        raise
+    finally:
+        root.removeHandler(holder)
+
+
+def release(records: Iterable[logging.LogRecord]) -> None:
+    """Log `records` (kept by `held`) again, through the handlers configured since."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)

@@ -14,15 +14,28 @@ __all__ = ["GracefulServer", "bind", "serve_in_loop"]
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn that calls `on_shutdown` as its shutdown begins (SIGTERM, SIGINT).
+    """uvicorn that calls `on_started` once it listens, `on_shutdown` as its shutdown
+    begins (SIGTERM, SIGINT).
 
     uvicorn then closes the listening socket, lets in-flight requests finish within its
     `timeout_graceful_shutdown`, and runs the app's lifespan shutdown.
     """
 
-    def __init__(self, config: uvicorn.Config, on_shutdown: Sequence[Callable[[], None]] = ()):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_shutdown: Sequence[Callable[[], None]] = (),
+        on_started: Sequence[Callable[[], None]] = (),
+    ):
         super().__init__(config)
         self.on_shutdown = list(on_shutdown)
+        self.on_started = list(on_started)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # the app started and the sockets listen
+            for callback in self.on_started:
+                callback()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for callback in self.on_shutdown:

@@ -127,7 +127,9 @@ class TestSubmitAndInspect:
     ) -> None:
         """A provider's refusal is a failed job and exit code 1, not a traceback."""
         sim.config.create_error = 500
-        code, out, err = await run_cli("submit", "runway_ai", "prompt=x", env=env, cwd=tmp_path)
+        code, out, err = await run_cli(
+            "submit", "runway_ai", "prompt=x", "duration=5", env=env, cwd=tmp_path
+        )
         assert 1 == code
         assert "failed" in out and "error:" in out
         assert "Traceback" not in err
@@ -152,7 +154,9 @@ class TestSubmitAndInspect:
     ) -> None:
         """A base URL without the API key is refused before a job is made, naming the key."""
         env = {**env, "RECEIVER_RUNWAY_AI_API_KEY": ""}
-        code, _, err = await run_cli("submit", "runway_ai", "prompt=x", env=env, cwd=tmp_path)
+        code, _, err = await run_cli(
+            "submit", "runway_ai", "prompt=x", "duration=5", env=env, cwd=tmp_path
+        )
         assert 2 == code
         assert "RECEIVER_RUNWAY_AI_API_KEY" in err
         code, out, _ = await run_cli("jobs", "--json", env=env, cwd=tmp_path)

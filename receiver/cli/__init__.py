@@ -6,8 +6,12 @@ option wins. With `--url`/`RECEIVER_URL` the reading subcommands use a running
 receiver's admin API, else the database directly.
 
 Exit codes: 0 success; 1 the job failed (or a `doctor` check failed); 2 bad usage or
-configuration (a refused admin token too); 3 the store, or the receiver at RECEIVER_URL,
-is unavailable; 4 nothing found (no such job, nothing to replay); 5 `--wait` gave up.
+configuration (a refused admin token, an unknown provider or field, an address already
+in use too); 3 the store, the database file, or the receiver at RECEIVER_URL is
+unavailable; 4 nothing found (no such job, nothing to replay); 5 `--wait` gave up.
+
+Once a long-running command (`serve`, `worker`) has configured logging, what it says on
+stderr, the error it stops on included, goes through RECEIVER_LOG_FORMAT.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from receiver.cli import (
     trigger,
     worker,
 )
-from receiver.cli.common import EXIT_STORE, EXIT_USAGE
+from receiver.cli.common import EXIT_STORE, EXIT_USAGE, NoDatabase
 from receiver.cli.replay import EXIT_NOTHING
 from receiver.cli.source import NotFound, Unreachable
 from receiver.errors import ConfigError, ReceiverError, StoreUnavailable, UnknownProvider
+from receiver.logs import cli_log, configured
 
 __all__ = ["main"]
 
@@ -75,19 +80,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except (ConfigError, UnknownProvider) as exc:
-        print(f"receiver: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Unreachable as exc:
-        print(f"receiver: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _fail(str(exc), EXIT_USAGE)
+    except (Unreachable, NoDatabase) as exc:
+        return _fail(str(exc), EXIT_STORE)
     except StoreUnavailable as exc:
-        print(f"receiver: store unavailable: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _fail(f"store unavailable: {exc}", EXIT_STORE)
     except NotFound as exc:
-        print(f"receiver: {exc}", file=sys.stderr)
-        return EXIT_NOTHING
+        return _fail(str(exc), EXIT_NOTHING)
     except ReceiverError as exc:
-        print(f"receiver: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    """Say why the command stops, as a log line once logging is configured; return `code`."""
+    if configured():
+        cli_log.error(message)
+    else:
+        print(f"receiver: {message}", file=sys.stderr)
+    return code

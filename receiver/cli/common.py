@@ -8,12 +8,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from receiver.config import Settings, load_settings
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import Job
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_STORE",
     "EXIT_USAGE",
+    "NoDatabase",
     "age",
     "check_store",
     "common_options",
@@ -28,6 +30,8 @@ __all__ = [
     "pairs",
     "print_json",
     "progress",
+    "require_database",
+    "require_database_dir",
     "setting",
     "settings_from",
     "value",
@@ -35,6 +39,48 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+
+class NoDatabase(StoreUnavailable):
+    """The SQLite file a reading command names, or the directory `serve` would make it in,
+    does not exist (exit code 3)."""
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database file the settings name; None for PostgreSQL or `:memory:`."""
+    if not settings.database_url.startswith("sqlite:"):
+        return None
+    from receiver.store.sqlite import sqlite_path
+
+    path = sqlite_path(settings.database_url)
+    return None if path == ":memory:" else Path(path).absolute()
+
+
+def require_database(settings: Settings) -> None:
+    """NoDatabase unless the SQLite file exists: reading commands never create one.
+
+    Run in the wrong directory, `receiver jobs` would otherwise make an empty database
+    (and a token file) there and print an empty table, as if there were no jobs.
+    """
+    path = _sqlite_file(settings)
+    if path is not None and not path.is_file():
+        raise NoDatabase(
+            f"no database at {path}: run `receiver serve` there first, or set RECEIVER_DATABASE_URL"
+        )
+
+
+def require_database_dir(settings: Settings) -> None:
+    """NoDatabase (exit 3) unless the SQLite file's directory exists: a mistyped path is
+    not created.
+
+    Creating the database file itself is what `serve` is for; creating directories on the
+    way would turn a typo in RECEIVER_DATABASE_URL into a fresh, empty receiver.
+    """
+    path = _sqlite_file(settings)
+    if path is not None and not path.parent.is_dir():
+        raise NoDatabase(
+            f"no directory {path.parent} for the database: create it, or fix RECEIVER_DATABASE_URL"
+        )
 
 
 def setting(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         async with open_source(args) as source:
+            if args.job is not None:
+                await source.get_job(args.job)  # NotFound (exit 4), not an empty table
             items = await source.deliveries(
                 job_id=args.job, state=state, limit=max(1, min(args.limit, 10000))
             )

@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from receiver.cli.common import EXIT_JOB_FAILED, EXIT_OK, print_json, settings_from
+from receiver.cli.common import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    NoDatabase,
+    print_json,
+    require_database,
+    settings_from,
+)
 from receiver.cli.output import colour_enabled, paint
 from receiver.cli.source import admin_token_for, client_options
 from receiver.config import DEFAULT_HANDLERS, Settings
@@ -85,7 +92,10 @@ async def _database(settings: Settings) -> Check:
     from receiver.store import display_url, store_for
 
     where = display_url(settings.database_url)
-
+    try:
+        require_database(settings)  # a doctor only looks: it never creates a database
+    except NoDatabase as exc:
+        return Check(name="database", ok=False, detail=str(exc))
     try:
         store = store_for(settings.database_url)
         await store.open()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 from typing import Any
 
-from receiver.cli.common import EXIT_OK, print_json
+from receiver.cli.common import EXIT_OK, print_json, settings_from
 from receiver.cli.output import (
     Table,
     age,
@@ -19,18 +20,23 @@ from receiver.cli.output import (
     when,
 )
 from receiver.cli.source import client_options, open_source
+from receiver.config import Settings
 from receiver.errors import ConfigError
 from receiver.models import Delivery, Event, Job, RawRequest, Status
 from receiver.providers import PROVIDERS
 
-__all__ = ["register", "render_job"]
+__all__ = ["check_provider", "register", "render_job"]
 
 
 def register(commands: Any) -> None:
     jobs = commands.add_parser("jobs", help="list jobs, newest first, with their progress")
     client_options(jobs)
     jobs.add_argument("--status", choices=[s.value for s in Status], help="only this status")
-    jobs.add_argument("--provider", choices=sorted(PROVIDERS), help="only this provider")
+    jobs.add_argument(
+        "--provider",
+        metavar="NAME",
+        help=f"only this provider: {', '.join(sorted(PROVIDERS))}, or a declared generic one",
+    )
     jobs.add_argument(
         "--metadata",
         action="append",
@@ -54,6 +60,10 @@ def run_jobs(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--metadata must look like KEY=VALUE, got {item!r}")
         wanted[key] = text
+    if args.provider is not None:
+        settings = settings_from(args)
+        if not settings.url:  # through the admin API the receiver judges the name
+            check_provider(args.provider, settings)
 
     async def work() -> int:
         async with open_source(args) as source:
@@ -82,6 +92,15 @@ def run_jobs(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(work())
+
+
+def check_provider(name: str, settings: Settings) -> None:
+    """ConfigError (exit 2) unless `name` is a built-in provider or a declared generic one."""
+    known = sorted(PROVIDERS) + sorted(settings.generic)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown provider {name!r}{hint}; known: {', '.join(known)}")
 
 
 def run_job(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from receiver.cli.common import EXIT_OK, common_options, settings_from
+from receiver.cli.common import EXIT_OK, common_options, require_database_dir, settings_from
 
 __all__ = ["register"]
 
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from receiver.store import display_url, store_for
 
     settings = settings_from(args)
+    require_database_dir(settings)
     applied = asyncio.run(store_for(settings.database_url).migrate())
     for name in applied:
         print(f"applied {name}")

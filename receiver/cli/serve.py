@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import math
-import sys
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,10 +15,12 @@ from receiver.cli.common import (
     check_store,
     common_options,
     keep_files_private,
+    require_database_dir,
     setting,
     settings_from,
 )
-from receiver.logs import configure
+from receiver.errors import ConfigError
+from receiver.logs import cli_log, configure, held, release
 
 __all__ = ["UVICORN_OPTIONS", "register"]
 
@@ -34,7 +37,12 @@ def register(commands: Any) -> None:
     common_options(serve)
     setting(serve, "--host", "RECEIVER_HOST", "address to listen on (default 127.0.0.1)")
     setting(serve, "--port", "RECEIVER_PORT", "port to listen on (default 8000)")
-    setting(serve, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    setting(
+        serve,
+        "--public-url",
+        "RECEIVER_PUBLIC_URL",
+        "URL providers call back (default http://RECEIVER_HOST:RECEIVER_PORT)",
+    )
     setting(serve, "--handlers", "RECEIVER_HANDLERS", "module of your handlers (default handlers)")
     setting(
         serve,
@@ -74,28 +82,24 @@ def run(args: argparse.Namespace) -> int:
     from receiver.serving import GracefulServer
     from receiver.store import display_url
 
-    settings = settings_from(args)
+    with held() as early:  # unknown-setting warnings, written once the format is known
+        settings = settings_from(args)
     keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
+    release(early)
+    require_database_dir(settings)
     asyncio.run(check_store(settings))
     host = urlsplit(settings.public_url).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127."):
-        print(
-            f"receiver: warning: RECEIVER_PUBLIC_URL is {settings.public_url}; providers on the"
-            " internet cannot call back there",
-            file=sys.stderr,
+        cli_log.warning(
+            "RECEIVER_PUBLIC_URL is %s; providers on the internet cannot call back there",
+            settings.public_url,
         )
     limits, warning = limits_for(settings)
     if warning:
-        print(f"receiver: warning: {warning}", file=sys.stderr)
+        cli_log.warning("%s", warning)
+    sock = listen(settings.host, settings.port)
     app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
-    print(
-        f"receiver: serving on http://{settings.host}:{settings.port}"
-        f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
-        f"{', ingest only' if settings.no_worker else ''}; at most {limits.max_connections}"
-        f" connections, {limits.max_per_client} per client address)",
-        file=sys.stderr,
-    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -106,8 +110,52 @@ def run(args: argparse.Namespace) -> int:
         http=guarded_protocol(limits),  # deadlines and connection caps: receiver.connections
         **UVICORN_OPTIONS,
     )
+
+    def serving() -> None:
+        cli_log.info(
+            "serving on %s (public URL %s, database %s%s; at most %d connections,"
+            " %d per client address)",
+            address(settings.host, settings.port),
+            settings.public_url,
+            display_url(settings.database_url),
+            ", ingest only" if settings.no_worker else "",
+            limits.max_connections,
+            limits.max_per_client,
+        )
+
     # On SIGTERM the loops take no new work at once; the app's lifespan then gives running
     # handlers what is left of the grace, and leaves the rest pending for the next start.
     runtime: Runtime = app.state.runtime
-    GracefulServer(config, on_shutdown=[runtime.dispatcher.halt, runtime.poller.halt]).run()
+    server = GracefulServer(
+        config,
+        on_shutdown=[runtime.dispatcher.halt, runtime.poller.halt],
+        on_started=[serving],
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return EXIT_OK
+
+
+def address(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound socket `serve` listens on; ConfigError naming the address and the settings.
+
+    Binding before anything else starts means "serving on" is only ever said of a
+    socket we hold, and a port already taken is one line instead of a traceback.
+    """
+    from receiver.serving import bind
+
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(
+            f"cannot listen on {address(host, port)}: {reason}"
+            " (RECEIVER_HOST/RECEIVER_PORT, or --host/--port)"
+        ) from None

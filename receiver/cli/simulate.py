@@ -8,10 +8,12 @@ creates, timing) are flags here, and can be changed while it runs with
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from receiver.cli.common import EXIT_OK, pairs
 from receiver.errors import ConfigError
+from receiver.logs import configure
 from receiver.providers import PROVIDERS
 
 __all__ = ["register"]
@@ -80,5 +82,7 @@ def run(args: argparse.Namespace) -> int:
         f"(providers: {', '.join(sorted(PROVIDERS))}; switches: {', '.join(switches) or 'none'})",
         flush=True,
     )
+    # Its own warnings (a callback that could not be delivered) on stderr, tokens redacted.
+    configure("WARNING", os.environ.get("RECEIVER_LOG_FORMAT", "auto"))
     uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning")
     return EXIT_OK

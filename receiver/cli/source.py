@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from receiver.cli.common import common_options, setting, settings_from
+from receiver.cli.common import common_options, require_database, setting, settings_from
 from receiver.config import Settings
 from receiver.errors import ConfigError, ReceiverError, StoreUnavailable
 from receiver.models import (
@@ -129,11 +129,14 @@ class Source(abc.ABC):
 
 
 class StoreSource(Source):
-    """The database itself; a running `serve` picks up replays within its idle wait (1 s)."""
+    """The database itself; a running `serve` picks up replays within its idle wait (1 s).
 
-    def __init__(self, runtime: Any) -> None:
+    Only `submit` needs the whole runtime (providers, handlers); reading needs the store.
+    """
+
+    def __init__(self, store: Any, runtime: Any = None) -> None:
         self.runtime = runtime
-        self.store = runtime.store
+        self.store = store
 
     async def list_jobs(
         self,
@@ -202,6 +205,7 @@ class StoreSource(Source):
         task_id: str | None,
         notify_url: str | None = None,
     ) -> Job:
+        assert self.runtime is not None, "submit needs open_source(..., with_handlers=True)"
         if task_id:
             job: Job = await self.runtime.submitter.track(
                 provider, task_id, metadata=metadata, notify_url=notify_url
@@ -350,7 +354,11 @@ def admin_token_for(settings: Settings) -> str | None:
 async def open_source(
     args: argparse.Namespace, *, with_handlers: bool = False
 ) -> AsyncIterator[Source]:
-    """The admin API when RECEIVER_URL is set, else the database (opened and closed here)."""
+    """The admin API when RECEIVER_URL is set, else the database (opened and closed here).
+
+    Without `with_handlers` (every command but `submit`) the database must exist already,
+    and nothing is created: no database file, no admin token file.
+    """
     import httpx
 
     settings = settings_from(args)
@@ -366,14 +374,24 @@ async def open_source(
         ) as client:
             yield ApiSource(client)
         return
-    from receiver.dispatch import Registry
+    if not with_handlers:
+        from receiver.store import store_for
+
+        require_database(settings)
+        store = store_for(settings.database_url, timeout=settings.store_timeout)
+        await store.open()
+        try:
+            yield StoreSource(store)
+        finally:
+            await store.close()
+        return
     from receiver.runtime import Runtime
 
-    # Reading needs no handlers; submitting routes events to them, so it must know them.
-    runtime = Runtime.build(settings, handlers=None if with_handlers else Registry())
+    # Submitting routes events to handlers, so it must know them.
+    runtime = Runtime.build(settings)
     await runtime.store.open()
     try:
-        yield StoreSource(runtime)
+        yield StoreSource(runtime.store, runtime)
     finally:
         await runtime.client.aclose()
         await runtime.store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import sys
 import time
 from typing import Any
@@ -24,17 +25,23 @@ from receiver.cli.common import (
 )
 from receiver.cli.output import bar, clean, colour_enabled, paint, status_colour
 from receiver.cli.source import Source, client_options, open_source
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, ProviderError
 from receiver.models import Job, Status
 from receiver.providers import PROVIDERS
 
-__all__ = ["EXIT_TIMED_OUT", "register"]
+__all__ = ["EXIT_TIMED_OUT", "check_fields", "register"]
 
 EXIT_TIMED_OUT = 5  # --wait gave up before the job ended
 
 
 def register(commands: Any) -> None:
-    submit = commands.add_parser("submit", help="submit a job to a provider (--wait to follow it)")
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job to a provider (--wait to follow it)",
+        description="Submit a job to a provider. Each provider's fields (FIELD=VALUE):",
+        epilog="\n".join(f"  {name:11} {', '.join(fields_of(name))}" for name in sorted(PROVIDERS)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     client_options(submit)
     submit.add_argument("provider", choices=sorted(PROVIDERS), help="provider to submit to")
     submit.add_argument(
@@ -45,6 +52,12 @@ def register(commands: Any) -> None:
     )
     submit.add_argument("--input", help="provider fields as one JSON object")
     submit.add_argument(
+        "--fields",
+        dest="list_fields",
+        action="store_true",
+        help="list the provider's fields and which it requires",
+    )
+    submit.add_argument(
         "--metadata", action="append", default=[], metavar="KEY=VALUE", help="metadata for handlers"
     )
     submit.add_argument("--task-id", help="track a task already submitted elsewhere")
@@ -53,7 +66,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="also POST this job's events here, signed with RECEIVER_FORWARD_SECRET",
     )
-    setting(submit, "--public-url", "RECEIVER_PUBLIC_URL", "URL providers call back")
+    setting(
+        submit,
+        "--public-url",
+        "RECEIVER_PUBLIC_URL",
+        "URL providers call back (default http://RECEIVER_HOST:RECEIVER_PORT)",
+    )
     submit.add_argument(
         "--wait", action="store_true", help="follow the job until it ends; exit 1 if it failed"
     )
@@ -75,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--input must be a JSON object")
         fields = {**decoded, **fields}
     metadata = pairs(args.metadata, "--metadata")
+    if args.list_fields:
+        print(describe_fields(args.provider))
+        return EXIT_OK
+    if args.task_id is None:
+        check_fields(args.provider, fields)  # before any job exists: a refusal leaves none
 
     async def work() -> int:
         async with open_source(args, with_handlers=True) as source:
@@ -110,6 +133,54 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_JOB_FAILED if failed else EXIT_OK
 
     return asyncio.run(work())
+
+
+def fields_of(provider: str) -> list[str]:
+    """The provider's input fields as `--help` shows them: a local file's marked `@FILE`."""
+    adapter = PROVIDERS[provider]
+    return [
+        f"{name}=@FILE" if name in adapter.file_fields else name for name in adapter.input_fields
+    ]
+
+
+def describe_fields(provider: str) -> str:
+    """What `submit PROVIDER --fields` prints: the fields, and what each endpoint requires."""
+    adapter = PROVIDERS[provider]
+    if not adapter.input_fields:
+        return f"{provider} declares no fields: any FIELD=VALUE is sent as given"
+    lines = [f"{provider} fields: {', '.join(fields_of(provider))}"]
+    endpoint = "endpoint" in adapter.input_fields
+    lines.append(
+        "required: "
+        + ", ".join(adapter.required_fields({}))
+        + (" (by default; another endpoint=... requires others)" if endpoint else "")
+    )
+    return "\n".join(lines)
+
+
+def check_fields(provider: str, fields: dict[str, Any]) -> None:
+    """ConfigError (exit 2) naming an unknown or missing field and listing the known ones.
+
+    The provider would refuse the create anyway, but only after a job was recorded (and
+    failed) with an error in its own words; this says it first, in the adapter's terms.
+    """
+    adapter = PROVIDERS[provider]
+    known = list(adapter.input_fields)
+    if not known:
+        return
+    listing = f"{provider} fields: {', '.join(fields_of(provider))}"
+    for name in fields:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{provider} has no field {name!r}{hint}; {listing}")
+    try:
+        required = adapter.required_fields(fields)
+    except (ProviderError, TypeError) as exc:
+        raise ConfigError(f"{exc}; {listing}") from None
+    missing = [name for name in required if fields.get(name) in (None, "")]
+    if missing:
+        raise ConfigError(f"{provider} needs {', '.join(missing)}; {listing}")
 
 
 async def follow(source: Source, job: Job, *, timeout: float, interval: float, quiet: bool) -> Job:

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from receiver.admin_token import admin_token_file, stored_admin_token
 from receiver.cli.common import (
     EXIT_OK,
+    EXIT_STORE,
     EXIT_USAGE,
     common_options,
     print_json,
     setting,
     settings_from,
 )
-from receiver.config import Settings
+from receiver.cli.replay import EXIT_NOTHING
+from receiver.config import Settings, local_url
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
 from receiver.simulator.phase import Phase
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     pass
 
 __all__ = ["register"]
+
+# The receiver's answer -> the exit code (the README's table); anything else is usage (2).
+_EXIT_FOR = {404: EXIT_NOTHING, 503: EXIT_STORE}
 
 
 def register(commands: Any) -> None:
@@ -74,9 +79,7 @@ def _admin_token(settings: Settings) -> str:
 def _receiver_url(args: argparse.Namespace, settings: Settings) -> str:
     if args.url:
         return str(args.url).rstrip("/")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}"
+    return local_url(settings.host, settings.port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,16 +107,15 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"receiver: cannot reach the receiver at {url}: {type(exc).__name__}", file=sys.stderr
         )
-        return EXIT_USAGE
+        return EXIT_STORE
     try:
         answer = response.json()
     except ValueError:
         answer = {"error": response.text[:200]}
     if response.status_code != 200:
-        print(
-            f"receiver: {response.status_code} {answer.get('error', '')}".rstrip(), file=sys.stderr
-        )
-        return EXIT_USAGE
+        detail = answer.get("error") or answer.get("detail") or ""
+        print(f"receiver: {response.status_code} {detail}".rstrip(), file=sys.stderr)
+        return _EXIT_FOR.get(response.status_code, EXIT_USAGE)
     if args.json:
         print_json(answer)
     else:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,12 @@ from receiver.cli.common import (
     EXIT_OK,
     common_options,
     keep_files_private,
+    require_database_dir,
     setting,
     settings_from,
 )
 from receiver.config import Settings
-from receiver.logs import configure
+from receiver.logs import cli_log, configure, held, release
 
 __all__ = ["register", "work"]
 
@@ -57,9 +57,12 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    with held() as early:
+        settings = settings_from(args)
     keep_files_private()
     configure(settings.log_level, settings.log_format, secrets=settings.secrets())
+    release(early)
+    require_database_dir(settings)
     return asyncio.run(work(settings, grace=args.grace))
 
 
@@ -84,14 +87,13 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
         ]
         if settings.heartbeat_file:
             tasks.append(asyncio.create_task(_heartbeat(Path(settings.heartbeat_file))))
-        print(
-            f"receiver: worker running on {display_url(settings.database_url)}"
-            f" ({len(runtime.handlers.handlers)} handlers)",
-            file=sys.stderr,
-            flush=True,
+        cli_log.info(
+            "worker running on %s (%d handlers)",
+            display_url(settings.database_url),
+            len(runtime.handlers.handlers),
         )
         await stop.wait()
-        print("receiver: worker stopping", file=sys.stderr, flush=True)
+        cli_log.info("worker stopping")
         await runtime.poller.stop()
         await runtime.dispatcher.stop(grace=grace)
         for task in tasks:

@@ -41,7 +41,37 @@ _STATUSES = {
 }
 
 
+# endpoint -> the fields it cannot do without (the simulator refuses the same)
+_REQUIRED = {
+    "text": ("text_prompt",),
+    "image": ("image_prompt",),
+    "imageDescription": ("text_prompt", "image_prompt"),
+    "video": ("text_prompt", "video_prompt"),
+    "extend": (),
+}
+
+# The fields aivideoapi's Gen-3 endpoints take, besides callback_url (filled in).
+_FIELDS = (
+    "endpoint",
+    "text_prompt",
+    "image_prompt",
+    "video_prompt",
+    "model",
+    "width",
+    "height",
+    "motion",
+    "seed",
+    "time",
+    "structure_transformation",
+    "uuid",
+)
+
+
 def _endpoint(fields: Mapping[str, Any]) -> str:
+    return _ENDPOINTS[_endpoint_name(fields)]
+
+
+def _endpoint_name(fields: Mapping[str, Any]) -> str:
     name = fields.get("endpoint")
     if name is None:
         if fields.get("video_prompt"):
@@ -54,7 +84,7 @@ def _endpoint(fields: Mapping[str, Any]) -> str:
             name = "text"
     if name not in _ENDPOINTS:
         raise ProviderError(f"aivideoapi has no endpoint {name!r}; use one of {sorted(_ENDPOINTS)}")
-    return _ENDPOINTS[name]
+    return str(name)
 
 
 def _unwrap(body: Any) -> dict[str, Any] | None:
@@ -70,6 +100,10 @@ def _unwrap(body: Any) -> dict[str, Any] | None:
 class Aivideoapi(Provider):
     name: ClassVar[str] = "aivideoapi"
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.NUDGE
+    input_fields: ClassVar[tuple[str, ...]] = _FIELDS
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        return _REQUIRED[_endpoint_name(fields)]
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": api_key}  # the bare key, no "Bearer"

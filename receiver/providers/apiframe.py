@@ -48,6 +48,11 @@ _CREATE_FIELDS = (
 
 class Apiframe(Provider):
     name: ClassVar[str] = "apiframe"
+    input_fields: ClassVar[tuple[str, ...]] = _CREATE_FIELDS
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("prompt",)
+
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.SECRET_POST
 
     def auth_headers(self, api_key: str) -> dict[str, str]:

@@ -99,6 +99,18 @@ class Artvisum(Provider):
     name: ClassVar[str] = "artvisum"
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.POLL
     file_fields: ClassVar[frozenset[str]] = frozenset({"image", "video"})
+    input_fields: ClassVar[tuple[str, ...]] = (
+        "endpoint",
+        "prompt",
+        "negative_prompt",
+        "image",
+        "video",
+    )
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        endpoint = _endpoint(fields)
+        upload = (endpoint.file_field,) if endpoint.file_field else ()
+        return upload + (("prompt",) if "prompt" in endpoint.text_fields else ())
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}

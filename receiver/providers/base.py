@@ -101,6 +101,14 @@ class Provider(abc.ABC):
     file_fields: ClassVar[frozenset[str]] = frozenset()
     # Whether every request needs RECEIVER_<NAME>_API_KEY (a generic provider's is optional).
     needs_api_key: ClassVar[bool] = True
+    # Every input field `create_request` knows, so `receiver submit` can refuse a misspelt
+    # one before any job exists; empty: the adapter declares none and any name passes.
+    input_fields: ClassVar[tuple[str, ...]] = ()
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        """The fields the provider refuses a create without, for the endpoint `fields` pick
+        (ProviderError for an endpoint it does not have)."""
+        return ()
 
     @abc.abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:

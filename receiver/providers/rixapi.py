@@ -47,7 +47,19 @@ _STATES = {
 }
 
 
+# endpoint -> the fields it cannot do without (besides callback_url, always filled in)
+_REQUIRED = {
+    "generate": ("prompt",),
+    "video2video": ("video",),
+    "act_one": ("video", "image"),
+}
+
+
 def _endpoint(fields: Mapping[str, Any]) -> str:
+    return _ENDPOINTS[_endpoint_name(fields)]
+
+
+def _endpoint_name(fields: Mapping[str, Any]) -> str:
     name = fields.get("endpoint")
     if name is None:
         if fields.get("video") and fields.get("image"):
@@ -58,7 +70,7 @@ def _endpoint(fields: Mapping[str, Any]) -> str:
             name = "generate"
     if name not in _ENDPOINTS:
         raise ProviderError(f"rixapi has no endpoint {name!r}; use one of {sorted(_ENDPOINTS)}")
-    return _ENDPOINTS[name]
+    return str(name)
 
 
 def _status_key(value: Any) -> str | None:
@@ -73,6 +85,10 @@ def _status_key(value: Any) -> str | None:
 class Rixapi(Provider):
     name: ClassVar[str] = "rixapi"
     callback_style: ClassVar[CallbackStyle] = CallbackStyle.POST
+    input_fields: ClassVar[tuple[str, ...]] = ("endpoint", *_CREATE_FIELDS)
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        return _REQUIRED[_endpoint_name(fields)]
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}

@@ -37,6 +37,53 @@ _ENDPOINTS = {
 }
 
 
+# endpoint -> the parameters it cannot do without (its documentation's "required")
+_REQUIRED = {
+    "generate-image": ("prompt",),
+    "edit-image": ("image_url", "edit_type"),
+    "generate-video": ("prompt", "duration"),
+    "edit-video": ("video_url", "edit_type"),
+    "video-filter": ("video_url", "filter"),
+    "image-metadata": ("image_url",),
+    "video-metadata": ("video_url",),
+    "image-to-video": ("image_url", "duration"),
+    "add-text-to-image": ("image_url", "text", "position"),
+    "style-transfer": ("image_url", "style_reference"),
+    "resize-video": ("video_url", "new_width", "new_height"),
+    "generate-thumbnail": ("video_url",),
+    "extract-audio": ("video_url",),
+    "speed-adjust": ("video_url", "speed_factor"),
+    "delete-media": ("media_url", "auth_token"),
+}
+
+# Every parameter of every endpoint, required or optional, and `endpoint` itself.
+_FIELDS = (
+    "endpoint",
+    "prompt",
+    "style",
+    "duration",
+    "fps",
+    "image_url",
+    "video_url",
+    "media_url",
+    "edit_type",
+    "filter",
+    "resize_width",
+    "resize_height",
+    "start_time",
+    "end_time",
+    "text",
+    "position",
+    "font_size",
+    "style_reference",
+    "new_width",
+    "new_height",
+    "time_position",
+    "speed_factor",
+    "auth_token",
+)
+
+
 def _query_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -57,6 +104,16 @@ class RunwayAi(Provider):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         # The document names no scheme; Bearer is the assumption PROVIDERS.md records.
         return {"Authorization": f"Bearer {api_key}"}
+
+    input_fields: ClassVar[tuple[str, ...]] = _FIELDS
+
+    def required_fields(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
+        endpoint = fields.get("endpoint", "generate-video")
+        if not isinstance(endpoint, str) or endpoint not in _REQUIRED:
+            raise ProviderError(
+                f"runway_ai has no endpoint {endpoint!r}; use one of {sorted(_ENDPOINTS)}"
+            )
+        return _REQUIRED[endpoint]
 
     def create_request(
         self, fields: Mapping[str, Any], *, hook_url: str | None, webhook_secret: str | None

@@ -229,4 +229,10 @@ class Simulator:
             info.error = f"{type(exc).__name__}: {exc}"
         else:
             info.status_code = response.status_code
+        failure = info.error or (
+            f"answered {info.status_code}" if (info.status_code or 0) >= 300 else None
+        )
+        if failure is not None:
+            # Else a callback sent to the wrong port (RECEIVER_PUBLIC_URL) leaves no trace.
+            _log.warning("callback %s %s failed: %s", outgoing.method, outgoing.url, failure)
         return info
