@@ -8,13 +8,16 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError
 from receiver.models import Job
+
+if TYPE_CHECKING:
+    from receiver.runtime import Runtime
 
 __all__ = [
     "EXIT_JOB_FAILED",
@@ -31,6 +34,7 @@ __all__ = [
     "setting",
     "settings_from",
     "value",
+    "warn_without_handlers",
     "with_runtime",
 ]
 
@@ -129,3 +133,12 @@ async def check_store(settings: Settings) -> None:
     store = store_for(settings.database_url)
     await store.open()
     await store.close()
+
+
+def warn_without_handlers(runtime: Runtime) -> None:
+    """One line on stderr when none of the user's handlers will run (`serve`, `worker`)."""
+    from receiver.registration import handlers_warning
+
+    warning = handlers_warning(runtime.settings.handlers, runtime.handlers, runtime.builtins)
+    if warning:
+        print(f"receiver: warning: {warning}", file=sys.stderr, flush=True)

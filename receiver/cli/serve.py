@@ -16,6 +16,7 @@ from receiver.cli.common import (
     keep_files_private,
     setting,
     settings_from,
+    warn_without_handlers,
 )
 from receiver.logs import configure
 
@@ -89,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"receiver: warning: {warning}", file=sys.stderr)
     app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
+    runtime: Runtime = app.state.runtime
+    if not settings.no_worker:  # handlers run here: say if there are none of the user's
+        warn_without_handlers(runtime)
     print(
         f"receiver: serving on http://{settings.host}:{settings.port}"
         f" (public URL {settings.public_url}, database {display_url(settings.database_url)}"
@@ -108,6 +112,5 @@ def run(args: argparse.Namespace) -> int:
     )
     # On SIGTERM the loops take no new work at once; the app's lifespan then gives running
     # handlers what is left of the grace, and leaves the rest pending for the next start.
-    runtime: Runtime = app.state.runtime
     GracefulServer(config, on_shutdown=[runtime.dispatcher.halt, runtime.poller.halt]).run()
     return EXIT_OK
