@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from receiver.errors import ConfigError, GiveUp, Retry, StoreUnavailable
+from receiver.failures import describe_failure
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
@@ -522,7 +523,7 @@ class Dispatcher(WorkLoop):
         except TimeoutError:
             return f"timed out after {self.timeout:g}s", None, False
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
+            error = describe_failure(exc, handler.func)
             log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
             return error, None, isinstance(exc, GiveUp)
         finally:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from receiver.cli.common import EXIT_OK, print_json
+from receiver.cli.deliveries import tracebacks
 from receiver.cli.output import (
     Table,
     age,
@@ -20,6 +21,7 @@ from receiver.cli.output import (
 )
 from receiver.cli.source import client_options, open_source
 from receiver.errors import ConfigError
+from receiver.failures import split_error
 from receiver.models import Delivery, Event, Job, RawRequest, Status
 from receiver.providers import PROVIDERS
 
@@ -154,8 +156,9 @@ def render_job(
             clean(delivery.handler),
             paint(delivery.state.value, state_colour(delivery.state), enabled=colour),
             str(delivery.attempts),
-            clean(delivery.last_error),
+            clean(split_error(delivery.last_error)[0]),
         )
     lines += [paint(f"deliveries ({len(deliveries)})", "bold", enabled=colour)]
     lines += ["  " + line for line in deliveries_table.render(colour=False).splitlines()]
+    lines += [("  " + line).rstrip() for line in tracebacks(deliveries)]
     return "\n".join(lines)
