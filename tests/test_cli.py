@@ -202,7 +202,7 @@ class TestBrokenHandlers:
     @staticmethod
     def quiet_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
         """The default module name, found in `tmp_path`; a public URL that warns of nothing."""
-        quiet = {**env, "RECEIVER_PUBLIC_URL": "https://receiver.example", "PYTHONPATH": ""}
+        quiet = {**env, "RECEIVER_PUBLIC_URL": "https://receiver.example"}
         quiet.pop("RECEIVER_HANDLERS")
         return quiet
 
