@@ -202,7 +202,10 @@ def load_handlers(module: str, *, required: bool = True) -> Registry:
                 # The module exists but imports something missing: the user's to fix.
                 raise import_failure(module, exc) from exc
             if required:
-                raise ConfigError(f"RECEIVER_HANDLERS: cannot import module {module!r}") from None
+                raise ConfigError(
+                    f"RECEIVER_HANDLERS: no module {module!r} found in the working directory"
+                    " or on PYTHONPATH; check the name, or set it to '' for no handlers"
+                ) from None
         except Exception as exc:
             raise import_failure(module, exc) from exc
     return registry

@@ -1,13 +1,15 @@
 """What a failing handler leaves on its delivery: the exception, then where it was raised.
 
 The first line is the exception as `Type: message`, so every one-line display (tables,
-the live dashboard) reads as before; the lines after it are the innermost frames of the
-handler's own code, file, line and source, so a delivery's error says where to look.
+the live dashboard) reads as before; the lines after it are the frames of the user's
+code, from the handler's own frame to the innermost (file, line and source), so a
+delivery's error says where to look. The receiver's own frames are left out.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,7 @@ __all__ = ["FRAMES", "MESSAGE_CHARS", "TRACEBACK_CHARS", "describe_failure", "sp
 FRAMES = 5  # the handler's own frame and the innermost ones below it
 MESSAGE_CHARS = 1000
 TRACEBACK_CHARS = 3000
+_OURS = os.path.dirname(__file__) + os.sep  # the same spelling as its modules' co_filename
 _HEADER = "Traceback (the handler's frame and the innermost ones):"
 
 
@@ -58,7 +61,10 @@ def _frames_from(exc: BaseException, func: Callable[..., Any]) -> traceback.Stac
             if frame.f_globals.get("__name__") == "receiver.dispatch"
         ]
         start = runner[-1] + 1 if runner else 0
-    return traceback.StackSummary.extract(entries[start:], capture_locals=False)
+    # The receiver's own frames (a built-in handler, a helper called) are not the user's to
+    # read: a failure that is all ours is its message alone.
+    theirs = [(f, n) for f, n in entries[start:] if not f.f_code.co_filename.startswith(_OURS)]
+    return traceback.StackSummary.extract(theirs, capture_locals=False)
 
 
 def split_error(text: str | None) -> tuple[str | None, str]:

@@ -323,3 +323,39 @@ class TestNoHandlersModule:
             "submit", "runway_ai", "prompt=x", "duration=5", env=env, cwd=tmp_path
         )
         assert (0, "") == (code, err)
+
+    async def test_worker_says_it_too(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """`receiver worker` runs handlers, so it warns the same way as it starts."""
+        env = {key: value for key, value in env.items() if key != "RECEIVER_HANDLERS"}
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "worker",
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert worker.stderr is not None
+        lines: list[str] = []
+        try:
+            while not lines or "worker running" not in lines[-1]:
+                line = await asyncio.wait_for(worker.stderr.readline(), timeout=30)
+                assert line, f"the worker exited: {lines}"
+                lines.append(line.decode())
+        finally:
+            worker.terminate()
+            await asyncio.wait_for(worker.wait(), timeout=30)
+        assert (
+            "receiver: warning: no module 'handlers' found: no handlers are registered;"
+            " callbacks are stored and fire nothing\n"
+        ) in lines
+
+    async def test_a_named_module_that_is_missing_stops_the_start(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A module named in RECEIVER_HANDLERS must import: one line says what to check."""
+        env = {**env, "RECEIVER_HANDLERS": "my_handlerz"}
+        code, _, err = await run_cli("serve", "--port", "1", env=env, cwd=tmp_path)
+        assert 2 == code
+        assert "RECEIVER_HANDLERS: no module 'my_handlerz' found" in err.strip().splitlines()[-1]
