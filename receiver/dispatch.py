@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 import msgspec
 
 from receiver.errors import ConfigError, GiveUp, Retry, StoreUnavailable
+from receiver.failures import describe_failure
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
 from receiver.models import Event, Job, Status, now
+from receiver.registration import BadRegistration, choices, import_failure
 from receiver.store.base import Claimed, Store
 
 __all__ = [
@@ -127,10 +129,11 @@ class Registry:
         if "*" in names:
             statuses = None
         else:
-            unknown = names - _STATUS_NAMES
+            unknown = sorted(names - _STATUS_NAMES)
             if unknown:
-                raise ValueError(
-                    f"unknown status {sorted(unknown)}; use one of {sorted(_STATUS_NAMES)} or '*'"
+                wrong = unknown[0]
+                raise BadRegistration(
+                    f"@on({wrong!r}): {choices(wrong, _STATUS_NAMES, 'status')} or '*'"
                 )
             statuses = frozenset(names)
 
@@ -184,8 +187,10 @@ on = registry.on
 def load_handlers(module: str, *, required: bool = True) -> Registry:
     """Import the user's handler module, registering its `@on` functions; return the registry.
 
-    A module that is not there is a ConfigError when `required`, else a warning: the
-    receiver still takes and stores callbacks, and routes them once handlers exist.
+    A module that is not there is a ConfigError when `required`, else nothing: the
+    receiver still takes and stores callbacks, and routes them once handlers exist
+    (`serve` and `worker` say so: receiver.registration.handlers_warning). A module that
+    fails to import is a BadHandlers error of one line: the file and line, and what is wrong.
     """
     if module:
         if "" not in sys.path and "." not in sys.path:
@@ -194,10 +199,15 @@ def load_handlers(module: str, *, required: bool = True) -> Registry:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module and not module.startswith(f"{exc.name}."):
-                raise  # the module exists but imports something missing: the user's to fix
+                # The module exists but imports something missing: the user's to fix.
+                raise import_failure(module, exc) from exc
             if required:
-                raise ConfigError(f"RECEIVER_HANDLERS: cannot import module {module!r}") from None
-            log.warning("no module %r found: no handlers are registered", module)
+                raise ConfigError(
+                    f"RECEIVER_HANDLERS: no module {module!r} found in the working directory"
+                    " or on PYTHONPATH; check the name, or set it to '' for no handlers"
+                ) from None
+        except Exception as exc:
+            raise import_failure(module, exc) from exc
     return registry
 
 
@@ -518,7 +528,7 @@ class Dispatcher(WorkLoop):
         except TimeoutError:
             return f"timed out after {self.timeout:g}s", None, False
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
+            error = describe_failure(exc, handler.func)
             log.warning("handler %s failed on %s: %s", delivery.handler, delivery.id, error)
             return error, None, isinstance(exc, GiveUp)
         finally:

@@ -19,6 +19,7 @@ from receiver.provider_limits import ProviderLimits
 from receiver.providers import PROVIDERS, Provider, ProviderGateway, generic_providers
 from receiver.ratelimit import FailureLimiter, Network, parse_networks
 from receiver.refusals import Quarantine
+from receiver.registration import check_handlers
 from receiver.retention import Pruner
 from receiver.store import Store, store_for
 from receiver.submit import Submitter
@@ -53,6 +54,7 @@ class Runtime:
     heartbeat: Heartbeat
     # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
     providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
+    builtins: list[str] = dataclasses.field(default_factory=list)  # built-in handler names
 
     def wakers(self) -> dict[str, Callable[[], None]]:
         """What to wake when another process commits work (see `Store.listen`)."""
@@ -84,6 +86,7 @@ class Runtime:
         builtins = install_builtins(handlers, settings, client=client, store=store)
         if builtins:
             log.info("built-in handlers: %s", ", ".join(builtins))
+        check_handlers(handlers, providers)  # one that can never run stops the start
         gateways = {
             name: ProviderGateway(adapter, settings.provider(name), client)
             for name, adapter in providers.items()
@@ -149,4 +152,5 @@ class Runtime:
                 on_declared_dead=dispatcher.recheck_leases,
             ),
             providers=providers,
+            builtins=builtins,
         )

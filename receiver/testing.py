@@ -26,6 +26,7 @@ import msgspec
 from receiver.app import create_app
 from receiver.config import load_settings
 from receiver.dispatch import Registry, load_handlers, registry
+from receiver.failures import split_error
 from receiver.models import DeliveryState, Event, Job, now
 from receiver.providers import (
     CallbackStyle,
@@ -210,8 +211,9 @@ class Ran(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
     state: DeliveryState
     attempts: int
-    error: str | None
+    error: str | None  # the exception, `Type: message`, of its last failed attempt
     delivery_id: str
+    traceback: str | None = None  # where in the handler's code it was raised
 
     @property
     def done(self) -> bool:
@@ -332,8 +334,9 @@ class HandlerKit:
                 event=events[d.event_id],
                 state=d.state,
                 attempts=d.attempts,
-                error=d.last_error,
+                error=split_error(d.last_error)[0],
                 delivery_id=d.id,
+                traceback=split_error(d.last_error)[1] or None,
             )
             for d in deliveries
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from live_process import ReceiverProcess
 
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
 from receiver.testing import TEST_ADMIN_TOKEN
@@ -175,3 +177,199 @@ class TestSubmitAndInspect:
             "RECEIVER_HANDLERS",
         ):
             assert variable in out
+
+
+BROKEN_MODULES = {
+    "syntax error": (
+        "from receiver import on\n\n@on('succeeded')\nasync def done(event, job)\n    pass\n",
+        ["line 4", "SyntaxError"],
+    ),
+    "missing import": (
+        "from receiver import on\nimport requestz\n",
+        ["line 2", "ModuleNotFoundError: No module named 'requestz'", "install 'requestz'"],
+    ),
+    "exception at import": (
+        "import os\n\nLIMIT = int(os.environ['NOT_SET_ANYWHERE_X'])\n",
+        ["line 3", "KeyError: 'NOT_SET_ANYWHERE_X'"],
+    ),
+    "misspelt status": (
+        "from receiver import on\n\n\n@on('succeded')\nasync def done(event, job):\n    pass\n",
+        ["line 4", "unknown status 'succeded' (did you mean 'succeeded'?)"],
+    ),
+}
+
+
+def said(line: str) -> str:
+    """The message of one line `serve` or `worker` wrote: a JSON log line (stderr is a
+    pipe, so RECEIVER_LOG_FORMAT=auto gives JSON), or plain `receiver: ...` text."""
+    if line.startswith("{"):
+        message: str = json.loads(line)["message"]
+        return message
+    return line.removeprefix("receiver: ")
+
+
+class TestBrokenHandlers:
+    """A handlers module that cannot load, or a handler that can never run, stops the start
+    with exit 2 and one line that says where and what, the same line `doctor` shows."""
+
+    @staticmethod
+    def quiet_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+        """The default module name, found in `tmp_path`; a public URL that warns of nothing."""
+        quiet = {**env, "RECEIVER_PUBLIC_URL": "https://receiver.example"}
+        quiet.pop("RECEIVER_HANDLERS")
+        return quiet
+
+    @pytest.mark.parametrize("case", sorted(BROKEN_MODULES))
+    async def test_serve_stops_with_one_line_naming_file_and_line(
+        self, tmp_path: Path, env: dict[str, str], case: str
+    ) -> None:
+        """No traceback: the file, the line, and what is wrong; `doctor` says the same."""
+        source, expected = BROKEN_MODULES[case]
+        (tmp_path / "handlers.py").write_text(source)
+        env = self.quiet_env(env, tmp_path)
+        code, _, err = await run_cli("serve", "--port", "1", env=env, cwd=tmp_path)
+        assert 2 == code, err
+        assert "Traceback" not in err
+        [line] = [said(line) for line in err.strip().splitlines()]
+        assert line.startswith(f"handlers module 'handlers' ({tmp_path / 'handlers.py'}")
+        for part in expected:
+            assert part in line
+        env["RECEIVER_PUBLIC_URL"] = "http://127.0.0.1:1"  # refused at once
+        code, out, _ = await run_cli("doctor", "--json", env=env, cwd=tmp_path)
+        checks = {c["name"]: c for c in json.loads(out)["checks"]}
+        assert (1, False) == (code, checks["handlers"]["ok"])
+        assert line == checks["handlers"]["detail"]
+
+    @pytest.mark.parametrize("command", ["worker", "submit"])
+    async def test_every_command_that_loads_handlers_says_the_same_line(
+        self, tmp_path: Path, env: dict[str, str], command: str
+    ) -> None:
+        """`worker` and `submit` load the handlers too, and stop the same way."""
+        (tmp_path / "handlers.py").write_text(BROKEN_MODULES["syntax error"][0])
+        args = ["runway_ai", "prompt=x", "duration=5"] if command == "submit" else []
+        env = self.quiet_env(env, tmp_path)
+        code, _, err = await run_cli(command, *args, env=env, cwd=tmp_path)
+        assert 2 == code, err
+        [line] = err.strip().splitlines()
+        assert "line 4" in line and "SyntaxError" in line and "Traceback" not in err
+
+    @pytest.mark.parametrize(
+        ("source", "expected"),
+        [
+            (
+                "@on('succeeded', provider='apifram')\nasync def done(event, job):\n    pass\n",
+                "handler handlers:done: unknown provider 'apifram' (did you mean 'apiframe'?)",
+            ),
+            (
+                "@on('succeeded')\nasync def done(event):\n    pass\n",
+                "handler handlers:done: its signature (event) cannot be called with (event, job)",
+            ),
+        ],
+    )
+    async def test_a_handler_that_can_never_run_stops_the_start(
+        self, tmp_path: Path, env: dict[str, str], source: str, expected: str
+    ) -> None:
+        """A provider that never calls or a signature that cannot be called is one line, exit 2."""
+        (tmp_path / "handlers.py").write_text("from receiver import on\n\n" + source)
+        env = self.quiet_env(env, tmp_path)
+        for command in (("serve", "--port", "1"), ("worker",)):
+            code, _, err = await run_cli(*command, env=env, cwd=tmp_path)
+            assert 2 == code, err
+            [line] = [said(line) for line in err.strip().splitlines()]
+            assert line.startswith(expected)
+
+    async def test_a_declared_generic_provider_is_known(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A handler for a generic provider declared in the settings starts (doctor: ok)."""
+        (tmp_path / "handlers.py").write_text(
+            "from receiver import on\n\n@on('*', provider='acme')\nasync def h(event, job):\n"
+            "    pass\n"
+        )
+        env = {
+            **self.quiet_env(env, tmp_path),
+            "RECEIVER_GENERIC_PROVIDERS": "acme",
+            "RECEIVER_ACME_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"acme" * 8).decode(),
+            "RECEIVER_PUBLIC_URL": "http://127.0.0.1:1",
+        }
+        _, out, _ = await run_cli("doctor", "--json", env=env, cwd=tmp_path)
+        checks = {c["name"]: c for c in json.loads(out)["checks"]}
+        assert checks["handlers"]["ok"] is True, checks["handlers"]
+        assert "handlers.h" in checks["handlers"]["detail"]
+
+
+class TestNoHandlersModule:
+    """Without a handlers module, `serve` says so truthfully, and `submit` says nothing."""
+
+    async def started_and_stopped(self, tmp_path: Path, env: dict[str, str]) -> str:
+        """What `serve` printed from its start to its stop, with the default module absent."""
+        receiver = ReceiverProcess(tmp_path, handlers="handlers", env=env)
+        receiver.env.pop("RECEIVER_HANDLERS")
+        await receiver.start()
+        try:
+            receiver.terminate()
+            assert await receiver.exited(timeout=30)
+        finally:
+            receiver.kill()
+        return receiver.log.read_text()
+
+    async def test_with_builtins_on_it_names_them(self, tmp_path: Path) -> None:
+        """Built-in handlers still run, so the warning says only they are registered."""
+        logged = await self.started_and_stopped(
+            tmp_path,
+            {"RECEIVER_DOWNLOAD_DIR": str(tmp_path / "downloads")},
+        )
+        assert (
+            "no module 'handlers' found: only the built-in handlers are"
+            " registered (builtin.download)" in logged
+        )
+        assert "no handlers are registered" not in logged
+
+    async def test_without_builtins_it_says_none(self, tmp_path: Path) -> None:
+        """With nothing registered at all, it says that callbacks fire nothing."""
+        logged = await self.started_and_stopped(tmp_path, {})
+        assert 1 == logged.count("no module 'handlers' found: no handlers are registered")
+
+    async def test_submit_says_nothing_of_it(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """Submitting never runs handlers: no warning about them."""
+        env = {key: value for key, value in env.items() if key != "RECEIVER_HANDLERS"}
+        code, _, err = await run_cli(
+            "submit", "runway_ai", "prompt=x", "duration=5", env=env, cwd=tmp_path
+        )
+        assert (0, "") == (code, err)
+
+    async def test_worker_says_it_too(self, tmp_path: Path, env: dict[str, str]) -> None:
+        """`receiver worker` runs handlers, so it warns the same way as it starts."""
+        env = {key: value for key, value in env.items() if key != "RECEIVER_HANDLERS"}
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "receiver",
+            "worker",
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert worker.stderr is not None
+        lines: list[str] = []
+        try:
+            while not lines or "worker running" not in lines[-1]:
+                line = await asyncio.wait_for(worker.stderr.readline(), timeout=30)
+                assert line, f"the worker exited: {lines}"
+                lines.append(line.decode())
+        finally:
+            worker.terminate()
+            await asyncio.wait_for(worker.wait(), timeout=30)
+        assert (
+            "no module 'handlers' found: no handlers are registered;"
+            " callbacks are stored and fire nothing"
+        ) in [said(line.strip()) for line in lines]
+
+    async def test_a_named_module_that_is_missing_stops_the_start(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A module named in RECEIVER_HANDLERS must import: one line says what to check."""
+        env = {**env, "RECEIVER_HANDLERS": "my_handlerz"}
+        code, _, err = await run_cli("serve", "--port", "1", env=env, cwd=tmp_path)
+        assert 2 == code
+        assert "RECEIVER_HANDLERS: no module 'my_handlerz' found" in err.strip().splitlines()[-1]

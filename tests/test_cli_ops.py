@@ -246,6 +246,31 @@ class TestDeadLettersAndReplay:
         assert "receiver replay:" in err
 
 
+class TestHandlerTraceback:
+    """A failed delivery's error shows where the handler raised it: file, line and source."""
+
+    async def test_deliveries_and_job_show_the_handlers_frame(
+        self, live: LiveReceiver, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """The table keeps the exception on its row; the traceback follows, with the line."""
+        job_id = await add_job(live, "t1", Status.RUNNING)
+        await settle(live, ["dead"], job_id)
+        [dead] = await live.runtime.store.list_deliveries(job_id=job_id)
+        raising = next(
+            number
+            for number, line in enumerate(Path(__file__).read_text().splitlines(), start=1)
+            if 'raise RuntimeError("downstream is down")' in line
+        )
+        where = f'File "{__file__}", line {raising}, in flaky'
+        for command in (("deliveries", "--dead"), ("job", job_id)):
+            code, out, err = await run_cli(*command, env=env, cwd=tmp_path)
+            assert 0 == code, err
+            [row] = [line for line in out.splitlines() if line.strip().startswith(f"{dead.id} ")]
+            assert row.rstrip().endswith("RuntimeError: downstream is down")
+            assert where in out, out
+            assert 'raise RuntimeError("downstream is down")' in out.split(where, 1)[1]
+
+
 class TestQuarantine:
     """`quarantine` shows rejected requests and why, never the token."""
 

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from receiver.dispatch import DeliveryInfo, Dispatcher, Registry, backoff
 from receiver.errors import GiveUp, Retry
+from receiver.failures import FRAMES, TRACEBACK_CHARS
 from receiver.ingest import Ingest
 from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update, now
+from receiver.registration import BadHandlers, check_handlers
 from receiver.store import Claimed, NewJob, Store
 
 T0 = 1_000.0
@@ -263,6 +265,122 @@ class TestOn:
         for handler in registry.handlers.values():
             await handler.call(make_event(), make_job(), info, timeout=5)
         assert [info, "plain"] == got
+
+
+class TestRegistrationCheck:
+    """A handler that can never run is refused at start, in one line naming it and the fix."""
+
+    def test_misspelt_status_suggests_the_right_one(self, registry: Registry) -> None:
+        """`@on("succeded")` fails where it is written, with a did-you-mean."""
+        with pytest.raises(ValueError, match=r"did you mean 'succeeded'\?.*running, succeeded"):
+            registry.on("succeded")
+
+    def test_unknown_provider_is_refused(self, registry: Registry) -> None:
+        """A misspelt provider is named with the handler and the closest known one."""
+
+        @registry.on("succeeded", provider="apifram")
+        async def done(event: Event, job: Job) -> None: ...
+
+        with pytest.raises(BadHandlers) as raised:
+            check_handlers(registry, {"apiframe", "rixapi"})
+        message = str(raised.value)
+        assert f"{__name__}:{done.__qualname__}" in message
+        assert "unknown provider 'apifram' (did you mean 'apiframe'?)" in message
+        assert "\n" not in message
+
+    def test_known_and_declared_providers_pass(self, registry: Registry) -> None:
+        """Built-in and declared generic providers, and `*` handlers, are accepted."""
+
+        @registry.on("succeeded", provider="acme")
+        async def generic(event: Event, job: Job) -> None: ...
+
+        @registry.on("*")
+        def anything(event: Event, job: Job, delivery: DeliveryInfo) -> None: ...
+
+        check_handlers(registry, {"apiframe", "acme"})
+
+    @pytest.mark.parametrize(
+        ("define", "because"),
+        [
+            ("async def h(event): ...", "too many positional arguments"),
+            ("async def h(event, job, extra): ...", "missing a required argument: 'extra'"),
+            ("def h(event, job, *, delivery, more): ...", "missing a required argument: 'more'"),
+        ],
+    )
+    def test_a_signature_that_cannot_take_event_and_job_is_refused(
+        self, registry: Registry, define: str, because: str
+    ) -> None:
+        """A handler that would fail on every call is refused before it gets any."""
+        scope: dict[str, Any] = {"__name__": "my_handlers"}
+        exec(define, scope)
+        registry.on("succeeded")(scope["h"])
+        with pytest.raises(BadHandlers, match=because) as raised:
+            check_handlers(registry, {"apiframe"})
+        assert str(raised.value).startswith("handler my_handlers:h: its signature (")
+
+
+def _parse(text: str) -> int:
+    return int(text)  # the failing line the traceback must name
+
+
+def _nested(depth: int) -> None:
+    if depth:
+        _nested(depth - 1)
+    raise LookupError("deep down")
+
+
+class TestFailureTraceback:
+    """A failing handler's delivery keeps the exception and where it was raised in its code."""
+
+    async def test_async_handler_failure_keeps_file_line_and_frames(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """The first line is the exception; after it, the handler's frames with file and line."""
+
+        @registry.on("running")
+        async def parses(event: Event, job: Job) -> None:
+            _parse("not a number")
+
+        delivery = await deliver_one(store, registry, max_attempts=1)
+        assert delivery.last_error is not None
+        first, *trace = delivery.last_error.splitlines()
+        assert "ValueError: invalid literal for int() with base 10: 'not a number'" == first
+        text = "\n".join(trace)
+        assert f'File "{__file__}"' in text
+        assert "in parses" in text and "in _parse" in text and "return int(text)" in text
+        assert "receiver/dispatch.py" not in text  # the runner's own frames are left out
+
+    async def test_sync_handler_failure_keeps_its_frames_too(
+        self, store: Store, registry: Registry
+    ) -> None:
+        """A handler run in a thread gets the same traceback, from its own frame inward."""
+
+        @registry.on("running")
+        def parses_in_a_thread(event: Event, job: Job) -> None:
+            _parse("x")
+
+        delivery = await deliver_one(store, registry, max_attempts=1)
+        assert delivery.last_error is not None
+        trace = delivery.last_error.split("\n", 1)[1]
+        assert trace.splitlines()[1].strip().startswith(f'File "{__file__}"')
+        assert "in parses_in_a_thread" in trace and "return int(text)" in trace
+        assert "threading.py" not in trace and "concurrent" not in trace
+
+    async def test_deep_traceback_is_capped(self, store: Store, registry: Registry) -> None:
+        """A deep stack keeps the handler's frame and the innermost ones, within the byte cap."""
+
+        @registry.on("running")
+        async def recurses(event: Event, job: Job) -> None:
+            _nested(50)
+
+        delivery = await deliver_one(store, registry, max_attempts=1)
+        assert delivery.last_error is not None
+        assert delivery.last_error.startswith("LookupError: deep down\n")
+        trace = delivery.last_error.split("\n", 2)[2]
+        assert FRAMES == trace.count('  File "')
+        assert "in recurses" in trace and 'raise LookupError("deep down")' in trace
+        assert "frames ..." in trace
+        assert len(trace) <= TRACEBACK_CHARS
 
 
 class TestBackoff:

@@ -111,6 +111,7 @@ class TestHandlerKit:
             runs["broken"].attempts,
             runs["broken"].error,
         )
+        assert f'File "{__file__}", line 102, in broken' in (runs["broken"].traceback or "")
 
     async def test_a_wrong_secret_runs_nothing(self, tmp_path: Path) -> None:
         handlers = Registry()

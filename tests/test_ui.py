@@ -465,3 +465,34 @@ class TestInChromium:
         assert [dead.id, dead.id] == flaky.seen
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
+
+    async def test_a_dead_deliverys_traceback_unfolds_under_its_error(
+        self, live: LiveReceiver, page: Any
+    ) -> None:
+        """The error's first line stays on the row; its traceback, as text, unfolds beneath."""
+        from playwright.async_api import expect
+
+        job_id = await add_job(live, "tok5")
+        await callback(
+            live, "tok5", {"task_id": "task-tok5", "status": "processing", "percentage": "40"}
+        )
+        await settle(live, ["dead"])
+        [dead] = await live.runtime.store.list_deliveries()
+        await browser_log_in(page, live, f"/ui/jobs/{job_id}")
+        await expect(page.locator("body[data-live=yes]")).to_have_count(1)
+        cell = page.locator(f'tr[data-delivery-id="{dead.id}"] td.error')
+        await expect(cell.locator('[data-field="last_error"]')).to_have_text(
+            f"RuntimeError: {HOSTILE}"
+        )
+        trace = cell.locator("details pre")
+        await expect(trace).to_be_hidden()
+        await cell.locator("details summary", has_text="traceback").click()
+        await expect(trace).to_be_visible()
+        raising = next(
+            number
+            for number, line in enumerate(Path(__file__).read_text().splitlines(), start=1)
+            if "raise RuntimeError(HOSTILE)" in line
+        )
+        await expect(trace).to_contain_text(f'File "{__file__}", line {raising}, in flaky')
+        await expect(trace).to_contain_text("raise RuntimeError(HOSTILE)")
+        assert await page.evaluate("window.__pwned === undefined")  # the error stayed text

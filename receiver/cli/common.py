@@ -9,13 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from receiver.config import Settings, load_settings
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import Job
+
+if TYPE_CHECKING:
+    from receiver.runtime import Runtime
 
 __all__ = [
     "EXIT_JOB_FAILED",
@@ -35,6 +38,7 @@ __all__ = [
     "setting",
     "settings_from",
     "value",
+    "warn_without_handlers",
     "with_runtime",
 ]
 
@@ -175,3 +179,14 @@ async def check_store(settings: Settings) -> None:
     store = store_for(settings.database_url)
     await store.open()
     await store.close()
+
+
+def warn_without_handlers(runtime: Runtime) -> None:
+    """One line on stderr when none of the user's handlers will run (`serve`, `worker`)."""
+    from receiver.registration import handlers_warning
+
+    warning = handlers_warning(runtime.settings.handlers, runtime.handlers, runtime.builtins)
+    if warning:
+        from receiver.logs import cli_log
+
+        cli_log.warning("%s", warning)  # in RECEIVER_LOG_FORMAT, as serve's other lines

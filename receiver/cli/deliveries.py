@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from receiver.cli.common import EXIT_OK, print_json
 from receiver.cli.output import Table, age, clean, colour_enabled, paint, state_colour
 from receiver.cli.source import client_options, open_source
-from receiver.models import DeliveryState
+from receiver.failures import split_error
+from receiver.models import Delivery, DeliveryState
 
-__all__ = ["register"]
+__all__ = ["register", "tracebacks"]
 
 
 def register(commands: Any) -> None:
@@ -55,11 +57,28 @@ def run(args: argparse.Namespace) -> int:
                 paint(d.state.value, state_colour(d.state), enabled=colour),
                 str(d.attempts),
                 age(d.created_at),
-                clean(d.last_error),
+                clean(split_error(d.last_error)[0]),
             )
         print(table.render(colour=colour))
+        for line in tracebacks(items):
+            print(line)
         if args.dead and items:
             print(paint("replay them with: receiver replay --all-dead", "dim", enabled=colour))
         return EXIT_OK
 
     return asyncio.run(work())
+
+
+def tracebacks(deliveries: Sequence[Delivery]) -> list[str]:
+    """Lines for under a table: each distinct traceback once, after the deliveries it is on."""
+    shared: dict[str, list[str]] = {}
+    for delivery in deliveries:
+        trace = split_error(delivery.last_error)[1]
+        if trace:
+            shared.setdefault(trace, []).append(delivery.id)
+    lines = []
+    for trace, ids in shared.items():
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        lines += ["", f"{', '.join(ids[:3])}{more}:"]
+        lines += ["  " + clean(line) for line in trace.splitlines()]
+    return lines

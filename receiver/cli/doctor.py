@@ -115,23 +115,29 @@ async def _database(settings: Settings) -> Check:
 
 
 def _handlers(settings: Settings) -> Check:
+    """The handlers as `serve` would load them, with the same line for what is wrong."""
+    from receiver.builtins import install_builtins
     from receiver.dispatch import load_handlers
+    from receiver.outgoing import lazy_client
+    from receiver.providers import PROVIDERS, generic_providers
+    from receiver.registration import check_handlers, handlers_warning
+    from receiver.store import store_for
 
     if not settings.handlers:
         return Check(name="handlers", ok=None, detail="RECEIVER_HANDLERS is empty: no handlers")
     try:
         registry = load_handlers(settings.handlers, required=settings.handlers != DEFAULT_HANDLERS)
+        registry = registry.layered()
+        builtins = install_builtins(
+            registry, settings, client=lazy_client(), store=store_for(settings.database_url)
+        )
+        check_handlers(registry, {*PROVIDERS, *generic_providers(settings.generic)})
     except ConfigError as exc:
         return Check(name="handlers", ok=False, detail=str(exc))
-    except Exception as exc:
-        return Check(
-            name="handlers",
-            ok=False,
-            detail=f"importing {settings.handlers!r} failed: {type(exc).__name__}: {exc}",
-        )
+    warning = handlers_warning(settings.handlers, registry, builtins)
+    if warning:
+        return Check(name="handlers", ok=None, detail=warning)
     names = sorted(registry.handlers)
-    if not names:
-        return Check(name="handlers", ok=None, detail=f"module {settings.handlers!r}: none found")
     return Check(name="handlers", ok=True, detail=f"{len(names)}: {', '.join(names)}")
 
 

@@ -8,6 +8,7 @@ import difflib
 from typing import Any
 
 from receiver.cli.common import EXIT_OK, print_json, settings_from
+from receiver.cli.deliveries import tracebacks
 from receiver.cli.output import (
     Table,
     age,
@@ -22,6 +23,7 @@ from receiver.cli.output import (
 from receiver.cli.source import client_options, open_source
 from receiver.config import Settings
 from receiver.errors import ConfigError
+from receiver.failures import split_error
 from receiver.models import Delivery, Event, Job, RawRequest, Status
 from receiver.providers import PROVIDERS
 
@@ -173,8 +175,9 @@ def render_job(
             clean(delivery.handler),
             paint(delivery.state.value, state_colour(delivery.state), enabled=colour),
             str(delivery.attempts),
-            clean(delivery.last_error),
+            clean(split_error(delivery.last_error)[0]),
         )
     lines += [paint(f"deliveries ({len(deliveries)})", "bold", enabled=colour)]
     lines += ["  " + line for line in deliveries_table.render(colour=False).splitlines()]
+    lines += [("  " + line).rstrip() for line in tracebacks(deliveries)]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from receiver.cli.common import (
     require_database_dir,
     setting,
     settings_from,
+    warn_without_handlers,
 )
 from receiver.errors import ConfigError
 from receiver.logs import cli_log, configure, held, release
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         cli_log.warning("%s", warning)
     sock = listen(settings.host, settings.port)
     app = create_app(settings, run_loops=not settings.no_worker, tune_gc=True)
+    runtime: Runtime = app.state.runtime
+    if not settings.no_worker:  # handlers run here: say if there are none of the user's
+        warn_without_handlers(runtime)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -125,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
 
     # On SIGTERM the loops take no new work at once; the app's lifespan then gives running
     # handlers what is left of the grace, and leaves the rest pending for the next start.
-    runtime: Runtime = app.state.runtime
     server = GracefulServer(
         config,
         on_shutdown=[runtime.dispatcher.halt, runtime.poller.halt],

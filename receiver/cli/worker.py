@@ -25,6 +25,7 @@ from receiver.cli.common import (
     require_database_dir,
     setting,
     settings_from,
+    warn_without_handlers,
 )
 from receiver.config import Settings
 from receiver.logs import cli_log, configure, held, release
@@ -72,6 +73,7 @@ async def work(settings: Settings, *, grace: float = 30.0) -> int:
     from receiver.store import display_url
 
     runtime = Runtime.build(settings)
+    warn_without_handlers(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.failures import split_error
 from receiver.models import Delivery, DeliveryState, Event, Job, RawRequest
 from receiver.verify import redact_value
 
@@ -193,7 +194,7 @@ def job_page(
             f'<td data-field="state" class="state-{e(delivery.state.value)}">'
             f"{e(delivery.state.value)}</td>"
             f'<td data-field="attempts">{delivery.attempts}</td>'
-            f'<td data-field="last_error" class="error">{e(delivery.last_error)}</td>'
+            f"{_last_error(delivery.last_error)}"
             f'<td><form class="replay" method="post" action="{e(action)}"'
             f"{'' if finished else ' hidden'}>"
             f'<input type="hidden" name="csrf" value="{e(csrf)}">'
@@ -218,3 +219,12 @@ def job_page(
         f"<tbody>{''.join(request_rows)}</tbody></table>"
     )
     return page(job.id, body, name="job", csrf=csrf, job_id=job.id)
+
+
+def _last_error(text: str | None) -> str:
+    """The error's first line (kept live by app.js), its traceback folded beneath it."""
+    first, trace = split_error(text)
+    folded = (
+        f"<details><summary>traceback</summary><pre>{e(trace)}</pre></details>" if trace else ""
+    )
+    return f'<td class="error"><span data-field="last_error">{e(first)}</span>{folded}</td>'

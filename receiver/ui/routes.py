@@ -24,6 +24,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from receiver.admin_auth import locked_out_for, record_failure
 from receiver.errors import StoreUnavailable
+from receiver.failures import split_error
 from receiver.metrics import METRICS
 from receiver.models import DeliveryState, now
 from receiver.runtime import Runtime
@@ -216,7 +217,7 @@ def _delivery_view(delivery: Any) -> dict[str, Any]:
         "id": delivery.id,
         "state": delivery.state.value,
         "attempts": delivery.attempts,
-        "last_error": delivery.last_error,
+        "last_error": split_error(delivery.last_error)[0],  # the traceback: on the page
     }
 
 
