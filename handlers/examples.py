@@ -1,7 +1,7 @@
 """Building on the built-in handlers (receiver.builtins) in your own handlers module.
 
 Not loaded by default: try it with `RECEIVER_HANDLERS=handlers.examples`. The built-ins
-themselves need no code (see "Built-in handlers" in the README); these show how their
+themselves need no code (see docs/builtins.md); these show how their
 parts serve a need the settings do not cover.
 """
 

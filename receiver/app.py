@@ -170,7 +170,7 @@ def tune_collector() -> None:
 
     What exists now (modules, routes, settings) lives as long as the process, so it is
     frozen: full collections stop walking it. Under load they took up to 25 ms each, the
-    slowest acknowledgements of the benchmark (see the README). It is not collected
+    slowest acknowledgements of the benchmark (see docs/performance.md). It is not collected
     first: that alone paused the loop 25 to 30 ms, for the little garbage a start leaves.
     """
     gc.freeze()

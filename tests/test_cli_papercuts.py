@@ -1,6 +1,6 @@
 """An operator's day with the `receiver` command, run as a real subprocess: reading
 commands create nothing, the public URL follows the port, logs keep their format,
-submit knows each provider's fields, and every command's exit code is the README's."""
+submit knows each provider's fields, and every command's exit code is the documented one."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from receiver.config import load_settings
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
 from receiver.testing import TEST_ADMIN_TOKEN
 
-# Exit codes, as README.md's table has them.
+# Exit codes, as docs/operations.md lists them.
 OK, JOB_FAILED, USAGE, UNAVAILABLE, NOTHING = 0, 1, 2, 3, 4
 # A PostgreSQL server nobody runs: the store is unreachable.
 DOWN_STORE = "postgresql://postgres@127.0.0.1:1/nothing"
@@ -328,7 +328,7 @@ class TestSubmitFields:
 
 
 class TestExitCodes:
-    """Each command exits with README's code: 0 success, 2 usage, 4 unknown id, 3 unreachable."""
+    """Each command exits with its documented code: 0 ok, 2 usage, 4 unknown id, 3 unreachable."""
 
     @pytest.fixture
     async def job_id(self, tmp_path: Path, env: dict[str, str]) -> str:

@@ -179,7 +179,7 @@ class TestTriggerCommand:
                 "trigger", "rixapi", "succeeded", "--job", "job_nope", "--url", live.url,
                 env=env, cwd=tmp_path,
             )  # fmt: skip
-            assert (4, "receiver: 404 no such job\n") == (code, err)  # README: 4 nothing found
+            assert (4, "receiver: 404 no such job\n") == (code, err)  # 4: nothing found
             code, _, err = await _cli(
                 "trigger", "rixapi", "succeeded", "--job", job["id"], "--url", live.url,
                 env={**env, "RECEIVER_ADMIN_TOKEN": "wrong-" + "w" * 40}, cwd=tmp_path,
@@ -195,7 +195,7 @@ class TestTriggerCommand:
             "--url", f"http://127.0.0.1:{port}",
             env={"RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}, cwd=tmp_path,
         )  # fmt: skip
-        assert 3 == code  # README: 3 the receiver is unavailable
+        assert 3 == code  # 3: the receiver is unavailable
         assert f"cannot reach the receiver at http://127.0.0.1:{port}" in err
 
 

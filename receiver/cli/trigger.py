@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-# The receiver's answer -> the exit code (the README's table); anything else is usage (2).
+# The receiver's answer -> the exit code (docs/operations.md); anything else is usage (2).
 _EXIT_FOR = {404: EXIT_NOTHING, 503: EXIT_STORE}
 
 
