@@ -124,6 +124,22 @@ class TestMigrations:
         await store.open()
         await store.close()
 
+    async def test_a_migration_missing_below_the_newest_is_pending(self, pg_database: str) -> None:
+        """A database that has the newest migration but lacks an older one (merged later,
+        below it) is refused at open, naming the one it lacks."""
+        store = PostgresStore(pg_database)
+        await store.migrate()
+        older = migrations("postgres")[-2]
+        connection = await asyncpg.connect(pg_database)
+        try:
+            await connection.execute(
+                "DELETE FROM schema_migrations WHERE version = $1", older.version
+            )
+        finally:
+            await connection.close()
+        with pytest.raises(ConfigError, match=f"lacks migration {older.version:04d}"):
+            await PostgresStore(pg_database).open()
+
     async def test_concurrent_migrations_do_not_collide(self, pg_database: str) -> None:
         """Two migrators at once (two deploys) apply each file exactly once between them."""
         results = await asyncio.gather(

@@ -166,16 +166,15 @@ class PostgresStore(Store):
             except Exception:  # a dead server cannot say goodbye; drop the sockets
                 pool.terminate()
 
-    async def schema_version(self) -> int:
-        """The highest migration applied to the database (0 for an empty database)."""
+    async def applied_migrations(self) -> set[int]:
+        """The versions of the migrations applied to the database (none for an empty one)."""
         connection = await self._connect()
         try:
             exists = await connection.fetchval("SELECT to_regclass('schema_migrations')")
             if exists is None:
-                return 0
-            return int(
-                await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            )
+                return set()
+            rows = await connection.fetch("SELECT version FROM schema_migrations")
+            return {int(row[0]) for row in rows}
         except Exception as exc:
             if is_fault(exc):
                 raise StoreUnavailable(str(exc)) from None
@@ -183,14 +182,24 @@ class PostgresStore(Store):
         finally:
             await connection.close()
 
+    async def schema_version(self) -> int:
+        """The highest migration applied to the database (0 for an empty database)."""
+        return max(await self.applied_migrations(), default=0)
+
     async def check_schema(self) -> None:
-        """Raise ConfigError, in one line, when migrations are pending."""
-        latest = migrations("postgres")[-1].version
-        current = await self.schema_version()
-        if current < latest:
+        """Raise ConfigError, in one line, when migrations are pending.
+
+        Pending is any known migration not applied, not only those past the highest
+        applied one: a migration merged below a newer one must not be skipped.
+        """
+        known = migrations("postgres")
+        applied = await self.applied_migrations()
+        pending = [m for m in known if m.version not in applied]
+        if pending:
+            names = ", ".join(f"{m.version:04d}" for m in pending)
             raise ConfigError(
-                f"the PostgreSQL schema is at version {current}, this receiver needs {latest}:"
-                " run `receiver migrate` first"
+                f"the PostgreSQL schema lacks migration {names}, this receiver needs"
+                f" {known[-1].version}: run `receiver migrate` first"
             )
 
     async def migrate(self) -> list[str]:
