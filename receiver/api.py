@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ClientException, NotFoundException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from receiver.admin_auth import check_bearer
-from receiver.errors import ConfigError, UnknownProvider
+from receiver.errors import ConfigError, IdempotencyKeyReused, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
     DeliveryState,
@@ -52,23 +52,56 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
-@post("/jobs", guards=[admin_guard], status_code=201)
-async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitRequest]) -> Job:
-    """Submit a job to a provider (or track one), answering with the job."""
+_REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+@post(
+    "/jobs",
+    guards=[admin_guard],
+    status_code=201,
+    responses={
+        200: ResponseSpec(Job, description="Idempotency-Key seen before: its job, nothing sent"),
+        409: ResponseSpec(ErrorBody, description="Idempotency-Key used with another request"),
+    },
+)
+async def create_job(
+    request: Request[Any, Any, Any],
+    data: JSONBody[SubmitRequest],
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Response[Job]:
+    """Submit a job to a provider (or track one), answering with the job.
+
+    With an `Idempotency-Key` header, the same key and request again answers the same
+    job with 200 and `Idempotent-Replayed: true`, and nothing is sent to the provider;
+    the key with a different request answers 409.
+    """
     runtime = _runtime(request)
     try:
         if data.task_id is not None:
-            return await runtime.submitter.track(
-                data.provider, data.task_id, metadata=data.metadata, notify_url=data.notify_url
+            submitted = await runtime.submitter.track(
+                data.provider,
+                data.task_id,
+                metadata=data.metadata,
+                notify_url=data.notify_url,
+                idempotency_key=idempotency_key,
             )
-        submitted = await runtime.submitter.submit(
-            data.provider, data.input, metadata=data.metadata, notify_url=data.notify_url
-        )
+        else:
+            submitted = await runtime.submitter.submit(
+                data.provider,
+                data.input,
+                metadata=data.metadata,
+                notify_url=data.notify_url,
+                idempotency_key=idempotency_key,
+            )
     except UnknownProvider:
         raise ValidationException(f"unknown provider {data.provider!r}") from None
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
-    return submitted.job
+    except IdempotencyKeyReused as exc:
+        raise ClientException(detail=str(exc), status_code=409) from None
+    if submitted.replayed:
+        return Response(submitted.job, status_code=200, headers=_REPLAYED)
+    return Response(submitted.job, status_code=201)
 
 
 @get("/jobs", guards=[admin_guard])

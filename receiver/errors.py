@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "GiveUp",
+    "IdempotencyKeyReused",
     "ProviderError",
     "ReceiverError",
     "Retry",
@@ -49,6 +50,10 @@ class ProviderError(ReceiverError):
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after  # seconds the provider asked us to wait, if it said
+
+
+class IdempotencyKeyReused(ReceiverError):
+    """An idempotency key already made a job from a different request."""
 
 
 class Retry(ReceiverError):

@@ -173,6 +173,12 @@ class Job(msgspec.Struct, kw_only=True):
     files: dict[str, StoredFile] = msgspec.field(default_factory=dict)
     # Where this job's events are also POSTed, signed (given at submit time).
     notify_url: str | None = None
+    # The submitter's Idempotency-Key: the same key never makes a second job.
+    idempotency_key: str | None = None
+    # What is known of the create call (receiver.submit.CreateState): None when it
+    # answered; "uncertain" when its outcome is unknown, so the provider may have the
+    # task; "waiting" while a create the provider asked us to repeat later waits.
+    create_state: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -8,13 +8,14 @@ create call leaves a failed job carrying the provider's error, which fires the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
-from receiver.errors import ConfigError, ProviderError
+from receiver.errors import ConfigError, IdempotencyKeyReused, ProviderError
 from receiver.ingest import Ingest
 from receiver.models import Job, Status, Update, new_id, now
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
@@ -22,11 +23,35 @@ from receiver.store.base import NewJob, Store
 from receiver.urls import http_url
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
-__all__ = ["Submitted", "Submitter", "check_notify_url", "queued_job"]
+__all__ = [
+    "Submitted",
+    "Submitter",
+    "check_idempotency_key",
+    "check_notify_url",
+    "queued_job",
+    "request_digest",
+]
 
 log = logging.getLogger("receiver.submit")
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
+
+
+_MAX_KEY = 255
+
+
+def check_idempotency_key(key: str) -> str:
+    """An Idempotency-Key: 1 to 255 printable ASCII characters (ConfigError, a 400, else)."""
+    if not 1 <= len(key) <= _MAX_KEY or not all(" " <= char <= "~" for char in key):
+        raise ConfigError(f"an idempotency key is 1 to {_MAX_KEY} printable ASCII characters")
+    return key
+
+
+def request_digest(provider: str, fields: Mapping[str, Any], **rest: Any) -> str:
+    """A canonical digest of a submission (provider, input and the rest, keys sorted), so
+    a key sent again with the same request is told from one sent with another."""
+    canonical = {"provider": provider, "input": dict(fields), **rest}
+    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
 
 
 def queued_job(
@@ -34,6 +59,7 @@ def queued_job(
     task_id: str | None,
     metadata: Mapping[str, Any] | None = None,
     notify_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A new job, as it is before the provider has said anything about it."""
     at = now()
@@ -46,6 +72,7 @@ def queued_job(
         created_at=at,
         updated_at=at,
         notify_url=notify_url,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -66,10 +93,14 @@ def check_notify_url(url: str) -> str:
 
 
 class Submitted(msgspec.Struct, kw_only=True):
-    """A submitted job. `hook_url` carries the job's token and is shown only here, once."""
+    """A submitted job. `hook_url` carries the job's token and is shown only here, once.
+
+    `replayed`: the idempotency key had made this job already; nothing was sent this time.
+    """
 
     job: Job
     hook_url: str | None = None
+    replayed: bool = False
 
 
 class Submitter:
@@ -117,12 +148,21 @@ class Submitter:
         metadata: Mapping[str, Any] | None = None,
         local_files: bool = False,
         notify_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Submitted:
         """Create a job at `provider`; a provider's refusal gives a failed job, not an error.
 
         `notify_url` gets every event of this job, signed as the forward handler signs.
+        With `idempotency_key`, a request already made under that key answers its job
+        (`replayed`) and calls no provider; the key with another request raises
+        IdempotencyKeyReused.
         """
         notify_url = self._notify_url(notify_url)
+        key, request_hash = self._keyed(
+            idempotency_key, provider, fields, metadata=metadata, notify_url=notify_url
+        )
+        if key is not None and (done := await self._replayed(key, request_hash)) is not None:
+            return Submitted(job=done, replayed=True)
         gateway = self._gateway(provider)
         uploads = sorted(gateway.adapter.file_fields & fields.keys())
         if uploads and not local_files:
@@ -136,15 +176,16 @@ class Submitter:
         hook_url = (
             f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
         )
-        job = queued_job(provider, None, metadata, notify_url)
-        await self.store.create_job(
-            NewJob(
-                job=job,
-                token_hash=digest(token),
-                secret_hash=digest(secret) if secret else None,
-                input=redact_fields(fields),
-            )
+        job = queued_job(provider, None, metadata, notify_url, key)
+        new = NewJob(
+            job=job,
+            token_hash=digest(token),
+            secret_hash=digest(secret) if secret else None,
+            input=redact_fields(fields),
+            request_hash=request_hash,
         )
+        if not await self.store.create_job(new):  # a concurrent request with the key won
+            return Submitted(job=await self._winner(key, request_hash), replayed=True)
         try:
             created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
@@ -162,6 +203,35 @@ class Submitter:
             return Submitted(job=recorded.job, hook_url=hook_url)
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
+
+    @staticmethod
+    def _keyed(
+        key: str | None, provider: str, fields: Mapping[str, Any], **rest: Any
+    ) -> tuple[str | None, str | None]:
+        """The checked key and the request's digest; (None, None) without a key."""
+        if key is None:
+            return None, None
+        return check_idempotency_key(key), request_digest(provider, fields, **rest)
+
+    async def _replayed(self, key: str, request_hash: str | None) -> Job | None:
+        """The job `key` made already, if any; IdempotencyKeyReused if from another request."""
+        found = await self.store.job_by_idempotency_key(key)
+        if found is None:
+            return None
+        if found.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with a different request"
+                f" (job {found.job.id}); use a new key for a new request"
+            )
+        return found.job
+
+    async def _winner(self, key: str | None, request_hash: str | None) -> Job:
+        """The job of the request that took `key` first (its insert is committed)."""
+        assert key is not None, "only a keyed insert can be refused"
+        job = await self._replayed(key, request_hash)
+        if job is None:  # its job was deleted in between: retention, long after
+            raise IdempotencyKeyReused("this Idempotency-Key's job is gone; use a new key")
+        return job
 
     def _first_poll(self, gateway: ProviderGateway) -> float | None:
         """Pull-only jobs are polled soon; others only if no callback comes by the deadline."""
@@ -188,18 +258,31 @@ class Submitter:
         *,
         metadata: Mapping[str, Any] | None = None,
         notify_url: str | None = None,
-    ) -> Job:
-        """Follow a task submitted elsewhere: record it and poll it when the provider allows."""
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        """Follow a task submitted elsewhere: record it and poll it when the provider allows.
+
+        A task already followed answers its job; so does a key already used (`replayed`).
+        """
         notify_url = self._notify_url(notify_url)
+        key, request_hash = self._keyed(
+            idempotency_key, provider, {}, metadata=metadata, notify_url=notify_url, task=task_id
+        )
+        if key is not None and (done := await self._replayed(key, request_hash)) is not None:
+            return Submitted(job=done, replayed=True)
         adapter = get_provider(provider)
         if not valid_task_id(task_id):
             raise ConfigError("task_id must be a plain token of letters, digits and ._:-")
         existing = await self.store.job_by_task(provider, task_id)
         if existing is not None:
-            return existing
-        job = queued_job(provider, task_id, metadata, notify_url)
-        await self.store.create_job(
-            NewJob(job=job, next_poll_at=job.created_at if adapter.can_pull else None)
+            return Submitted(job=existing)
+        job = queued_job(provider, task_id, metadata, notify_url, key)
+        new = NewJob(
+            job=job,
+            next_poll_at=job.created_at if adapter.can_pull else None,
+            request_hash=request_hash,
         )
+        if not await self.store.create_job(new):
+            return Submitted(job=await self._winner(key, request_hash), replayed=True)
         self.wake_poller()
-        return job
+        return Submitted(job=job)

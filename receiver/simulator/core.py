@@ -120,6 +120,7 @@ class Simulator:
         self._client: httpx.AsyncClient | None = None
         self.status_calls: Counter[str] = Counter()  # by provider, counted by StatusFaults
         self.status_peak: Counter[str] = Counter()  # most concurrent status calls, by provider
+        self.create_calls: Counter[str] = Counter()  # by provider, counted by create_refusal
 
     def authorized(self, provider: str, key: str | None) -> bool:
         """A non-empty key that equals the configured one, if one is configured."""
@@ -167,6 +168,7 @@ class Simulator:
         self._tasks.clear()
         self.status_calls.clear()
         self.status_peak.clear()
+        self.create_calls.clear()
         update_config(self.config, msgspec.structs.asdict(config or SimConfig()))
 
     async def close(self) -> None:

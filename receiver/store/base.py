@@ -31,6 +31,7 @@ __all__ = [
     "Claimed",
     "DeliverySummary",
     "JobPage",
+    "KeyedJob",
     "NewJob",
     "Reaped",
     "Recorded",
@@ -77,6 +78,15 @@ class NewJob(msgspec.Struct, kw_only=True):
     secret_hash: str | None = None
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     next_poll_at: float | None = None
+    # The digest of the request that came with `job.idempotency_key` (receiver.submit).
+    request_hash: str | None = None
+
+
+class KeyedJob(msgspec.Struct, kw_only=True):
+    """A job found by its idempotency key, with the digest of the request that made it."""
+
+    job: Job
+    request_hash: str | None
 
 
 class TokenMatch(msgspec.Struct, kw_only=True):
@@ -175,7 +185,21 @@ class Store(abc.ABC):
     # Jobs
 
     @abc.abstractmethod
-    async def create_job(self, new: NewJob) -> None: ...
+    async def create_job(self, new: NewJob) -> bool:
+        """Insert a job; False (nothing written) when its idempotency key has a job already.
+
+        The key is UNIQUE in the table, so of concurrent inserts with one key one wins.
+        """
+
+    @abc.abstractmethod
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None: ...
+
+    @abc.abstractmethod
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        """Record what is known of a job's create call (Job.create_state) and when the
+        poller should look at the job next (None: not scheduled)."""
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:

@@ -42,6 +42,7 @@ from receiver.store.base import (
     Claimed,
     DeliverySummary,
     JobPage,
+    KeyedJob,
     NewJob,
     Reaped,
     Recorded,
@@ -350,21 +351,47 @@ class PostgresStore(Store):
 
     # Jobs
 
-    async def create_job(self, new: NewJob) -> None:
+    async def create_job(self, new: NewJob) -> bool:
         async with self._transaction() as db:
-            await self._insert_job(db, new)
-            if new.next_poll_at is not None and new.job.task_id is not None:
+            inserted = await self._insert_job(db, new)
+            if inserted and new.next_poll_at is not None and new.job.task_id is not None:
                 await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+            return inserted
 
-    async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> None:
-        await db.execute(
-            _INSERT_JOB,
+    async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> bool:
+        # A concurrent insert with the same key waits for the first to commit, then skips.
+        inserted = await db.fetchval(
+            _INSERT_JOB + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
             *JOBS.values(new.job),
             new.token_hash,
             new.secret_hash,
             to_json(new.input),
             new.next_poll_at,
+            new.request_hash,
         )
+        return bool(inserted)
+
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
+        row = await self._fetchrow(
+            f"SELECT {JOBS.select}, request_hash FROM jobs WHERE idempotency_key = $1", key
+        )
+        return KeyedJob(job=JOBS.read(row), request_hash=row[JOBS.width]) if row else None
+
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = $1, next_poll_at = CASE WHEN status IN"
+                " ('queued', 'running') THEN $2::double precision END, poll_worker_id = NULL,"
+                " updated_at = $3 WHERE id = $4",
+                state,
+                next_poll_at,
+                now(),
+                job_id,
+            )
+            if next_poll_at is not None:
+                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
@@ -576,6 +603,7 @@ class PostgresStore(Store):
             new_job.secret_hash,
             to_json(new_job.input),
             new_job.next_poll_at,
+            new_job.request_hash,
         )
         if inserted is not None:
             return new_job.job, -1.0
@@ -794,7 +822,8 @@ class PostgresStore(Store):
     async def next_poll_at(self) -> float | None:
         row = await self._fetchrow(
             "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+            " AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+            " AND status IN ('queued', 'running')"
         )
         return row[0] if row else None
 
@@ -978,7 +1007,9 @@ def _insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
-_INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at"))
+_INSERT_JOB = _insert(
+    "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
+)
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
@@ -1031,7 +1062,8 @@ _CLAIM_DELIVERIES = (
 _CLAIM_POLLS = (
     "WITH picked AS ("
     "  SELECT id, next_poll_at AS due FROM jobs WHERE next_poll_at <= $2"
-    "  AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+    "  AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+    "  AND status IN ('queued', 'running')"
     "  AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
     "  ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED),"
     " claimed AS ("

@@ -53,6 +53,7 @@ from receiver.store.base import (
     Claimed,
     DeliverySummary,
     JobPage,
+    KeyedJob,
     NewJob,
     Reaped,
     Recorded,
@@ -115,7 +116,16 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).
 _FENCE = "(? IS NULL OR (state = 'running' AND attempts = ?))"
 _INSERT_JOB = _insert(
-    "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "preview_rank")
+    "jobs",
+    (
+        *JOBS.columns,
+        "token_hash",
+        "secret_hash",
+        "input",
+        "next_poll_at",
+        "preview_rank",
+        "request_hash",
+    ),
 )
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
@@ -127,6 +137,7 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
     " ORDER BY id LIMIT ?)"
 )
+_KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
@@ -449,8 +460,34 @@ class SQLiteStore(Store):
 
     # Jobs
 
-    async def create_job(self, new: NewJob) -> None:
-        await self._write(functools.partial(_insert_job, new=new))
+    async def create_job(self, new: NewJob) -> bool:
+        key = new.job.idempotency_key
+
+        def work(conn: sqlite3.Connection) -> bool:
+            # Checked in the write transaction, which holds the database's only write lock.
+            if key is not None and conn.execute(_KEY_TAKEN, (key,)).fetchone() is not None:
+                return False
+            _insert_job(conn, new)
+            return True
+
+        return await self._write(work)
+
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
+        row = await self._fetchone(
+            f"SELECT {JOBS.select}, request_hash FROM jobs WHERE idempotency_key = ?", (key,)
+        )
+        return KeyedJob(job=JOBS.read(row), request_hash=row[JOBS.width]) if row else None
+
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = ?, next_poll_at = CASE WHEN status IN"
+                " ('queued', 'running') THEN ? END, poll_worker_id = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (state, next_poll_at, now(), job_id),
+            )
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
@@ -786,7 +823,8 @@ class SQLiteStore(Store):
             self._transaction() as db,
             db.execute(
                 "UPDATE jobs SET next_poll_at = ?, poll_worker_id = ? WHERE id IN ("
-                "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
+                "  SELECT id FROM jobs WHERE next_poll_at <= ?"
+                "  AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
                 "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
                 f" AND {_REGISTERED}"
                 f" RETURNING {JOBS.select}",
@@ -817,7 +855,8 @@ class SQLiteStore(Store):
     async def next_poll_at(self) -> float | None:
         row = await self._fetchone(
             "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+            " AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+            " AND status IN ('queued', 'running')"
         )
         return row[0] if row else None
 
@@ -996,6 +1035,7 @@ def _insert_job(
             to_json(new.input),
             poll_at,
             preview_rank,
+            new.request_hash,
         ),
     )
 

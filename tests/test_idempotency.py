@@ -1,0 +1,299 @@
+"""Never pay twice: idempotent submissions, uncertain creates, and creates the provider defers.
+
+Every test runs a real receiver against the provider simulator over HTTP and counts the
+create calls the simulator received: a create call is a paid generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.dispatch import Registry
+from receiver.models import Job, Status
+from receiver.simulator import RunningSimulator, SimConfig, run_simulator
+from receiver.store.base import NewJob, Store
+from receiver.testing import TEST_ADMIN_TOKEN, LiveReceiver, running_receiver
+
+PROMPT = {"prompt": "A colossal mech suit", "generation_type": "text2video", "duration": 5}
+REQUEST = {"provider": "apiframe", "input": PROMPT, "metadata": {"order": 7}}
+
+
+class Handled:
+    """Every handler call, as (job id, status)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def of(self, job_id: str) -> list[str]:
+        return [status for jid, status in self.calls if jid == job_id]
+
+
+@pytest.fixture
+def handled() -> Handled:
+    return Handled()
+
+
+@pytest.fixture
+def handlers(handled: Handled) -> Registry:
+    registry = Registry()
+
+    @registry.on("*")
+    async def everything(event: Any, job: Any) -> None:
+        handled.calls.append((job.id, event.status.value))
+
+    return registry
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RunningSimulator]:
+    async with run_simulator(SimConfig(api_keys={"apiframe": "af-key"})) as running:
+        yield running
+
+
+def receiver_env(sim: RunningSimulator, **extra: str) -> dict[str, str]:
+    return {
+        "RECEIVER_POLL_INTERVAL": "0.1",
+        "RECEIVER_APIFRAME_BASE_URL": sim.base_url("apiframe"),
+        "RECEIVER_APIFRAME_API_KEY": "af-key",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def live(
+    tmp_path: Path, sim: RunningSimulator, handlers: Registry
+) -> AsyncIterator[LiveReceiver]:
+    async with running_receiver(tmp_path, handlers=handlers, env=receiver_env(sim)) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def client(live: LiveReceiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as http:
+        yield http
+
+
+async def post_job(
+    client: httpx.AsyncClient, body: dict[str, Any], key: str | None = None
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    return await client.post("/jobs", json=body, headers=headers)
+
+
+async def job_when(
+    client: httpx.AsyncClient, job_id: str, done: Any, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The job once `done(job)` holds; AssertionError with its last state after `timeout`."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = (await client.get(f"/jobs/{job_id}")).json()
+        if done(job):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {job}")
+
+
+def keyed(job_id: str, key: str | None) -> NewJob:
+    at = time.time()
+    job = Job(
+        id=job_id,
+        provider="apiframe",
+        task_id=None,
+        status=Status.QUEUED,
+        created_at=at,
+        updated_at=at,
+        idempotency_key=key,
+    )
+    return NewJob(job=job, request_hash=f"hash-of-{job_id}")
+
+
+class TestStoreKeepsOneJobPerKey:
+    """The store makes one job per idempotency key, even for inserts racing from two stores."""
+
+    async def test_racing_inserts_from_two_stores_make_one_job(
+        self, store: Store, make_store: Callable[[], Store]
+    ) -> None:
+        other = make_store()
+        await other.open()
+        try:
+            made = await asyncio.gather(
+                *(
+                    (store if n % 2 else other).create_job(keyed(f"job_{n}", "the-key"))
+                    for n in range(6)
+                )
+            )
+        finally:
+            await other.close()
+        assert 1 == sum(made)
+        found = await store.job_by_idempotency_key("the-key")
+        assert found is not None
+        winner = f"job_{made.index(True)}"
+        assert (winner, f"hash-of-{winner}") == (found.job.id, found.request_hash)
+        assert "the-key" == found.job.idempotency_key
+        assert 1 == len((await store.list_jobs()).items)
+
+    async def test_jobs_without_a_key_never_collide(self, store: Store) -> None:
+        assert [True, True] == [await store.create_job(keyed(f"job_{n}", None)) for n in (1, 2)]
+        assert None is await store.job_by_idempotency_key("")
+
+
+class TestIdempotentSubmission:
+    """One Idempotency-Key makes at most one job and one create call, whoever sends it when."""
+
+    async def test_concurrent_posts_with_one_key_make_one_job_and_one_create(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        answers = await asyncio.gather(*(post_job(client, REQUEST, "order-7") for _ in range(2)))
+        assert [200, 201] == sorted(answer.status_code for answer in answers), answers
+        assert 1 == len({answer.json()["id"] for answer in answers})
+        replayed = next(answer for answer in answers if answer.status_code == 200)
+        assert "true" == replayed.headers.get("idempotent-replayed")
+        assert 1 == sim.create_calls("apiframe")
+        assert 1 == len(sim.tasks())
+        listed = (await client.get("/jobs")).json()["items"]
+        assert [answers[0].json()["id"]] == [job["id"] for job in listed]
+
+    async def test_a_retry_after_the_job_ended_answers_it_without_a_create(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        first = await post_job(client, REQUEST, "order-8")
+        assert 201 == first.status_code
+        assert "idempotent-replayed" not in first.headers
+        await job_when(client, first.json()["id"], lambda job: job["status"] == "succeeded")
+        again = await post_job(client, REQUEST, "order-8")
+        assert (200, first.json()["id"], "succeeded") == (
+            again.status_code,
+            again.json()["id"],
+            again.json()["status"],
+        )
+        assert "order-8" == again.json()["idempotency_key"]
+        assert 1 == sim.create_calls("apiframe")
+
+    async def test_the_key_with_another_request_is_409_and_sends_nothing(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        assert 201 == (await post_job(client, REQUEST, "order-9")).status_code
+        for changed in (
+            {**REQUEST, "metadata": {"order": 8}},
+            {**REQUEST, "input": {**PROMPT, "duration": 10}},
+            {**REQUEST, "provider": "rixapi"},
+        ):
+            answer = await post_job(client, changed, "order-9")
+            assert 409 == answer.status_code, answer.text
+            assert "different request" in answer.json()["error"]
+        assert 1 == sim.create_calls("apiframe")
+        assert 1 == len((await client.get("/jobs")).json()["items"])
+
+    async def test_the_same_request_in_another_key_order_is_the_same_request(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        first = await post_job(client, REQUEST, "order-10")
+        shuffled = {"metadata": {"order": 7}, "input": dict(reversed(PROMPT.items()))}
+        again = await post_job(client, {**shuffled, "provider": "apiframe"}, "order-10")
+        assert (200, first.json()["id"]) == (again.status_code, again.json()["id"])
+        assert 1 == sim.create_calls("apiframe")
+
+    @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
+    async def test_a_malformed_key_is_400_and_sends_nothing(
+        self, client: httpx.AsyncClient, sim: RunningSimulator, key: str
+    ) -> None:
+        # httpx sends str headers as ASCII only: give the bytes as they are.
+        headers = [(b"Idempotency-Key", key.encode())]
+        answer = await client.post("/jobs", json=REQUEST, headers=headers)
+        assert 400 == answer.status_code, answer.text
+        assert "idempotency key" in answer.json()["error"]
+        assert 0 == sim.create_calls("apiframe")
+
+    async def test_without_a_key_each_post_is_a_new_job(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        answers = [await post_job(client, REQUEST) for _ in range(2)]
+        assert [201, 201] == [answer.status_code for answer in answers]
+        assert 2 == sim.create_calls("apiframe")
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        *args,
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class TestSubmitCommandKey:
+    """`receiver submit --idempotency-key` submits once per key, on the database or RECEIVER_URL."""
+
+    @pytest.fixture
+    def cli_env(self, tmp_path: Path, sim: RunningSimulator) -> dict[str, str]:
+        return {
+            **receiver_env(sim),
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+            "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+            "RECEIVER_HANDLERS": "",
+        }
+
+    async def test_the_same_key_twice_is_one_job_and_one_create(
+        self, tmp_path: Path, cli_env: dict[str, str], sim: RunningSimulator
+    ) -> None:
+        args = ["submit", "apiframe", "prompt=a fox", "generation_type=text2video", "--json"]
+        ids = []
+        for _ in range(2):
+            code, out, err = await run_cli(
+                *args, "--idempotency-key", "fox-1", env=cli_env, cwd=tmp_path
+            )
+            assert 0 == code, err
+            ids.append(json.loads(out)["id"])
+        assert ids[0] == ids[1]
+        assert 1 == sim.create_calls("apiframe")
+        code, _, err = await run_cli(
+            "submit",
+            "apiframe",
+            "prompt=a cat",
+            "generation_type=text2video",
+            "--idempotency-key",
+            "fox-1",
+            env=cli_env,
+            cwd=tmp_path,
+        )
+        assert (2, 1) == (code, sim.create_calls("apiframe"))
+        assert "different request" in err
+
+    async def test_through_a_running_receiver_the_key_is_sent_as_a_header(
+        self, tmp_path: Path, live: LiveReceiver, sim: RunningSimulator
+    ) -> None:
+        env = {"RECEIVER_URL": live.url, "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}
+        args = ["submit", "apiframe", "prompt=a fox", "generation_type=text2video", "-q"]
+        outs = []
+        for _ in range(2):
+            code, out, err = await run_cli(
+                *args, "--idempotency-key", "fox-2", env=env, cwd=tmp_path
+            )
+            assert 0 == code, err
+            outs.append(out.strip())
+        assert outs[0] == outs[1]
+        assert 1 == sim.create_calls("apiframe")
+        code, _, err = await run_cli(
+            "submit", "apiframe", "prompt=x", "generation_type=text2video",
+            "--idempotency-key", "fox-2", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert (2, 1) == (code, sim.create_calls("apiframe"))
+        assert "different request" in err
