@@ -24,6 +24,7 @@ from receiver.urls import http_url
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
 __all__ = [
+    "CREATE_UNCERTAIN",
     "Submitted",
     "Submitter",
     "check_idempotency_key",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("receiver.submit")
+
+# Job.create_state: the create call's outcome is unknown (see Submitter._uncertain).
+CREATE_UNCERTAIN = "uncertain"
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
 
@@ -115,6 +119,7 @@ class Submitter:
         public_url: str,
         poll_interval: float,
         deadline_for: Callable[[str], float] = lambda provider: 900.0,
+        give_up_for: Callable[[str], float] = lambda provider: 86400.0,
         wake_poller: Any = None,
         notify_secret: bool = False,
     ):
@@ -124,6 +129,7 @@ class Submitter:
         self.public_url = public_url.rstrip("/")
         self.poll_interval = poll_interval
         self.deadline_for = deadline_for
+        self.give_up_for = give_up_for
         self.wake_poller = wake_poller or (lambda: None)
         self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
 
@@ -189,6 +195,8 @@ class Submitter:
         try:
             created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
+            if exc.outcome_unknown:
+                return await self._uncertain(job, str(exc), hook_url)
             return await self._failed(job, str(exc), exc.status_code)
         except Exception as exc:
             # Input the adapter could not turn into a request (a list where a name belongs,
@@ -240,6 +248,26 @@ class Submitter:
         if gateway.adapter.callback_style is CallbackStyle.POLL:
             return now() + self.poll_interval
         return now() + self.deadline_for(gateway.adapter.name)
+
+    async def _uncertain(self, job: Job, reason: str, hook_url: str | None) -> Submitted:
+        """The create call was sent and no clear answer came: the provider may have the task.
+
+        Never sent again (that could pay twice) and not failed: the job stays queued, its
+        URL token still takes callbacks, and the first genuine callback or status answer
+        that names the task gives it its task id. With no news by its give-up age the
+        poller fails it as `create_uncertain`.
+        """
+        log.warning(
+            "create of %s at %s had no clear answer (%s); waiting for its callbacks",
+            job.id,
+            job.provider,
+            reason,
+        )
+        give_up_at = job.created_at + self.give_up_for(job.provider)
+        await self.store.set_create_state(job.id, CREATE_UNCERTAIN, give_up_at)
+        self.wake_poller()
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
 
     async def _failed(self, job: Job, error: str, status_code: int | None) -> Submitted:
         failure = Update(

@@ -297,3 +297,113 @@ class TestSubmitCommandKey:
         )  # fmt: skip
         assert (2, 1) == (code, sim.create_calls("apiframe"))
         assert "different request" in err
+
+
+@pytest.fixture
+async def slow_live(
+    tmp_path: Path, sim: RunningSimulator, handlers: Registry
+) -> AsyncIterator[LiveReceiver]:
+    """A receiver that waits 0.3 s for a create answer, and gives up on jobs after 3 s."""
+    env = receiver_env(
+        sim,
+        RECEIVER_APIFRAME_TIMEOUT="0.3",
+        RECEIVER_RIXAPI_TIMEOUT="0.3",
+        RECEIVER_RIXAPI_BASE_URL=sim.base_url("rixapi"),
+        RECEIVER_RIXAPI_API_KEY="rix-key",
+        RECEIVER_GIVE_UP_AFTER="3",
+    )
+    async with running_receiver(tmp_path, handlers=handlers, env=env) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def slow_client(slow_live: LiveReceiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=slow_live.url, headers=slow_live.admin_headers) as http:
+        yield http
+
+
+def ended(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+class TestUncertainCreate:
+    """A create with no clear answer leaves the job queued, is never sent again, and the
+    callbacks that follow reveal the task and finish the job."""
+
+    async def test_a_create_answered_after_the_timeout_is_adopted_from_its_callbacks(
+        self, slow_client: httpx.AsyncClient, sim: RunningSimulator, handled: Handled
+    ) -> None:
+        # The simulator answers after 1 s (the receiver waits 0.3 s); its callbacks come
+        # at 0.6 s and 1.2 s, once the receiver has marked the create uncertain.
+        sim.config.create_delay = 1.0
+        sim.config.step_delay = 0.6
+        answer = await post_job(slow_client, REQUEST)
+        assert 201 == answer.status_code, answer.text
+        submitted = answer.json()
+        assert ("queued", None, "uncertain") == (
+            submitted["status"],
+            submitted["task_id"],
+            submitted["create_state"],
+        )
+        job = await job_when(slow_client, submitted["id"], ended)
+        await asyncio.sleep(0.3)  # time for a stray second handler call to show
+        (task,) = sim.tasks()
+        assert ("succeeded", task.task_id) == (job["status"], job["task_id"])
+        assert job["result_url"] == task.result_url
+        assert ["running", "succeeded"] == handled.of(submitted["id"])
+        assert 1 == sim.create_calls("apiframe")
+
+    async def test_an_unauthenticated_provider_task_is_adopted_and_confirmed(
+        self, slow_client: httpx.AsyncClient, sim: RunningSimulator, handled: Handled
+    ) -> None:
+        # rixapi's callbacks carry no credential: the task id they reveal is adopted, and
+        # the final state is believed once its status API confirms it.
+        sim.config.create_delay = 1.0
+        sim.config.step_delay = 0.6
+        body = {"provider": "rixapi", "input": {"prompt": "cat", "model": "gen3"}}
+        answer = await post_job(slow_client, body)
+        assert ("queued", "uncertain") == (answer.json()["status"], answer.json()["create_state"])
+        job = await job_when(slow_client, answer.json()["id"], ended)
+        (task,) = sim.tasks()
+        assert ("succeeded", task.task_id) == (job["status"], job["task_id"])
+        assert "succeeded" == handled.of(job["id"])[-1]
+        assert 1 == handled.of(job["id"]).count("succeeded")
+        assert 1 == sim.create_calls("rixapi")
+
+    @pytest.mark.parametrize("status_code", [502, 503, 504])
+    async def test_a_gateway_error_is_not_a_failure(
+        self, slow_client: httpx.AsyncClient, sim: RunningSimulator, status_code: int
+    ) -> None:
+        sim.config.create_error = status_code
+        answer = await post_job(slow_client, REQUEST)
+        assert ("queued", "uncertain") == (answer.json()["status"], answer.json()["create_state"])
+        await asyncio.sleep(0.5)
+        job = (await slow_client.get(f"/jobs/{answer.json()['id']}")).json()
+        assert ("queued", 1) == (job["status"], sim.create_calls("apiframe"))
+
+    async def test_no_news_by_the_give_up_age_fails_it_as_create_uncertain(
+        self, slow_client: httpx.AsyncClient, sim: RunningSimulator, handled: Handled
+    ) -> None:
+        sim.config.create_delay = 1.0
+        sim.config.lose = True  # the provider never calls back
+        answer = await post_job(slow_client, REQUEST)
+        started = time.monotonic()
+        job = await job_when(slow_client, answer.json()["id"], ended, timeout=10)
+        assert time.monotonic() - started >= 2.0  # RECEIVER_GIVE_UP_AFTER=3 from creation
+        assert ("failed", "create_uncertain") == (job["status"], job["error_code"])
+        assert "may have created the task" in job["error"]
+        assert ["failed"] == handled.of(job["id"])
+        assert 1 == sim.create_calls("apiframe")
+
+    @pytest.mark.parametrize("status_code", [400, 401, 422])
+    async def test_a_definite_refusal_still_fails_at_once(
+        self, slow_client: httpx.AsyncClient, sim: RunningSimulator, status_code: int
+    ) -> None:
+        sim.config.create_error = status_code
+        answer = await post_job(slow_client, REQUEST)
+        job = answer.json()
+        assert ("failed", str(status_code), None) == (
+            job["status"],
+            job["error_code"],
+            job["create_state"],
+        )

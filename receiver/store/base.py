@@ -198,8 +198,8 @@ class Store(abc.ABC):
     async def set_create_state(
         self, job_id: str, state: str | None, next_poll_at: float | None
     ) -> None:
-        """Record what is known of a job's create call (Job.create_state) and when the
-        poller should look at the job next (None: not scheduled)."""
+        """Record what is known of a job's create call (Job.create_state), and have the
+        poller look at the job at `next_poll_at` unless it is due sooner already."""
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:

@@ -382,8 +382,8 @@ class PostgresStore(Store):
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET create_state = $1, next_poll_at = CASE WHEN status IN"
-                " ('queued', 'running') THEN $2::double precision END, poll_worker_id = NULL,"
+                "UPDATE jobs SET create_state = $1,"
+                " next_poll_at = LEAST(next_poll_at, $2::double precision),"
                 " updated_at = $3 WHERE id = $4",
                 state,
                 next_poll_at,

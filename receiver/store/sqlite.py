@@ -483,10 +483,10 @@ class SQLiteStore(Store):
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE jobs SET create_state = ?, next_poll_at = CASE WHEN status IN"
-                " ('queued', 'running') THEN ? END, poll_worker_id = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (state, next_poll_at, now(), job_id),
+                "UPDATE jobs SET create_state = ?, next_poll_at = CASE WHEN next_poll_at IS NULL"
+                " THEN ? WHEN ? IS NULL THEN next_poll_at ELSE MIN(next_poll_at, ?) END,"
+                " updated_at = ? WHERE id = ?",
+                (state, next_poll_at, next_poll_at, next_poll_at, now(), job_id),
             )
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
