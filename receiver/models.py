@@ -11,6 +11,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "CREATE_UNCERTAIN",
+    "CREATE_WAITING",
     "TERMINAL",
     "Delivery",
     "DeliveryState",
@@ -153,6 +155,12 @@ class StoredFile(msgspec.Struct, kw_only=True):
     stored_at: float
 
 
+# Job.create_state: the create call's outcome is unknown (receiver.submit), or the
+# provider asked for it again later and it waits for the poller.
+CREATE_UNCERTAIN = "uncertain"
+CREATE_WAITING = "waiting"
+
+
 class Job(msgspec.Struct, kw_only=True):
     """One generation task at one provider, as the receiver knows it now."""
 
@@ -175,9 +183,9 @@ class Job(msgspec.Struct, kw_only=True):
     notify_url: str | None = None
     # The submitter's Idempotency-Key: the same key never makes a second job.
     idempotency_key: str | None = None
-    # What is known of the create call (receiver.submit.CreateState): None when it
-    # answered; "uncertain" when its outcome is unknown, so the provider may have the
-    # task; "waiting" while a create the provider asked us to repeat later waits.
+    # What is known of the create call: None when it answered; CREATE_UNCERTAIN when its
+    # outcome is unknown, so the provider may have the task; CREATE_WAITING while a create
+    # the provider asked us to repeat later waits.
     create_state: str | None = None
 
 

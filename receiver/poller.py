@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from receiver.errors import ReceiverError, StoreUnavailable
 from receiver.ingest import Ingest
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
-from receiver.models import Job, Status, Update, now
+from receiver.models import CREATE_WAITING, Job, Status, Update, now
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
 from receiver.store.base import Store
@@ -97,6 +97,8 @@ class Poller(WorkLoop):
         self.limits = dict(limits or {})
         # This process's worker id (receiver.heartbeat), stamped on the polls it leases.
         self.worker: str | None = None
+        # Sends a create the provider asked us to repeat later (Submitter.retry_create).
+        self.retry_create: Callable[[Job], Awaitable[None]] | None = None
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
@@ -130,6 +132,12 @@ class Poller(WorkLoop):
 
     async def poll(self, job: Job) -> None:
         """Ask the provider about `job` and record the answer, or schedule another try."""
+        if job.task_id is None and job.create_state == CREATE_WAITING:
+            if self.retry_create is not None:
+                await self.retry_create(job)
+            else:  # not this process's work: leave it to one that can send it
+                await self.store.schedule_poll(job.id, now() + self.interval, attempted=False)
+            return
         if job.task_id is None and job.create_state is not None:
             await self._unsettled_create(job)
             return

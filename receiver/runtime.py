@@ -130,6 +130,7 @@ class Runtime:
             wake_poller=poller.wake,
             notify_secret=settings.forward.secret is not None,
         )
+        poller.retry_create = submitter.retry_create
         return cls(
             settings=settings,
             store=store,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +18,8 @@ import msgspec
 
 from receiver.errors import ConfigError, IdempotencyKeyReused, ProviderError
 from receiver.ingest import Ingest
-from receiver.models import Job, Status, Update, new_id, now
+from receiver.models import CREATE_UNCERTAIN, Job, Status, Update, new_id, now
+from receiver.poller import gave_up
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
 from receiver.store.base import NewJob, Store
 from receiver.urls import http_url
@@ -35,8 +37,8 @@ __all__ = [
 
 log = logging.getLogger("receiver.submit")
 
-# Job.create_state: the create call's outcome is unknown (see Submitter._uncertain).
-CREATE_UNCERTAIN = "uncertain"
+# A 429 without Retry-After: how long to wait before the create is sent again.
+_CREATE_WAIT = 30.0
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
 
@@ -94,6 +96,16 @@ def check_notify_url(url: str) -> str:
             " RECEIVER_FORWARD_SECRET, and the URL is shown with the job"
         )
     return url
+
+
+def _asked_to_wait(exc: ProviderError) -> float | None:
+    """Seconds the provider asked us to wait before sending the create again, if it did:
+    a 429 (with or without Retry-After), or a 503 with Retry-After."""
+    if exc.status_code == 429:
+        return _CREATE_WAIT if exc.retry_after is None else exc.retry_after
+    if exc.status_code == 503 and exc.retry_after is not None:
+        return exc.retry_after
+    return None
 
 
 class Submitted(msgspec.Struct, kw_only=True):
@@ -176,12 +188,7 @@ class Submitter:
             raise ConfigError(
                 f"{provider} file fields ({', '.join(uploads)}) can only be sent from the CLI"
             )
-        style = gateway.adapter.callback_style
-        token = mint_token()
-        secret = mint_secret() if style is CallbackStyle.SECRET_POST else None
-        hook_url = (
-            f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
-        )
+        token, secret, hook_url = self._credentials(gateway)
         job = queued_job(provider, None, metadata, notify_url, key)
         new = NewJob(
             job=job,
@@ -192,9 +199,62 @@ class Submitter:
         )
         if not await self.store.create_job(new):  # a concurrent request with the key won
             return Submitted(job=await self._winner(key, request_hash), replayed=True)
+        # A local file is read where it was named: a later retry may run elsewhere.
+        return await self._send(job, gateway, fields, hook_url, secret, deferrable=not uploads)
+
+    async def retry_create(self, job: Job) -> None:
+        """Send again a create the provider asked us to repeat later (the poller, when due).
+
+        Each try gets a fresh URL token and secret: the refused one reached nobody.
+        """
+        gateway = self.gateways.get(job.provider)
+        if gateway is None:
+            return
+        give_up_after = self.give_up_for(job.provider)
+        token, secret, hook_url = self._credentials(gateway)
+        fields = await self.store.begin_create_retry(
+            job.id,
+            token_hash=digest(token),
+            secret_hash=digest(secret) if secret else None,
+            next_poll_at=job.created_at + give_up_after,
+        )
+        if fields is None:
+            return  # another process took it
+        if now() >= job.created_at + give_up_after:
+            await self.ingest.record(
+                job.id, gave_up(job.provider, give_up_after), source="receiver"
+            )
+            return
+        await self._send(job, gateway, fields, hook_url, secret, deferrable=True)
+
+    def _credentials(self, gateway: ProviderGateway) -> tuple[str, str | None, str | None]:
+        """A fresh URL token, webhook secret (if the provider echoes one) and callback URL."""
+        provider = gateway.adapter.name
+        style = gateway.adapter.callback_style
+        token = mint_token()
+        secret = mint_secret() if style is CallbackStyle.SECRET_POST else None
+        hook_url = (
+            f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
+        )
+        return token, secret, hook_url
+
+    async def _send(
+        self,
+        job: Job,
+        gateway: ProviderGateway,
+        fields: Mapping[str, Any],
+        hook_url: str | None,
+        secret: str | None,
+        *,
+        deferrable: bool,
+    ) -> Submitted:
+        """Call the provider's create for a recorded job and record what it answered."""
         try:
             created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
+            wait = _asked_to_wait(exc)
+            if wait is not None and deferrable:
+                return await self._deferred(job, fields, wait, hook_url)
             if exc.outcome_unknown:
                 return await self._uncertain(job, str(exc), hook_url)
             return await self._failed(job, str(exc), exc.status_code)
@@ -203,12 +263,26 @@ class Submitter:
             # an unreadable upload): still a failed job with a reason, never a crash.
             log.warning("create request for %s failed: %s", job.id, type(exc).__name__)
             return await self._failed(job, f"could not build the request: {exc}"[:500], None)
+        if job.create_state is not None:  # a retry that got its answer
+            await self.store.set_create_state(job.id, None, None)
         if created.task_id is not None:
             await self.store.set_task_id(job.id, created.task_id, self._first_poll(gateway))
             self.wake_poller()  # a callback that came first may be waiting for its pull
         if created.update is not None:
             recorded = await self.ingest.record(job.id, created.update, source="submit")
             return Submitted(job=recorded.job, hook_url=hook_url)
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
+
+    async def _deferred(
+        self, job: Job, fields: Mapping[str, Any], wait: float, hook_url: str | None
+    ) -> Submitted:
+        """The provider asked us to send the create later (429, or 503 with Retry-After):
+        the job stays queued, and the poller sends it again when asked, restarts or not."""
+        log.info("%s asked to wait %.0f s before creating %s", job.provider, wait, job.id)
+        at = now() + wait + random.uniform(0, min(1.0, wait / 10))
+        await self.store.defer_create(job.id, fields, at)
+        self.wake_poller()
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
 

@@ -83,6 +83,11 @@ async def client(live: LiveReceiver) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+def admin_client(live: LiveReceiver) -> httpx.AsyncClient:
+    """A client of `live`'s admin API."""
+    return httpx.AsyncClient(base_url=live.url, headers=live.admin_headers)
+
+
 async def post_job(
     client: httpx.AsyncClient, body: dict[str, Any], key: str | None = None
 ) -> httpx.Response:
@@ -146,6 +151,42 @@ class TestStoreKeepsOneJobPerKey:
     async def test_jobs_without_a_key_never_collide(self, store: Store) -> None:
         assert [True, True] == [await store.create_job(keyed(f"job_{n}", None)) for n in (1, 2)]
         assert None is await store.job_by_idempotency_key("")
+
+
+class TestStoreKeepsDeferredCreates:
+    """A deferred create keeps its fields until one process takes it for sending, once."""
+
+    async def test_one_retry_takes_the_fields_and_new_credentials(
+        self, store: Store, make_store: Callable[[], Store]
+    ) -> None:
+        assert await store.create_job(keyed("job_1", None))
+        fields = {"prompt": "a fox", "api_token": "kept-as-given"}
+        await store.defer_create("job_1", fields, at=time.time() - 1)
+        waiting = await store.get_job("job_1")
+        assert waiting is not None and "waiting" == waiting.create_state
+        assert ["job_1"] == [
+            job.id for job in await store.claim_polls(limit=5, lease=60, at=time.time())
+        ]
+        other = make_store()
+        await other.open()
+        try:
+            taken = await asyncio.gather(
+                *(
+                    backend.begin_create_retry(
+                        "job_1",
+                        token_hash=f"tok-{n}",
+                        secret_hash=None,
+                        next_poll_at=time.time() + 99,
+                    )
+                    for n, backend in enumerate((store, other, store))
+                )
+            )
+        finally:
+            await other.close()
+        assert [fields] == [found for found in taken if found is not None]
+        winner = next(n for n, found in enumerate(taken) if found is not None)
+        match = await store.job_by_token(f"tok-{winner}")
+        assert match is not None and "uncertain" == match.job.create_state
 
 
 class TestIdempotentSubmission:
@@ -407,3 +448,68 @@ class TestUncertainCreate:
             job["error_code"],
             job["create_state"],
         )
+
+
+class TestCreateAskedToWait:
+    """A create the provider answers with 429 (or 503 with Retry-After) waits and is sent
+    again when the provider said, by the poller, without failing the job."""
+
+    async def test_a_429_with_retry_after_is_sent_again_and_the_job_succeeds(
+        self, client: httpx.AsyncClient, sim: RunningSimulator, handled: Handled
+    ) -> None:
+        sim.config.create_error = 429
+        sim.config.create_retry_after = 1
+        sim.config.create_error_times = 1
+        started = time.monotonic()
+        answer = await post_job(client, REQUEST, "wait-1")
+        assert 201 == answer.status_code, answer.text
+        submitted = answer.json()
+        assert ("queued", "waiting", None) == (
+            submitted["status"],
+            submitted["create_state"],
+            submitted["task_id"],
+        )
+        job = await job_when(client, submitted["id"], ended)
+        assert time.monotonic() - started >= 1.0  # not before the provider said
+        (task,) = sim.tasks()
+        assert ("succeeded", task.task_id, None) == (
+            job["status"],
+            job["task_id"],
+            job["create_state"],
+        )
+        assert 2 == sim.create_calls("apiframe")
+        assert ["running", "succeeded"] == handled.of(job["id"])
+        # The retried create went out with a working callback URL and secret of its own.
+        assert all(callback.status_code == 200 for callback in task.callbacks)
+
+    async def test_a_503_with_retry_after_waits_too(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        sim.config.create_error = 503
+        sim.config.create_retry_after = 1
+        sim.config.create_error_times = 1
+        answer = await post_job(client, REQUEST)
+        assert "waiting" == answer.json()["create_state"]
+        job = await job_when(client, answer.json()["id"], ended)
+        assert ("succeeded", 2) == (job["status"], sim.create_calls("apiframe"))
+
+    async def test_the_wait_survives_a_restart(
+        self, tmp_path: Path, sim: RunningSimulator, handlers: Registry, handled: Handled
+    ) -> None:
+        sim.config.create_error = 429
+        sim.config.create_retry_after = 2
+        sim.config.create_error_times = 1
+        env = receiver_env(sim)
+        async with (
+            running_receiver(tmp_path, handlers=handlers, env=env) as first,
+            admin_client(first) as http,
+        ):
+            job_id = (await post_job(http, REQUEST)).json()["id"]
+        assert 1 == sim.create_calls("apiframe")
+        async with (
+            running_receiver(tmp_path, handlers=handlers, env=env) as second,
+            admin_client(second) as http,
+        ):
+            job = await job_when(http, job_id, ended)
+        assert ("succeeded", 2) == (job["status"], sim.create_calls("apiframe"))
+        assert ["running", "succeeded"] == handled.of(job_id)

@@ -211,6 +211,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        """Keep a create the provider asked us to repeat later: create_state 'waiting', the
+        fields as given (to be sent again) and the job due for the poller at `at`."""
+
+    @abc.abstractmethod
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        """Take a waiting create for sending, in one step: the job gets fresh credentials,
+        create_state 'uncertain' (so a crash before its answer never sends it twice) and
+        `next_poll_at`; the kept fields are returned and forgotten. None when the job was
+        not waiting (another process took it)."""
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...
 
     @abc.abstractmethod

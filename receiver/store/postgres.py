@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
@@ -370,6 +371,39 @@ class PostgresStore(Store):
             new.request_hash,
         )
         return bool(inserted)
+
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = 'waiting', create_request = $1,"
+                " next_poll_at = $2, poll_worker_id = NULL, updated_at = $3 WHERE id = $4",
+                to_json(dict(fields)),
+                at,
+                now(),
+                job_id,
+            )
+            await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        async with self._transaction() as db:
+            kept = await db.fetchval(
+                "UPDATE jobs SET create_state = 'uncertain', create_request = NULL,"
+                " token_hash = $1, secret_hash = $2, next_poll_at = $3, updated_at = $4"
+                " FROM (SELECT id, create_request AS kept FROM jobs WHERE id = $5"
+                "  AND create_state = 'waiting' AND status = 'queued' FOR UPDATE) AS old"
+                " WHERE jobs.id = old.id RETURNING old.kept",
+                token_hash,
+                secret_hash,
+                next_poll_at,
+                now(),
+                job_id,
+            )
+        if kept is None:
+            return None
+        fields: dict[str, Any] = msgspec.json.decode(kept)
+        return fields
 
     async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
         row = await self._fetchrow(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import msgspec
 
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
@@ -469,6 +470,34 @@ class SQLiteStore(Store):
                 return False
             _insert_job(conn, new)
             return True
+
+        return await self._write(work)
+
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = 'waiting', create_request = ?, next_poll_at = ?,"
+                " poll_worker_id = NULL, updated_at = ? WHERE id = ?",
+                (to_json(dict(fields)), at, now(), job_id),
+            )
+
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        def work(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT create_request FROM jobs WHERE id = ? AND create_state = 'waiting'"
+                " AND status = 'queued'",
+                (job_id,),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET create_state = 'uncertain', create_request = NULL,"
+                " token_hash = ?, secret_hash = ?, next_poll_at = ?, updated_at = ? WHERE id = ?",
+                (token_hash, secret_hash, next_poll_at, now(), job_id),
+            )
+            return _json_object(row[0])
 
         return await self._write(work)
 
@@ -1038,6 +1067,11 @@ def _insert_job(
             new.request_hash,
         ),
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = msgspec.json.decode(text)
+    return value
 
 
 def _insert_request(conn: sqlite3.Connection, raw: RawRequest, job_id: str | None) -> None:
