@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
@@ -154,18 +155,21 @@ async def find_jobs(store: Store, query: JobQuery) -> JobPage:
         job = await store.get_job(query.q)
         if job is not None and _matches(job, query, wanted):
             hits.append(job)
-    page = await store.list_jobs(
-        status=query.status.value if query.status else None,
-        provider=query.provider,
-        task_id=query.q or None,
-        limit=query.limit,
-        before=query.before,
-        metadata=wanted or None,
-    )
+    filters: dict[str, Any] = {
+        "status": query.status.value if query.status else None,
+        "provider": query.provider,
+        "task_id": query.q or None,
+        "metadata": wanted or None,
+    }
+    page = await store.list_jobs(**filters, limit=query.limit, before=query.before)
     seen = {job.id for job in hits}
     items = hits + [job for job in page.items if job.id not in seen]
-    if query.since is not None:
-        kept = [job for job in items if job.created_at >= query.since]
-        if len(kept) < len(items):
-            return JobPage(items=kept, next=None)
-    return JobPage(items=items, next=page.next)
+    if query.since is None:
+        return JobPage(items=items, next=page.next)
+    kept = [job for job in items if job.created_at >= query.since]
+    if len(kept) < len(items) or page.next is None:
+        return JobPage(items=kept, next=None)
+    # A full page: a next one only if its first job is new enough (no empty last page).
+    peek = await store.list_jobs(**filters, limit=1, before=page.next)
+    more = bool(peek.items) and peek.items[0].created_at >= query.since
+    return JobPage(items=kept, next=page.next if more else None)
