@@ -394,9 +394,9 @@ def _chromium_or_skip() -> None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
 
 
-@pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    """A fresh page in headless Chromium."""
+@contextlib.asynccontextmanager
+async def chromium_page(*, javascript: bool = True) -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium, with or without JavaScript."""
     _chromium_or_skip()
     from playwright.async_api import async_playwright
 
@@ -405,10 +405,26 @@ async def page() -> AsyncIterator[Any]:
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
         )
         try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            context = await browser.new_context(
+                viewport={"width": 1280, "height": 900}, java_script_enabled=javascript
+            )
             yield await context.new_page()
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium."""
+    async with chromium_page() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+async def page_without_js() -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium with JavaScript turned off."""
+    async with chromium_page(javascript=False) as fresh:
+        yield fresh
 
 
 async def browser_log_in(page: Any, live: LiveReceiver, path: str) -> None:
@@ -479,6 +495,7 @@ class TestInChromium:
         assert 1 == await page.locator("video#result-video").count()
         flaky.broken = False
         await row.locator("button", has_text="Replay").click()
+        await expect(page.locator("p.flash")).to_contain_text("Replayed 1 delivery")
         await expect(row.locator('[data-field="state"]')).to_have_text("done", timeout=10_000)
         await expect(row.locator('[data-field="attempts"]')).to_have_text("1")
         assert [dead.id, dead.id] == flaky.seen
@@ -861,3 +878,120 @@ class TestLoginHint:
         async with httpx.AsyncClient(base_url=live.url) as client:
             text = (await client.get("/ui/login")).text
         assert "RECEIVER_ADMIN_TOKEN" in text and live.admin_token not in text
+
+
+class TestPagesInChromium:
+    """Filters, search, paging, the dead and quarantine pages and replay, in a real browser."""
+
+    async def test_filter_form_search_and_paging(self, live: LiveReceiver, page: Any) -> None:
+        """The form puts the filters in the URL; Older → pages on; search finds one job."""
+        from playwright.async_api import expect
+
+        hostile = await put_job(
+            live, status=Status.FAILED, error=SCRIPT, metadata={"customer": "acme", "x": HOSTILE}
+        )
+        failed = [(await put_job(live, status=Status.FAILED)).id for _ in range(3)]
+        await put_job(live, status=Status.RUNNING, progress=0.4, metadata={"customer": "acme"})
+        await browser_log_in(page, live, "/ui")
+        await page.select_option("#f-status", "failed")
+        await page.fill("#f-metadata", "customer=acme")
+        await page.click(".filters button[type=submit]")
+        await page.wait_for_url("**/ui?*")
+        assert "status=failed" in page.url and "metadata=customer%3Dacme" in page.url
+        await expect(page.locator("#jobs tbody tr")).to_have_count(1)
+        await expect(page.locator(f'tr[data-job-id="{hostile.id}"] td.error')).to_have_text(SCRIPT)
+        assert await page.evaluate("window.__pwned === undefined")
+        await shoot(page, "ui-jobs-filtered")
+
+        await page.goto(live.url + "/ui?status=failed&limit=2")
+        rows = page.locator("#jobs tbody tr")
+        await expect(rows).to_have_count(2)
+        first = await rows.evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+        await page.click("#next-page")
+        await expect(rows).to_have_count(2)
+        second = await rows.evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+        assert [*reversed(failed), hostile.id] == first + second
+        await shoot(page, "ui-jobs-page-2")
+
+        await page.goto(live.url + "/ui")
+        await page.fill("#f-q", failed[1])
+        await page.press("#f-q", "Enter")
+        await page.wait_for_url("**q=*")
+        await expect(rows).to_have_count(1)
+        await expect(page.locator(f'tr[data-job-id="{failed[1]}"]')).to_have_count(1)
+
+    async def test_dead_page_replays_all(self, live: LiveReceiver, page: Any, flaky: Flaky) -> None:
+        """The dead list shows both deliveries; replaying all says 2 and empties it."""
+        from playwright.async_api import expect
+
+        await dead_deliveries(live, 2)
+        await browser_log_in(page, live, "/ui/dead")
+        await expect(page.locator("#dead tbody tr")).to_have_count(2)
+        assert await page.evaluate("window.__pwned === undefined")
+        await shoot(page, "ui-dead")
+        flaky.broken = False
+        await page.click("button:has-text('Replay all dead deliveries')")
+        await page.wait_for_url("**/ui/dead?replayed=2")
+        await expect(page.locator("p.flash")).to_have_text(
+            "Replayed 2 deliveries: pending again, the dispatcher runs them now."
+        )
+        await settle(live, ["done", "done"])
+        await page.reload()
+        await expect(page.locator("#no-dead")).to_be_visible()
+
+    async def test_quarantine_page_shows_what_was_refused(
+        self, live: LiveReceiver, page: Any
+    ) -> None:
+        """A refused callback is a row whose redacted body unfolds as text."""
+        from playwright.async_api import expect
+
+        async with httpx.AsyncClient(base_url=live.url) as hooks:
+            await hooks.post("/hooks/apiframe/not-a-real-token-value", json={"status": SCRIPT})
+        for _ in range(100):
+            if await live.runtime.store.list_quarantine():
+                break
+            await asyncio.sleep(0.05)
+        await browser_log_in(page, live, "/ui/quarantine")
+        row = page.locator("#quarantine tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row).to_contain_text("unknown_token")
+        await row.locator("summary").click()
+        await expect(row.locator("pre").nth(1)).to_contain_text(SCRIPT)
+        assert await page.evaluate("window.__pwned === undefined")
+        await shoot(page, "ui-quarantine")
+
+
+class TestWithoutJavaScript:
+    """Every page is served whole: with JavaScript off, login, filters and replay still work."""
+
+    async def test_log_in_filter_and_replay_without_javascript(
+        self, live: LiveReceiver, page_without_js: Any, flaky: Flaky
+    ) -> None:
+        """The forms are plain HTML: each step is a page load."""
+        from playwright.async_api import expect
+
+        page = page_without_js
+        [job_id] = await dead_deliveries(live, 1)
+        queued = await put_job(live)
+        await page.goto(live.url + "/ui/login")
+        await expect(page.locator(".hint")).to_contain_text("RECEIVER_ADMIN_TOKEN")
+        await shoot(page, "ui-login")
+        await browser_log_in(page, live, "/ui")
+        await expect(page.locator("#jobs tbody tr")).to_have_count(2)
+        await page.select_option("#f-status", "queued")
+        await page.click(".filters button[type=submit]")
+        await page.wait_for_url("**status=queued*")
+        await expect(page.locator("#jobs tbody tr")).to_have_count(1)
+        await expect(page.locator(f'tr[data-job-id="{queued.id}"]')).to_have_count(1)
+        await shoot(page, "ui-jobs-nojs")
+        flaky.broken = False
+        await page.goto(live.url + "/ui/dead")
+        await page.locator("#dead button", has_text="Replay").click()
+        await page.wait_for_url("**/ui/dead?replayed=1")
+        await expect(page.locator("p.flash")).to_contain_text("Replayed 1 delivery")
+        await settle(live, ["done"])
+        await page.goto(live.url + f"/ui/jobs/{job_id}")
+        await expect(page.locator('#deliveries [data-field="state"]')).to_have_text("done")
+        await page.goto(live.url + "/ui/jobs/job_missing")
+        await expect(page.locator("main")).to_contain_text("No job job_missing.")
+        await shoot(page, "ui-404")

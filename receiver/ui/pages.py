@@ -206,8 +206,8 @@ def _filter_form(query: JobQuery, providers: list[str]) -> str:
         f' value="{e(query.q)}"></label>'
         f"<label>Status {_options('status', query.status, [s.value for s in Status])}</label>"
         f"<label>Provider {_options('provider', query.provider, sorted(providers))}</label>"
-        f"<label>Metadata {metadata}"
-        '<input id="f-metadata" name="metadata" placeholder="key=value"></label>'
+        f'<label>Metadata <span class="row">{metadata}'
+        '<input id="f-metadata" name="metadata" placeholder="key=value"></span></label>'
         '<label>Since <input id="f-since" name="since" placeholder="2h, 7d or 2026-12-07"'
         f' value="{e(query.since_text)}"></label>'
         f"{limit}"
@@ -226,7 +226,8 @@ def jobs_page(
     live = not query.filtered and query.before is None
     problems = "".join(f'<p class="error" role="alert">{e(text)}</p>' for text in query.problems)
     rows = "".join(_job_row(job, at) for job in found.items)
-    pager = [f'<span class="muted">{len(found.items)} jobs on this page</span>']
+    count = len(found.items)
+    pager = [f'<span class="muted">{count} job{"" if count == 1 else "s"} on this page</span>']
     if query.before is not None:
         pager.append(f'<a id="first-page" href="{e(query.url())}">Newest</a>')
     if found.next is not None:

@@ -92,8 +92,9 @@ def _replayed(request: AnyRequest) -> str | None:
     count = int(text)
     if count == 0:
         return "Nothing was replayed: no dead delivery matched."
-    noun = "delivery" if count == 1 else "deliveries"
-    return f"Replayed {count} {noun}: pending again, the dispatcher runs them now."
+    if count == 1:
+        return "Replayed 1 delivery: pending again, the dispatcher runs it now."
+    return f"Replayed {count} deliveries: pending again, the dispatcher runs them now."
 
 
 def _token_hint(runtime: Runtime) -> str:
