@@ -995,3 +995,32 @@ class TestWithoutJavaScript:
         await page.goto(live.url + "/ui/jobs/job_missing")
         await expect(page.locator("main")).to_contain_text("No job job_missing.")
         await shoot(page, "ui-404")
+
+
+class TestLiveOnlyOnThePlainList:
+    """The unfiltered first page takes new jobs live; a filtered page is left as served."""
+
+    async def test_new_jobs_appear_live_only_on_the_plain_list(
+        self, live: LiveReceiver, page: Any
+    ) -> None:
+        """A job made after load appears on /ui, whole and with no bar while queued; a page
+        filtered for failed jobs opens no stream and gains no row."""
+        from playwright.async_api import expect
+
+        await browser_log_in(page, live, "/ui")
+        await expect(page.locator("body[data-live=yes]")).to_have_count(1)
+        job_id = await add_job(live, "tok9", metadata={"customer": "acme"})
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        await expect(row.locator("td")).to_have_count(8, timeout=10_000)
+        await expect(row.locator('[data-field="status"]')).to_have_text("queued")
+        await expect(row.locator('[data-field="metadata"]')).to_have_text("customer=acme")
+        assert 0 == await row.locator("progress").count()
+        await callback(live, "tok9", {"task_id": "task-tok9", "status": "processing"})
+        await expect(row.locator('[data-field="status"]')).to_have_text("running")
+        await expect(row.locator("progress")).to_have_count(1)
+
+        await page.goto(live.url + "/ui?status=failed")
+        await put_job(live, status=Status.FAILED)
+        await asyncio.sleep(1.5)  # three of the stream's looks, had it been open
+        await expect(page.locator("#jobs tbody tr")).to_have_count(0)
+        assert await page.evaluate("document.body.dataset.live === undefined")
