@@ -231,8 +231,14 @@ class TestSession:
     async def test_login_returns_only_to_dashboard_pages(self, live: LiveReceiver) -> None:
         """After logging in the browser goes back where it was, but never off the dashboard."""
         async with httpx.AsyncClient(base_url=live.url) as client:
+            strangers = await client.get("/ui?status=failed&since=2h")
+            assert (
+                "/ui/login?next=%2Fui%3Fstatus%3Dfailed%26since%3D2h"
+                == (strangers.headers["location"])
+            )
             for asked, landing in (
                 ("/ui/jobs/job_1", "/ui/jobs/job_1"),
+                ("/ui?status=failed&since=2h", "/ui?status=failed&since=2h"),
                 ("https://evil.example/ui", "/ui"),
                 ("//evil.example/ui", "/ui"),
             ):
@@ -1003,12 +1009,16 @@ class TestLiveOnlyOnThePlainList:
     async def test_new_jobs_appear_live_only_on_the_plain_list(
         self, live: LiveReceiver, page: Any
     ) -> None:
-        """A job made after load appears on /ui, whole and with no bar while queued; a page
-        filtered for failed jobs opens no stream and gains no row."""
+        """A job made after load appears on /ui, whole and with no bar while queued; an older
+        job off the page stays off it when it changes; a page filtered for failed jobs opens
+        no stream and gains no row."""
         from playwright.async_api import expect
 
-        await browser_log_in(page, live, "/ui")
+        older = await add_job(live, "tok7")
+        await add_job(live, "tok8")
+        await browser_log_in(page, live, "/ui?limit=1")
         await expect(page.locator("body[data-live=yes]")).to_have_count(1)
+        await callback(live, "tok7", {"task_id": "task-tok7", "status": "processing"})
         job_id = await add_job(live, "tok9", metadata={"customer": "acme"})
         row = page.locator(f'tr[data-job-id="{job_id}"]')
         await expect(row.locator("td")).to_have_count(8, timeout=10_000)
@@ -1018,6 +1028,8 @@ class TestLiveOnlyOnThePlainList:
         await callback(live, "tok9", {"task_id": "task-tok9", "status": "processing"})
         await expect(row.locator('[data-field="status"]')).to_have_text("running")
         await expect(row.locator("progress")).to_have_count(1)
+        assert 0 == await page.locator(f'tr[data-job-id="{older}"]').count()
+        await expect(page.locator("#jobs tbody tr")).to_have_count(2)
 
         await page.goto(live.url + "/ui?status=failed")
         await put_job(live, status=Status.FAILED)

@@ -106,10 +106,9 @@ def _token_hint(runtime: Runtime) -> str:
 
 
 def _to_login(request: AnyRequest) -> Redirect:
-    """To the login form, which comes back here afterwards."""
-    return Redirect(
-        "/ui/login", status_code=303, headers=_HEADERS, query_params={"next": request.url.path}
-    )
+    """To the login form, which comes back here (filters included) afterwards."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return Redirect("/ui/login", status_code=303, headers=_HEADERS, query_params={"next": here})
 
 
 def _next_page(value: str | None) -> str:

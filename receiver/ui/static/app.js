@@ -81,8 +81,12 @@
     const key = '[data-job-id="' + CSS.escape(job.id) + '"]';
     let row = document.querySelector("tr" + key + ", dl" + key);
     if (!row && page === "jobs") {
-      row = jobRow(job);
+      // Ids sort by creation: only a job newer than the top row is new; an older one that
+      // changed belongs to a later page.
       const body = document.querySelector("#jobs tbody");
+      const top = body.querySelector("tr[data-job-id]");
+      if (top && job.id <= top.dataset.jobId) return;
+      row = jobRow(job);
       body.insertBefore(row, body.firstChild);
     }
     if (!row) return;
