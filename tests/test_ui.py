@@ -22,8 +22,9 @@ from receiver.config import load_settings
 from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Status, StoredFile, Update, new_id, now
 from receiver.serving import bind, serve_in_loop
-from receiver.store import NewJob
+from receiver.store import NewJob, Store
 from receiver.testing import LiveReceiver, running_receiver
+from receiver.ui.filters import find_jobs, parse_job_query
 from receiver.ui.session import COOKIE, csrf_token, csrf_valid
 from receiver.verify import digest
 
@@ -1036,3 +1037,53 @@ class TestLiveOnlyOnThePlainList:
         await asyncio.sleep(1.5)  # three of the stream's looks, had it been open
         await expect(page.locator("#jobs tbody tr")).to_have_count(0)
         assert await page.evaluate("document.body.dataset.live === undefined")
+
+
+async def stored_job(store: Store, **fields: Any) -> Job:
+    at = fields.pop("created_at", now())
+    job = Job(
+        id=new_id("job"),
+        provider=fields.pop("provider", "apiframe"),
+        task_id=fields.pop("task_id", new_id("task")),
+        status=fields.pop("status", Status.QUEUED),
+        created_at=at,
+        updated_at=at,
+        **fields,
+    )
+    await store.create_job(NewJob(job=job))
+    return job
+
+
+class TestFindJobsOnEveryBackend:
+    """The list's query string means the same on SQLite and PostgreSQL."""
+
+    async def test_filters_search_since_and_paging(self, store: Store) -> None:
+        """Each filter, the search and the cursor give the same jobs on both stores."""
+        old = await stored_job(store, status=Status.FAILED, created_at=now() - 3 * 86400)
+        acme = [
+            await stored_job(store, status=Status.FAILED, metadata={"customer": "acme", "n": 7})
+            for _ in range(3)
+        ]
+        other = await stored_job(store, provider="rixapi", task_id="tk-x", metadata={"n": "7"})
+
+        async def ids(**query: str) -> tuple[list[str], str | None]:
+            parsed = parse_job_query({key: [value] for key, value in query.items()})
+            assert [] == parsed.problems
+            page = await find_jobs(store, parsed)
+            return [job.id for job in page.items], page.next
+
+        newest_first = [job.id for job in reversed(acme)]
+        assert (newest_first, None) == await ids(metadata="customer=acme")
+        assert ([other.id, *newest_first], None) == await ids(metadata="n=7")
+        assert ([other.id], None) == await ids(provider="rixapi")
+        assert ([other.id], None) == await ids(q="tk-x")
+        assert ([acme[0].id], None) == await ids(q=acme[0].id, status="failed")
+        assert ([], None) == await ids(q=acme[0].id, status="queued")
+        assert ([*newest_first, old.id], None) == await ids(status="failed")
+        assert (newest_first, None) == await ids(status="failed", since="1d")
+        first, cursor = await ids(status="failed", limit="2")
+        assert (newest_first[:2], acme[1].id) == (first, cursor)
+        assert cursor is not None
+        assert ([acme[0].id], None) == await ids(
+            status="failed", since="1d", limit="2", before=cursor
+        )
