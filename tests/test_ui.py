@@ -494,7 +494,17 @@ class TestInChromium:
         )
         await settle(live, ["dead"])
         [dead] = await live.runtime.store.list_deliveries()
+        kept = StoredFile(
+            path="/srv/receiver/files/result.mp4",
+            sha256="0f" * 32,
+            size=48_213,
+            content_type="video/mp4",
+            url=live.url + "/ui/static/missing.mp4",
+            stored_at=now(),
+        )
+        await live.runtime.store.save_file(job_id, "result", kept)
         await browser_log_in(page, live, f"/ui/jobs/{job_id}")
+        await expect(page.locator('#files tr[data-file="result"]')).to_contain_text("47.1 KiB")
         row = page.locator(f'tr[data-delivery-id="{dead.id}"]')
         await expect(row.locator('[data-field="state"]')).to_have_text("dead")
         await expect(row.locator('[data-field="last_error"]')).to_contain_text("onerror")
