@@ -98,11 +98,18 @@ def _replayed(request: AnyRequest) -> str | None:
 
 
 def _token_hint(runtime: Runtime) -> str:
-    """Where the admin token is: the variable, or the generated file's path (not its content)."""
+    """Where the admin token is: the variable, or the generated file (not its content).
+
+    The file is named, not its directory: the page is open to anyone who reaches it, and
+    the server's layout is none of their business; the operator knows where the database is.
+    """
     if runtime.settings.admin_token is not None:
         return "The token is RECEIVER_ADMIN_TOKEN in the receiver's environment."
-    path = admin_token_file(runtime.settings).resolve()
-    return f"The token generated at first start is in {path} (readable by its owner only)."
+    name = admin_token_file(runtime.settings).name
+    return (
+        f"The token generated at first start is in the file {name}, beside the database"
+        " (readable by its owner only; the receiver logged its full path when it made it)."
+    )
 
 
 def _to_login(request: AnyRequest) -> Redirect:
