@@ -322,6 +322,17 @@ class TestExpiredLinks:
         )
         assert {} == job.files
 
+    async def test_without_a_status_api_to_ask_the_attempt_fails_saying_why(
+        self, tmp_path: Path
+    ) -> None:
+        """A provider that is not configured cannot be asked: each attempt fetches the dead
+        link once and fails with the reason, until the delivery dies as usual."""
+        seen, run, job = await _download(tmp_path, lambda seen: Reply(status=404))
+        assert (3, "dead", {}) == (len(seen), run.state.value, job.files)
+        assert "answered 404 (the link expired); no fresh link: RECEIVER_RIXAPI_BASE_URL" in (
+            run.error or ""
+        )
+
 
 class TestInternalAddresses:
     """By default a result URL on an internal address is never fetched: dead at once, no retry."""

@@ -286,8 +286,9 @@ class _Renewal:
         self.job = job
         self.asked = False
 
-    async def fresh_url(self, name: str, expired: ResultExpired) -> str:
-        """The fresh URL of file `name`; DownloadFailed (retried later) when there is none."""
+    async def fresh_url(self, name: str, url: str, expired: ResultExpired) -> str:
+        """A fresh URL for file `name`, whose `url` expired; DownloadFailed (retried later)
+        when there is none."""
         if self.asked:
             raise DownloadFailed(f"{expired}; fresh links were asked for once in this attempt")
         self.asked = True
@@ -300,11 +301,12 @@ class _Renewal:
             raise
         except ReceiverError as exc:
             raise DownloadFailed(f"{expired}; no fresh link: {exc}") from None
-        url = _url_of(renewed, name) if renewed is not None else None
-        if renewed is None or url is None:
+        if renewed is not None:
+            self.job = renewed
+        fresh = _url_of(self.job, name)
+        if fresh is None or fresh == url:
             raise DownloadFailed(f"{expired}; {provider}'s status API gave no fresh link")
-        self.job = renewed
-        return url
+        return fresh
 
 
 def _url_of(job: Job, name: str) -> str | None:
@@ -338,7 +340,7 @@ def install_download(
             try:
                 stored = await fetch_file(egress, url, root / job.id, name, settings)
             except ResultExpired as exc:
-                fresh = await renewal.fresh_url(name, exc)
+                fresh = await renewal.fresh_url(name, url, exc)
                 try:
                     stored = await fetch_file(egress, fresh, root / job.id, name, settings)
                 except ResultExpired as again:
