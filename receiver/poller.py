@@ -195,7 +195,7 @@ class Poller(WorkLoop):
         async with limits.slots:
             try:
                 update = await gateway.pull(job.task_id)
-            except ReceiverError as exc:
+            except Exception as exc:  # accounted for as any failed pull, then the caller's
                 METRICS.poll(job.provider, "error")
                 limits.failed(exc, now())
                 raise

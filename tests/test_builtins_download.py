@@ -308,6 +308,20 @@ class TestExpiredLinks:
         assert (True, 2) == (run.done, run.attempts)
         assert fresh == job.files["result"].url
 
+    async def test_a_provider_that_asked_for_a_pause_is_not_asked_again(
+        self, tmp_path: Path
+    ) -> None:
+        """The status API's 429 with Retry-After fails the first attempt; the retries keep to
+        the pause the provider asked for, as polls do, and make no status call."""
+        async with _expiring(tmp_path, 1) as (sim, kit):
+            job_id = await _submit(sim, kit, "apiframe")
+            sim.config.status_error, sim.config.status_retry_after = 429, 30
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            assert 1 == sim.status_calls("apiframe")
+        assert ("dead", 3, {}) == (run.state.value, run.attempts, job.files)
+        assert "no fresh link: apiframe asked for a pause" in (run.error or "")
+
     async def test_a_provider_without_a_status_api_fails_saying_so(self, tmp_path: Path) -> None:
         """runway_ai answers the result at once and has nothing to ask: every attempt
         fails with the reason, and the delivery dies after the usual attempts."""
