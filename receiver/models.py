@@ -50,6 +50,8 @@ class Disposition(enum.StrEnum):
     APPLIED = "applied"  # moved the job forward and fired handlers
     DUPLICATE = "duplicate"  # same dedupe key as an earlier event: stored, fires nothing
     LATE = "late"  # arrived after a terminal state or with older progress: stored, fires nothing
+    # Fresh result URLs for a succeeded job, asked for because its own expired: fires nothing.
+    RENEWED = "renewed"
 
 
 class DeliveryState(enum.StrEnum):
@@ -151,6 +153,8 @@ class StoredFile(msgspec.Struct, kw_only=True):
     content_type: str | None = None
     url: str  # where it was fetched from (provider URLs expire)
     stored_at: float
+    # The link tried first, when it had expired and `url` is the fresh one the provider gave.
+    renewed_from: str | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -189,7 +193,9 @@ class Event(msgspec.Struct, kw_only=True):
     preview_url: str | None = None
     error: str | None = None
     error_code: str | None = None
-    source: str  # callback | poll | submit | receiver (the receiver's own decision: give-up)
+    # callback | poll | submit | renewal (a pull for fresh result URLs) | trigger | receiver
+    # (the receiver's own decision: give-up)
+    source: str
     disposition: Disposition = Disposition.APPLIED
     received_at: float
     request_id: str | None = None

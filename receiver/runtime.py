@@ -83,10 +83,6 @@ class Runtime:
         client = client or lazy_client(follow_redirects=False)
         providers = {**PROVIDERS, **generic_providers(settings.generic)}
         handlers = handlers.layered()  # the built-ins belong to this runtime alone
-        builtins = install_builtins(handlers, settings, client=client, store=store)
-        if builtins:
-            log.info("built-in handlers: %s", ", ".join(builtins))
-        check_handlers(handlers, providers)  # one that can never run stops the start
         gateways = {
             name: ProviderGateway(adapter, settings.provider(name), client)
             for name, adapter in providers.items()
@@ -119,6 +115,13 @@ class Runtime:
                 for name in providers
             },
         )
+        # Registered after the poller is built: a download asks it for fresh links.
+        builtins = install_builtins(
+            handlers, settings, client=client, store=store, renew=poller.renew
+        )
+        if builtins:
+            log.info("built-in handlers: %s", ", ".join(builtins))
+        check_handlers(handlers, providers)  # one that can never run stops the start
         submitter = Submitter(
             store,
             ingest,

@@ -37,7 +37,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
     Claimed,
     DeliverySummary,
@@ -498,7 +498,14 @@ class PostgresStore(Store):
                 )
             else:
                 duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
-            transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
+            transition = advance(
+                job,
+                update,
+                duplicate=duplicate,
+                at=at,
+                preview_from=rank,
+                renewal=source == RENEWAL,
+            )
             event = Event(
                 id=new_id("evt"),
                 job_id=job.id,

@@ -48,7 +48,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
     Claimed,
     DeliverySummary,
@@ -1027,7 +1027,9 @@ def _record(
         ).fetchone()
         is not None
     )
-    transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
+    transition = advance(
+        job, update, duplicate=duplicate, at=at, preview_from=rank, renewal=source == RENEWAL
+    )
     event = Event(
         id=new_id("evt"),
         job_id=job.id,
