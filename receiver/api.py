@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from receiver.admin_auth import check_bearer
+from receiver.costs import BudgetExceeded
 from receiver.errors import ConfigError, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
@@ -52,9 +53,18 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
-@post("/jobs", guards=[admin_guard], status_code=201)
+@post(
+    "/jobs",
+    guards=[admin_guard],
+    status_code=201,
+    responses={402: ResponseSpec(ErrorBody, description="The job would pass a spend budget")},
+)
 async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitRequest]) -> Job:
-    """Submit a job to a provider (or track one), answering with the job."""
+    """Submit a job to a provider (or track one), answering with the job.
+
+    402 names the budget (RECEIVER_BUDGET_DAILY, RECEIVER_BUDGETS) the job's estimated
+    cost would pass; no job is made and the provider is not called.
+    """
     runtime = _runtime(request)
     try:
         if data.task_id is not None:
@@ -68,6 +78,14 @@ async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitReque
         raise ValidationException(f"unknown provider {data.provider!r}") from None
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
+    except BudgetExceeded as exc:
+        extra = {
+            "budget": exc.budget.name,
+            "limit": exc.budget.limit,
+            "spent": exc.spent,
+            "estimated_cost": exc.cost,
+        }
+        raise HTTPException(str(exc), status_code=402, extra=extra) from None
     return submitted.job
 
 

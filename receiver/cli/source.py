@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiSource",
     "NotFound",
+    "OverBudget",
     "Source",
     "StoreSource",
     "Unreachable",
@@ -49,6 +50,10 @@ T = TypeVar("T")
 
 class NotFound(ReceiverError):
     """The job or delivery asked for does not exist."""
+
+
+class OverBudget(ReceiverError):
+    """The receiver at RECEIVER_URL refused a submission that would pass a budget (402)."""
 
 
 class Unreachable(StoreUnavailable):
@@ -241,6 +246,8 @@ class ApiSource(Source):
             raise Unreachable(f"the receiver's store is unavailable ({self.client.base_url})")
         if answer.status_code == 400:
             raise ConfigError(_error_of(answer) or "the receiver refused the request")
+        if answer.status_code == 402:
+            raise OverBudget(_error_of(answer) or "the job would pass a spend budget")
         if answer.status_code >= 400:
             raise ReceiverError(f"the receiver answered {answer.status_code} to {method} {path}")
         return msgspec.json.decode(answer.content, type=kind)

@@ -29,9 +29,10 @@ from receiver.errors import ConfigError, ProviderError
 from receiver.models import Job, Status
 from receiver.providers import PROVIDERS
 
-__all__ = ["EXIT_TIMED_OUT", "check_fields", "register"]
+__all__ = ["EXIT_BUDGET", "EXIT_TIMED_OUT", "check_fields", "register"]
 
 EXIT_TIMED_OUT = 5  # --wait gave up before the job ended
+EXIT_BUDGET = 6  # the job would pass a spend budget: nothing was submitted
 
 
 def register(commands: Any) -> None:

@@ -1,0 +1,7 @@
+-- Spend: each job's estimated cost at submission and its final cost once it ended
+-- (NULL: the provider has no price configured). Budgets sum them per UTC day.
+-- Mirrors sqlite/0007_costs.sql.
+
+ALTER TABLE jobs ADD COLUMN estimated_cost DOUBLE PRECISION;
+ALTER TABLE jobs ADD COLUMN cost DOUBLE PRECISION;
+CREATE INDEX jobs_created_at ON jobs (created_at);

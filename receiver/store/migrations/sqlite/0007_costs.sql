@@ -1,0 +1,6 @@
+-- Spend: each job's estimated cost at submission and its final cost once it ended
+-- (NULL: the provider has no price configured). Budgets sum them per UTC day.
+
+ALTER TABLE jobs ADD COLUMN estimated_cost REAL;
+ALTER TABLE jobs ADD COLUMN cost REAL;
+CREATE INDEX jobs_created_at ON jobs (created_at);
