@@ -32,6 +32,7 @@ from receiver.wire import (
     QuarantineList,
     ReplayRequest,
     RequestList,
+    SpendList,
     SubmitRequest,
     replay_states,
 )
@@ -161,6 +162,22 @@ async def get_job_requests(request: Request[Any, Any, Any], job_id: FromPath[str
     return RequestList(items=await runtime.store.list_requests(job_id))
 
 
+@get("/costs", guards=[admin_guard])
+async def list_costs(
+    request: Request[Any, Any, Any],
+    since: Annotated[float, QueryParameter(ge=0)] = 0.0,
+    by: Annotated[str | None, QueryParameter(max_length=64)] = None,
+) -> SpendList:
+    """Spend of jobs created since `since` (Unix seconds), by provider and UTC day; `by`
+    names a metadata key to split it by as well."""
+    if by is not None:
+        try:
+            metadata_filter({by: ""})  # the same rule as job filters: a plain key
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+    return SpendList(items=await _runtime(request).store.spend(since=since, by=by))
+
+
 @get("/deliveries", guards=[admin_guard])
 async def list_deliveries(
     request: Request[Any, Any, Any],
@@ -252,6 +269,7 @@ ADMIN_ROUTES = [
     get_job_events,
     get_job_deliveries,
     get_job_requests,
+    list_costs,
     list_deliveries,
     replay_delivery,
     replay_deliveries,

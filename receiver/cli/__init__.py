@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from receiver.cli import (
     bench,
+    costs,
     deliveries,
     doctor,
     events,
@@ -57,6 +58,7 @@ _COMMANDS = (
     deliveries,
     quarantine,
     replay,
+    costs,
     doctor,
     migrate,
     prune,

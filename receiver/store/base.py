@@ -84,7 +84,6 @@ class NewJob(msgspec.Struct, kw_only=True):
     budgets: tuple[Budget, ...] = ()
 
 
-
 class TokenMatch(msgspec.Struct, kw_only=True):
     """A job found by its URL token, with the secret digest its callbacks must match."""
 
