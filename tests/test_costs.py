@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import run_cli
+from test_metrics import _Family
 
 from receiver.config import load_settings
 from receiver.costs import DAY, Budget, BudgetExceeded, estimate, parse_budgets
@@ -332,6 +334,22 @@ class TestCostsCommand:
         assert 2 == code
         assert "--since" in err
 
+    async def test_costs_through_the_admin_api(self, tmp_path: Path, sim: RunningSimulator) -> None:
+        """With --url, `costs` reads GET /costs; a bad --by key is refused there (exit 2)."""
+        async with running_receiver(tmp_path, env=receiver_env(sim)) as live:
+            await post_job(live, customer="acme")
+            env = {"RECEIVER_URL": live.url, "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}
+            code, out, err = await run_cli(
+                "costs", "--by", "customer", "--json", env=env, cwd=tmp_path
+            )
+            bad = await run_cli("costs", "--by", "a b", env=env, cwd=tmp_path)
+        assert 0 == code, err
+        assert [("apiframe", "acme", 1, 1.0)] == [
+            (i["provider"], i["value"], i["jobs"], i["estimated"]) for i in json.loads(out)["items"]
+        ]
+        assert 2 == bad[0]
+        assert "metadata key" in bad[2]
+
 
 class TestSpendMetric:
     """`/metrics` exports the store's spend per provider, and the page still registers."""
@@ -342,9 +360,11 @@ class TestSpendMetric:
                 created = (await post_job(live)).json()
                 await until_ended(live, created["id"])
             text = await get(live, "/metrics")
-        [family] = [
-            f for f in text_string_to_metric_families(text) if f.name == "receiver_spend_total"
-        ]
+        families = list(text_string_to_metric_families(text))
+        registry = CollectorRegistry()
+        for each in families:
+            registry.register(_Family(each))  # a clashing family name would raise here
+        [family] = [f for f in families if f.name == "receiver_spend_total"]
         assert ("gauge", [({"provider": "apiframe"}, 2.0)]) == (
             family.type,
             [(s.labels, s.value) for s in family.samples],
