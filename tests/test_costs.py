@@ -20,7 +20,7 @@ from test_metrics import _Family
 from receiver.config import load_settings
 from receiver.costs import DAY, Budget, BudgetExceeded, estimate, parse_budgets
 from receiver.errors import ConfigError
-from receiver.models import Job, Status, new_id
+from receiver.models import Job, Status, Update, new_id
 from receiver.providers import ProviderSettings
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
 from receiver.store.base import NewJob, Store
@@ -249,6 +249,27 @@ class TestStoreBudgets:
         ]
         assert [3.5] == [r.cost for r in await store.spend(since=at - 3600)]
         assert [] == await store.spend(since=at + DAY)
+
+
+class TestFinalCostInTheStore:
+    """The final cost is written with the terminal state, on both backends."""
+
+    @pytest.mark.parametrize(("status", "cost"), [(Status.SUCCEEDED, 1.0), (Status.FAILED, 0.0)])
+    async def test_terminal_state_sets_the_cost(
+        self, store: Store, status: Status, cost: float
+    ) -> None:
+        new = _job(time.time(), 1.0)
+        await store.create_job(new)
+        running = await store.record(
+            new.job.id, Update(Status.RUNNING, "running"), source="poll", route=lambda e, j: []
+        )
+        ended = await store.record(
+            new.job.id, Update(status, status.value), source="poll", route=lambda e, j: []
+        )
+        stored = await store.get_job(new.job.id)
+        assert stored is not None
+        assert (None, cost, cost) == (running.job.cost, ended.job.cost, stored.cost)
+        assert 1.0 == stored.estimated_cost
 
 
 class TestBudgetSettings:

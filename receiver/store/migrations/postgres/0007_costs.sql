@@ -4,4 +4,4 @@
 
 ALTER TABLE jobs ADD COLUMN estimated_cost DOUBLE PRECISION;
 ALTER TABLE jobs ADD COLUMN cost DOUBLE PRECISION;
-CREATE INDEX jobs_created_at ON jobs (created_at);
+CREATE INDEX jobs_spend_day ON jobs (created_at);

@@ -3,4 +3,4 @@
 
 ALTER TABLE jobs ADD COLUMN estimated_cost REAL;
 ALTER TABLE jobs ADD COLUMN cost REAL;
-CREATE INDEX jobs_created_at ON jobs (created_at);
+CREATE INDEX jobs_spend_day ON jobs (created_at);
