@@ -1,7 +1,8 @@
 """`receiver submit`: send a job to a provider (or track one submitted elsewhere).
 
 With `--wait` it follows the job (a live progress bar on a terminal, one line per change
-otherwise) until it ends, then prints the result URL; a failed job exits 1. The job is
+otherwise) until it ends, then prints the result URL; a failed job exits 1, and one whose
+estimated cost would pass a budget exits 6 with nothing submitted. The job is
 moved by callbacks, so a receiver must be running: the one named by RECEIVER_URL, or a
 `serve` on the same database.
 """
