@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from receiver.admin_auth import check_bearer
+from receiver.costs import BudgetExceeded
 from receiver.errors import ConfigError, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
@@ -31,6 +32,7 @@ from receiver.wire import (
     QuarantineList,
     ReplayRequest,
     RequestList,
+    SpendList,
     SubmitRequest,
     replay_states,
 )
@@ -52,9 +54,18 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
-@post("/jobs", guards=[admin_guard], status_code=201)
+@post(
+    "/jobs",
+    guards=[admin_guard],
+    status_code=201,
+    responses={402: ResponseSpec(ErrorBody, description="The job would pass a spend budget")},
+)
 async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitRequest]) -> Job:
-    """Submit a job to a provider (or track one), answering with the job."""
+    """Submit a job to a provider (or track one), answering with the job.
+
+    402 names the budget (RECEIVER_BUDGET_DAILY, RECEIVER_BUDGETS) the job's estimated
+    cost would pass; no job is made and the provider is not called.
+    """
     runtime = _runtime(request)
     try:
         if data.task_id is not None:
@@ -68,6 +79,14 @@ async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitReque
         raise ValidationException(f"unknown provider {data.provider!r}") from None
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
+    except BudgetExceeded as exc:
+        extra = {
+            "budget": exc.budget.name,
+            "limit": exc.budget.limit,
+            "spent": exc.spent,
+            "estimated_cost": exc.cost,
+        }
+        raise HTTPException(str(exc), status_code=402, extra=extra) from None
     return submitted.job
 
 
@@ -141,6 +160,22 @@ async def get_job_requests(request: Request[Any, Any, Any], job_id: FromPath[str
     runtime = _runtime(request)
     await _job_or_404(runtime, job_id)
     return RequestList(items=await runtime.store.list_requests(job_id))
+
+
+@get("/costs", guards=[admin_guard])
+async def list_costs(
+    request: Request[Any, Any, Any],
+    since: Annotated[float, QueryParameter(ge=0)] = 0.0,
+    by: Annotated[str | None, QueryParameter(max_length=64)] = None,
+) -> SpendList:
+    """Spend of jobs created since `since` (Unix seconds), by provider and UTC day; `by`
+    names a metadata key to split it by as well."""
+    if by is not None:
+        try:
+            metadata_filter({by: ""})  # the same rule as job filters: a plain key
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+    return SpendList(items=await _runtime(request).store.spend(since=since, by=by))
 
 
 @get("/deliveries", guards=[admin_guard])
@@ -234,6 +269,7 @@ ADMIN_ROUTES = [
     get_job_events,
     get_job_deliveries,
     get_job_requests,
+    list_costs,
     list_deliveries,
     replay_delivery,
     replay_deliveries,

@@ -177,6 +177,11 @@ class Job(msgspec.Struct, kw_only=True):
     files: dict[str, StoredFile] = msgspec.field(default_factory=dict)
     # Where this job's events are also POSTed, signed (given at submit time).
     notify_url: str | None = None
+    # What the job is expected to cost (at submission, from the provider's configured
+    # price) and what it cost once it ended (0 for a failure the provider does not bill);
+    # None when the provider has no price configured.
+    estimated_cost: float | None = None
+    cost: float | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

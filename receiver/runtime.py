@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from receiver.admin_token import admin_token_file, ensure_admin_token
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
+from receiver.costs import Pricing
 from receiver.dispatch import Dispatcher, Registry, load_handlers
 from receiver.heartbeat import Heartbeat
 from receiver.ingest import Ingest
@@ -131,6 +132,7 @@ class Runtime:
             deadline_for=settings.deadline_for,
             wake_poller=poller.wake,
             notify_secret=settings.forward.secret is not None,
+            pricing=Pricing(settings.provider, settings.budget_daily, settings.budgets),
         )
         return cls(
             settings=settings,

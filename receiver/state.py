@@ -16,7 +16,7 @@ import msgspec
 
 from receiver.models import Disposition, Job, Status, Update
 
-__all__ = ["RENEWAL", "Transition", "advance", "dedupe_key", "preview_rank"]
+__all__ = ["RENEWAL", "Transition", "advance", "dedupe_key", "final_cost", "preview_rank"]
 
 # The source of a status pull made because a job's result URLs expired: the one statement
 # that may give a finished job new URLs.
@@ -67,6 +67,15 @@ def _is_forward(job: Job, update: Update) -> bool:
     if update.progress is None:
         return False
     return job.progress is None or update.progress > job.progress
+
+
+def final_cost(job: Job, status: Status) -> float | None:
+    """The job's cost once it moves to `status`: its estimate if it succeeded, 0 if it
+    failed or was cancelled (no provider here bills those; docs/operations.md says why).
+    """
+    if not status.terminal or job.estimated_cost is None:
+        return job.cost
+    return job.estimated_cost if status is Status.SUCCEEDED else 0.0
 
 
 def preview_rank(update: Update) -> float:
@@ -157,5 +166,6 @@ def advance(
         else job.error,
         error_code=(update.error_code or job.error_code) if failed else job.error_code,
         updated_at=at,
+        cost=final_cost(job, status),
     )
     return Transition(Disposition.APPLIED, moved, True, rank)

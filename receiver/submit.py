@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.costs import Budget, Pricing
 from receiver.errors import ConfigError, ProviderError
 from receiver.ingest import Ingest
 from receiver.models import Job, Status, Update, new_id, now
@@ -86,6 +87,7 @@ class Submitter:
         deadline_for: Callable[[str], float] = lambda provider: 900.0,
         wake_poller: Any = None,
         notify_secret: bool = False,
+        pricing: Pricing | None = None,
     ):
         self.store = store
         self.ingest = ingest
@@ -95,6 +97,7 @@ class Submitter:
         self.deadline_for = deadline_for
         self.wake_poller = wake_poller or (lambda: None)
         self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
+        self.pricing = pricing
 
     def _notify_url(self, url: str | None) -> str | None:
         if url is None:
@@ -137,12 +140,18 @@ class Submitter:
             f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
         )
         job = queued_job(provider, None, metadata, notify_url)
+        budgets: tuple[Budget, ...] = ()
+        if self.pricing is not None:
+            job.estimated_cost = self.pricing.estimate(provider, fields)
+            budgets = self.pricing.budgets(job.metadata)
+        # BudgetExceeded here leaves no job, and the provider is never called.
         await self.store.create_job(
             NewJob(
                 job=job,
                 token_hash=digest(token),
                 secret_hash=digest(secret) if secret else None,
                 input=redact_fields(fields),
+                budgets=budgets,
             )
         )
         try:

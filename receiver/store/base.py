@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.costs import Budget, Spend
 from receiver.models import (
     Delivery,
     DeliveryState,
@@ -35,6 +36,7 @@ __all__ = [
     "Reaped",
     "Recorded",
     "Router",
+    "Spend",
     "Store",
     "TokenMatch",
     "Worker",
@@ -77,6 +79,9 @@ class NewJob(msgspec.Struct, kw_only=True):
     secret_hash: str | None = None
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     next_poll_at: float | None = None
+    # Checked against the jobs of the day in the same transaction as the insert: BudgetExceeded
+    # (and no job) when the job's estimated cost would pass one.
+    budgets: tuple[Budget, ...] = ()
 
 
 class TokenMatch(msgspec.Struct, kw_only=True):
@@ -175,7 +180,16 @@ class Store(abc.ABC):
     # Jobs
 
     @abc.abstractmethod
-    async def create_job(self, new: NewJob) -> None: ...
+    async def create_job(self, new: NewJob) -> None:
+        """Insert `new`; with budgets, only if none would pass (else BudgetExceeded).
+
+        Two concurrent inserts cannot both fit in room for one: the check and the insert
+        are one transaction, serialised per budget.
+        """
+
+    @abc.abstractmethod
+    async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
+        """Spend of jobs created since `since`, by provider and UTC day (and metadata `by`)."""
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:

@@ -103,6 +103,8 @@ JOBS = Table(
         "updated_at",
         "files",
         "notify_url",
+        "estimated_cost",
+        "cost",
     ),
     json=("metadata", "files"),
 )

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from receiver.costs import DAY, BudgetExceeded, Spend, check_budgets, day_start, spend_row
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
     Delivery,
@@ -88,6 +89,7 @@ _ITEM_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.DataError,
     LookupError,
     ValueError,
+    BudgetExceeded,
 )
 
 
@@ -450,7 +452,20 @@ class SQLiteStore(Store):
     # Jobs
 
     async def create_job(self, new: NewJob) -> None:
-        await self._write(functools.partial(_insert_job, new=new))
+        # The single writer runs the budget check and the insert in one transaction.
+        await self._write(functools.partial(_insert_within_budgets, new=new))
+
+    async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
+        value = "metadata ->> ?" if by is not None else "NULL"
+        params: list[Any] = [metadata_path(by)] if by is not None else []
+        rows = await self._fetchall(
+            f"SELECT provider, CAST(created_at / {DAY} AS INTEGER) AS day, {value} AS value,"
+            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+            " FROM jobs WHERE created_at >= ? GROUP BY provider, day, value"
+            " ORDER BY day, provider, value",
+            (*params, since),
+        )
+        return [spend_row(row) for row in rows]
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
@@ -1000,6 +1015,24 @@ def _insert_job(
     )
 
 
+_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= ?"
+
+
+def _insert_within_budgets(conn: sqlite3.Connection, new: NewJob) -> None:
+    """Insert `new` unless its estimate would pass one of its budgets (BudgetExceeded)."""
+    if new.budgets:
+        since = day_start(new.job.created_at)
+        spent = []
+        for budget in new.budgets:
+            sql, params = _SPENT, list[Any]([since])
+            if budget.key is not None:
+                sql += " AND metadata -> ? = ?"
+                params += [metadata_path(budget.key), to_json(budget.value)]
+            spent.append(conn.execute(sql, params).fetchone()[0] or 0.0)
+        check_budgets(list(new.budgets), spent, new.job.estimated_cost or 0.0)
+    _insert_job(conn, new)
+
+
 def _insert_request(conn: sqlite3.Connection, raw: RawRequest, job_id: str | None) -> None:
     conn.execute(_INSERT_REQUEST, (*REQUESTS.values(raw), job_id))
 
@@ -1125,7 +1158,7 @@ def _save_job_state(
     conn.execute(
         "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
         " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?,"
-        " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
+        " cost = ?, next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
         # A poll's outcome (a new schedule, or the end of the job) ends its lease.
         " poll_worker_id = CASE WHEN ? OR ? IS NOT NULL THEN NULL ELSE poll_worker_id END"
         " WHERE id = ?",
@@ -1140,6 +1173,7 @@ def _save_job_state(
             job.error,
             job.error_code,
             job.updated_at,
+            job.cost,
             job.status.terminal,
             next_poll_at,
             job.status.terminal,
