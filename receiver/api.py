@@ -6,12 +6,18 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ClientException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    NotFoundException,
+    ValidationException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from receiver.admin_auth import check_bearer
+from receiver.costs import BudgetExceeded
 from receiver.errors import ConfigError, IdempotencyKeyReused, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
@@ -31,6 +37,7 @@ from receiver.wire import (
     QuarantineList,
     ReplayRequest,
     RequestList,
+    SpendList,
     SubmitRequest,
     replay_states,
 )
@@ -61,6 +68,7 @@ _REPLAYED = {"Idempotent-Replayed": "true"}
     status_code=201,
     responses={
         200: ResponseSpec(Job, description="Idempotency-Key seen before: its job, nothing sent"),
+        402: ResponseSpec(ErrorBody, description="The job would pass a spend budget"),
         409: ResponseSpec(ErrorBody, description="Idempotency-Key used with another request"),
     },
 )
@@ -73,7 +81,9 @@ async def create_job(
 
     With an `Idempotency-Key` header, the same key and request again answers the same
     job with 200 and `Idempotent-Replayed: true`, and nothing is sent to the provider;
-    the key with a different request answers 409.
+    the key with a different request answers 409. 402 names the budget
+    (RECEIVER_BUDGET_DAILY, RECEIVER_BUDGETS) the job's estimated cost would pass; no job
+    is made and the provider is not called.
     """
     runtime = _runtime(request)
     try:
@@ -99,6 +109,14 @@ async def create_job(
         raise ValidationException(str(exc)) from None
     except IdempotencyKeyReused as exc:
         raise ClientException(detail=str(exc), status_code=409) from None
+    except BudgetExceeded as exc:
+        extra = {
+            "budget": exc.budget.name,
+            "limit": exc.budget.limit,
+            "spent": exc.spent,
+            "estimated_cost": exc.cost,
+        }
+        raise HTTPException(str(exc), status_code=402, extra=extra) from None
     if submitted.replayed:
         return Response(submitted.job, status_code=200, headers=_REPLAYED)
     return Response(submitted.job, status_code=201)
@@ -174,6 +192,22 @@ async def get_job_requests(request: Request[Any, Any, Any], job_id: FromPath[str
     runtime = _runtime(request)
     await _job_or_404(runtime, job_id)
     return RequestList(items=await runtime.store.list_requests(job_id))
+
+
+@get("/costs", guards=[admin_guard])
+async def list_costs(
+    request: Request[Any, Any, Any],
+    since: Annotated[float, QueryParameter(ge=0)] = 0.0,
+    by: Annotated[str | None, QueryParameter(max_length=64)] = None,
+) -> SpendList:
+    """Spend of jobs created since `since` (Unix seconds), by provider and UTC day; `by`
+    names a metadata key to split it by as well."""
+    if by is not None:
+        try:
+            metadata_filter({by: ""})  # the same rule as job filters: a plain key
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+    return SpendList(items=await _runtime(request).store.spend(since=since, by=by))
 
 
 @get("/deliveries", guards=[admin_guard])
@@ -267,6 +301,7 @@ ADMIN_ROUTES = [
     get_job_events,
     get_job_deliveries,
     get_job_requests,
+    list_costs,
     list_deliveries,
     replay_delivery,
     replay_deliveries,

@@ -20,6 +20,7 @@ from receiver.builtins.settings import (
     NotifySettings,
     env_value,
 )
+from receiver.costs import check_limits, parse_budgets
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS, GenericSettings, ProviderSettings
 from receiver.providers.generic import check_generic, generic_from_env, split_secrets
@@ -100,6 +101,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: str | None = None  # the CLI: a running receiver's base URL, to use its admin API
     metrics_token: str | None = None  # a scrape-only token for /metrics (the admin one works too)
     session_ttl: float = 12 * 3600.0  # seconds a dashboard login lasts
+    # Spend limits per UTC day (receiver.costs): of all jobs, and per metadata value
+    # (RECEIVER_BUDGETS="customer=acme:50", or [budgets.customer] acme = 50).
+    budget_daily: float | None = None
+    budgets: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
     generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
@@ -136,6 +141,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     )
             if provider.poll_concurrency < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()}_POLL_CONCURRENCY must be at least 1")
+            for field in ("price_per_job", "price_per_second"):
+                price = getattr(provider, field)
+                if price is not None and not 0 <= price < float("inf"):
+                    raise ConfigError(
+                        f"RECEIVER_{name.upper()}_{field.upper()} must be a number, 0 or more"
+                    )
         check_generic(self.generic, builtin=PROVIDERS, fields=_FIELDS)
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
@@ -184,6 +195,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"RECEIVER_{name.upper()} must be greater than 0")
         self._check_connection_caps()
+        check_limits(self.budget_daily, self.budgets)
         parse_networks(self.trusted_proxies)  # ConfigError naming the bad entry
         parse_networks(self.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
         parse_duration(self.retention, name="RECEIVER_RETENTION")
@@ -294,6 +306,9 @@ def _from_env(environ: Mapping[str, str], skip: Collection[str] = ()) -> dict[st
         if not key.startswith(ENV_PREFIX) or key == "RECEIVER_CONFIG" or key in skip:
             continue
         name = key[len(ENV_PREFIX) :].lower()
+        if name == "budgets":
+            raw[name] = parse_budgets(value)
+            continue
         if name in _FIELDS:
             raw[name] = value
             continue

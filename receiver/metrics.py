@@ -176,6 +176,7 @@ class Metrics:
         counts: Mapping[str, int],
         oldest_pending_at: float | None,
         jobs: Mapping[str, int] | None = None,
+        spend: Mapping[str, float] | None = None,
     ) -> str:
         """The exposition text: counters, the gauges read from the store, build and process."""
         lines: list[str] = []
@@ -210,6 +211,18 @@ class Metrics:
             ]
             lines += [
                 f'receiver_jobs{{status="{_escape(s)}"}} {n}' for s, n in sorted(jobs.items())
+            ]
+        if spend is not None:
+            # A gauge, though named _total: it is read from the store, and retention's
+            # deletes take ended jobs (and their cost) out of it.
+            lines += [
+                "# HELP receiver_spend_total Cost of the jobs in the store, by provider: the"
+                " final cost of ended jobs, the estimate of open ones.",
+                "# TYPE receiver_spend_total gauge",
+            ]
+            lines += [
+                f'receiver_spend_total{{provider="{_escape(p)}"}} {_number(v)}'
+                for p, v in sorted(spend.items())
             ]
         version, python = self.build
         lines += [

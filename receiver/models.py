@@ -52,6 +52,8 @@ class Disposition(enum.StrEnum):
     APPLIED = "applied"  # moved the job forward and fired handlers
     DUPLICATE = "duplicate"  # same dedupe key as an earlier event: stored, fires nothing
     LATE = "late"  # arrived after a terminal state or with older progress: stored, fires nothing
+    # Fresh result URLs for a succeeded job, asked for because its own expired: fires nothing.
+    RENEWED = "renewed"
 
 
 class DeliveryState(enum.StrEnum):
@@ -153,6 +155,8 @@ class StoredFile(msgspec.Struct, kw_only=True):
     content_type: str | None = None
     url: str  # where it was fetched from (provider URLs expire)
     stored_at: float
+    # The link tried first, when it had expired and `url` is the fresh one the provider gave.
+    renewed_from: str | None = None
 
 
 # Job.create_state: the create call's outcome is unknown (receiver.submit), or the
@@ -187,6 +191,11 @@ class Job(msgspec.Struct, kw_only=True):
     # outcome is unknown, so the provider may have the task; CREATE_WAITING while a create
     # the provider asked us to repeat later waits.
     create_state: str | None = None
+    # What the job is expected to cost (at submission, from the provider's configured
+    # price) and what it cost once it ended (0 for a failure the provider does not bill);
+    # None when the provider has no price configured.
+    estimated_cost: float | None = None
+    cost: float | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -203,7 +212,9 @@ class Event(msgspec.Struct, kw_only=True):
     preview_url: str | None = None
     error: str | None = None
     error_code: str | None = None
-    source: str  # callback | poll | submit | receiver (the receiver's own decision: give-up)
+    # callback | poll | submit | renewal (a pull for fresh result URLs) | trigger | receiver
+    # (the receiver's own decision: give-up)
+    source: str
     disposition: Disposition = Disposition.APPLIED
     received_at: float
     request_id: str | None = None

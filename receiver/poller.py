@@ -6,7 +6,8 @@ has come for its deadline. The poller leases the job, asks the provider's status
 (always at the configured base URL) within that provider's limits, and records the
 answer through the same path as a callback. A job still open at its give-up age is
 failed with the reason. At start, open jobs with nothing scheduled get a deadline, so
-jobs left open while the receiver was down are checked.
+jobs left open while the receiver was down are checked. `renew` asks once more about a
+succeeded job whose result URLs expired, for fresh ones.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 
-from receiver.errors import ReceiverError, StoreUnavailable
+from receiver.errors import ProviderError, ReceiverError, StoreUnavailable
 from receiver.ingest import Ingest
 from receiver.logs import bind
 from receiver.loop import WorkLoop
@@ -24,6 +25,7 @@ from receiver.metrics import METRICS
 from receiver.models import CREATE_WAITING, Job, Status, Update, now
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
+from receiver.state import RENEWAL
 from receiver.store.base import Store
 
 __all__ = ["Poller", "create_unresolved", "gave_up", "poll_delay"]
@@ -215,6 +217,37 @@ class Poller(WorkLoop):
         METRICS.poll(job.provider, "ok")
         limits.succeeded()
         return update
+
+    async def renew(self, job: Job) -> Job | None:
+        """Pull a succeeded job's status once more: the result URLs it has expired.
+
+        A success statement with links the job lacks is recorded as a renewal, through
+        `ingest` like any poll, so the job's URLs change only by the provider's own word
+        and nothing fires again. The job as recorded then; None when the answer brought
+        no fresh link. ProviderError when the provider has no status API (or is not
+        configured, or asked for a pause) or the pull failed.
+        """
+        gateway = self.gateways.get(job.provider)
+        if gateway is None or not gateway.adapter.can_pull:
+            raise ProviderError(f"{job.provider} has no status API to ask for a fresh URL")
+        if job.task_id is None:
+            raise ProviderError(f"{job.id} has no task id to ask {job.provider} about")
+        limits = self._limits(job.provider)
+        if limits.wait_until(now()) is not None:
+            raise ProviderError(f"{job.provider} asked for a pause; not asked for a fresh URL")
+        async with limits.slots:
+            try:
+                update = await gateway.pull(job.task_id)
+            except Exception as exc:  # accounted for as any failed pull, then the caller's
+                METRICS.poll(job.provider, "error")
+                limits.failed(exc, now())
+                raise
+        METRICS.poll(job.provider, "ok")
+        limits.succeeded()
+        fresh = {update.result_url, update.preview_url} - {None, job.result_url, job.preview_url}
+        if update.status is not Status.SUCCEEDED or not fresh:
+            return None
+        return (await self.ingest.record(job.id, update, source=RENEWAL)).job
 
     def _retry_at(self, job: Job, limits: ProviderLimits, asked: float | None, at: float) -> float:
         """After a failed pull: what the provider asked for, else back off with its failures."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from receiver.admin_token import admin_token_file, ensure_admin_token
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
+from receiver.costs import Pricing
 from receiver.dispatch import Dispatcher, Registry, load_handlers
 from receiver.heartbeat import Heartbeat
 from receiver.ingest import Ingest
@@ -83,10 +84,6 @@ class Runtime:
         client = client or lazy_client(follow_redirects=False)
         providers = {**PROVIDERS, **generic_providers(settings.generic)}
         handlers = handlers.layered()  # the built-ins belong to this runtime alone
-        builtins = install_builtins(handlers, settings, client=client, store=store)
-        if builtins:
-            log.info("built-in handlers: %s", ", ".join(builtins))
-        check_handlers(handlers, providers)  # one that can never run stops the start
         gateways = {
             name: ProviderGateway(adapter, settings.provider(name), client)
             for name, adapter in providers.items()
@@ -119,6 +116,13 @@ class Runtime:
                 for name in providers
             },
         )
+        # Registered after the poller is built: a download asks it for fresh links.
+        builtins = install_builtins(
+            handlers, settings, client=client, store=store, renew=poller.renew
+        )
+        if builtins:
+            log.info("built-in handlers: %s", ", ".join(builtins))
+        check_handlers(handlers, providers)  # one that can never run stops the start
         submitter = Submitter(
             store,
             ingest,
@@ -129,6 +133,7 @@ class Runtime:
             give_up_for=settings.give_up_for,
             wake_poller=poller.wake,
             notify_secret=settings.forward.secret is not None,
+            pricing=Pricing(settings.provider, settings.budget_daily, settings.budgets),
         )
         poller.retry_create = submitter.retry_create
         return cls(

@@ -3,7 +3,9 @@
 Terminal states are final and progress never goes back. An event that repeats an
 earlier one is a duplicate; one that would move the job backwards is late. Both are
 stored and fire nothing. A late event may still raise the job's progress, so that the
-final state does not depend on the order events arrived in.
+final state does not depend on the order events arrived in. The one change a finished
+job takes is a renewal: fresh result URLs for a succeeded job, from the status pull made
+because the ones it had expired (any other statement could be an old link arriving late).
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import msgspec
 
 from receiver.models import Disposition, Job, Status, Update
 
-__all__ = ["Transition", "advance", "dedupe_key", "preview_rank"]
+__all__ = ["RENEWAL", "Transition", "advance", "dedupe_key", "final_cost", "preview_rank"]
+
+# The source of a status pull made because a job's result URLs expired: the one statement
+# that may give a finished job new URLs.
+RENEWAL = "renewal"
 
 _RANK = {
     Status.QUEUED: 0,
@@ -63,6 +69,15 @@ def _is_forward(job: Job, update: Update) -> bool:
     return job.progress is None or update.progress > job.progress
 
 
+def final_cost(job: Job, status: Status) -> float | None:
+    """The job's cost once it moves to `status`: its estimate if it succeeded, 0 if it
+    failed or was cancelled (no provider here bills those; docs/operations.md says why).
+    """
+    if not status.terminal or job.estimated_cost is None:
+        return job.cost
+    return job.estimated_cost if status is Status.SUCCEEDED else 0.0
+
+
 def preview_rank(update: Update) -> float:
     """How far along the event that carries a preview is: the furthest one's preview wins.
 
@@ -72,14 +87,42 @@ def preview_rank(update: Update) -> float:
     return _RANK[update.status] * 2 + (update.progress or 0.0)
 
 
+def _renewed(job: Job, update: Update, at: float, preview_from: float) -> Transition | None:
+    """A succeeded job with the fresh URLs of a later success statement; None if it has none.
+
+    It fires nothing: the job did not move, only where its result can be fetched.
+    """
+    if job.status is not Status.SUCCEEDED or update.status is not Status.SUCCEEDED:
+        return None
+    result_url = update.result_url or job.result_url
+    preview_url = update.preview_url or job.preview_url
+    if (result_url, preview_url) == (job.result_url, job.preview_url):
+        return None
+    renewed = msgspec.structs.replace(
+        job, result_url=result_url, preview_url=preview_url, updated_at=at
+    )
+    rank = max(preview_from, preview_rank(update)) if update.preview_url else preview_from
+    return Transition(Disposition.RENEWED, renewed, True, rank)
+
+
 def advance(
-    job: Job, update: Update, *, duplicate: bool, at: float, preview_from: float = -1.0
+    job: Job,
+    update: Update,
+    *,
+    duplicate: bool,
+    at: float,
+    preview_from: float = -1.0,
+    renewal: bool = False,
 ) -> Transition:
     """Apply `update` to `job` (which it does not modify) and say what became of it.
 
     `preview_from` is the rank of the event the job's current preview came from, as
-    returned in the previous Transition; -1 when unknown or there is none.
+    returned in the previous Transition; -1 when unknown or there is none. With
+    `renewal` (a status pull made because the job's result URLs expired), the fresh
+    URLs of a success statement replace those of a succeeded job.
     """
+    if renewal and (renewed := _renewed(job, update, at, preview_from)) is not None:
+        return renewed
     if duplicate:
         return Transition(Disposition.DUPLICATE, job, False, preview_from)
     task_id = job.task_id or update.task_id
@@ -123,5 +166,6 @@ def advance(
         else job.error,
         error_code=(update.error_code or job.error_code) if failed else job.error_code,
         updated_at=at,
+        cost=final_cost(job, status),
     )
     return Transition(Disposition.APPLIED, moved, True, rank)

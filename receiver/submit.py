@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.costs import Budget, Pricing
 from receiver.errors import ConfigError, IdempotencyKeyReused, ProviderError
 from receiver.ingest import Ingest
 from receiver.models import CREATE_UNCERTAIN, Job, Status, Update, new_id, now
@@ -134,6 +135,7 @@ class Submitter:
         give_up_for: Callable[[str], float] = lambda provider: 86400.0,
         wake_poller: Any = None,
         notify_secret: bool = False,
+        pricing: Pricing | None = None,
     ):
         self.store = store
         self.ingest = ingest
@@ -144,6 +146,7 @@ class Submitter:
         self.give_up_for = give_up_for
         self.wake_poller = wake_poller or (lambda: None)
         self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
+        self.pricing = pricing
 
     def _notify_url(self, url: str | None) -> str | None:
         if url is None:
@@ -190,13 +193,19 @@ class Submitter:
             )
         token, secret, hook_url = self._credentials(gateway)
         job = queued_job(provider, None, metadata, notify_url, key)
+        budgets: tuple[Budget, ...] = ()
+        if self.pricing is not None:
+            job.estimated_cost = self.pricing.estimate(provider, fields)
+            budgets = self.pricing.budgets(job.metadata)
         new = NewJob(
             job=job,
             token_hash=digest(token),
             secret_hash=digest(secret) if secret else None,
             input=redact_fields(fields),
+            budgets=budgets,
             request_hash=request_hash,
         )
+        # BudgetExceeded here leaves no job, and the provider is never called.
         if not await self.store.create_job(new):  # a concurrent request with the key won
             return Submitted(job=await self._winner(key, request_hash), replayed=True)
         # A local file is read where it was named: a later retry may run elsewhere.

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.costs import Spend
 from receiver.models import Delivery, DeliveryState, Event, Job, Quarantined, RawRequest
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "QuarantineList",
     "ReplayRequest",
     "RequestList",
+    "SpendList",
     "SubmitRequest",
     "replay_states",
 ]
@@ -44,6 +46,12 @@ class SubmitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class JobList(msgspec.Struct, kw_only=True):
     items: list[Job]
     next: str | None
+
+
+class SpendList(msgspec.Struct, kw_only=True):
+    """`GET /costs`: spend by provider and UTC day (and metadata value), oldest day first."""
+
+    items: list[Spend]
 
 
 class EventList(msgspec.Struct, kw_only=True):

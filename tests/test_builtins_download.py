@@ -7,8 +7,9 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from downstream import Reply, Seen, downstream
@@ -16,7 +17,8 @@ from downstream import Reply, Seen, downstream
 from receiver.builtins import DOWNLOAD_HANDLER
 from receiver.dispatch import Registry
 from receiver.models import Job
-from receiver.testing import Ran, handler_kit
+from receiver.simulator import RunningSimulator, SimConfig, run_simulator
+from receiver.testing import HandlerKit, Ran, handler_kit
 
 VIDEO = bytes(range(256)) * 40  # 10 KiB that a truncation or misplaced range would change
 
@@ -190,6 +192,160 @@ class TestDownload:
         assert ["preview", "result"] == sorted(stored.files)
         assert Path(stored.files["result"].path).read_bytes().startswith(b"\x00\x00\x00\x18ftyp")
         assert Path(stored.files["preview"].path).name == "preview.jpg"
+
+
+INPUTS: dict[str, dict[str, Any]] = {
+    "apiframe": {"prompt": "A colossal mech", "generation_type": "text2video"},
+    "rixapi": {"prompt": "cat", "model": "gen3"},
+    "runway_ai": {"endpoint": "generate-video", "prompt": "a fox", "duration": 5},
+}
+
+
+@contextlib.asynccontextmanager
+async def _expiring(
+    tmp_path: Path, expire_results: int, **extra: str
+) -> AsyncIterator[tuple[RunningSimulator, HandlerKit]]:
+    """The simulator with links that expire `expire_results` times, and a kit that downloads."""
+    async with run_simulator(SimConfig(step_delay=0.01, expire_results=expire_results)) as sim:
+        env = _env(tmp_path / "v", **extra)
+        for provider in INPUTS:
+            env[f"RECEIVER_{provider.upper()}_BASE_URL"] = sim.base_url(provider)
+            env[f"RECEIVER_{provider.upper()}_API_KEY"] = "sim-key"
+        async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+            yield sim, kit
+
+
+async def _submit(sim: RunningSimulator, kit: HandlerKit, provider: str) -> str:
+    """Submit a job through the receiver and wait until the simulator has told it all."""
+    answer = await kit.client.post(
+        kit.receiver.url + "/jobs",
+        json={"provider": provider, "input": INPUTS[provider]},
+        headers=kit.receiver.admin_headers,
+    )
+    assert 201 == answer.status_code, answer.text
+    await sim.wait_idle()
+    if provider == "rixapi":  # its final callback is confirmed by a status pull
+        assert 1 == await kit.runtime.poller.run_once()
+    job_id: str = answer.json()["id"]
+    return job_id
+
+
+def _links(sim: RunningSimulator) -> tuple[str | None, str | None]:
+    """The task's result and preview links as its provider hands them out now."""
+    [task] = sim.tasks()
+    return task.result_url, task.preview_url
+
+
+class TestExpiredLinks:
+    """An expired result link costs one status pull for a fresh one, in the same attempt."""
+
+    async def test_downloads_from_the_fresh_link_after_one_status_call(
+        self, tmp_path: Path
+    ) -> None:
+        """The 410 makes one /fetch; the fresh link is recorded on the job by a renewal
+        event (firing nothing) and fetched; the file says which link it came from."""
+        async with _expiring(tmp_path, 1) as (sim, kit):
+            job_id = await _submit(sim, kit, "apiframe")
+            expired = (await kit.get(job_id)).result_url
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            events = await kit.runtime.store.list_events(job_id)
+            fresh, _ = _links(sim)
+            assert 1 == sim.status_calls("apiframe")
+        assert (True, 1) == (run.done, run.attempts)
+        assert expired != fresh
+        assert fresh == job.result_url
+        stored = job.files["result"]
+        assert (fresh, expired) == (stored.url, stored.renewed_from)
+        assert Path(stored.path).read_bytes().startswith(b"\x00\x00\x00\x18ftyp")
+        assert ("renewal", "renewed", fresh) == (
+            events[-1].source,
+            events[-1].disposition.value,
+            events[-1].result_url,
+        )
+        assert [] == _leftovers(tmp_path / "v")
+
+    async def test_one_renewal_brings_result_and_preview(self, tmp_path: Path) -> None:
+        """Both links expired: the result's 403 asks once, and the preview comes from the
+        same answer (rixapi's confirming pull, before any fetch, renewed nothing)."""
+        async with _expiring(tmp_path, 1) as (sim, kit):
+            sim.config.expire_status = 403
+            job_id = await _submit(sim, kit, "rixapi")
+            confirmed = sim.status_calls("rixapi")
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            renewals = sim.status_calls("rixapi") - confirmed
+            result, preview = _links(sim)
+        assert (True, 1, 1) == (run.done, run.attempts, renewals)
+        assert (result, preview) == (job.files["result"].url, job.files["preview"].url)
+        assert (result, preview) == (job.result_url, job.preview_url)
+        assert Path(job.files["preview"].path).name == "preview.jpg"
+
+    async def test_a_link_still_expired_fails_the_attempt_without_asking_again(
+        self, tmp_path: Path
+    ) -> None:
+        """The fresh link is expired too: the attempt fails after exactly one status call,
+        nothing is stored, and the delivery waits for its retry."""
+        async with _expiring(tmp_path, 2, RECEIVER_RETRY_BASE_DELAY="60") as (sim, kit):
+            job_id = await _submit(sim, kit, "apiframe")
+            await kit.runtime.dispatcher.drain(timeout=5)
+            [run] = await kit.runs()
+            job = await kit.get(job_id)
+            fresh, _ = _links(sim)
+            assert 1 == sim.status_calls("apiframe")
+        assert ("pending", 1) == (run.state.value, run.attempts)
+        assert "410 (the link expired), the fresh link from the status API too" in (run.error or "")
+        assert ({}, fresh) == (job.files, job.result_url)
+
+    async def test_the_retry_asks_once_more_and_succeeds(self, tmp_path: Path) -> None:
+        """Each attempt may ask once: the second attempt's fresh link works."""
+        async with _expiring(tmp_path, 2) as (sim, kit):
+            job_id = await _submit(sim, kit, "apiframe")
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            fresh, _ = _links(sim)
+            assert 2 == sim.status_calls("apiframe")
+        assert (True, 2) == (run.done, run.attempts)
+        assert fresh == job.files["result"].url
+
+    async def test_a_provider_that_asked_for_a_pause_is_not_asked_again(
+        self, tmp_path: Path
+    ) -> None:
+        """The status API's 429 with Retry-After fails the first attempt; the retries keep to
+        the pause the provider asked for, as polls do, and make no status call."""
+        async with _expiring(tmp_path, 1) as (sim, kit):
+            job_id = await _submit(sim, kit, "apiframe")
+            sim.config.status_error, sim.config.status_retry_after = 429, 30
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            assert 1 == sim.status_calls("apiframe")
+        assert ("dead", 3, {}) == (run.state.value, run.attempts, job.files)
+        assert "no fresh link: apiframe asked for a pause" in (run.error or "")
+
+    async def test_a_provider_without_a_status_api_fails_saying_so(self, tmp_path: Path) -> None:
+        """runway_ai answers the result at once and has nothing to ask: every attempt
+        fails with the reason, and the delivery dies after the usual attempts."""
+        async with _expiring(tmp_path, 1) as (sim, kit):
+            job_id = await _submit(sim, kit, "runway_ai")
+            [run] = await kit.settle()
+            job = await kit.get(job_id)
+            calls = sum(sim.status_calls(provider) for provider in INPUTS)
+        assert ("dead", 3, 0) == (run.state.value, run.attempts, calls)
+        assert "answered 410 (the link expired); no fresh link: runway_ai has no status API" in (
+            run.error or ""
+        )
+        assert {} == job.files
+
+    async def test_without_a_status_api_to_ask_the_attempt_fails_saying_why(
+        self, tmp_path: Path
+    ) -> None:
+        """A provider that is not configured cannot be asked: each attempt fetches the dead
+        link once and fails with the reason, until the delivery dies as usual."""
+        seen, run, job = await _download(tmp_path, lambda seen: Reply(status=404))
+        assert (3, "dead", {}) == (len(seen), run.state.value, job.files)
+        assert "answered 404 (the link expired); no fresh link: RECEIVER_RIXAPI_BASE_URL" in (
+            run.error or ""
+        )
 
 
 class TestInternalAddresses:

@@ -580,6 +580,50 @@ class TestMisbehaviour:
         assert ("3", "", "") == (data["status"], data["poster"], data["last_frame"])
         assert data["video_url"].startswith(f"{sim.url}/_sim/media/")
 
+    async def test_expired_results_are_renewed_by_the_status_api(
+        self, sim: RunningSimulator, http: httpx.AsyncClient, receiver: ReceiverStub
+    ) -> None:
+        """With `expire_results`, the first URLs answer `expire_status`; once one has been
+        refused, the status API hands out fresh ones that work (and only then)."""
+        sim.config.expire_results = 1
+        sim.config.expire_status = 403
+        task_id = await create_rixapi(http, receiver.url + "/hook")
+        await sim.wait_idle()
+
+        async def feed() -> dict[str, str]:
+            answer = await call(http, "rixapi", "POST", "/runway/feed", json={"task_id": task_id})
+            data: dict[str, str] = answer.json()["data"]
+            return data
+
+        first = await feed()
+        assert first["video_url"] == receiver.hits[-1].json()["video_url"]
+        assert first == await feed()  # nothing refused yet: the same links
+        assert 403 == (await http.get(first["video_url"])).status_code
+        renewed = await feed()
+        assert first["video_url"] != renewed["video_url"]
+        assert first["poster"] != renewed["poster"]
+        assert 200 == (await http.get(renewed["video_url"])).status_code
+        assert 200 == (await http.get(renewed["poster"])).status_code
+        assert 403 == (await http.get(first["poster"])).status_code
+        assert renewed == await feed()
+
+    async def test_results_can_stay_expired_after_a_renewal(
+        self, sim: RunningSimulator, http: httpx.AsyncClient, receiver: ReceiverStub
+    ) -> None:
+        """With `expire_results` 2, the first renewed link is expired too; the next is not."""
+        sim.config.expire_results = 2
+        task_id = await create_apiframe(http, receiver.url + "/hook")
+        await sim.wait_idle()
+        links = [receiver.hits[-1].json()["video_url"]]
+        answers = []
+        for _ in range(2):
+            answers.append((await http.get(links[-1])).status_code)
+            fetched = await call(http, "apiframe", "POST", "/fetch", json={"task_id": task_id})
+            links.append(fetched.json()["video_url"])
+        answers.append((await http.get(links[-1])).status_code)
+        assert [410, 410, 200] == answers
+        assert 3 == len(set(links))
+
     @pytest.mark.parametrize(("provider", "error_of"), ERROR_OF)
     async def test_create_error(
         self,

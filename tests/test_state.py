@@ -286,6 +286,68 @@ class TestLateEvents:
         assert in_order.preview_url == reversed_.preview_url
 
 
+class TestRenewal:
+    """Only a renewal (a pull made because the result expired) gives a succeeded job new URLs."""
+
+    OLD = "https://cdn.example/v.mp4?sig=old"
+    NEW = "https://cdn.example/v.mp4?sig=new"
+
+    def _succeeded(self) -> Job:
+        return make_job(
+            Status.SUCCEEDED,
+            progress=1.0,
+            result_url=self.OLD,
+            preview_url="https://cdn.example/p.jpg?sig=old",
+        )
+
+    def test_fresh_urls_replace_the_expired_ones_and_fire_nothing(self) -> None:
+        """The job takes both fresh URLs; the event is marked renewed, so no handler runs."""
+        fresh = make_update(
+            Status.SUCCEEDED,
+            progress=1.0,
+            result_url=self.NEW,
+            preview_url="https://cdn.example/p.jpg?sig=new",
+        )
+        result = advance(self._succeeded(), fresh, duplicate=True, at=T0 + 5, renewal=True)
+        assert (Disposition.RENEWED, True) == (result.disposition, result.changed)
+        assert (self.NEW, "https://cdn.example/p.jpg?sig=new", Status.SUCCEEDED, T0 + 5) == (
+            result.job.result_url,
+            result.job.preview_url,
+            result.job.status,
+            result.job.updated_at,
+        )
+
+    def test_a_renewal_without_a_preview_keeps_the_preview(self) -> None:
+        """A statement with only a fresh result URL leaves the preview as it was."""
+        fresh = make_update(Status.SUCCEEDED, result_url=self.NEW)
+        result = advance(self._succeeded(), fresh, duplicate=False, at=T0, renewal=True)
+        assert (self.NEW, "https://cdn.example/p.jpg?sig=old") == (
+            result.job.result_url,
+            result.job.preview_url,
+        )
+
+    def test_any_other_statement_with_another_url_changes_nothing(self) -> None:
+        """A repeated or late callback (perhaps with the old link) never moves the URLs."""
+        job = self._succeeded()
+        fresh = make_update(Status.SUCCEEDED, progress=1.0, result_url=self.NEW)
+        for duplicate in (True, False):
+            result = advance(job, fresh, duplicate=duplicate, at=T0)
+            assert (False, job) == (result.changed, result.job)
+
+    def test_the_same_urls_are_no_renewal(self) -> None:
+        """A renewal pull that brings the links the job has is a plain duplicate."""
+        same = make_update(Status.SUCCEEDED, progress=1.0, result_url=self.OLD)
+        result = advance(self._succeeded(), same, duplicate=True, at=T0, renewal=True)
+        assert (Disposition.DUPLICATE, False) == (result.disposition, result.changed)
+
+    def test_only_a_succeeded_job_is_renewed(self) -> None:
+        """A failed job stays without a result whatever a renewal says."""
+        job = make_job(Status.FAILED, progress=0.5, error="boom")
+        fresh = make_update(Status.SUCCEEDED, result_url=self.NEW)
+        result = advance(job, fresh, duplicate=False, at=T0, renewal=True)
+        assert (Disposition.LATE, None) == (result.disposition, result.job.result_url)
+
+
 _TASK = "task-1"
 _PREVIEW = st.none() | st.sampled_from(["https://cdn.example/a.jpg", "https://cdn.example/b.jpg"])
 

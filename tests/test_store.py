@@ -300,6 +300,32 @@ class TestRecord:
         assert job is not None
         assert (Status.SUCCEEDED, "https://cdn.example/v") == (job.status, job.result_url)
 
+    async def test_a_renewal_gives_a_succeeded_job_fresh_urls(self, store: Store) -> None:
+        """A `renewal` statement with new links is stored as renewed, updates the job's URLs
+        and fires nothing; the same statement from a callback moves nothing."""
+        await add_job(store)
+        old, new = "https://cdn.example/v?sig=1", "https://cdn.example/v?sig=2"
+        await record(store, make_update(Status.SUCCEEDED, 1.0, result_url=old))
+        fresh = make_update(Status.SUCCEEDED, 1.0, result_url=new, preview_url=new + "&p")
+        ignored = await record(store, fresh, at=T0 + 2)
+        renewed = await store.record(
+            "job_1", fresh, source="renewal", route=route_to("h"), at=T0 + 3
+        )
+        assert (Disposition.DUPLICATE, Disposition.RENEWED, []) == (
+            ignored.event.disposition,
+            renewed.event.disposition,
+            renewed.deliveries,
+        )
+        job = await store.get_job("job_1")
+        assert job is not None
+        assert (Status.SUCCEEDED, new, new + "&p", T0 + 3) == (
+            job.status,
+            job.result_url,
+            job.preview_url,
+            job.updated_at,
+        )
+        assert 1 == len(await store.list_deliveries())
+
     async def test_new_job_is_created_once(self, store: Store) -> None:
         """Without a job id the job is found by provider and task id, and created only if absent."""
         first = await record(

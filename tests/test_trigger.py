@@ -209,7 +209,7 @@ class TestSimulateSwitches:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "receiver", "simulate", "--port", str(port),
             "--fail", "--duplicate", "--late", "--lose", "--wrapped", "--step-delay", "0.5",
-            "--create-error", "503", "--api-key", "rixapi=rk",
+            "--create-error", "503", "--api-key", "rixapi=rk", "--expire-results", "2",
             cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -234,6 +234,7 @@ class TestSimulateSwitches:
             "wrapped": True,
             "step_delay": 0.5,
             "create_error": 503,
+            "expire_results": 2,
             "api_keys": {"rixapi": "rk"},
         }
         assert expected == {key: config[key] for key in expected}
@@ -243,6 +244,7 @@ class TestSimulateSwitches:
         [
             (["--api-key", "nope=k"], "--api-key: unknown provider ['nope']"),
             (["--create-error", "200"], "simulate: Expected `int` >= 400"),
+            (["--expire-results", "-1"], "simulate: Expected `int` >= 0"),
         ],
     )
     async def test_bad_flags(self, tmp_path: Path, args: list[str], message: str) -> None:

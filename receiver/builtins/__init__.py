@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from receiver.builtins.command import COMMAND_HANDLER, install_command
-from receiver.builtins.download import DOWNLOAD_HANDLER, install_download
+from receiver.builtins.download import DOWNLOAD_HANDLER, Renew, install_download
 from receiver.builtins.forward import NOTIFY_URL_HANDLER, forward_name, install_forward
 from receiver.builtins.notify import NOTIFY_HANDLER, install_notify
 from receiver.dispatch import Registry
@@ -35,17 +35,23 @@ __all__ = [
 
 
 def install_builtins(
-    registry: Registry, settings: Settings, *, client: httpx.AsyncClient, store: Store
+    registry: Registry,
+    settings: Settings,
+    *,
+    client: httpx.AsyncClient,
+    store: Store,
+    renew: Renew | None = None,
 ) -> list[str]:
     """Register every configured built-in into `registry`; return their handler names.
 
     `download` fetches URLs a provider chose, so it goes through an `Egress` instead of
     `client`: public addresses only, and the networks RECEIVER_FETCH_ALLOW_NETWORKS lists.
+    `renew` (the poller's) asks a provider for fresh links when one has expired.
     """
     allowed = parse_networks(settings.fetch_allow_networks, "RECEIVER_FETCH_ALLOW_NETWORKS")
     return [
         *install_forward(registry, settings.forward, client),
-        *install_download(registry, settings.download, Egress(allowed), store),
+        *install_download(registry, settings.download, Egress(allowed), store, renew),
         *install_notify(registry, settings.notify, client),
         *install_command(registry, settings.command),
     ]

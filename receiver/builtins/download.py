@@ -16,6 +16,13 @@ status, content type and length are judged from the response head before any of 
 body is read. Files are created 0600 and folders 0700: results may be private media.
 A refusal (address, type, size, URL) raises `DownloadRefused`: the delivery is dead at
 once, since no retry would change it; a network failure is retried.
+
+Provider links expire. A URL answered 403, 404 or 410 (`ResultExpired`) makes the attempt
+ask the provider's status API once (`renew`, the poller's) for fresh links; the answer is
+recorded as a renewal event, so the job's URLs change only by the provider's own word,
+and the file is fetched from the fresh URL in the same attempt. Once per attempt: a
+fresh link that is expired too, or a provider without a status API, fails the attempt,
+which is retried as any other failure.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import hashlib
 import mimetypes
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -34,7 +42,7 @@ from receiver.builtins.outbound import origin
 from receiver.builtins.settings import DownloadSettings
 from receiver.dispatch import Registry
 from receiver.egress import Egress, FetchRefused
-from receiver.errors import GiveUp
+from receiver.errors import GiveUp, ReceiverError, StoreUnavailable
 from receiver.models import Event, Job, StoredFile, now
 from receiver.store.base import Store
 
@@ -45,6 +53,8 @@ __all__ = [
     "DOWNLOAD_HANDLER",
     "DownloadFailed",
     "DownloadRefused",
+    "Renew",
+    "ResultExpired",
     "fetch_file",
     "install_download",
 ]
@@ -53,6 +63,8 @@ DOWNLOAD_HANDLER = "builtin.download"
 _MAX_REDIRECTS = 5
 _CHUNK = 256 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# What a CDN answers for a signed link past its expiry (S3 and CloudFront: 403).
+_EXPIRED = frozenset({403, 404, 410})
 _EXTENSIONS = {"video/mp4": ".mp4", "image/jpeg": ".jpg", "image/gif": ".gif", "audio/mpeg": ".mp3"}
 
 
@@ -62,6 +74,14 @@ class DownloadFailed(Exception):
 
 class DownloadRefused(DownloadFailed, GiveUp):
     """A file was refused (address, host, type, size, URL); no later attempt is made."""
+
+
+class ResultExpired(DownloadFailed):
+    """The server says the link is gone (403, 404, 410): the provider may give a fresh one."""
+
+
+# Ask the provider about a succeeded job once more; the job with fresh URLs, or None.
+Renew = Callable[[Job], Awaitable[Job | None]]
 
 
 def _allowed_type(content_type: str, allowed: list[str]) -> bool:
@@ -220,6 +240,9 @@ async def _receive(
         transfer.restart()  # the server ignored the Range header (or there was none)
         length = response.headers.get("content-length")
         total = int(length) if length and length.isdigit() else None
+    elif response.status_code in _EXPIRED:
+        transfer.restart()  # what came from a dead link is of no use to a fresh one
+        raise ResultExpired(f"{origin(url)} answered {response.status_code} (the link expired)")
     else:
         if response.status_code == 416:
             transfer.restart()
@@ -255,23 +278,76 @@ async def _receive(
     )
 
 
+class _Renewal:
+    """The one status pull an attempt may make for fresh URLs, and the job it left."""
+
+    def __init__(self, renew: Renew | None, job: Job):
+        self.renew = renew
+        self.job = job
+        self.asked = False
+
+    async def fresh_url(self, name: str, url: str, expired: ResultExpired) -> str:
+        """A fresh URL for file `name`, whose `url` expired; DownloadFailed (retried later)
+        when there is none."""
+        if self.asked:
+            raise DownloadFailed(f"{expired}; fresh links were asked for once in this attempt")
+        self.asked = True
+        provider = self.job.provider
+        if self.renew is None:
+            raise DownloadFailed(f"{expired}; no status API is asked for a fresh link here")
+        try:
+            renewed = await self.renew(self.job)
+        except StoreUnavailable:
+            raise
+        except ReceiverError as exc:
+            raise DownloadFailed(f"{expired}; no fresh link: {exc}") from None
+        if renewed is not None:
+            self.job = renewed
+        fresh = _url_of(self.job, name)
+        if fresh is None or fresh == url:
+            raise DownloadFailed(f"{expired}; {provider}'s status API gave no fresh link")
+        return fresh
+
+
+def _url_of(job: Job, name: str) -> str | None:
+    return job.result_url if name == "result" else job.preview_url
+
+
 def install_download(
-    registry: Registry, settings: DownloadSettings, egress: Egress, store: Store
+    registry: Registry,
+    settings: DownloadSettings,
+    egress: Egress,
+    store: Store,
+    renew: Renew | None = None,
 ) -> list[str]:
-    """Register the handler when `RECEIVER_DOWNLOAD_DIR` is set."""
+    """Register the handler when `RECEIVER_DOWNLOAD_DIR` is set; `renew` asks a provider
+    for fresh links when one has expired."""
     if not settings.dir:
         return []
     root = Path(settings.dir)
 
     async def download(event: Event, job: Job) -> None:
-        wanted = [("result", event.result_url or job.result_url)]
+        wanted = [("result", event.result_url)]
         if settings.preview:
-            wanted.append(("preview", event.preview_url or job.preview_url))
-        for name, url in wanted:
+            wanted.append(("preview", event.preview_url))
+        renewal = _Renewal(renew, job)
+        for name, given in wanted:
+            # The job's link first: a renewal since this event replaced an expired one.
+            url = _url_of(renewal.job, name) or given
             kept = job.files.get(name)
             if not url or (kept is not None and kept.url == url and Path(kept.path).is_file()):
                 continue
-            stored = await fetch_file(egress, url, root / job.id, name, settings)
+            try:
+                stored = await fetch_file(egress, url, root / job.id, name, settings)
+            except ResultExpired as exc:
+                fresh = await renewal.fresh_url(name, url, exc)
+                try:
+                    stored = await fetch_file(egress, fresh, root / job.id, name, settings)
+                except ResultExpired as again:
+                    raise ResultExpired(
+                        f"{again}, the fresh link from the status API too"
+                    ) from None
+                stored = msgspec.structs.replace(stored, renewed_from=url)
             await store.save_file(job.id, name, stored)
 
     registry.on("succeeded", when=settings.accepts, name=DOWNLOAD_HANDLER)(download)

@@ -8,7 +8,8 @@ receiver's admin API, else the database directly.
 Exit codes: 0 success; 1 the job failed (or a `doctor` check failed); 2 bad usage or
 configuration (a refused admin token, an unknown provider or field, an address already
 in use too); 3 the store, the database file, or the receiver at RECEIVER_URL is
-unavailable; 4 nothing found (no such job, nothing to replay); 5 `--wait` gave up.
+unavailable; 4 nothing found (no such job, nothing to replay); 5 `--wait` gave up;
+6 the job would pass a spend budget (nothing was submitted).
 
 Once a long-running command (`serve`, `worker`) has configured logging, what it says on
 stderr, the error it stops on included, goes through RECEIVER_LOG_FORMAT.
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 from receiver.cli import (
     bench,
+    costs,
     deliveries,
     doctor,
     events,
@@ -38,7 +40,9 @@ from receiver.cli import (
 )
 from receiver.cli.common import EXIT_STORE, EXIT_USAGE, NoDatabase
 from receiver.cli.replay import EXIT_NOTHING
-from receiver.cli.source import NotFound, Unreachable
+from receiver.cli.source import NotFound, OverBudget, Unreachable
+from receiver.cli.submit import EXIT_BUDGET
+from receiver.costs import BudgetExceeded
 from receiver.errors import ConfigError, ReceiverError, StoreUnavailable, UnknownProvider
 from receiver.logs import cli_log, configured
 
@@ -54,6 +58,7 @@ _COMMANDS = (
     deliveries,
     quarantine,
     replay,
+    costs,
     doctor,
     migrate,
     prune,
@@ -87,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"store unavailable: {exc}", EXIT_STORE)
     except NotFound as exc:
         return _fail(str(exc), EXIT_NOTHING)
+    except (BudgetExceeded, OverBudget) as exc:
+        return _fail(str(exc), EXIT_BUDGET)
     except ReceiverError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:

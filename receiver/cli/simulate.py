@@ -1,7 +1,7 @@
 """`receiver simulate`: the provider simulator as a local sandbox server.
 
 Its switches (failures, duplicates, late and lost callbacks, wrapped bodies, refused
-creates, timing) are flags here, and can be changed while it runs with
+creates, expiring result links, timing) are flags here, and can be changed while it runs with
 `POST /_sim/config` (for example `{"fail": true}`).
 """
 
@@ -39,6 +39,13 @@ def register(commands: Any) -> None:
         "--create-error", type=int, metavar="STATUS", help="create calls answer this HTTP status"
     )
     simulate.add_argument(
+        "--expire-results",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the first N result links of each task answer 410 until the status API renews them",
+    )
+    simulate.add_argument(
         "--api-key",
         action="append",
         default=[],
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 "lose": args.lose,
                 "wrapped": args.wrapped,
                 "create_error": args.create_error,
+                "expire_results": args.expire_results,
             },
             SimConfig,
         )

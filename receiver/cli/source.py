@@ -17,6 +17,7 @@ import msgspec
 
 from receiver.cli.common import common_options, require_database, setting, settings_from
 from receiver.config import Settings
+from receiver.costs import Spend
 from receiver.errors import ConfigError, IdempotencyKeyReused, ReceiverError, StoreUnavailable
 from receiver.models import (
     Delivery,
@@ -28,7 +29,14 @@ from receiver.models import (
     now,
 )
 from receiver.store.base import JobPage, metadata_filter
-from receiver.wire import DeliveryList, EventList, QuarantineList, RequestList, replay_states
+from receiver.wire import (
+    DeliveryList,
+    EventList,
+    QuarantineList,
+    RequestList,
+    SpendList,
+    replay_states,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiSource",
     "NotFound",
+    "OverBudget",
     "Source",
     "StoreSource",
     "Unreachable",
@@ -49,6 +58,10 @@ T = TypeVar("T")
 
 class NotFound(ReceiverError):
     """The job or delivery asked for does not exist."""
+
+
+class OverBudget(ReceiverError):
+    """The receiver at RECEIVER_URL refused a submission that would pass a budget (402)."""
 
 
 class Unreachable(StoreUnavailable):
@@ -115,6 +128,10 @@ class Source(abc.ABC):
         include_done: bool = False,
     ) -> list[Delivery]:
         """Replay by id (dead or done), else by job and/or handler, else every dead one."""
+
+    @abc.abstractmethod
+    async def spend(self, *, since: float, by: str | None) -> list[Spend]:
+        """Spend since `since`, by provider and UTC day (and metadata key `by`)."""
 
     @abc.abstractmethod
     async def submit(
@@ -197,6 +214,10 @@ class StoreSource(Source):
         )
         return found
 
+    async def spend(self, *, since: float, by: str | None) -> list[Spend]:
+        found: list[Spend] = await self.store.spend(since=since, by=by)
+        return found
+
     async def submit(
         self,
         provider: str,
@@ -265,6 +286,8 @@ class ApiSource(Source):
             raise ConfigError(_error_of(answer) or "the receiver refused the request")
         if answer.status_code == 409:
             raise IdempotencyKeyReused(_error_of(answer) or "the receiver answered 409")
+        if answer.status_code == 402:
+            raise OverBudget(_error_of(answer) or "the job would pass a spend budget")
         if answer.status_code >= 400:
             raise ReceiverError(f"the receiver answered {answer.status_code} to {method} {path}")
         return msgspec.json.decode(answer.content, type=kind)
@@ -283,6 +306,11 @@ class ApiSource(Source):
 
     async def get_job(self, job_id: str) -> Job:
         return await self._call("GET", f"/jobs/{_segment(job_id)}", Job)
+
+    async def spend(self, *, since: float, by: str | None) -> list[Spend]:
+        params = _present({"since": since, "by": by})
+        found = await self._call("GET", "/costs", SpendList, params=params)
+        return found.items
 
     async def events(self, job_id: str) -> list[Event]:
         found = await self._call("GET", f"/jobs/{_segment(job_id)}/events", EventList)

@@ -1,7 +1,8 @@
 """`receiver submit`: send a job to a provider (or track one submitted elsewhere).
 
 With `--wait` it follows the job (a live progress bar on a terminal, one line per change
-otherwise) until it ends, then prints the result URL; a failed job exits 1. The job is
+otherwise) until it ends, then prints the result URL; a failed job exits 1, and one whose
+estimated cost would pass a budget exits 6 with nothing submitted. The job is
 moved by callbacks, so a receiver must be running: the one named by RECEIVER_URL, or a
 `serve` on the same database.
 """
@@ -29,9 +30,10 @@ from receiver.errors import ConfigError, ProviderError
 from receiver.models import Job, Status
 from receiver.providers import PROVIDERS
 
-__all__ = ["EXIT_TIMED_OUT", "check_fields", "register"]
+__all__ = ["EXIT_BUDGET", "EXIT_TIMED_OUT", "check_fields", "register"]
 
 EXIT_TIMED_OUT = 5  # --wait gave up before the job ended
+EXIT_BUDGET = 6  # the job would pass a spend budget: nothing was submitted
 
 
 def register(commands: Any) -> None:

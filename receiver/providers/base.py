@@ -59,7 +59,8 @@ class CallbackStyle(enum.StrEnum):
 
 class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Per-provider configuration: RECEIVER_<PROVIDER>_BASE_URL, _API_KEY, _WEBHOOK_SECRET,
-    _TIMEOUT, _DEADLINE, _GIVE_UP_AFTER, _POLL_CONCURRENCY, _CONFIRM_TERMINAL."""
+    _TIMEOUT, _DEADLINE, _GIVE_UP_AFTER, _POLL_CONCURRENCY, _CONFIRM_TERMINAL, _PRICE_PER_JOB,
+    _PRICE_PER_SECOND."""
 
     base_url: str | None = None
     api_key: str | None = None
@@ -71,6 +72,9 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     poll_concurrency: int = 4
     # An unauthenticated provider's final callback is checked against its status API.
     confirm_terminal: bool = True
+    # What a job costs here (receiver.costs): per job, plus per second of video.
+    price_per_job: float | None = None
+    price_per_second: float | None = None
 
 
 class ProviderRequest(msgspec.Struct, kw_only=True):

@@ -100,7 +100,7 @@ async def extend(request: AnyRequest) -> Response[Any]:
 
 @get("/status")
 async def status(request: AnyRequest) -> Response[Any]:
-    task = simulator_of(request).find(_PROVIDER, request.query_params.get("uuid", ""))
+    task = simulator_of(request).status_of(_PROVIDER, request.query_params.get("uuid", ""))
     if task is None:
         return _error(404, "Task not found")
     return Response(_render(task, task.status, task.progress))

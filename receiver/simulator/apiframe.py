@@ -79,7 +79,7 @@ async def imagine(request: AnyRequest) -> Response[Any]:
 async def fetch(request: AnyRequest) -> Response[Any]:
     body = await json_object(request)
     task_id = body.get("task_id") if body is not None else None
-    task = simulator_of(request).find(_PROVIDER, str(task_id))
+    task = simulator_of(request).status_of(_PROVIDER, str(task_id))
     if task is None:
         return _error(404, "Task not found")
     return Response(_render(task, task.status, task.progress))
@@ -92,7 +92,7 @@ async def fetch_many(request: AnyRequest) -> Response[Any]:
     if not isinstance(task_ids, list) or not 2 <= len(task_ids) <= 20:
         return _error(400, "task_ids must be a list of 2 to 20 task ids")
     sim = simulator_of(request)
-    found = (sim.find(_PROVIDER, str(task_id)) for task_id in task_ids)
+    found = (sim.status_of(_PROVIDER, str(task_id)) for task_id in task_ids)
     tasks = [_render(task, task.status, task.progress) for task in found if task is not None]
     return Response({"tasks": tasks})
 

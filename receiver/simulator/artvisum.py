@@ -133,7 +133,7 @@ async def create(request: AnyRequest) -> Response[Any]:
 
 @get("/status/{uuid:str}")
 async def status(request: AnyRequest) -> Response[Any]:
-    task = simulator_of(request).find(_PROVIDER, request.path_params["uuid"])
+    task = simulator_of(request).status_of(_PROVIDER, request.path_params["uuid"])
     if task is None:
         return _error(404, "Task not found")
     return Response(_render(task, task.status, task.progress))

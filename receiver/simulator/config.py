@@ -23,7 +23,9 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     `create_delay` holds a create answer back while its task already runs (so callbacks
     can arrive before the receiver knows the task id); `no_preview` gives results no
     preview; `status_error`, `status_retry_after` and `status_delay` make status APIs
-    misbehave.
+    misbehave; `expire_results` makes the first that many result URLs of each task answer
+    `expire_status` (a link past its expiry), and the status API renew a succeeded task's
+    URLs once one of them has been refused.
     """
 
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
@@ -44,6 +46,9 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status_error: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
     status_retry_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
     status_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Result URLs that have expired: how many generations of them, and what they answer.
+    expire_results: Annotated[int, msgspec.Meta(ge=0)] = 0
+    expire_status: Annotated[int, msgspec.Meta(ge=400, le=499)] = 410
 
 
 def update_config(config: SimConfig, patch: Mapping[str, Any]) -> SimConfig:

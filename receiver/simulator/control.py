@@ -48,8 +48,12 @@ async def list_tasks(request: AnyRequest) -> list[TaskInfo]:
 
 @get("/media/{name:str}")
 async def media(request: AnyRequest) -> Response[bytes]:
-    """A stand-in for a result file: any name with a known extension serves a few bytes."""
+    """A stand-in for a result file: any name with a known extension serves a few bytes
+    (unless it is a link that `expire_results` made expire)."""
     name = request.path_params["name"]
+    expired = simulator_of(request).expired(name)
+    if expired is not None:
+        return Response(b"link expired", status_code=expired, media_type="text/plain")
     extension = "." + name.rpartition(".")[2].lower()
     if extension not in MEDIA:
         return Response(b"not found", status_code=404, media_type="text/plain")

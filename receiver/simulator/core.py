@@ -90,6 +90,10 @@ class SimTask:
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
     callbacks: list[CallbackInfo] = dataclasses.field(default_factory=list)
+    # Which issue of its URLs the task is at (1: the first), and whether a fetch of the
+    # current ones was refused as expired (the status API then issues the next).
+    url_issue: int = 1
+    urls_refused: bool = False
 
     def info(self) -> TaskInfo:
         return TaskInfo(
@@ -104,6 +108,18 @@ class SimTask:
             updated_at=self.updated_at,
             callbacks=list(self.callbacks),
         )
+
+
+def _media_name(url: str) -> str:
+    return url.rpartition("/")[2]
+
+
+def _reissued(url: str | None) -> str | None:
+    """The same media under a new name, as a freshly signed link would be."""
+    if not url:
+        return url
+    base, _, name = url.rpartition("/")
+    return f"{base}/{uuid.uuid4().hex}.{name.rpartition('.')[2]}"
 
 
 # A provider's callback for a task at (phase, progress), or None when it sends nothing then.
@@ -121,6 +137,7 @@ class Simulator:
         self.status_calls: Counter[str] = Counter()  # by provider, counted by StatusFaults
         self.status_peak: Counter[str] = Counter()  # most concurrent status calls, by provider
         self.create_calls: Counter[str] = Counter()  # by provider, counted by create_refusal
+        self._expiring: dict[str, SimTask] = {}  # media name -> its task, for expired URLs
 
     def authorized(self, provider: str, key: str | None) -> bool:
         """A non-empty key that equals the configured one, if one is configured."""
@@ -136,10 +153,40 @@ class Simulator:
             fields["preview_url"] = None
         task = SimTask(provider=provider, task_id=str(uuid.uuid4()), config=config, **fields)
         self._tasks[(provider, task.task_id)] = task
+        self._expire(task)
         return task
 
     def find(self, provider: str, task_id: str) -> SimTask | None:
         return self._tasks.get((provider, task_id))
+
+    def status_of(self, provider: str, task_id: str) -> SimTask | None:
+        """The task as its status API describes it now: a succeeded one whose URLs were
+        refused as expired gets fresh ones first (a provider signs its links anew)."""
+        task = self.find(provider, task_id)
+        if task is not None and task.urls_refused and task.status is Phase.SUCCEEDED:
+            task.result_url = _reissued(task.result_url)
+            task.preview_url = _reissued(task.preview_url)
+            task.url_issue += 1
+            task.urls_refused = False
+            self._expire(task)
+        return task
+
+    def expired(self, media: str) -> int | None:
+        """The status a fetch of media `media` answers when its link has expired, else None."""
+        task = self._expiring.get(media)
+        if task is None:
+            return None
+        if media in (_media_name(url) for url in (task.result_url, task.preview_url) if url):
+            task.urls_refused = True
+        return task.config.expire_status
+
+    def _expire(self, task: SimTask) -> None:
+        """Mark the task's current URLs expired while its issue is within `expire_results`."""
+        if task.url_issue > task.config.expire_results:
+            return
+        for url in (task.result_url, task.preview_url):
+            if url:
+                self._expiring[_media_name(url)] = task
 
     def tasks(self) -> list[TaskInfo]:
         """Every task, oldest first."""
@@ -166,6 +213,7 @@ class Simulator:
         """Cancel every lifecycle, forget every task, and set the config back (in place)."""
         await self._cancel()
         self._tasks.clear()
+        self._expiring.clear()
         self.status_calls.clear()
         self.status_peak.clear()
         self.create_calls.clear()

@@ -97,7 +97,7 @@ async def create(request: AnyRequest) -> Response[Any]:
 async def feed(request: AnyRequest) -> Response[Any]:
     body = await json_object(request)
     task_id = body.get("task_id") if body is not None else None
-    task = simulator_of(request).find(_PROVIDER, str(task_id))
+    task = simulator_of(request).status_of(_PROVIDER, str(task_id))
     if task is None:
         return _error(404, "task not found")
     return Response(_wrap(_render(task, task.status, task.progress)))

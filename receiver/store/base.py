@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from receiver.costs import Budget, Spend
 from receiver.models import (
     Delivery,
     DeliveryState,
@@ -36,6 +37,7 @@ __all__ = [
     "Reaped",
     "Recorded",
     "Router",
+    "Spend",
     "Store",
     "TokenMatch",
     "Worker",
@@ -78,6 +80,9 @@ class NewJob(msgspec.Struct, kw_only=True):
     secret_hash: str | None = None
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     next_poll_at: float | None = None
+    # Checked against the jobs of the day in the same transaction as the insert: BudgetExceeded
+    # (and no job) when the job's estimated cost would pass one.
+    budgets: tuple[Budget, ...] = ()
     # The digest of the request that came with `job.idempotency_key` (receiver.submit).
     request_hash: str | None = None
 
@@ -186,9 +191,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_job(self, new: NewJob) -> bool:
-        """Insert a job; False (nothing written) when its idempotency key has a job already.
+        """Insert `new`; False (nothing written) when its idempotency key has a job already;
+        with budgets, only if none would pass (else BudgetExceeded).
 
-        The key is UNIQUE in the table, so of concurrent inserts with one key one wins.
+        The key is UNIQUE in the table, so of concurrent inserts with one key one wins. Two
+        concurrent inserts cannot both fit in room for one budget: the check and the insert
+        are one transaction, serialised per budget.
         """
 
     @abc.abstractmethod
@@ -200,6 +208,10 @@ class Store(abc.ABC):
     ) -> None:
         """Record what is known of a job's create call (Job.create_state), and have the
         poller look at the job at `next_poll_at` unless it is due sooner already."""
+
+    @abc.abstractmethod
+    async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
+        """Spend of jobs created since `since`, by provider and UTC day (and metadata `by`)."""
 
     @abc.abstractmethod
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -23,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
+from receiver.costs import DAY, Spend, check_budgets, day_start, spend_row
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
     Delivery,
@@ -38,7 +40,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
     Claimed,
     DeliverySummary,
@@ -354,10 +356,48 @@ class PostgresStore(Store):
 
     async def create_job(self, new: NewJob) -> bool:
         async with self._transaction() as db:
+            await self._check_budgets(db, new)
             inserted = await self._insert_job(db, new)
             if inserted and new.next_poll_at is not None and new.job.task_id is not None:
                 await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
             return inserted
+
+    async def _check_budgets(self, db: asyncpg.Connection, new: NewJob) -> None:
+        """BudgetExceeded if `new` would pass a budget; its budgets stay locked until commit.
+
+        A transaction-scoped advisory lock per budget (taken in one order, so two jobs
+        never deadlock) makes a second submission wait for the first's commit and then
+        count it: both cannot fit in room for one.
+        """
+        if not new.budgets:
+            return
+        since = day_start(new.job.created_at)
+        spent = []
+        for budget in new.budgets:
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _budget_lock(budget.name))
+            if budget.key is None:
+                total = await db.fetchval(_SPENT, since)
+            else:
+                total = await db.fetchval(
+                    _SPENT + " AND (metadata::jsonb -> $2)::text = $3",
+                    since,
+                    budget.key,
+                    to_json(budget.value),
+                )
+            spent.append(float(total or 0.0))
+        check_budgets(list(new.budgets), spent, new.job.estimated_cost or 0.0)
+
+    async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
+        value = "metadata::jsonb ->> $2" if by is not None else "NULL::text"
+        rows = await self._fetch(
+            f"SELECT provider, floor(created_at / {DAY})::bigint AS day, {value} AS value,"
+            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+            " FROM jobs WHERE created_at >= $1 GROUP BY provider, day, value"
+            " ORDER BY day, provider, value",
+            since,
+            *([by] if by is not None else []),
+        )
+        return [spend_row(row) for row in rows]
 
     async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> bool:
         # A concurrent insert with the same key waits for the first to commit, then skips.
@@ -559,7 +599,14 @@ class PostgresStore(Store):
                 )
             else:
                 duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
-            transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
+            transition = advance(
+                job,
+                update,
+                duplicate=duplicate,
+                at=at,
+                preview_from=rank,
+                renewal=source == RENEWAL,
+            )
             event = Event(
                 id=new_id("evt"),
                 job_id=job.id,
@@ -995,7 +1042,17 @@ def _job_state(
         job.status.terminal,
         next_poll_at,
         job.id,
+        job.cost,
     )
+
+
+_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1"
+
+
+def _budget_lock(name: str) -> int:
+    """The advisory lock key of a budget: 64 bits of a digest of its name."""
+    hashed = hashlib.sha256(f"receiver-budget:{name}".encode()).digest()
+    return int.from_bytes(hashed[:8], "big", signed=True)
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -1063,7 +1120,7 @@ _MOVE_POLL = "UPDATE jobs SET next_poll_at = $1, poll_worker_id = NULL WHERE id 
 _SAVE_JOB_STATE = (
     "UPDATE jobs SET task_id = $1, status = $2, raw_status = $3, progress = $4,"
     " result_url = $5, preview_url = $6, preview_rank = $7, error = $8, error_code = $9,"
-    " updated_at = $10,"
+    " updated_at = $10, cost = $14,"
     " next_poll_at = CASE WHEN $11 THEN NULL ELSE COALESCE($12, next_poll_at) END,"
     # A poll's outcome (a new schedule, or the end of the job) ends its lease.
     " poll_worker_id = CASE WHEN $11 OR $12 IS NOT NULL THEN NULL ELSE poll_worker_id END"

@@ -105,6 +105,8 @@ JOBS = Table(
         "notify_url",
         "idempotency_key",
         "create_state",
+        "estimated_cost",
+        "cost",
     ),
     json=("metadata", "files"),
 )

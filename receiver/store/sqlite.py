@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from receiver.costs import DAY, BudgetExceeded, Spend, check_budgets, day_start, spend_row
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
     Delivery,
@@ -49,7 +50,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
     Claimed,
     DeliverySummary,
@@ -90,6 +91,7 @@ _ITEM_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.DataError,
     LookupError,
     ValueError,
+    BudgetExceeded,
 )
 
 
@@ -468,7 +470,7 @@ class SQLiteStore(Store):
             # Checked in the write transaction, which holds the database's only write lock.
             if key is not None and conn.execute(_KEY_TAKEN, (key,)).fetchone() is not None:
                 return False
-            _insert_job(conn, new)
+            _insert_within_budgets(conn, new)  # the budget check and the insert, in one step
             return True
 
         return await self._write(work)
@@ -517,6 +519,18 @@ class SQLiteStore(Store):
                 " updated_at = ? WHERE id = ?",
                 (state, next_poll_at, next_poll_at, next_poll_at, now(), job_id),
             )
+
+    async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
+        value = "metadata ->> ?" if by is not None else "NULL"
+        params: list[Any] = [metadata_path(by)] if by is not None else []
+        rows = await self._fetchall(
+            f"SELECT provider, CAST(created_at / {DAY} AS INTEGER) AS day, {value} AS value,"
+            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+            " FROM jobs WHERE created_at >= ? GROUP BY provider, day, value"
+            " ORDER BY day, provider, value",
+            (*params, since),
+        )
+        return [spend_row(row) for row in rows]
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
@@ -1074,6 +1088,24 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= ?"
+
+
+def _insert_within_budgets(conn: sqlite3.Connection, new: NewJob) -> None:
+    """Insert `new` unless its estimate would pass one of its budgets (BudgetExceeded)."""
+    if new.budgets:
+        since = day_start(new.job.created_at)
+        spent = []
+        for budget in new.budgets:
+            sql, params = _SPENT, list[Any]([since])
+            if budget.key is not None:
+                sql += " AND metadata -> ? = ?"
+                params += [metadata_path(budget.key), to_json(budget.value)]
+            spent.append(conn.execute(sql, params).fetchone()[0] or 0.0)
+        check_budgets(list(new.budgets), spent, new.job.estimated_cost or 0.0)
+    _insert_job(conn, new)
+
+
 def _insert_request(conn: sqlite3.Connection, raw: RawRequest, job_id: str | None) -> None:
     conn.execute(_INSERT_REQUEST, (*REQUESTS.values(raw), job_id))
 
@@ -1101,7 +1133,9 @@ def _record(
         ).fetchone()
         is not None
     )
-    transition = advance(job, update, duplicate=duplicate, at=at, preview_from=rank)
+    transition = advance(
+        job, update, duplicate=duplicate, at=at, preview_from=rank, renewal=source == RENEWAL
+    )
     event = Event(
         id=new_id("evt"),
         job_id=job.id,
@@ -1197,7 +1231,7 @@ def _save_job_state(
     conn.execute(
         "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
         " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?,"
-        " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
+        " cost = ?, next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
         # A poll's outcome (a new schedule, or the end of the job) ends its lease.
         " poll_worker_id = CASE WHEN ? OR ? IS NOT NULL THEN NULL ELSE poll_worker_id END"
         " WHERE id = ?",
@@ -1212,6 +1246,7 @@ def _save_job_state(
             job.error,
             job.error_code,
             job.updated_at,
+            job.cost,
             job.status.terminal,
             next_poll_at,
             job.status.terminal,

@@ -23,12 +23,14 @@ from litestar.response import Redirect, ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from receiver.admin_auth import locked_out_for, record_failure
+from receiver.admin_token import admin_token_file
 from receiver.errors import StoreUnavailable
 from receiver.failures import split_error
 from receiver.metrics import METRICS
-from receiver.models import DeliveryState, now
+from receiver.models import DeliveryState, Job, now
 from receiver.runtime import Runtime
 from receiver.ui import pages
+from receiver.ui.filters import find_jobs, parse_job_query
 from receiver.ui.session import (
     COOKIE,
     csrf_token,
@@ -58,6 +60,8 @@ _STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; cha
 # How long one event stream lasts before the browser reconnects, and how often it looks.
 _STREAM_SECONDS = 20.0
 _STREAM_EVERY = 0.5
+_DEAD_SHOWN = 500  # dead deliveries on /ui/dead (oldest first); replaying shows the next
+_QUARANTINE_SHOWN = 200  # newest refused requests on /ui/quarantine
 
 
 def _runtime(request: AnyRequest) -> Runtime:
@@ -80,11 +84,38 @@ def _html(body: str, status_code: int = 200) -> Response[str]:
     return Response(body, media_type=MediaType.HTML, status_code=status_code, headers=_HEADERS)
 
 
-def _to_login(request: AnyRequest) -> Redirect:
-    """To the login form, which comes back here afterwards."""
-    return Redirect(
-        "/ui/login", status_code=303, headers=_HEADERS, query_params={"next": request.url.path}
+def _replayed(request: AnyRequest) -> str | None:
+    """The notice after a replay's redirect (`?replayed=3`), from a number and nothing else."""
+    text = request.query_params.get("replayed", "")
+    if not text.isdigit() or len(text) > 9:
+        return None
+    count = int(text)
+    if count == 0:
+        return "Nothing was replayed: no dead delivery matched."
+    if count == 1:
+        return "Replayed 1 delivery: pending again, the dispatcher runs it now."
+    return f"Replayed {count} deliveries: pending again, the dispatcher runs them now."
+
+
+def _token_hint(runtime: Runtime) -> str:
+    """Where the admin token is: the variable, or the generated file (not its content).
+
+    The file is named, not its directory: the page is open to anyone who reaches it, and
+    the server's layout is none of their business; the operator knows where the database is.
+    """
+    if runtime.settings.admin_token is not None:
+        return "The token is RECEIVER_ADMIN_TOKEN in the receiver's environment."
+    name = admin_token_file(runtime.settings).name
+    return (
+        f"The token generated at first start is in the file {name}, beside the database"
+        " (readable by its owner only; the receiver logged its full path when it made it)."
     )
+
+
+def _to_login(request: AnyRequest) -> Redirect:
+    """To the login form, which comes back here (filters included) afterwards."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return Redirect("/ui/login", status_code=303, headers=_HEADERS, query_params={"next": here})
 
 
 def _next_page(value: str | None) -> str:
@@ -111,7 +142,8 @@ async def _check_post(request: AnyRequest, form: dict[str, str]) -> str:
 async def login_form(
     request: AnyRequest, next_: Annotated[str | None, QueryParameter(name="next")] = None
 ) -> Response[str]:
-    return _html(pages.login_page(failed=False, next_page=_next_page(next_)))
+    hint = _token_hint(_runtime(request))
+    return _html(pages.login_page(failed=False, next_page=_next_page(next_), token_hint=hint))
 
 
 @post("/login", include_in_schema=False, status_code=303)
@@ -131,7 +163,9 @@ async def login(request: AnyRequest) -> Response[Any]:
         )
     if not offered or not hmac.compare_digest(digest(offered), _key(request)):
         record_failure(request)
-        return _html(pages.login_page(failed=True, next_page=next_page), status_code=401)
+        hint = _token_hint(runtime)
+        page = pages.login_page(failed=True, next_page=next_page, token_hint=hint)
+        return _html(page, status_code=401)
     ttl = runtime.settings.session_ttl
     session = await start_session(runtime.store, _key(request), at=now(), ttl=ttl)
     cookie = Cookie(
@@ -158,11 +192,21 @@ async def logout(request: AnyRequest) -> Response[Any]:
 
 @get("/", include_in_schema=False)
 async def jobs(request: AnyRequest) -> Response[Any]:
+    """The job list, filtered and paged by its query string (see `receiver.ui.filters`)."""
     session = await _session(request)
     if session is None:
         return _to_login(request)
-    page = await _runtime(request).store.list_jobs(limit=100)
-    return _html(pages.jobs_page(page.items, csrf=csrf_token(_key(request), session)))
+    runtime = _runtime(request)
+    query = parse_job_query(dict(request.query_params.dict()), at=now())
+    found = await find_jobs(runtime.store, query)
+    body = pages.jobs_page(
+        found,
+        query,
+        providers=list(runtime.providers),
+        csrf=csrf_token(_key(request), session),
+        at=now(),
+    )
+    return _html(body, status_code=400 if query.problems else 200)
 
 
 @get("/jobs/{job_id:str}", include_in_schema=False)
@@ -171,37 +215,83 @@ async def job(request: AnyRequest, job_id: FromPath[str]) -> Response[Any]:
     if session is None:
         return _to_login(request)
     store = _runtime(request).store
+    csrf = csrf_token(_key(request), session)
     found = await store.get_job(job_id)
     if found is None:
-        raise NotFoundException("no such job")
+        return _html(pages.not_found_page(f"No job {job_id[:100]}.", csrf=csrf), 404)
     body = pages.job_page(
         found,
         await store.list_events(job_id),
         await store.list_requests(job_id),
         await store.list_deliveries(job_id=job_id),
-        csrf=csrf_token(_key(request), session),
+        csrf=csrf,
+        notice=_replayed(request),
     )
     return _html(body)
 
 
-@post("/deliveries/{delivery_id:str}/replay", include_in_schema=False, status_code=303)
-async def replay(request: AnyRequest, delivery_id: FromPath[str]) -> Response[Any]:
-    """Run a dead or done delivery again (same id), then back to its job's page."""
-    form = await _form(request)
-    await _check_post(request, form)
-    runtime = _runtime(request)
-    states = frozenset({DeliveryState.DEAD, DeliveryState.DONE})
-    replayed = await runtime.store.replay_deliveries(
-        delivery_id=delivery_id, states=states, at=now()
+@get("/dead", include_in_schema=False)
+async def dead(request: AnyRequest) -> Response[Any]:
+    """Dead deliveries, oldest first, with replay of one or all."""
+    session = await _session(request)
+    if session is None:
+        return _to_login(request)
+    found = await _runtime(request).store.list_deliveries(
+        state=DeliveryState.DEAD, limit=_DEAD_SHOWN
     )
+    csrf = csrf_token(_key(request), session)
+    return _html(pages.dead_page(found, csrf=csrf, notice=_replayed(request), limit=_DEAD_SHOWN))
+
+
+@get("/quarantine", include_in_schema=False)
+async def quarantine(request: AnyRequest) -> Response[Any]:
+    """The newest refused requests, redacted and capped as they were kept."""
+    session = await _session(request)
+    if session is None:
+        return _to_login(request)
+    found = await _runtime(request).store.list_quarantine(limit=_QUARANTINE_SHOWN)
+    csrf = csrf_token(_key(request), session)
+    return _html(pages.quarantine_page(found, csrf=csrf, limit=_QUARANTINE_SHOWN))
+
+
+async def _replay(runtime: Runtime, **filters: Any) -> list[Any]:
+    replayed = await runtime.store.replay_deliveries(**filters, at=now())
     if replayed:
         METRICS.replays.inc(amount=len(replayed))
         runtime.dispatcher.wake()
-        return Redirect(f"/ui/jobs/{replayed[0].job_id}", status_code=303, headers=_HEADERS)
-    raise NotFoundException("no dead or done delivery with that id")
+    return replayed
 
 
-def _job_view(job: Any) -> dict[str, Any]:
+@post("/deliveries/{delivery_id:str}/replay", include_in_schema=False, status_code=303)
+async def replay(request: AnyRequest, delivery_id: FromPath[str]) -> Response[Any]:
+    """Run a dead or done delivery again (same id), then back to its job's page (or /ui/dead),
+    which says so."""
+    form = await _form(request)
+    session = await _check_post(request, form)
+    runtime = _runtime(request)
+    states = frozenset({DeliveryState.DEAD, DeliveryState.DONE})
+    replayed = await _replay(runtime, delivery_id=delivery_id, states=states)
+    if not replayed:
+        csrf = csrf_token(_key(request), session)
+        what = "No dead or done delivery with that id: it may be running again already."
+        return _html(pages.not_found_page(what, csrf=csrf), 404)
+    target = "/ui/dead" if form.get("back") == "dead" else f"/ui/jobs/{replayed[0].job_id}"
+    return Redirect(
+        target, status_code=303, headers=_HEADERS, query_params={"replayed": str(len(replayed))}
+    )
+
+
+@post("/dead/replay", include_in_schema=False, status_code=303)
+async def replay_dead(request: AnyRequest) -> Response[Any]:
+    """Run every dead delivery again, then back to /ui/dead, which says how many."""
+    await _check_post(request, await _form(request))
+    replayed = await _replay(_runtime(request), states=frozenset({DeliveryState.DEAD}))
+    return Redirect(
+        "/ui/dead", status_code=303, headers=_HEADERS, query_params={"replayed": str(len(replayed))}
+    )
+
+
+def _job_view(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "provider": job.provider,
@@ -209,6 +299,8 @@ def _job_view(job: Any) -> dict[str, Any]:
         "status": job.status.value,
         "raw_status": job.raw_status,
         "progress": job.progress,
+        "error": pages.error_line(job),
+        "metadata": pages.metadata_text(job.metadata),
     }
 
 
@@ -270,5 +362,17 @@ async def static(name: FromPath[str]) -> Response[bytes]:
 
 UI_ROUTER = Router(
     path="/ui",
-    route_handlers=[login_form, login, logout, jobs, job, replay, stream, static],
+    route_handlers=[
+        login_form,
+        login,
+        logout,
+        jobs,
+        job,
+        dead,
+        quarantine,
+        replay,
+        replay_dead,
+        stream,
+        static,
+    ],
 )

@@ -11,10 +11,31 @@
     cell.className = "status status-" + status;
   }
 
-  function setProgress(cell, progress) {
-    const bar = cell.querySelector("progress");
-    const label = cell.querySelector(".pct");
-    if (progress === null || progress === undefined) {
+  // A moving (indeterminate) bar only while the job runs; no bar for a queued or ended job
+  // that never said how far it got.
+  function setProgress(cell, progress, status) {
+    let bar = cell.querySelector("progress");
+    let label = cell.querySelector(".pct");
+    if (!label) {
+      label = document.createElement("span");
+      label.className = "pct";
+      cell.appendChild(label);
+    }
+    const none = progress === null || progress === undefined;
+    if (none && status !== "running") {
+      if (bar) bar.remove();
+      cell.textContent = "";
+      cell.appendChild(label);
+      label.textContent = "-";
+      return;
+    }
+    if (!bar) {
+      bar = document.createElement("progress");
+      bar.max = 1;
+      cell.textContent = "";
+      cell.append(bar, " ", label);
+    }
+    if (none) {
       bar.removeAttribute("value");
       label.textContent = "-";
     } else {
@@ -38,13 +59,21 @@
     status.dataset.field = "status";
     const progress = document.createElement("td");
     progress.dataset.field = "progress";
-    progress.appendChild(document.createElement("progress")).max = 1;
-    progress.appendChild(document.createTextNode(" "));
-    progress.appendChild(document.createElement("span")).className = "pct";
+    const age = document.createElement("td");
+    age.dataset.field = "age";
+    age.textContent = "new";
     const task = document.createElement("td");
     task.className = "mono";
     task.textContent = job.task_id || "-";
-    row.append(idCell, provider, status, progress, task);
+    const error = document.createElement("td");
+    error.dataset.field = "error";
+    error.className = "error";
+    const metadata = document.createElement("td");
+    metadata.dataset.field = "metadata";
+    metadata.className = "mono";
+    metadata.textContent = job.metadata || "";
+    metadata.title = job.metadata || "";
+    row.append(idCell, provider, status, progress, age, task, error, metadata);
     return row;
   }
 
@@ -52,15 +81,21 @@
     const key = '[data-job-id="' + CSS.escape(job.id) + '"]';
     let row = document.querySelector("tr" + key + ", dl" + key);
     if (!row && page === "jobs") {
-      row = jobRow(job);
+      // Ids sort by creation: only a job newer than the top row is new; an older one that
+      // changed belongs to a later page.
       const body = document.querySelector("#jobs tbody");
+      const top = body.querySelector("tr[data-job-id]");
+      if (top && job.id <= top.dataset.jobId) return;
+      row = jobRow(job);
       body.insertBefore(row, body.firstChild);
     }
     if (!row) return;
     setStatus(row.querySelector('[data-field="status"]'), job.status);
-    setProgress(row.querySelector('[data-field="progress"]'), job.progress);
+    setProgress(row.querySelector('[data-field="progress"]'), job.progress, job.status);
     const raw = row.querySelector('[data-field="raw_status"]');
     if (raw) raw.textContent = job.raw_status || "-";
+    const error = row.querySelector('[data-field="error"]');
+    if (error) error.textContent = job.error || "";
   }
 
   function updateDelivery(delivery) {
@@ -75,7 +110,9 @@
     if (replay) replay.hidden = !(delivery.state === "dead" || delivery.state === "done");
   }
 
+  // Filtered and later pages of the list are not live: a new job may not belong there.
   if (page !== "jobs" && page !== "job") return;
+  if (document.body.dataset.stream === "off") return;
   const url = page === "job" ? "/ui/stream?job=" + encodeURIComponent(jobId) : "/ui/stream";
   const source = new EventSource(url);
   source.addEventListener("job", function (message) { updateJob(JSON.parse(message.data)); });
