@@ -264,6 +264,25 @@ class TestIdempotentSubmission:
         assert 2 == sim.create_calls("apiframe")
 
 
+class TestKeyAndBudget:
+    """A retry of a job that used up the day's budget answers that job, not 402."""
+
+    async def test_a_replay_is_not_charged_again(
+        self, tmp_path: Path, sim: RunningSimulator, handlers: Registry
+    ) -> None:
+        env = receiver_env(sim, RECEIVER_APIFRAME_PRICE_PER_JOB="1", RECEIVER_BUDGET_DAILY="1.5")
+        async with (
+            running_receiver(tmp_path, handlers=handlers, env=env) as live,
+            admin_client(live) as http,
+        ):
+            first = await post_job(http, REQUEST, "budget-1")
+            again = await post_job(http, REQUEST, "budget-1")
+            other = await post_job(http, REQUEST, "budget-2")
+        assert (201, 200, 402) == (first.status_code, again.status_code, other.status_code)
+        assert first.json()["id"] == again.json()["id"]
+        assert 1 == sim.create_calls("apiframe")
+
+
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
