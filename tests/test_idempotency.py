@@ -441,6 +441,21 @@ class TestUncertainCreate:
         job = (await slow_client.get(f"/jobs/{answer.json()['id']}")).json()
         assert ("queued", 1) == (job["status"], sim.create_calls("apiframe"))
 
+    async def test_receiver_job_says_the_create_is_uncertain(
+        self,
+        tmp_path: Path,
+        slow_live: LiveReceiver,
+        slow_client: httpx.AsyncClient,
+        sim: RunningSimulator,
+    ) -> None:
+        sim.config.create_error = 502
+        job_id = (await post_job(slow_client, REQUEST, "shown-1")).json()["id"]
+        env = {"RECEIVER_URL": slow_live.url, "RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}
+        code, out, err = await run_cli("job", job_id, env=env, cwd=tmp_path)
+        assert 0 == code, err
+        assert "create    uncertain" in out and "the provider may have the task" in out
+        assert "key       shown-1" in out
+
     async def test_no_news_by_the_give_up_age_fails_it_as_create_uncertain(
         self, slow_client: httpx.AsyncClient, sim: RunningSimulator, handled: Handled
     ) -> None:
