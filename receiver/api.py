@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    NotFoundException,
+    ValidationException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from receiver.admin_auth import check_bearer
 from receiver.costs import BudgetExceeded
-from receiver.errors import ConfigError, UnknownProvider
+from receiver.errors import ConfigError, IdempotencyKeyReused, UnknownProvider
 from receiver.metrics import METRICS
 from receiver.models import (
     DeliveryState,
@@ -54,31 +59,56 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
+_REPLAYED = {"Idempotent-Replayed": "true"}
+
+
 @post(
     "/jobs",
     guards=[admin_guard],
     status_code=201,
-    responses={402: ResponseSpec(ErrorBody, description="The job would pass a spend budget")},
+    responses={
+        200: ResponseSpec(Job, description="Idempotency-Key seen before: its job, nothing sent"),
+        402: ResponseSpec(ErrorBody, description="The job would pass a spend budget"),
+        409: ResponseSpec(ErrorBody, description="Idempotency-Key used with another request"),
+    },
 )
-async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitRequest]) -> Job:
+async def create_job(
+    request: Request[Any, Any, Any],
+    data: JSONBody[SubmitRequest],
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Response[Job]:
     """Submit a job to a provider (or track one), answering with the job.
 
-    402 names the budget (RECEIVER_BUDGET_DAILY, RECEIVER_BUDGETS) the job's estimated
-    cost would pass; no job is made and the provider is not called.
+    With an `Idempotency-Key` header, the same key and request again answers the same
+    job with 200 and `Idempotent-Replayed: true`, and nothing is sent to the provider;
+    the key with a different request answers 409. 402 names the budget
+    (RECEIVER_BUDGET_DAILY, RECEIVER_BUDGETS) the job's estimated cost would pass; no job
+    is made and the provider is not called.
     """
     runtime = _runtime(request)
     try:
         if data.task_id is not None:
-            return await runtime.submitter.track(
-                data.provider, data.task_id, metadata=data.metadata, notify_url=data.notify_url
+            submitted = await runtime.submitter.track(
+                data.provider,
+                data.task_id,
+                metadata=data.metadata,
+                notify_url=data.notify_url,
+                idempotency_key=idempotency_key,
             )
-        submitted = await runtime.submitter.submit(
-            data.provider, data.input, metadata=data.metadata, notify_url=data.notify_url
-        )
+        else:
+            submitted = await runtime.submitter.submit(
+                data.provider,
+                data.input,
+                metadata=data.metadata,
+                notify_url=data.notify_url,
+                idempotency_key=idempotency_key,
+            )
     except UnknownProvider:
         raise ValidationException(f"unknown provider {data.provider!r}") from None
     except ConfigError as exc:
         raise ValidationException(str(exc)) from None
+    except IdempotencyKeyReused as exc:
+        raise ClientException(detail=str(exc), status_code=409) from None
     except BudgetExceeded as exc:
         extra = {
             "budget": exc.budget.name,
@@ -87,7 +117,9 @@ async def create_job(request: Request[Any, Any, Any], data: JSONBody[SubmitReque
             "estimated_cost": exc.cost,
         }
         raise HTTPException(str(exc), status_code=402, extra=extra) from None
-    return submitted.job
+    if submitted.replayed:
+        return Response(submitted.job, status_code=200, headers=_REPLAYED)
+    return Response(submitted.job, status_code=201)
 
 
 @get("/jobs", guards=[admin_guard])

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "GiveUp",
+    "IdempotencyKeyReused",
     "ProviderError",
     "ReceiverError",
     "Retry",
@@ -44,11 +45,18 @@ class ProviderError(ReceiverError):
         status_code: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        outcome_unknown: bool = False,
     ):
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after  # seconds the provider asked us to wait, if it said
+        # The request may have been carried out: it was sent, and no clear answer came.
+        self.outcome_unknown = outcome_unknown
+
+
+class IdempotencyKeyReused(ReceiverError):
+    """An idempotency key already made a job from a different request."""
 
 
 class Retry(ReceiverError):

@@ -34,7 +34,7 @@ from receiver.refusals import UNPROVEN_BODY_BYTES, address_wait, charge, token_o
 from receiver.runtime import Runtime
 from receiver.standard_webhooks import MISSING_SIGNATURE, SignatureError
 from receiver.store.base import NewJob
-from receiver.submit import queued_job
+from receiver.submit import CREATE_UNCERTAIN, queued_job
 from receiver.verify import digest, matches, matches_any, redact_path
 
 __all__ = ["HOOK_ROUTES", "headers_of", "nudge_uuid", "refused_by_framework", "skew_detail"]
@@ -162,6 +162,24 @@ def _unconfirmed(update: Update) -> Update:
     )
 
 
+async def _adopt(runtime: Runtime, job: Job, task_id: str | None) -> Job:
+    """A job whose create had no clear answer takes the task id its own URL reveals.
+
+    The URL token is the credential, as for the callback itself; what the task says is
+    still believed only as far as the rest of the pipeline (and the status API) allows.
+    """
+    if job.task_id is not None or job.create_state != CREATE_UNCERTAIN:
+        return job
+    if not valid_task_id(task_id) or task_id is None:
+        return job
+    if await runtime.store.job_by_task(job.provider, task_id) is not None:
+        return job  # another job's task: never two jobs for one task
+    log.info("%s: %s adopts task %s from its callback", job.provider, job.id, task_id)
+    await runtime.store.set_task_id(job.id, task_id, None)
+    runtime.poller.wake()
+    return msgspec.structs.replace(job, task_id=task_id)
+
+
 async def _job_by_token(runtime: Runtime, provider: str, token: str) -> tuple[Job, str | None]:
     match = await runtime.store.job_by_token(digest(token))
     if match is None or match.job.provider != provider:
@@ -285,6 +303,7 @@ async def job_callback(
         update = signed or parse_callback(adapter, body)
         if update.task_id and job.task_id and update.task_id != job.task_id:
             raise Reject(400, "task_mismatch")
+        job = await _adopt(runtime, job, update.task_id)
         if _confirming(runtime, adapter):
             if update.status.terminal and not job.status.terminal:
                 # Kept, and the provider asked. Before the create call has answered there
@@ -322,6 +341,7 @@ async def job_nudge(
         uuid = nudge_uuid(request.scope.get("query_string", b"").decode("latin-1"))
         if uuid is not None and (not valid_task_id(uuid) or (job.task_id and uuid != job.task_id)):
             raise Reject(400, "task_mismatch")
+        job = await _adopt(runtime, job, uuid)
         await runtime.store.record_nudge(job.id, _raw(request, provider, body), poll_at=now())
         runtime.poller.wake()
         return _answer(202, ok=True)

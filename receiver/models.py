@@ -11,6 +11,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "CREATE_UNCERTAIN",
+    "CREATE_WAITING",
     "TERMINAL",
     "Delivery",
     "DeliveryState",
@@ -157,6 +159,12 @@ class StoredFile(msgspec.Struct, kw_only=True):
     renewed_from: str | None = None
 
 
+# Job.create_state: the create call's outcome is unknown (receiver.submit), or the
+# provider asked for it again later and it waits for the poller.
+CREATE_UNCERTAIN = "uncertain"
+CREATE_WAITING = "waiting"
+
+
 class Job(msgspec.Struct, kw_only=True):
     """One generation task at one provider, as the receiver knows it now."""
 
@@ -177,6 +185,12 @@ class Job(msgspec.Struct, kw_only=True):
     files: dict[str, StoredFile] = msgspec.field(default_factory=dict)
     # Where this job's events are also POSTed, signed (given at submit time).
     notify_url: str | None = None
+    # The submitter's Idempotency-Key: the same key never makes a second job.
+    idempotency_key: str | None = None
+    # What is known of the create call: None when it answered; CREATE_UNCERTAIN when its
+    # outcome is unknown, so the provider may have the task; CREATE_WAITING while a create
+    # the provider asked us to repeat later waits.
+    create_state: str | None = None
     # What the job is expected to cost (at submission, from the provider's configured
     # price) and what it cost once it ended (0 for a failure the provider does not bill);
     # None when the provider has no price configured.

@@ -15,20 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from receiver.errors import ProviderError, ReceiverError, StoreUnavailable
 from receiver.ingest import Ingest
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
-from receiver.models import Job, Status, Update, now
+from receiver.models import CREATE_WAITING, Job, Status, Update, now
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
 from receiver.state import RENEWAL
 from receiver.store.base import Store
 
-__all__ = ["Poller", "gave_up", "poll_delay"]
+__all__ = ["Poller", "create_unresolved", "gave_up", "poll_delay"]
 
 log = logging.getLogger("receiver.poller")
 
@@ -50,6 +50,23 @@ def gave_up(provider: str, seconds: float) -> Update:
             f" (RECEIVER_{provider.upper()}_GIVE_UP_AFTER or RECEIVER_GIVE_UP_AFTER)"
         ),
         error_code="gave_up",
+    )
+
+
+def create_unresolved(provider: str, seconds: float) -> Update:
+    """The failure recorded for a job whose create call had no clear answer, and of whose
+    task no callback or status answer told us by its give-up age."""
+    hours = seconds / 3600
+    return Update(
+        status=Status.FAILED,
+        raw_status="create_uncertain",
+        error=(
+            f"the create call to {provider} had no clear answer (a timeout, a dropped"
+            f" connection or a gateway error), so {provider} may have created the task"
+            f" (and charged for it), but nothing about it came in {hours:g} h; it was not"
+            " sent again. Check the provider's own dashboard"
+        ),
+        error_code="create_uncertain",
     )
 
 
@@ -82,6 +99,8 @@ class Poller(WorkLoop):
         self.limits = dict(limits or {})
         # This process's worker id (receiver.heartbeat), stamped on the polls it leases.
         self.worker: str | None = None
+        # Sends a create the provider asked us to repeat later (Submitter.retry_create).
+        self.retry_create: Callable[[Job], Awaitable[None]] | None = None
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
@@ -115,6 +134,15 @@ class Poller(WorkLoop):
 
     async def poll(self, job: Job) -> None:
         """Ask the provider about `job` and record the answer, or schedule another try."""
+        if job.task_id is None and job.create_state == CREATE_WAITING:
+            if self.retry_create is not None:
+                await self.retry_create(job)
+            else:  # not this process's work: leave it to one that can send it
+                await self.store.schedule_poll(job.id, now() + self.interval, attempted=False)
+            return
+        if job.task_id is None and job.create_state is not None:
+            await self._unsettled_create(job)
+            return
         gateway = self.gateways.get(job.provider)
         if gateway is None or job.task_id is None or not gateway.adapter.can_pull:
             await self.store.schedule_poll(job.id, None, attempted=False)
@@ -148,6 +176,21 @@ class Poller(WorkLoop):
             await self.ingest.record(
                 job.id, update, source="poll", next_poll_at=now() + self.delay(job)
             )
+
+    async def _unsettled_create(self, job: Job) -> None:
+        """A job whose create had no clear answer: no provider here can look a task up
+        without its id, so wait for a callback until the give-up age, then fail it."""
+        give_up_after = self.give_up_for(job.provider)
+        give_up_at = job.created_at + give_up_after
+        if now() < give_up_at:
+            await self.store.schedule_poll(job.id, give_up_at, attempted=False)
+            return
+        log.warning(
+            "%s: %s had no clear create answer and no news; failing it", job.provider, job.id
+        )
+        await self.ingest.record(
+            job.id, create_unresolved(job.provider, give_up_after), source="receiver"
+        )
 
     async def _pull(
         self, gateway: ProviderGateway, job: Job, limits: ProviderLimits

@@ -130,10 +130,12 @@ class Runtime:
             public_url=settings.public_url,
             poll_interval=settings.poll_interval,
             deadline_for=settings.deadline_for,
+            give_up_for=settings.give_up_for,
             wake_poller=poller.wake,
             notify_secret=settings.forward.secret is not None,
             pricing=Pricing(settings.provider, settings.budget_daily, settings.budgets),
         )
+        poller.retry_create = submitter.retry_create
         return cls(
             settings=settings,
             store=store,

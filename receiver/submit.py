@@ -8,26 +8,57 @@ create call leaves a failed job carrying the provider's error, which fires the
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from receiver.costs import Budget, Pricing
-from receiver.errors import ConfigError, ProviderError
+from receiver.errors import ConfigError, IdempotencyKeyReused, ProviderError
 from receiver.ingest import Ingest
-from receiver.models import Job, Status, Update, new_id, now
+from receiver.models import CREATE_UNCERTAIN, Job, Status, Update, new_id, now
+from receiver.poller import gave_up
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
 from receiver.store.base import NewJob, Store
 from receiver.urls import http_url
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
-__all__ = ["Submitted", "Submitter", "check_notify_url", "queued_job"]
+__all__ = [
+    "CREATE_UNCERTAIN",
+    "Submitted",
+    "Submitter",
+    "check_idempotency_key",
+    "check_notify_url",
+    "queued_job",
+    "request_digest",
+]
 
 log = logging.getLogger("receiver.submit")
 
+# A 429 without Retry-After: how long to wait before the create is sent again.
+_CREATE_WAIT = 30.0
+
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
+
+
+_MAX_KEY = 255
+
+
+def check_idempotency_key(key: str) -> str:
+    """An Idempotency-Key: 1 to 255 printable ASCII characters (ConfigError, a 400, else)."""
+    if not 1 <= len(key) <= _MAX_KEY or not all(" " <= char <= "~" for char in key):
+        raise ConfigError(f"an idempotency key is 1 to {_MAX_KEY} printable ASCII characters")
+    return key
+
+
+def request_digest(provider: str, fields: Mapping[str, Any], **rest: Any) -> str:
+    """A canonical digest of a submission (provider, input and the rest, keys sorted), so
+    a key sent again with the same request is told from one sent with another."""
+    canonical = {"provider": provider, "input": dict(fields), **rest}
+    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
 
 
 def queued_job(
@@ -35,6 +66,7 @@ def queued_job(
     task_id: str | None,
     metadata: Mapping[str, Any] | None = None,
     notify_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A new job, as it is before the provider has said anything about it."""
     at = now()
@@ -47,6 +79,7 @@ def queued_job(
         created_at=at,
         updated_at=at,
         notify_url=notify_url,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -66,11 +99,25 @@ def check_notify_url(url: str) -> str:
     return url
 
 
+def _asked_to_wait(exc: ProviderError) -> float | None:
+    """Seconds the provider asked us to wait before sending the create again, if it did:
+    a 429 (with or without Retry-After), or a 503 with Retry-After."""
+    if exc.status_code == 429:
+        return _CREATE_WAIT if exc.retry_after is None else exc.retry_after
+    if exc.status_code == 503 and exc.retry_after is not None:
+        return exc.retry_after
+    return None
+
+
 class Submitted(msgspec.Struct, kw_only=True):
-    """A submitted job. `hook_url` carries the job's token and is shown only here, once."""
+    """A submitted job. `hook_url` carries the job's token and is shown only here, once.
+
+    `replayed`: the idempotency key had made this job already; nothing was sent this time.
+    """
 
     job: Job
     hook_url: str | None = None
+    replayed: bool = False
 
 
 class Submitter:
@@ -85,6 +132,7 @@ class Submitter:
         public_url: str,
         poll_interval: float,
         deadline_for: Callable[[str], float] = lambda provider: 900.0,
+        give_up_for: Callable[[str], float] = lambda provider: 86400.0,
         wake_poller: Any = None,
         notify_secret: bool = False,
         pricing: Pricing | None = None,
@@ -95,6 +143,7 @@ class Submitter:
         self.public_url = public_url.rstrip("/")
         self.poll_interval = poll_interval
         self.deadline_for = deadline_for
+        self.give_up_for = give_up_for
         self.wake_poller = wake_poller or (lambda: None)
         self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
         self.pricing = pricing
@@ -120,12 +169,21 @@ class Submitter:
         metadata: Mapping[str, Any] | None = None,
         local_files: bool = False,
         notify_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Submitted:
         """Create a job at `provider`; a provider's refusal gives a failed job, not an error.
 
         `notify_url` gets every event of this job, signed as the forward handler signs.
+        With `idempotency_key`, a request already made under that key answers its job
+        (`replayed`) and calls no provider; the key with another request raises
+        IdempotencyKeyReused.
         """
         notify_url = self._notify_url(notify_url)
+        key, request_hash = self._keyed(
+            idempotency_key, provider, fields, metadata=metadata, notify_url=notify_url
+        )
+        if key is not None and (done := await self._replayed(key, request_hash)) is not None:
+            return Submitted(job=done, replayed=True)
         gateway = self._gateway(provider)
         uploads = sorted(gateway.adapter.file_fields & fields.keys())
         if uploads and not local_files:
@@ -133,36 +191,89 @@ class Submitter:
             raise ConfigError(
                 f"{provider} file fields ({', '.join(uploads)}) can only be sent from the CLI"
             )
+        token, secret, hook_url = self._credentials(gateway)
+        job = queued_job(provider, None, metadata, notify_url, key)
+        budgets: tuple[Budget, ...] = ()
+        if self.pricing is not None:
+            job.estimated_cost = self.pricing.estimate(provider, fields)
+            budgets = self.pricing.budgets(job.metadata)
+        new = NewJob(
+            job=job,
+            token_hash=digest(token),
+            secret_hash=digest(secret) if secret else None,
+            input=redact_fields(fields),
+            budgets=budgets,
+            request_hash=request_hash,
+        )
+        # BudgetExceeded here leaves no job, and the provider is never called.
+        if not await self.store.create_job(new):  # a concurrent request with the key won
+            return Submitted(job=await self._winner(key, request_hash), replayed=True)
+        # A local file is read where it was named: a later retry may run elsewhere.
+        return await self._send(job, gateway, fields, hook_url, secret, deferrable=not uploads)
+
+    async def retry_create(self, job: Job) -> None:
+        """Send again a create the provider asked us to repeat later (the poller, when due).
+
+        Each try gets a fresh URL token and secret: the refused one reached nobody.
+        """
+        gateway = self.gateways.get(job.provider)
+        if gateway is None:
+            return
+        give_up_after = self.give_up_for(job.provider)
+        token, secret, hook_url = self._credentials(gateway)
+        fields = await self.store.begin_create_retry(
+            job.id,
+            token_hash=digest(token),
+            secret_hash=digest(secret) if secret else None,
+            next_poll_at=job.created_at + give_up_after,
+        )
+        if fields is None:
+            return  # another process took it
+        if now() >= job.created_at + give_up_after:
+            await self.ingest.record(
+                job.id, gave_up(job.provider, give_up_after), source="receiver"
+            )
+            return
+        await self._send(job, gateway, fields, hook_url, secret, deferrable=True)
+
+    def _credentials(self, gateway: ProviderGateway) -> tuple[str, str | None, str | None]:
+        """A fresh URL token, webhook secret (if the provider echoes one) and callback URL."""
+        provider = gateway.adapter.name
         style = gateway.adapter.callback_style
         token = mint_token()
         secret = mint_secret() if style is CallbackStyle.SECRET_POST else None
         hook_url = (
             f"{self.public_url}/hooks/{provider}/{token}" if style in _WITH_CALLBACKS else None
         )
-        job = queued_job(provider, None, metadata, notify_url)
-        budgets: tuple[Budget, ...] = ()
-        if self.pricing is not None:
-            job.estimated_cost = self.pricing.estimate(provider, fields)
-            budgets = self.pricing.budgets(job.metadata)
-        # BudgetExceeded here leaves no job, and the provider is never called.
-        await self.store.create_job(
-            NewJob(
-                job=job,
-                token_hash=digest(token),
-                secret_hash=digest(secret) if secret else None,
-                input=redact_fields(fields),
-                budgets=budgets,
-            )
-        )
+        return token, secret, hook_url
+
+    async def _send(
+        self,
+        job: Job,
+        gateway: ProviderGateway,
+        fields: Mapping[str, Any],
+        hook_url: str | None,
+        secret: str | None,
+        *,
+        deferrable: bool,
+    ) -> Submitted:
+        """Call the provider's create for a recorded job and record what it answered."""
         try:
             created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
+            wait = _asked_to_wait(exc)
+            if wait is not None and deferrable:
+                return await self._deferred(job, fields, wait, hook_url)
+            if exc.outcome_unknown:
+                return await self._uncertain(job, str(exc), hook_url)
             return await self._failed(job, str(exc), exc.status_code)
         except Exception as exc:
             # Input the adapter could not turn into a request (a list where a name belongs,
             # an unreadable upload): still a failed job with a reason, never a crash.
             log.warning("create request for %s failed: %s", job.id, type(exc).__name__)
             return await self._failed(job, f"could not build the request: {exc}"[:500], None)
+        if job.create_state is not None:  # a retry that got its answer
+            await self.store.set_create_state(job.id, None, None)
         if created.task_id is not None:
             await self.store.set_task_id(job.id, created.task_id, self._first_poll(gateway))
             self.wake_poller()  # a callback that came first may be waiting for its pull
@@ -172,6 +283,47 @@ class Submitter:
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
 
+    async def _deferred(
+        self, job: Job, fields: Mapping[str, Any], wait: float, hook_url: str | None
+    ) -> Submitted:
+        """The provider asked us to send the create later (429, or 503 with Retry-After):
+        the job stays queued, and the poller sends it again when asked, restarts or not."""
+        log.info("%s asked to wait %.0f s before creating %s", job.provider, wait, job.id)
+        at = now() + wait + random.uniform(0, min(1.0, wait / 10))
+        await self.store.defer_create(job.id, fields, at)
+        self.wake_poller()
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
+
+    @staticmethod
+    def _keyed(
+        key: str | None, provider: str, fields: Mapping[str, Any], **rest: Any
+    ) -> tuple[str | None, str | None]:
+        """The checked key and the request's digest; (None, None) without a key."""
+        if key is None:
+            return None, None
+        return check_idempotency_key(key), request_digest(provider, fields, **rest)
+
+    async def _replayed(self, key: str, request_hash: str | None) -> Job | None:
+        """The job `key` made already, if any; IdempotencyKeyReused if from another request."""
+        found = await self.store.job_by_idempotency_key(key)
+        if found is None:
+            return None
+        if found.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with a different request"
+                f" (job {found.job.id}); use a new key for a new request"
+            )
+        return found.job
+
+    async def _winner(self, key: str | None, request_hash: str | None) -> Job:
+        """The job of the request that took `key` first (its insert is committed)."""
+        assert key is not None, "only a keyed insert can be refused"
+        job = await self._replayed(key, request_hash)
+        if job is None:  # its job was deleted in between: retention, long after
+            raise IdempotencyKeyReused("this Idempotency-Key's job is gone; use a new key")
+        return job
+
     def _first_poll(self, gateway: ProviderGateway) -> float | None:
         """Pull-only jobs are polled soon; others only if no callback comes by the deadline."""
         if not gateway.adapter.can_pull:
@@ -179,6 +331,26 @@ class Submitter:
         if gateway.adapter.callback_style is CallbackStyle.POLL:
             return now() + self.poll_interval
         return now() + self.deadline_for(gateway.adapter.name)
+
+    async def _uncertain(self, job: Job, reason: str, hook_url: str | None) -> Submitted:
+        """The create call was sent and no clear answer came: the provider may have the task.
+
+        Never sent again (that could pay twice) and not failed: the job stays queued, its
+        URL token still takes callbacks, and the first genuine callback or status answer
+        that names the task gives it its task id. With no news by its give-up age the
+        poller fails it as `create_uncertain`.
+        """
+        log.warning(
+            "create of %s at %s had no clear answer (%s); waiting for its callbacks",
+            job.id,
+            job.provider,
+            reason,
+        )
+        give_up_at = job.created_at + self.give_up_for(job.provider)
+        await self.store.set_create_state(job.id, CREATE_UNCERTAIN, give_up_at)
+        self.wake_poller()
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
 
     async def _failed(self, job: Job, error: str, status_code: int | None) -> Submitted:
         failure = Update(
@@ -197,18 +369,31 @@ class Submitter:
         *,
         metadata: Mapping[str, Any] | None = None,
         notify_url: str | None = None,
-    ) -> Job:
-        """Follow a task submitted elsewhere: record it and poll it when the provider allows."""
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        """Follow a task submitted elsewhere: record it and poll it when the provider allows.
+
+        A task already followed answers its job; so does a key already used (`replayed`).
+        """
         notify_url = self._notify_url(notify_url)
+        key, request_hash = self._keyed(
+            idempotency_key, provider, {}, metadata=metadata, notify_url=notify_url, task=task_id
+        )
+        if key is not None and (done := await self._replayed(key, request_hash)) is not None:
+            return Submitted(job=done, replayed=True)
         adapter = get_provider(provider)
         if not valid_task_id(task_id):
             raise ConfigError("task_id must be a plain token of letters, digits and ._:-")
         existing = await self.store.job_by_task(provider, task_id)
         if existing is not None:
-            return existing
-        job = queued_job(provider, task_id, metadata, notify_url)
-        await self.store.create_job(
-            NewJob(job=job, next_poll_at=job.created_at if adapter.can_pull else None)
+            return Submitted(job=existing)
+        job = queued_job(provider, task_id, metadata, notify_url, key)
+        new = NewJob(
+            job=job,
+            next_poll_at=job.created_at if adapter.can_pull else None,
+            request_hash=request_hash,
         )
+        if not await self.store.create_job(new):
+            return Submitted(job=await self._winner(key, request_hash), replayed=True)
         self.wake_poller()
-        return job
+        return Submitted(job=job)

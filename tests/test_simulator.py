@@ -639,6 +639,28 @@ class TestMisbehaviour:
         assert error_of(answer.json())
         assert [] == sim.tasks()
 
+    @pytest.mark.parametrize("provider", PROVIDERS)
+    async def test_create_error_times_and_retry_after(
+        self, sim: RunningSimulator, http: httpx.AsyncClient, provider: str
+    ) -> None:
+        """`create_error_times` refuses only that many creates, with `create_retry_after` as
+        Retry-After, and every create call is counted, refused or not."""
+        sim.config.create_error = 429
+        sim.config.create_retry_after = 7
+        sim.config.create_error_times = 2
+        answers = [
+            await call(http, provider, "POST", CREATE_PATH[provider], json={}) for _ in range(3)
+        ]
+        assert [(429, "7"), (429, "7")] == [
+            (answer.status_code, answer.headers.get("retry-after")) for answer in answers[:2]
+        ]
+        assert 429 != answers[2].status_code  # the body is wrong, but it is no longer refused
+        assert (None, None, 3) == (
+            sim.config.create_error,
+            sim.config.create_error_times,
+            sim.create_calls(provider),
+        )
+
     @pytest.mark.parametrize(("provider", "error_of"), ERROR_OF)
     async def test_wrong_key(
         self,

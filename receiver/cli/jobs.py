@@ -24,7 +24,15 @@ from receiver.cli.source import client_options, open_source
 from receiver.config import Settings
 from receiver.errors import ConfigError
 from receiver.failures import split_error
-from receiver.models import Delivery, Event, Job, RawRequest, Status
+from receiver.models import (
+    CREATE_UNCERTAIN,
+    CREATE_WAITING,
+    Delivery,
+    Event,
+    Job,
+    RawRequest,
+    Status,
+)
 from receiver.providers import PROVIDERS
 
 __all__ = ["check_provider", "register", "render_job"]
@@ -123,6 +131,13 @@ def run_job(args: argparse.Namespace) -> int:
     return asyncio.run(work())
 
 
+_CREATE_STATES = {
+    CREATE_UNCERTAIN: "uncertain: no clear answer; the provider may have the task, waiting for"
+    " its callbacks (never sent again)",
+    CREATE_WAITING: "waiting: the provider asked us to send it again later",
+}
+
+
 def render_job(
     job: Job,
     events: list[Event],
@@ -149,6 +164,10 @@ def render_job(
         lines.append(f"  metadata  {clean(job.metadata)}")
     if job.notify_url:
         lines.append(f"  notify    {clean(job.notify_url)}")
+    if job.idempotency_key:
+        lines.append(f"  key       {clean(job.idempotency_key)}")
+    if job.create_state and job.task_id is None and not job.status.terminal:
+        lines.append(f"  create    {_CREATE_STATES.get(job.create_state, clean(job.create_state))}")
     for name, file in job.files.items():
         lines.append(
             f"  file {clean(name)} {clean(file.path)}  sha256={file.sha256}  {file.size} bytes"

@@ -18,7 +18,7 @@ import msgspec
 from receiver.cli.common import common_options, require_database, setting, settings_from
 from receiver.config import Settings
 from receiver.costs import Spend
-from receiver.errors import ConfigError, ReceiverError, StoreUnavailable
+from receiver.errors import ConfigError, IdempotencyKeyReused, ReceiverError, StoreUnavailable
 from receiver.models import (
     Delivery,
     DeliveryState,
@@ -142,6 +142,7 @@ class Source(abc.ABC):
         metadata: dict[str, Any],
         task_id: str | None,
         notify_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job: ...
 
 
@@ -225,15 +226,27 @@ class StoreSource(Source):
         metadata: dict[str, Any],
         task_id: str | None,
         notify_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         assert self.runtime is not None, "submit needs open_source(..., with_handlers=True)"
+        submitter = self.runtime.submitter
         if task_id:
-            job: Job = await self.runtime.submitter.track(
-                provider, task_id, metadata=metadata, notify_url=notify_url
+            tracked = await submitter.track(
+                provider,
+                task_id,
+                metadata=metadata,
+                notify_url=notify_url,
+                idempotency_key=idempotency_key,
             )
+            job: Job = tracked.job
             return job
-        submitted = await self.runtime.submitter.submit(
-            provider, fields, metadata=metadata, local_files=True, notify_url=notify_url
+        submitted = await submitter.submit(
+            provider,
+            fields,
+            metadata=metadata,
+            local_files=True,
+            notify_url=notify_url,
+            idempotency_key=idempotency_key,
         )
         done: Job = submitted.job
         return done
@@ -246,12 +259,21 @@ class ApiSource(Source):
         self.client = client
 
     async def _call(
-        self, method: str, path: str, kind: type[T], *, params: Any = None, json: Any = None
+        self,
+        method: str,
+        path: str,
+        kind: type[T],
+        *,
+        params: Any = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> T:
         import httpx
 
         try:
-            answer = await self.client.request(method, path, params=params, json=json)
+            answer = await self.client.request(
+                method, path, params=params, json=json, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach {self.client.base_url}: {exc}") from None
         if answer.status_code == 401:
@@ -262,6 +284,8 @@ class ApiSource(Source):
             raise Unreachable(f"the receiver's store is unavailable ({self.client.base_url})")
         if answer.status_code == 400:
             raise ConfigError(_error_of(answer) or "the receiver refused the request")
+        if answer.status_code == 409:
+            raise IdempotencyKeyReused(_error_of(answer) or "the receiver answered 409")
         if answer.status_code == 402:
             raise OverBudget(_error_of(answer) or "the job would pass a spend budget")
         if answer.status_code >= 400:
@@ -339,7 +363,9 @@ class ApiSource(Source):
         metadata: dict[str, Any],
         task_id: str | None,
         notify_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         body = {
             "provider": provider,
             "input": fields,
@@ -347,7 +373,7 @@ class ApiSource(Source):
             "task_id": task_id,
             "notify_url": notify_url,
         }
-        return await self._call("POST", "/jobs", Job, json=_present(body))
+        return await self._call("POST", "/jobs", Job, json=_present(body), headers=headers)
 
 
 def _present(values: dict[str, Any]) -> dict[str, Any]:

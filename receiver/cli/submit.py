@@ -68,6 +68,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="also POST this job's events here, signed with RECEIVER_FORWARD_SECRET",
     )
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="submit at most once under KEY (1-255 printable ASCII): run again with the same"
+        " key and request, it answers the same job without a second (paid) create",
+    )
     setting(
         submit,
         "--public-url",
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 metadata=metadata,
                 task_id=args.task_id,
                 notify_url=args.notify_url,
+                idempotency_key=args.idempotency_key,
             )
             if args.wait and not job.status.terminal:
                 if not (args.json or args.quiet):

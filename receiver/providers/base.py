@@ -178,6 +178,26 @@ def _decode_answer(content: bytes) -> Any:
     return body
 
 
+# A gateway's or proxy's answer for a request the provider itself may have carried out.
+_GATEWAY_UNSURE = frozenset({408, 502, 503, 504})
+
+
+def _sent_then_lost(exc: Exception) -> bool:
+    """Whether an httpx error came once the request may have reached the provider: a
+    timeout or a broken connection while sending or reading. Not a connect or pool error:
+    a request that never left was certainly not carried out."""
+    import httpx
+
+    lost = (
+        httpx.ReadTimeout,
+        httpx.WriteTimeout,
+        httpx.ReadError,
+        httpx.WriteError,
+        httpx.RemoteProtocolError,
+    )
+    return isinstance(exc, lost)
+
+
 _MAX_RETRY_AFTER = 3600.0  # a provider asking for more is capped, not obeyed for days
 
 
@@ -224,7 +244,8 @@ class ProviderGateway:
         return self.settings.base_url.rstrip("/")
 
     async def send(self, request: ProviderRequest) -> Any:
-        """Send one request and return the decoded JSON answer; ProviderError on failure."""
+        """Send one request and return the decoded JSON answer; ProviderError on failure
+        (`outcome_unknown` when the provider may have carried it out all the same)."""
         import httpx
 
         url = self.configured_base_url() + request.path
@@ -243,7 +264,9 @@ class ProviderGateway:
             )
         except httpx.HTTPError as exc:
             raise ProviderError(
-                f"{self.adapter.name} unreachable: {type(exc).__name__}", retryable=True
+                f"{self.adapter.name} unreachable: {type(exc).__name__}",
+                retryable=True,
+                outcome_unknown=_sent_then_lost(exc),
             ) from None
         body = _decode_answer(response.content)
         if response.status_code >= 300:
@@ -252,6 +275,7 @@ class ProviderGateway:
                 status_code=response.status_code,
                 retryable=response.status_code == 429 or response.status_code >= 500,
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                outcome_unknown=response.status_code in _GATEWAY_UNSURE,
             )
         return body
 

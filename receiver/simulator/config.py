@@ -17,7 +17,9 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     accepted). `step_delay` is the time between status changes; `fail` ends jobs failed;
     `duplicate` sends every callback twice; `late` sends one more progress callback after
     the final one; `lose` never calls back; `wrapped` wraps rixapi callbacks in
-    `{code, msg, data}`; `create_error` makes create calls answer that HTTP status;
+    `{code, msg, data}`; `create_error` makes create calls answer that HTTP status
+    (with `create_retry_after` as Retry-After; for the next `create_error_times` calls
+    only, when set);
     `create_delay` holds a create answer back while its task already runs (so callbacks
     can arrive before the receiver knows the task id); `no_preview` gives results no
     preview; `status_error`, `status_retry_after` and `status_delay` make status APIs
@@ -34,6 +36,8 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lose: bool = False
     wrapped: bool = False
     create_error: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
+    create_retry_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    create_error_times: Annotated[int, msgspec.Meta(ge=1)] | None = None
     create_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     no_preview: bool = False
     callback_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0

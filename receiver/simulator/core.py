@@ -136,6 +136,7 @@ class Simulator:
         self._client: httpx.AsyncClient | None = None
         self.status_calls: Counter[str] = Counter()  # by provider, counted by StatusFaults
         self.status_peak: Counter[str] = Counter()  # most concurrent status calls, by provider
+        self.create_calls: Counter[str] = Counter()  # by provider, counted by create_refusal
         self._expiring: dict[str, SimTask] = {}  # media name -> its task, for expired URLs
 
     def authorized(self, provider: str, key: str | None) -> bool:
@@ -215,6 +216,7 @@ class Simulator:
         self._expiring.clear()
         self.status_calls.clear()
         self.status_peak.clear()
+        self.create_calls.clear()
         update_config(self.config, msgspec.structs.asdict(config or SimConfig()))
 
     async def close(self) -> None:

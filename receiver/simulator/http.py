@@ -9,6 +9,7 @@ from typing import Any, cast
 import msgspec
 from litestar import Request, Response
 
+from receiver.simulator.config import update_config
 from receiver.simulator.core import Simulator
 
 __all__ = [
@@ -72,11 +73,26 @@ def key_guard(
 
 
 def create_refusal(request: AnyRequest, error: ErrorResponse) -> Response[Any] | None:
-    """The configured `create_error` answer, or None when create calls should succeed."""
-    status_code = simulator_of(request).config.create_error
+    """The configured `create_error` answer, or None when create calls should succeed.
+
+    Every create route starts here, so this also counts the create calls per provider.
+    """
+    sim = simulator_of(request)
+    provider = request.scope["path"].lstrip("/").split("/", 1)[0]
+    sim.create_calls[provider] += 1
+    config = sim.config
+    status_code, retry_after = config.create_error, config.create_retry_after
     if status_code is None:
         return None
-    return error(status_code, f"Simulated error {status_code}")
+    if config.create_error_times is not None:
+        if config.create_error_times <= 1:
+            update_config(config, {"create_error": None, "create_error_times": None})
+        else:
+            update_config(config, {"create_error_times": config.create_error_times - 1})
+    answer = error(status_code, f"Simulated error {status_code}")
+    if retry_after is not None:
+        answer.headers["Retry-After"] = str(retry_after)
+    return answer
 
 
 def media_url(request: AnyRequest, extension: str) -> str:

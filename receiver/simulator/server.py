@@ -42,6 +42,10 @@ class RunningSimulator:
         """How many times `provider`'s status API has been called."""
         return self.simulator.status_calls[provider]
 
+    def create_calls(self, provider: str) -> int:
+        """How many create calls `provider` has had, refused ones included."""
+        return self.simulator.create_calls[provider]
+
     def status_peak(self, provider: str) -> int:
         """The most status calls of `provider` that were in flight at once."""
         return self.simulator.status_peak[provider]

@@ -32,6 +32,7 @@ __all__ = [
     "Claimed",
     "DeliverySummary",
     "JobPage",
+    "KeyedJob",
     "NewJob",
     "Reaped",
     "Recorded",
@@ -82,6 +83,15 @@ class NewJob(msgspec.Struct, kw_only=True):
     # Checked against the jobs of the day in the same transaction as the insert: BudgetExceeded
     # (and no job) when the job's estimated cost would pass one.
     budgets: tuple[Budget, ...] = ()
+    # The digest of the request that came with `job.idempotency_key` (receiver.submit).
+    request_hash: str | None = None
+
+
+class KeyedJob(msgspec.Struct, kw_only=True):
+    """A job found by its idempotency key, with the digest of the request that made it."""
+
+    job: Job
+    request_hash: str | None
 
 
 class TokenMatch(msgspec.Struct, kw_only=True):
@@ -180,12 +190,24 @@ class Store(abc.ABC):
     # Jobs
 
     @abc.abstractmethod
-    async def create_job(self, new: NewJob) -> None:
-        """Insert `new`; with budgets, only if none would pass (else BudgetExceeded).
+    async def create_job(self, new: NewJob) -> bool:
+        """Insert `new`; False (nothing written) when its idempotency key has a job already;
+        with budgets, only if none would pass (else BudgetExceeded).
 
-        Two concurrent inserts cannot both fit in room for one: the check and the insert
+        The key is UNIQUE in the table, so of concurrent inserts with one key one wins. Two
+        concurrent inserts cannot both fit in room for one budget: the check and the insert
         are one transaction, serialised per budget.
         """
+
+    @abc.abstractmethod
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None: ...
+
+    @abc.abstractmethod
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        """Record what is known of a job's create call (Job.create_state), and have the
+        poller look at the job at `next_poll_at` unless it is due sooner already."""
 
     @abc.abstractmethod
     async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
@@ -199,6 +221,20 @@ class Store(abc.ABC):
         callback that came before the id, kept until the status API confirms it, is
         pulled for as soon as the id is known.
         """
+
+    @abc.abstractmethod
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        """Keep a create the provider asked us to repeat later: create_state 'waiting', the
+        fields as given (to be sent again) and the job due for the poller at `at`."""
+
+    @abc.abstractmethod
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        """Take a waiting create for sending, in one step: the job gets fresh credentials,
+        create_state 'uncertain' (so a crash before its answer never sends it twice) and
+        `next_poll_at`; the kept fields are returned and forgotten. None when the job was
+        not waiting (another process took it)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
 from receiver.costs import DAY, Spend, check_budgets, day_start, spend_row
 from receiver.errors import ConfigError, StoreUnavailable
@@ -44,6 +45,7 @@ from receiver.store.base import (
     Claimed,
     DeliverySummary,
     JobPage,
+    KeyedJob,
     NewJob,
     Reaped,
     Recorded,
@@ -352,12 +354,13 @@ class PostgresStore(Store):
 
     # Jobs
 
-    async def create_job(self, new: NewJob) -> None:
+    async def create_job(self, new: NewJob) -> bool:
         async with self._transaction() as db:
             await self._check_budgets(db, new)
-            await self._insert_job(db, new)
-            if new.next_poll_at is not None and new.job.task_id is not None:
+            inserted = await self._insert_job(db, new)
+            if inserted and new.next_poll_at is not None and new.job.task_id is not None:
                 await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+            return inserted
 
     async def _check_budgets(self, db: asyncpg.Connection, new: NewJob) -> None:
         """BudgetExceeded if `new` would pass a budget; its budgets stay locked until commit.
@@ -396,15 +399,73 @@ class PostgresStore(Store):
         )
         return [spend_row(row) for row in rows]
 
-    async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> None:
-        await db.execute(
-            _INSERT_JOB,
+    async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> bool:
+        # A concurrent insert with the same key waits for the first to commit, then skips.
+        inserted = await db.fetchval(
+            _INSERT_JOB + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
             *JOBS.values(new.job),
             new.token_hash,
             new.secret_hash,
             to_json(new.input),
             new.next_poll_at,
+            new.request_hash,
         )
+        return bool(inserted)
+
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = 'waiting', create_request = $1,"
+                " next_poll_at = $2, poll_worker_id = NULL, updated_at = $3 WHERE id = $4",
+                to_json(dict(fields)),
+                at,
+                now(),
+                job_id,
+            )
+            await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        async with self._transaction() as db:
+            kept = await db.fetchval(
+                "UPDATE jobs SET create_state = 'uncertain', create_request = NULL,"
+                " token_hash = $1, secret_hash = $2, next_poll_at = $3, updated_at = $4"
+                " FROM (SELECT id, create_request AS kept FROM jobs WHERE id = $5"
+                "  AND create_state = 'waiting' AND status = 'queued' FOR UPDATE) AS old"
+                " WHERE jobs.id = old.id RETURNING old.kept",
+                token_hash,
+                secret_hash,
+                next_poll_at,
+                now(),
+                job_id,
+            )
+        if kept is None:
+            return None
+        fields: dict[str, Any] = msgspec.json.decode(kept)
+        return fields
+
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
+        row = await self._fetchrow(
+            f"SELECT {JOBS.select}, request_hash FROM jobs WHERE idempotency_key = $1", key
+        )
+        return KeyedJob(job=JOBS.read(row), request_hash=row[JOBS.width]) if row else None
+
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = $1,"
+                " next_poll_at = LEAST(next_poll_at, $2::double precision),"
+                " updated_at = $3 WHERE id = $4",
+                state,
+                next_poll_at,
+                now(),
+                job_id,
+            )
+            if next_poll_at is not None:
+                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
         async with self._transaction() as db:
@@ -623,6 +684,7 @@ class PostgresStore(Store):
             new_job.secret_hash,
             to_json(new_job.input),
             new_job.next_poll_at,
+            new_job.request_hash,
         )
         if inserted is not None:
             return new_job.job, -1.0
@@ -841,7 +903,8 @@ class PostgresStore(Store):
     async def next_poll_at(self) -> float | None:
         row = await self._fetchrow(
             "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+            " AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+            " AND status IN ('queued', 'running')"
         )
         return row[0] if row else None
 
@@ -1035,7 +1098,9 @@ def _insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
-_INSERT_JOB = _insert("jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at"))
+_INSERT_JOB = _insert(
+    "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
+)
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
@@ -1088,7 +1153,8 @@ _CLAIM_DELIVERIES = (
 _CLAIM_POLLS = (
     "WITH picked AS ("
     "  SELECT id, next_poll_at AS due FROM jobs WHERE next_poll_at <= $2"
-    "  AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+    "  AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+    "  AND status IN ('queued', 'running')"
     "  AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
     "  ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED),"
     " claimed AS ("

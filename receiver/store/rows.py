@@ -103,6 +103,8 @@ JOBS = Table(
         "updated_at",
         "files",
         "notify_url",
+        "idempotency_key",
+        "create_state",
         "estimated_cost",
         "cost",
     ),

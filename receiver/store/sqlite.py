@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import msgspec
 
 from receiver.costs import DAY, BudgetExceeded, Spend, check_budgets, day_start, spend_row
 from receiver.errors import ConfigError, StoreUnavailable
@@ -54,6 +55,7 @@ from receiver.store.base import (
     Claimed,
     DeliverySummary,
     JobPage,
+    KeyedJob,
     NewJob,
     Reaped,
     Recorded,
@@ -117,7 +119,16 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).
 _FENCE = "(? IS NULL OR (state = 'running' AND attempts = ?))"
 _INSERT_JOB = _insert(
-    "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "preview_rank")
+    "jobs",
+    (
+        *JOBS.columns,
+        "token_hash",
+        "secret_hash",
+        "input",
+        "next_poll_at",
+        "preview_rank",
+        "request_hash",
+    ),
 )
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
@@ -129,6 +140,7 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
     " ORDER BY id LIMIT ?)"
 )
+_KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
@@ -451,9 +463,62 @@ class SQLiteStore(Store):
 
     # Jobs
 
-    async def create_job(self, new: NewJob) -> None:
-        # The single writer runs the budget check and the insert in one transaction.
-        await self._write(functools.partial(_insert_within_budgets, new=new))
+    async def create_job(self, new: NewJob) -> bool:
+        key = new.job.idempotency_key
+
+        def work(conn: sqlite3.Connection) -> bool:
+            # Checked in the write transaction, which holds the database's only write lock.
+            if key is not None and conn.execute(_KEY_TAKEN, (key,)).fetchone() is not None:
+                return False
+            _insert_within_budgets(conn, new)  # the budget check and the insert, in one step
+            return True
+
+        return await self._write(work)
+
+    async def defer_create(self, job_id: str, fields: Mapping[str, Any], at: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = 'waiting', create_request = ?, next_poll_at = ?,"
+                " poll_worker_id = NULL, updated_at = ? WHERE id = ?",
+                (to_json(dict(fields)), at, now(), job_id),
+            )
+
+    async def begin_create_retry(
+        self, job_id: str, *, token_hash: str, secret_hash: str | None, next_poll_at: float
+    ) -> dict[str, Any] | None:
+        def work(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT create_request FROM jobs WHERE id = ? AND create_state = 'waiting'"
+                " AND status = 'queued'",
+                (job_id,),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET create_state = 'uncertain', create_request = NULL,"
+                " token_hash = ?, secret_hash = ?, next_poll_at = ?, updated_at = ? WHERE id = ?",
+                (token_hash, secret_hash, next_poll_at, now(), job_id),
+            )
+            return _json_object(row[0])
+
+        return await self._write(work)
+
+    async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
+        row = await self._fetchone(
+            f"SELECT {JOBS.select}, request_hash FROM jobs WHERE idempotency_key = ?", (key,)
+        )
+        return KeyedJob(job=JOBS.read(row), request_hash=row[JOBS.width]) if row else None
+
+    async def set_create_state(
+        self, job_id: str, state: str | None, next_poll_at: float | None
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET create_state = ?, next_poll_at = CASE WHEN next_poll_at IS NULL"
+                " THEN ? WHEN ? IS NULL THEN next_poll_at ELSE MIN(next_poll_at, ?) END,"
+                " updated_at = ? WHERE id = ?",
+                (state, next_poll_at, next_poll_at, next_poll_at, now(), job_id),
+            )
 
     async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
         value = "metadata ->> ?" if by is not None else "NULL"
@@ -801,7 +866,8 @@ class SQLiteStore(Store):
             self._transaction() as db,
             db.execute(
                 "UPDATE jobs SET next_poll_at = ?, poll_worker_id = ? WHERE id IN ("
-                "  SELECT id FROM jobs WHERE next_poll_at <= ? AND task_id IS NOT NULL"
+                "  SELECT id FROM jobs WHERE next_poll_at <= ?"
+                "  AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
                 "  AND status IN ('queued', 'running') ORDER BY next_poll_at LIMIT ?)"
                 f" AND {_REGISTERED}"
                 f" RETURNING {JOBS.select}",
@@ -832,7 +898,8 @@ class SQLiteStore(Store):
     async def next_poll_at(self) -> float | None:
         row = await self._fetchone(
             "SELECT MIN(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL"
-            " AND task_id IS NOT NULL AND status IN ('queued', 'running')"
+            " AND (task_id IS NOT NULL OR create_state IS NOT NULL)"
+            " AND status IN ('queued', 'running')"
         )
         return row[0] if row else None
 
@@ -1011,8 +1078,14 @@ def _insert_job(
             to_json(new.input),
             poll_at,
             preview_rank,
+            new.request_hash,
         ),
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = msgspec.json.decode(text)
+    return value
 
 
 _SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= ?"
