@@ -1,4 +1,5 @@
-"""A `receiver serve` subprocess driven by `Popen` (to SIGKILL it at will) and a callback load.
+"""A `receiver serve` subprocess driven by `Popen` (to SIGKILL it at will), a callback load,
+and one run of any other `receiver` command (`run_cli`).
 
 Ports, stored callbacks and handler runs are read with tests/live_process.py's helpers.
 """
@@ -18,7 +19,14 @@ import httpx
 
 from receiver.testing import TEST_ADMIN_TOKEN
 
-__all__ = ["HANDLER_MODULE", "SECRET", "send_until_refused", "start_receiver", "wait_healthy"]
+__all__ = [
+    "HANDLER_MODULE",
+    "SECRET",
+    "run_cli",
+    "send_until_refused",
+    "start_receiver",
+    "wait_healthy",
+]
 
 SECRET = "static-secret-for-the-kill-test"
 HANDLER_MODULE = textwrap.dedent(
@@ -100,3 +108,25 @@ async def send_until_refused(
                 return
             if answer.status_code == 200:
                 acknowledged.add(task_id)
+
+
+async def run_cli(
+    *args: str, env: Mapping[str, str], cwd: Path, base: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """`python -m receiver ARGS` in `cwd`: its exit code, stdout and stderr.
+
+    Its environment is `base` (this process's when None) with `env` on top.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver",
+        *args,
+        env={**(os.environ if base is None else base), **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

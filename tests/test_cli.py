@@ -12,25 +12,10 @@ from pathlib import Path
 
 import pytest
 from live_process import ReceiverProcess
+from procs import run_cli
 
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
 from receiver.testing import TEST_ADMIN_TOKEN
-
-
-async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from procs import run_cli
 
 from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Quarantined, Status, Update, new_id, now
@@ -21,23 +22,6 @@ from receiver.store import NewJob
 from receiver.testing import LiveReceiver, running_receiver
 
 API_KEY = "af-key"
-
-
-async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`python -m receiver ARGS` as a subprocess: its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 class Flaky:

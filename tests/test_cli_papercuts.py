@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import httpx
+import procs
 import pytest
 
 from receiver.config import load_settings
@@ -35,19 +36,7 @@ def clean_environ() -> dict[str, str]:
 
 async def run_cli(*args: str, env: Mapping[str, str], cwd: Path) -> tuple[int, str, str]:
     """`python -m receiver ARGS` in `cwd` with only `env` as RECEIVER_* settings."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**clean_environ(), **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await procs.run_cli(*args, env=env, cwd=cwd, base=clean_environ())
 
 
 def free_port() -> int:

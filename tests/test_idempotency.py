@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from procs import run_cli
 
 from receiver.dispatch import Registry
 from receiver.models import Job, Status
@@ -281,22 +280,6 @@ class TestKeyAndBudget:
         assert (201, 200, 402) == (first.status_code, again.status_code, other.status_code)
         assert first.json()["id"] == again.json()["id"]
         assert 1 == sim.create_calls("apiframe")
-
-
-async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 class TestSubmitCommandKey:

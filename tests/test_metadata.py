@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 import standardwebhooks
 from downstream import downstream
+from procs import run_cli
 
 from receiver.dispatch import Registry
 from receiver.models import StoredFile
@@ -225,22 +224,6 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 class TestCli:
     """`receiver jobs --metadata` and `receiver submit --notify-url`, as subprocesses."""
 
@@ -248,27 +231,27 @@ class TestCli:
         env = {"RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "RECEIVER_HANDLERS": ""}
         ids = {}
         for task, customer in (("t1", "acme"), ("t2", "globex")):
-            code, out, err = await _cli(
+            code, out, err = await run_cli(
                 "submit", "rixapi", "--task-id", task, "--metadata", f"customer={customer}", "-q",
                 env=env, cwd=tmp_path,
             )  # fmt: skip
             assert 0 == code, err
             ids[customer] = out.strip()
-        code, out, err = await _cli(
+        code, out, err = await run_cli(
             "jobs", "--metadata", "customer=acme", "--json", env=env, cwd=tmp_path
         )
         assert 0 == code, err
         assert [ids["acme"]] == [job["id"] for job in json.loads(out)["items"]]
-        code, _, err = await _cli("jobs", "--metadata", "customer", env=env, cwd=tmp_path)
+        code, _, err = await run_cli("jobs", "--metadata", "customer", env=env, cwd=tmp_path)
         assert (2, "receiver: --metadata must look like KEY=VALUE, got 'customer'\n") == (code, err)
 
     async def test_submit_notify_url_needs_the_forward_secret(self, tmp_path: Path) -> None:
         env = {"RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "RECEIVER_HANDLERS": ""}
         args = ("submit", "rixapi", "--task-id", "t1", "--notify-url", "https://hooks.test/x")
-        code, _, err = await _cli(*args, env=env, cwd=tmp_path)
+        code, _, err = await run_cli(*args, env=env, cwd=tmp_path)
         assert 2 == code
         assert "notify_url needs RECEIVER_FORWARD_SECRET" in err
-        code, out, err = await _cli(
+        code, out, err = await run_cli(
             *args, "--json", env={**env, "RECEIVER_FORWARD_SECRET": mint_whsec()}, cwd=tmp_path
         )
         assert 0 == code, err

@@ -4,8 +4,6 @@ NOTIFY wake-ups across connections, lease takeover, and connection faults as 503
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from procs import run_cli
 
 from receiver.dispatch import Dispatcher, Registry
 from receiver.errors import ConfigError, StoreUnavailable
@@ -63,22 +62,6 @@ async def pg(pg_url: str) -> AsyncIterator[PostgresStore]:
         yield opened
     finally:
         await opened.close()
-
-
-async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 class TestUrls:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import procs
 import pytest
 from test_store import make_job, route_to
 
@@ -296,20 +297,8 @@ class TestSQLiteSpace:
 
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`python -m receiver ARGS` as a subprocess: its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, "RECEIVER_HANDLERS": "", **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    """`python -m receiver ARGS` with no handlers module: exit code, stdout and stderr."""
+    return await procs.run_cli(*args, env={"RECEIVER_HANDLERS": "", **env}, cwd=cwd)
 
 
 class TestPruneCommand:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from procs import run_cli
 
 from receiver.dispatch import Registry
 from receiver.serving import bind
@@ -25,22 +25,6 @@ RAW_SUCCESS = {
     "artvisum": "completed",
     "runway_ai": "completed",
 }
-
-
-async def _cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "receiver",
-        *args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 class TestTriggerRoute:
@@ -158,7 +142,7 @@ class TestTriggerCommand:
                 "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
                 "RECEIVER_HANDLERS": "",
             }
-            code, out, err = await _cli(
+            code, out, err = await run_cli(
                 "trigger", "rixapi", "succeeded", "--job", job["id"], "--url", live.url,
                 env=env, cwd=tmp_path,
             )  # fmt: skip
@@ -167,7 +151,7 @@ class TestTriggerCommand:
             stored = (await client.get(f"/jobs/{job['id']}")).json()
             assert "succeeded" == stored["status"]
 
-            code, _, err = await _cli(
+            code, _, err = await run_cli(
                 "trigger", "apiframe", "succeeded", "--job", job["id"], "--url", live.url,
                 env=env, cwd=tmp_path,
             )  # fmt: skip
@@ -175,12 +159,12 @@ class TestTriggerCommand:
                 code,
                 err,
             )
-            code, _, err = await _cli(
+            code, _, err = await run_cli(
                 "trigger", "rixapi", "succeeded", "--job", "job_nope", "--url", live.url,
                 env=env, cwd=tmp_path,
             )  # fmt: skip
             assert (4, "receiver: 404 no such job\n") == (code, err)  # 4: nothing found
-            code, _, err = await _cli(
+            code, _, err = await run_cli(
                 "trigger", "rixapi", "succeeded", "--job", job["id"], "--url", live.url,
                 env={**env, "RECEIVER_ADMIN_TOKEN": "wrong-" + "w" * 40}, cwd=tmp_path,
             )  # fmt: skip
@@ -190,7 +174,7 @@ class TestTriggerCommand:
         sock = bind()
         port = sock.getsockname()[1]
         sock.close()
-        code, _, err = await _cli(
+        code, _, err = await run_cli(
             "trigger", "rixapi", "succeeded", "--job", "job_x", "--wait", "0.5",
             "--url", f"http://127.0.0.1:{port}",
             env={"RECEIVER_ADMIN_TOKEN": TEST_ADMIN_TOKEN}, cwd=tmp_path,
@@ -248,6 +232,6 @@ class TestSimulateSwitches:
         ],
     )
     async def test_bad_flags(self, tmp_path: Path, args: list[str], message: str) -> None:
-        code, _, err = await _cli("simulate", *args, env={}, cwd=tmp_path)
+        code, _, err = await run_cli("simulate", *args, env={}, cwd=tmp_path)
         assert 2 == code
         assert message in err
