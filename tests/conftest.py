@@ -162,6 +162,18 @@ async def pg_url(pg_database: str) -> str:
     return pg_database
 
 
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection to this test's own migrated database, to look at its rows."""
+    import asyncpg
+
+    connection = await asyncpg.connect(pg_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart the shared PostgreSQL server run last, after everything else."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -131,15 +131,6 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:

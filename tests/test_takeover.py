@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -111,15 +111,6 @@ def processes(tmp_path: Path, pg_url: str) -> Iterator[Processes]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def send(port: int, tasks: list[str]) -> None:
