@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import standardwebhooks
@@ -167,6 +168,20 @@ class TestNotify:
 ZWSP = "\u200b"
 
 
+async def _notified_failure(
+    tmp_path: Path, reason: str, *, path: str = "", notify_format: str = "auto"
+) -> tuple[KitJob, Any]:
+    """Fail a rixapi job with `reason` and return it with the body notify posted for it."""
+    async with downstream() as chat:
+        env = {"RECEIVER_NOTIFY_URL": chat.url + path, "RECEIVER_NOTIFY_FORMAT": notify_format}
+        async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
+            job = await kit.job("rixapi")
+            await _failed_with(kit, job, reason)
+            [run] = await kit.settle()
+    assert run.done
+    return job, json.loads(chat.seen[0].body)
+
+
 class TestNotifyText:
     """A provider's text reaches the chat as text: no mention, no disguised link, one line."""
 
@@ -177,14 +192,7 @@ class TestNotifyText:
             "<!channel> @here <@U024BE7LH> <http://evil.example|click>"
             " [click](http://evil.example) a & b\nline two"
         )
-        async with downstream() as chat:
-            env = {"RECEIVER_NOTIFY_URL": chat.url + "/services/T/B/x"}
-            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
-                job = await kit.job("rixapi")
-                await _failed_with(kit, job, reason)
-                [run] = await kit.settle()
-        assert run.done
-        body = json.loads(chat.seen[0].body)
+        job, body = await _notified_failure(tmp_path, reason, path="/services/T/B/x")
         expected = (
             f"job {job.id} (rixapi) failed: &lt;!channel&gt; @{ZWSP}here &lt;@U024BE7LH&gt;"
             f" &lt;http://evil.example|click&gt; [click]{ZWSP}(http://evil.example)"
@@ -201,14 +209,7 @@ class TestNotifyText:
             "@everyone @here <@123456789012345678> <@&42> [click](http://evil.example/x)"
             " **bold** ||hidden||\n# big"
         )
-        async with downstream() as chat:
-            env = {"RECEIVER_NOTIFY_URL": chat.url, "RECEIVER_NOTIFY_FORMAT": "discord"}
-            async with handler_kit(tmp_path, handlers=Registry(), env=env) as kit:
-                job = await kit.job("rixapi")
-                await _failed_with(kit, job, reason)
-                [run] = await kit.settle()
-        assert run.done
-        body = json.loads(chat.seen[0].body)
+        job, body = await _notified_failure(tmp_path, reason, notify_format="discord")
         expected = (
             f"job {job.id} (rixapi) failed: @{ZWSP}everyone @{ZWSP}here"
             r" \<@123456789012345678\> \<@&42\> \[click\](http://evil.example/x)"
