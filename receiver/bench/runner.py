@@ -321,9 +321,7 @@ def _check(session: _Session, database_url: str | None) -> Check:
     if database_url is None:
         return Check(checked=False, acknowledged=acknowledged, stored=0, missing=0, ok=True)
     stored, lost = missing(database_url, sent)
-    return Check(
-        checked=True, acknowledged=acknowledged, stored=stored, missing=lost, ok=lost == 0
-    )
+    return Check(checked=True, acknowledged=acknowledged, stored=stored, missing=lost, ok=lost == 0)
 
 
 class _Phase:
