@@ -30,7 +30,8 @@ PATH = "/hooks/apiframe"
 
 
 class Load(msgspec.Struct, kw_only=True):
-    """What one load run saw. `acked` and `acked_at` are filled by the built-in generator only."""
+    """What one load run saw. `acked`, `acked_at` and `latencies_ms` (of every answer) are
+    filled by the built-in generator only."""
 
     generator: str
     seconds: float
@@ -42,6 +43,7 @@ class Load(msgspec.Struct, kw_only=True):
     p99_ms: float
     acked: list[str] = msgspec.field(default_factory=list)
     acked_at: list[float] = msgspec.field(default_factory=list)
+    latencies_ms: list[float] = msgspec.field(default_factory=list)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -269,4 +271,5 @@ async def builtin_load(
         p99_ms=percentile(latencies_ms, 0.99),
         acked=tally.acked,
         acked_at=tally.acked_at,
+        latencies_ms=latencies_ms,
     )

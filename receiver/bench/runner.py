@@ -478,7 +478,8 @@ class _Receiver:
     def two_processes(self) -> Figures:
         """The static route on two receivers sharing the database, half the connections each.
 
-        Throughput is the sum of both; p50 the mean of the two and p99 the worse one.
+        Throughput is the sum of both; percentiles are over both loads' answers (with wrk,
+        which keeps no latencies, the mean of the two p50s and the worse p99).
         """
         session, url = self.session, self.database_url
         half = (self.options.concurrency + 1) // 2
@@ -504,10 +505,13 @@ class _Receiver:
         finally:
             for server in servers:
                 server.stop()
+        latencies = [ms for load in both for ms in load.latencies_ms]
+        p50 = percentile(latencies, 0.5) if latencies else sum(x.p50_ms for x in both) / 2
+        p99 = percentile(latencies, 0.99) if latencies else max(x.p99_ms for x in both)
         return Figures(
             requests_per_s=round(sum(load.requests_per_s for load in both), 1),
-            p50_ms=round(sum(load.p50_ms for load in both) / len(both), 2),
-            p99_ms=round(max(load.p99_ms for load in both), 2),
+            p50_ms=round(p50, 2),
+            p99_ms=round(p99, 2),
             requests=sum(load.requests for load in both),
             acknowledged=sum(load.acknowledged for load in both),
             errors=sum(load.errors for load in both),
