@@ -2,8 +2,9 @@
 
 Both send unique apiframe callbacks (`task_id` = prefix + a counter) with the static
 secret, over keep-alive connections, and report throughput and latency percentiles.
-The built-in one also keeps every acknowledged task id and when its 2xx arrived, so
-the store can be checked id by id and delivery latency measured; it can hold a rate.
+The built-in one can send any route style (receiver.bench.routes) and keeps the key of
+every acknowledged request and when its 2xx arrived, so the store can be checked key by
+key and delivery latency measured; it can hold a rate.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from receiver.bench.routes import RequestMaker, callback_body, request_maker
+
 __all__ = ["Load", "builtin_load", "callback_body", "percentile", "wrk_available", "wrk_load"]
 
 PATH = "/hooks/apiframe"
 
 
 class Load(msgspec.Struct, kw_only=True):
-    """What one load run saw. `acked` and `acked_at` are filled by the built-in generator only."""
+    """What one load run saw. `acked`, `acked_at` and `latencies_ms` (of every answer) are
+    filled by the built-in generator only."""
 
     generator: str
     seconds: float
@@ -39,14 +43,7 @@ class Load(msgspec.Struct, kw_only=True):
     p99_ms: float
     acked: list[str] = msgspec.field(default_factory=list)
     acked_at: list[float] = msgspec.field(default_factory=list)
-
-
-def callback_body(task_id: str) -> bytes:
-    """A finished apiframe callback, as apiframe documents it."""
-    return (
-        f'{{"task_id":"{task_id}","task_type":"runway","status":"finished","percentage":100,'
-        f'"video_url":"https://cdn.example/{task_id}.mp4"}}'
-    ).encode()
+    latencies_ms: list[float] = msgspec.field(default_factory=list)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -173,14 +170,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 async def _connection(
     host: str,
     port: int,
-    request_head: bytes,
-    prefix: str,
+    make: RequestMaker,
     worker: int,
     deadline: float,
     interval: float | None,
     tally: _Tally,
 ) -> None:
-    """One keep-alive connection sending callbacks in turn until `deadline` (perf_counter)."""
+    """One keep-alive connection sending requests in turn until `deadline` (perf_counter),
+    or until `make` has none left for it."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         n = 0
@@ -194,9 +191,11 @@ async def _connection(
             if time.perf_counter() >= deadline:
                 return
             n += 1
-            task_id = f"{prefix}{worker}-{n}"
-            body = callback_body(task_id)
-            writer.write(request_head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            made = make(worker, n)
+            if made is None:
+                return
+            request, key = made
+            writer.write(request)
             sent = time.perf_counter()
             tally.requests += 1
             try:
@@ -208,7 +207,7 @@ async def _connection(
             if status:
                 tally.latencies.append(time.perf_counter() - sent)
             if 200 <= status < 300:
-                tally.acked.append(task_id)
+                tally.acked.append(key)
                 tally.acked_at.append(time.time())
                 if tally.on_ack is not None:
                     tally.on_ack(len(tally.acked))
@@ -235,19 +234,18 @@ async def builtin_load(
     seconds: float,
     rate: float | None = None,
     on_ack: Callable[[int], None] | None = None,
+    requests: RequestMaker | None = None,
 ) -> Load:
-    """Send callbacks on `concurrency` connections for `seconds`, at `rate` per second if given.
+    """Send requests on `concurrency` connections for `seconds`, at `rate` per second if given.
 
-    Each connection sends its next callback only after the previous answer (closed loop);
+    `requests` makes them (by default static-route callbacks, task ids from `prefix`).
+    Each connection sends its next request only after the previous answer (closed loop);
     with a rate, connection k of C sends its n-th at start + n*C/rate (late ones go at once).
     `on_ack` is called with the running count as each 2xx arrives.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request_head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"x-webhook-secret: {secret}\r\nContent-Length: "
-    ).encode()
+    make = requests or request_maker("static", prefix, secret, None)
     tally = _Tally(on_ack)
     interval = concurrency / rate if rate else None
     started = time.perf_counter()
@@ -255,9 +253,7 @@ async def builtin_load(
     workers = []
     for worker in range(concurrency):
         workers.append(
-            asyncio.create_task(
-                _connection(host, port, request_head, prefix, worker, deadline, interval, tally)
-            )
+            asyncio.create_task(_connection(host, port, make, worker, deadline, interval, tally))
         )
         if interval is not None:
             await asyncio.sleep(interval / concurrency)  # spread the connections' turns
@@ -275,4 +271,5 @@ async def builtin_load(
         p99_ms=percentile(latencies_ms, 0.99),
         acked=tally.acked,
         acked_at=tally.acked_at,
+        latencies_ms=latencies_ms,
     )

@@ -1,36 +1,45 @@
-"""One benchmark run: the floor, adnanh/webhook and the receiver, side by side.
+"""One benchmark run: the floor, adnanh/webhook and the receiver's every route, side by side.
 
-Figures drift on shared machines, so the receiver is always reported beside the
-floor (an ASGI app that reads the body and answers 200 on the same uvicorn) and
-adnanh/webhook, measured in the same run, as ratios.
+Figures drift on shared machines, so each route is reported beside the floor (an ASGI
+app that reads the body and answers 200 on the same uvicorn, measured before and after
+the receiver in the same run) and beside the static route, as ratios.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import platform
 import secrets
-import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import msgspec
-
-from receiver.bench.load import (
-    PATH,
-    Load,
-    builtin_load,
+from receiver.bench.database import Sent, db_bytes, migrate, missing, provision
+from receiver.bench.load import Load, builtin_load, percentile, wrk_available, wrk_load
+from receiver.bench.results import (
+    Backend,
+    Check,
+    Delivery,
+    Figures,
+    Options,
+    Report,
+    RouteRun,
+    Soak,
+)
+from receiver.bench.routes import (
+    DESCRIPTIONS,
+    JOB_ROUTES,
+    POST_ROUTES,
+    JobPool,
     callback_body,
-    percentile,
-    wrk_available,
-    wrk_load,
+    http_request,
+    request_maker,
+    route_env,
 )
 from receiver.bench.servers import (
     Server,
@@ -39,118 +48,13 @@ from receiver.bench.servers import (
     start_webhook,
     webhook_path,
 )
-from receiver.store.sqlite import sqlite_path
+from receiver.bench.targets import ratios, targets
 
 __all__ = ["Figures", "Options", "Report", "run_bench"]
 
-Generator = Literal["auto", "wrk", "builtin"]
 _WARM_SECONDS = 1.0
 _SOAK_CHUNK_SECONDS = 10.0
-
-
-class Options(msgspec.Struct, kw_only=True):
-    """What to run; see `receiver bench --help`."""
-
-    concurrency: int = 50
-    duration: float = 10.0
-    generator: Generator = "auto"
-    threads: int = 1
-    url: str | None = None
-    secret: str | None = None
-    database_url: str | None = None
-    floor: bool = True
-    webhook: bool = True
-    delivery: bool = True
-    soak_callbacks: int = 0
-
-
-class Figures(msgspec.Struct, kw_only=True):
-    """Throughput and acknowledgement latency of one server under the same load."""
-
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    acknowledged: int
-    errors: int
-
-
-class Delivery(msgspec.Struct, kw_only=True):
-    """Acknowledgement to handler start, at a fixed rate of fresh callbacks."""
-
-    rate_per_s: float
-    acknowledged: int
-    handled: int
-    p50_ms: float
-    p99_ms: float
-    ack_p50_ms: float
-    ack_p99_ms: float
-
-
-class Soak(msgspec.Struct, kw_only=True):
-    """Resident memory while `callbacks` were taken, sampled after each chunk of load."""
-
-    callbacks: int
-    seconds: float
-    rss_first_mb: float
-    rss_last_mb: float
-    rss_max_mb: float
-    growth: float
-
-
-class Check(msgspec.Struct, kw_only=True):
-    """Every acknowledged callback must be in the store; `missing` lists how many are not."""
-
-    checked: bool
-    acknowledged: int
-    stored: int
-    missing: int
-    ok: bool
-
-
-class Report(msgspec.Struct, kw_only=True):
-    machine: dict[str, Any]
-    options: Options
-    generator: str
-    floor: Figures | None
-    webhook: Figures | None
-    receiver: Figures
-    start_to_callback_ms: float | None
-    start_to_ready_ms: float | None
-    rss_mb: float | None
-    db_bytes_per_callback: float | None
-    backlog_drain_s: float | None
-    delivery: Delivery | None
-    soak: Soak | None
-    ratios: dict[str, float]
-    check: Check
-
-
-def _start_probe(session: _Session) -> bytes:
-    """One signed callback, as the load sends them, for the start measurement.
-
-    It is counted as sent and acknowledged, so the store check looks for it too.
-    """
-    prefix = session.prefix()
-    task_id = prefix + "start"
-    acked = Load(
-        generator="start",
-        seconds=0.0,
-        requests=1,
-        acknowledged=1,
-        errors=0,
-        requests_per_s=0.0,
-        p50_ms=0.0,
-        p99_ms=0.0,
-        acked=[task_id],
-    )
-    session.sent.append((prefix, acked))
-    body = callback_body(task_id)
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"x-webhook-secret: {session.secret}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+_SETTLE_SECONDS = 0.3  # after handlers started: their outcomes are written, then size is read
 
 
 def _figures(load: Load) -> Figures:
@@ -190,31 +94,39 @@ def _machine() -> dict[str, Any]:
 
 
 class _Session:
-    """The state of one run: where files go, the secret, and every load sent to the receiver."""
+    """The state of one run: where files go, the secret, and every load sent to a receiver."""
 
     def __init__(self, options: Options, directory: Path):
         self.options = options
         self.directory = directory
         self.secret = options.secret or secrets.token_urlsafe(24)
         self.run_id = secrets.token_hex(4)
+        # wrk sends only the static route's callbacks: a run of other routes is built-in.
         self.use_wrk = options.generator == "wrk" or (
-            options.generator == "auto" and wrk_available()
+            options.generator == "auto" and wrk_available() and set(options.routes) <= {"static"}
         )
         if options.generator == "wrk" and not wrk_available():
             raise RuntimeError("--generator wrk: wrk is not installed")
-        self.sent: list[tuple[str, Load]] = []  # (task id prefix, load) sent to the receiver
+        self.sent: list[Sent] = []
         self._phases = 0
 
     def prefix(self) -> str:
         self._phases += 1
         return f"bench-{self.run_id}-{self._phases}-"
 
-    def load(
-        self, url: str, seconds: float, *, rate: float | None = None, builtin: bool = False
+    def _load(
+        self,
+        url: str,
+        seconds: float,
+        *,
+        route: str = "static",
+        pool: JobPool | None = None,
+        rate: float | None = None,
+        concurrency: int | None = None,
     ) -> tuple[str, Load]:
         prefix = self.prefix()
-        concurrency = self.options.concurrency
-        if self.use_wrk and rate is None and not builtin:
+        concurrency = concurrency or self.options.concurrency
+        if self.use_wrk and rate is None and route == "static":
             result = wrk_load(
                 url,
                 self.secret,
@@ -224,17 +136,73 @@ class _Session:
                 threads=self.options.threads,
             )
         else:
+            requests = request_maker(route, prefix, self.secret, pool)
             result = asyncio.run(
                 builtin_load(
-                    url, self.secret, prefix, concurrency=concurrency, seconds=seconds, rate=rate
+                    url,
+                    self.secret,
+                    prefix,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    rate=rate,
+                    requests=requests,
                 )
             )
         return prefix, result
 
+    def send(
+        self,
+        url: str,
+        seconds: float,
+        *,
+        database_url: str | None,
+        route: str = "static",
+        pool: JobPool | None = None,
+        rate: float | None = None,
+        concurrency: int | None = None,
+    ) -> Load:
+        """Load a receiver and remember what it acknowledged, for the store check."""
+        prefix, load = self._load(
+            url, seconds, route=route, pool=pool, rate=rate, concurrency=concurrency
+        )
+        self.sent.append(Sent(route=route, prefix=prefix, database_url=database_url, load=load))
+        return load
+
     def measure(self, server: Server) -> Figures:
-        """Warm `server` up, then load it for the run's duration."""
-        self.load(server.url, _WARM_SECONDS)
-        return _figures(self.load(server.url, self.options.duration)[1])
+        """Warm a server that stores nothing up, then load it for the run's duration."""
+        self._load(server.url, _WARM_SECONDS)
+        return _figures(self._load(server.url, self.options.duration)[1])
+
+    def posted(self, database_url: str) -> int:
+        """Callbacks acknowledged by the receivers on `database_url` with handlers to run."""
+        return sum(
+            s.load.acknowledged
+            for s in self.sent
+            if s.database_url == database_url and s.route in POST_ROUTES
+        )
+
+
+def _start_probe(session: _Session, database_url: str | None) -> bytes:
+    """One signed callback, as the load sends them, for the start measurement.
+
+    It is counted as sent and acknowledged, so the store check looks for it too.
+    """
+    prefix = session.prefix()
+    task_id = prefix + "start"
+    acked = Load(
+        generator="start",
+        seconds=0.0,
+        requests=1,
+        acknowledged=1,
+        errors=0,
+        requests_per_s=0.0,
+        p50_ms=0.0,
+        p99_ms=0.0,
+        acked=[task_id],
+    )
+    session.sent.append(Sent(route="static", prefix=prefix, database_url=database_url, load=acked))
+    headers = {"Content-Type": "application/json", "x-webhook-secret": session.secret}
+    return http_request("POST", "/hooks/apiframe", headers, callback_body(task_id))
 
 
 def _with_rss(server: Server, work: Callable[[], Any]) -> tuple[Any, list[int]]:
@@ -258,33 +226,58 @@ def _with_rss(server: Server, work: Callable[[], Any]) -> tuple[Any, list[int]]:
     return box["result"], samples
 
 
-def _handled(path: Path) -> dict[str, float]:
-    """task id -> when the benchmark handler started on it."""
+def _in_parallel(*works: Callable[[], Load]) -> list[Load]:
+    """Run loads at the same time, each in its own thread (and event loop)."""
+    results: list[Load | BaseException] = [RuntimeError("not run")] * len(works)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = works[index]()
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(works))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if isinstance(result, Load)]
+
+
+def _handled(path: Path) -> tuple[dict[str, float], int]:
+    """task id -> when the benchmark handler first started on it; and how many events started."""
     handled: dict[str, float] = {}
+    events = set()
     if path.exists():
         for line in path.read_text().splitlines():
-            task, _, at = line.partition(" ")
+            task, _, rest = line.partition(" ")
+            at, _, event = rest.partition(" ")
             if at:
                 handled.setdefault(task, float(at))
-    return handled
+                events.add(event or line)
+    return handled, len(events)
 
 
 def _wait_handled(path: Path, count: int, timeout: float = 120.0) -> float:
     """Wait until `count` deliveries have started; return how long that took."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        if len(_handled(path)) >= count:
+        if _handled(path)[1] >= count:
             break
         time.sleep(0.05)
     return time.perf_counter() - started
 
 
-def _delivery(session: _Session, server: Server, handled: Path, peak: float) -> Delivery:
+def _delivery(
+    session: _Session, server: Server, handled: Path, database_url: str, peak: float
+) -> Delivery:
     rate = max(1.0, peak / 2)
-    prefix, load = session.load(server.url, session.options.duration, rate=rate)
-    session.sent.append((prefix, load))
-    _wait_handled(handled, sum(item.acknowledged for _, item in session.sent), timeout=60)
-    started = _handled(handled)
+    load = session.send(server.url, session.options.duration, database_url=database_url, rate=rate)
+    _wait_handled(handled, session.posted(database_url), timeout=60)
+    started = _handled(handled)[0]
     delays = [
         max(0.0, (started[task] - acked_at) * 1000)
         for task, acked_at in zip(load.acked, load.acked_at, strict=True)
@@ -301,14 +294,13 @@ def _delivery(session: _Session, server: Server, handled: Path, peak: float) -> 
     )
 
 
-def _soak(session: _Session, server: Server) -> Soak:
+def _soak(session: _Session, server: Server, database_url: str) -> Soak:
     """Load in chunks until `soak_callbacks` were acknowledged, sampling RSS after each chunk."""
     target = session.options.soak_callbacks
     taken, samples = 0, []
     started = time.perf_counter()
     while taken < target:
-        prefix, load = session.load(server.url, _SOAK_CHUNK_SECONDS)
-        session.sent.append((prefix, load))
+        load = session.send(server.url, _SOAK_CHUNK_SECONDS, database_url=database_url)
         taken += load.acknowledged
         samples.append(server.rss())
     mb = [sample / 2**20 for sample in samples]
@@ -322,82 +314,230 @@ def _soak(session: _Session, server: Server) -> Soak:
     )
 
 
-def _stored_task_ids(database_url: str, prefix: str) -> set[str]:
-    """Task ids starting with `prefix` that have a stored event."""
-    pattern = prefix + "%"
-    query = (
-        "SELECT DISTINCT j.task_id FROM jobs j JOIN events e ON e.job_id = j.id"
-        " WHERE j.provider = 'apiframe' AND j.task_id LIKE "
-    )
-    if database_url.startswith("sqlite:"):
-        with sqlite3.connect(sqlite_path(database_url)) as db:
-            return {row[0] for row in db.execute(query + "?", (pattern,))}
-
-    async def fetch() -> set[str]:
-        import asyncpg
-
-        from receiver.store.postgres import pool_options
-
-        connection = await asyncpg.connect(pool_options(database_url)[0])
-        try:
-            return {row[0] for row in await connection.fetch(query + "$1", pattern)}
-        finally:
-            await connection.close()
-
-    return asyncio.run(fetch())
-
-
 def _check(session: _Session, database_url: str | None) -> Check:
-    """Built-in loads are checked id by id; wrk reports only counts, checked per load."""
-    acknowledged = sum(load.acknowledged for _, load in session.sent)
+    """Every acknowledged request of the loads on `database_url`, found in its store."""
+    sent = [s for s in session.sent if s.database_url == database_url]
+    acknowledged = sum(s.load.acknowledged for s in sent)
     if database_url is None:
         return Check(checked=False, acknowledged=acknowledged, stored=0, missing=0, ok=True)
-    stored = missing = 0
-    for prefix, load in session.sent:
-        found = _stored_task_ids(database_url, prefix)
-        stored += len(found)
-        if load.acked:
-            missing += len(set(load.acked) - found)
-        else:
-            missing += max(0, load.acknowledged - len(found))
-    return Check(
-        checked=True, acknowledged=acknowledged, stored=stored, missing=missing, ok=missing == 0
-    )
+    stored, lost = missing(database_url, sent)
+    return Check(checked=True, acknowledged=acknowledged, stored=stored, missing=lost, ok=lost == 0)
 
 
-def _db_bytes(database_url: str) -> int:
-    """The database's size on disk; a SQLite file is checkpointed first so its WAL is counted."""
-    if database_url.startswith("sqlite:"):
-        path = sqlite_path(database_url)
-        with sqlite3.connect(path) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+class _Phase:
+    """The growth of the database over a route's loads, per acknowledged request."""
 
-    async def size() -> int:
-        import asyncpg
+    def __init__(self, session: _Session, database_url: str):
+        self.session = session
+        self.database_url = database_url
+        self.size = db_bytes(database_url)
+        self.count = len(session.sent)
 
-        from receiver.store.postgres import pool_options
+    def bytes_per_callback(self, handled: Path | None) -> float | None:
+        if handled is not None:
+            _wait_handled(handled, self.session.posted(self.database_url))
+            time.sleep(_SETTLE_SECONDS)
+        size, count = db_bytes(self.database_url), len(self.session.sent)
+        acknowledged = sum(s.load.acknowledged for s in self.session.sent[self.count : count])
+        grown = size - self.size
+        self.size, self.count = size, count
+        return round(grown / acknowledged, 1) if acknowledged else None
 
-        connection = await asyncpg.connect(pool_options(database_url)[0])
+
+class _Receiver:
+    """Runs every route on one database and gathers its figures."""
+
+    def __init__(self, session: _Session, database_url: str, progress: Callable[[str], None]):
+        self.session = session
+        self.options = session.options
+        self.database_url = database_url
+        self.name = "postgresql" if database_url.startswith("postgres") else "sqlite"
+        self.handled = session.directory / f"handled-{self.name}.log"
+        self.progress = progress
+        self.routes: list[RouteRun] = []
+        self.extras: dict[str, Any] = {}
+
+    def start(self, env: Mapping[str, str]) -> Server:
+        # The load comes from one address, past the default per-client connection cap.
+        per_client = {"RECEIVER_MAX_CONNECTIONS_PER_CLIENT": str(self.options.concurrency + 8)}
+        return start_receiver(
+            self.session.directory,
+            database_url=self.database_url,
+            secret=self.session.secret,
+            handled=self.handled,
+            extra={**per_client, **env},
+        )
+
+    def load(self, server: Server, route: str, pools: Mapping[tuple[str, int], JobPool]) -> Load:
+        """Warm up, then load `route` for the run's duration."""
+        session, url = self.session, self.database_url
+        session.send(
+            server.url, _WARM_SECONDS, database_url=url, route=route, pool=pools.get((route, 0))
+        )
+        self.progress(
+            f"{self.name}: {route} route, {self.options.concurrency} connections"
+            f" for {self.options.duration:g}s"
+        )
+        return session.send(
+            server.url,
+            self.options.duration,
+            database_url=url,
+            route=route,
+            pool=pools.get((route, 1)),
+        )
+
+    def add(self, route: str, load: Load, grown: float | None) -> None:
+        self.routes.append(
+            RouteRun(
+                route=route,
+                request=DESCRIPTIONS[route],
+                figures=_figures(load),
+                to_floor=None,
+                to_static=None,
+                bytes_per_callback=grown,
+            )
+        )
+
+    def run(self, *, main: bool) -> Backend:
+        options, session = self.options, self.session
+        migrate(self.database_url, session.directory)
+        pools = provision(
+            self.database_url,
+            [route for route in options.routes if route in JOB_ROUTES],
+            session.prefix,
+            concurrency=options.concurrency,
+            seconds=(_WARM_SECONDS, options.duration),
+        )
+        posts = [route for route in options.routes if route in POST_ROUTES]
+        if posts:
+            self.posts(posts, pools, main=main)
+        if "nudge" in options.routes:
+            self.nudges(pools)
+        two = None
+        if self.name == "postgresql" and "static" in options.routes and options.concurrency > 1:
+            two = self.two_processes()
+        check = _check(session, self.database_url)
+        static = next((run for run in self.routes if run.route == "static"), None)
+        return Backend(
+            database=self.name,
+            routes=self.routes,
+            bytes_per_callback=static.bytes_per_callback if static else None,
+            two_processes=two,
+            check=check,
+        )
+
+    def posts(
+        self, routes: list[str], pools: Mapping[tuple[str, int], JobPool], *, main: bool
+    ) -> None:
+        """Every POST route on one receiver, then (main backend) delivery latency and soak."""
+        session, url = self.session, self.database_url
+        phase = _Phase(session, url)
+        self.progress(f"{self.name}: start")
+        server = self.start(route_env(session.secret))
         try:
-            return int(await connection.fetchval("SELECT pg_database_size(current_database())"))
+            # A cold start is over when a provider's callback is acknowledged (committed);
+            # the whole app, framework included, when its health check answers.
+            start_to_callback = server.ready(probe=_start_probe(session, url))
+            start_to_ready = server.ready()
+            for route in routes:
+                if route == "static" and main:
+                    work = functools.partial(self.load, server, route, pools)
+                    peak, samples = _with_rss(server, work)
+                    self.extras["rss_mb"] = round(max(samples or [server.rss()]) / 2**20, 1)
+                    drain = _wait_handled(self.handled, session.posted(url))
+                    self.extras["backlog_drain_s"] = round(drain, 2)
+                else:
+                    peak = self.load(server, route, pools)
+                self.add(route, peak, phase.bytes_per_callback(self.handled))
+            if main:
+                static = next((run for run in self.routes if run.route == "static"), None)
+                if self.options.delivery and static is not None:
+                    rate = static.figures.requests_per_s
+                    self.progress(f"{self.name}: delivery latency at {rate / 2:.0f}/s")
+                    self.extras["delivery"] = _delivery(session, server, self.handled, url, rate)
+                if self.options.soak_callbacks > 0:
+                    self.progress(f"{self.name}: soak of {self.options.soak_callbacks} callbacks")
+                    self.extras["soak"] = _soak(session, server, url)
+                self.extras["start_to_callback_ms"] = round(start_to_callback, 1)
+                self.extras["start_to_ready_ms"] = round(start_to_ready, 1)
         finally:
-            await connection.close()
+            server.stop()
 
-    return asyncio.run(size())
+    def nudges(self, pools: Mapping[tuple[str, int], JobPool]) -> None:
+        """GET nudges on a receiver without worker: each is kept and its pull scheduled, and
+        the pulls wait, so what is timed is the nudge's own path and write."""
+        phase = _Phase(self.session, self.database_url)
+        server = self.start(route_env(self.session.secret, nudges=True))
+        try:
+            server.ready()
+            load = self.load(server, "nudge", pools)
+        finally:
+            server.stop()
+        self.add("nudge", load, phase.bytes_per_callback(None))
+
+    def two_processes(self) -> Figures:
+        """The static route on two receivers sharing the database, half the connections each.
+
+        Throughput is the sum of both; percentiles are over both loads' answers (with wrk,
+        which keeps no latencies, the mean of the two p50s and the worse p99).
+        """
+        session, url = self.session, self.database_url
+        half = (self.options.concurrency + 1) // 2
+        shares = (half, self.options.concurrency - half)
+        self.progress(f"{self.name}: two receiver processes, {shares[0]}+{shares[1]} connections")
+        servers = [self.start(route_env(session.secret)) for _ in shares]
+        try:
+            for server in servers:
+                server.ready()
+
+            def loads(seconds: float) -> list[Load]:
+                return _in_parallel(
+                    *(
+                        lambda server=server, share=share: session.send(
+                            server.url, seconds, database_url=url, concurrency=share
+                        )
+                        for server, share in zip(servers, shares, strict=True)
+                    )
+                )
+
+            loads(_WARM_SECONDS)
+            both = loads(self.options.duration)
+        finally:
+            for server in servers:
+                server.stop()
+        latencies = [ms for load in both for ms in load.latencies_ms]
+        p50 = percentile(latencies, 0.5) if latencies else sum(x.p50_ms for x in both) / 2
+        p99 = percentile(latencies, 0.99) if latencies else max(x.p99_ms for x in both)
+        return Figures(
+            requests_per_s=round(sum(load.requests_per_s for load in both), 1),
+            p50_ms=round(p50, 2),
+            p99_ms=round(p99, 2),
+            requests=sum(load.requests for load in both),
+            acknowledged=sum(load.acknowledged for load in both),
+            errors=sum(load.errors for load in both),
+        )
 
 
-def _migrate(database_url: str, directory: Path) -> None:
-    if database_url.startswith("sqlite:"):
-        return
-    env = {**os.environ, "RECEIVER_DATABASE_URL": database_url}
-    subprocess.run(
-        [sys.executable, "-m", "receiver", "migrate"],
-        env=env,
-        cwd=directory,
-        check=True,
-        capture_output=True,
+def _external(session: _Session, progress: Callable[[str], None]) -> dict[str, Any]:
+    """A receiver already running at `--url`: its static route, checked with `--database-url`."""
+    options = session.options
+    url = options.url or ""
+    progress(f"receiver at {url}")
+    session.send(url, _WARM_SECONDS, database_url=options.database_url)
+    peak = session.send(url, options.duration, database_url=options.database_url)
+    run = RouteRun(
+        route="static",
+        request=DESCRIPTIONS["static"],
+        figures=_figures(peak),
+        to_floor=None,
+        to_static=None,
+        bytes_per_callback=None,
     )
+    check = _check(session, options.database_url)
+    backend = Backend(
+        database="external", routes=[run], bytes_per_callback=None, two_processes=None, check=check
+    )
+    return {"backends": [backend]}
 
 
 def run_bench(options: Options, *, progress: Callable[[str], None] = lambda _: None) -> Report:
@@ -405,113 +545,87 @@ def run_bench(options: Options, *, progress: Callable[[str], None] = lambda _: N
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as tmp:
         directory = Path(tmp)
         session = _Session(options, directory)
-        floor = webhook = None
+        floor = floor_after = webhook = None
         if options.floor:
             progress("floor: a bare ASGI app on the same uvicorn")
-            server = start_floor(directory)
-            try:
-                server.ready()
-                floor = session.measure(server)
-            finally:
-                server.stop()
+            floor = _measure(session, start_floor(directory))
         if options.webhook and webhook_path():
             progress("adnanh/webhook")
-            server = start_webhook(directory, session.secret)
-            try:
-                server.ready()
-                webhook = session.measure(server)
-            finally:
-                server.stop()
-        report = _run_receiver(session, directory, progress)
-        ratios = {}
-        if floor is not None and floor.requests_per_s:
-            ratios["receiver_to_floor"] = round(
-                report["receiver"].requests_per_s / floor.requests_per_s, 3
-            )
+            webhook = _measure(session, start_webhook(directory, session.secret))
+        if options.url is not None:
+            found = _external(session, progress)
+        else:
+            found = {"backends": []}
+            main_url = options.database_url or f"sqlite:///{directory / 'bench.db'}"
+            urls = [main_url]
+            if options.compare_postgres:
+                urls.append(options.compare_postgres)
+            for index, url in enumerate(urls):
+                receiver = _Receiver(session, url, progress)
+                found["backends"].append(receiver.run(main=index == 0))
+                if index == 0:
+                    found.update(receiver.extras)
+        if options.floor:
+            progress("floor again: it drifts")
+            floor_after = _measure(session, start_floor(directory))
+        backends: list[Backend] = found.pop("backends")
+        backends = ratios(backends, [f for f in (floor, floor_after) if f is not None])
+        checks = [backend.check for backend in backends]
+        check = Check(
+            checked=any(c.checked for c in checks),
+            acknowledged=sum(c.acknowledged for c in checks),
+            stored=sum(c.stored for c in checks),
+            missing=sum(c.missing for c in checks),
+            ok=all(c.ok for c in checks),
+        )
+        main = backends[0]
+        static = next((run for run in main.routes if run.route == "static"), None)
+        if static is None:
+            raise RuntimeError("the static route was not run")
+        headline: dict[str, float] = {}
+        if static.to_floor is not None:
+            headline["receiver_to_floor"] = static.to_floor
         if webhook is not None and webhook.requests_per_s:
-            ratios["receiver_to_webhook"] = round(
-                report["receiver"].requests_per_s / webhook.requests_per_s, 3
+            headline["receiver_to_webhook"] = round(
+                static.figures.requests_per_s / webhook.requests_per_s, 3
             )
         return Report(
             machine=_machine(),
             options=options,
             generator="wrk" if session.use_wrk else "builtin",
             floor=floor,
+            floor_after=floor_after,
             webhook=webhook,
-            ratios=ratios,
-            **report,
+            receiver=static.figures,
+            start_to_callback_ms=found.get("start_to_callback_ms"),
+            start_to_ready_ms=found.get("start_to_ready_ms"),
+            rss_mb=found.get("rss_mb"),
+            db_bytes_per_callback=main.bytes_per_callback,
+            backlog_drain_s=found.get("backlog_drain_s"),
+            delivery=found.get("delivery"),
+            soak=found.get("soak"),
+            ratios=headline | _backend_ratio(backends),
+            backends=backends,
+            targets=targets(backends, options.concurrency, check),
+            check=check,
         )
 
 
-def _run_receiver(
-    session: _Session, directory: Path, progress: Callable[[str], None]
-) -> dict[str, Any]:
-    options = session.options
-    database_url = options.database_url
-    handled = directory / "handled.log"
-    if options.url is not None:
-        progress(f"receiver at {options.url}")
-        warm = session.load(options.url, _WARM_SECONDS)
-        session.sent.append(warm)
-        peak = session.load(options.url, options.duration)
-        session.sent.append(peak)
-        return {
-            "receiver": _figures(peak[1]),
-            "start_to_callback_ms": None,
-            "start_to_ready_ms": None,
-            "rss_mb": None,
-            "db_bytes_per_callback": None,
-            "backlog_drain_s": None,
-            "delivery": None,
-            "soak": None,
-            "check": _check(session, database_url),
-        }
-    database_url = database_url or f"sqlite:///{directory / 'bench.db'}"
-    _migrate(database_url, directory)
-    size_before = 0 if database_url.startswith("sqlite:") else _db_bytes(database_url)
-    progress("receiver: start")
-    # The load comes from one address, past the default per-client connection cap.
-    per_client = {"RECEIVER_MAX_CONNECTIONS_PER_CLIENT": str(options.concurrency + 8)}
-    server = start_receiver(
-        directory,
-        database_url=database_url,
-        secret=session.secret,
-        handled=handled,
-        extra=per_client,
-    )
+def _measure(session: _Session, server: Server) -> Figures:
     try:
-        # A cold start is over when a provider's callback is acknowledged (committed);
-        # the whole app, framework included, when its health check answers.
-        start_to_callback = server.ready(probe=_start_probe(session))
-        start_to_ready = server.ready()
-        session.sent.append(session.load(server.url, _WARM_SECONDS))
-        progress(f"receiver: {options.concurrency} connections for {options.duration:g}s")
-        (prefix, peak), samples = _with_rss(
-            server, lambda: session.load(server.url, options.duration)
-        )
-        session.sent.append((prefix, peak))
-        rss = max(samples) if samples else server.rss()
-        drain = _wait_handled(handled, sum(load.acknowledged for _, load in session.sent))
-        delivery = None
-        if options.delivery:
-            progress(f"receiver: delivery latency at {peak.requests_per_s / 2:.0f}/s")
-            delivery = _delivery(session, server, handled, peak.requests_per_s)
-        soak = None
-        if options.soak_callbacks > 0:
-            progress(f"receiver: soak of {options.soak_callbacks} callbacks")
-            soak = _soak(session, server)
+        server.ready()
+        return session.measure(server)
     finally:
         server.stop()
-    check = _check(session, database_url)
-    size = _db_bytes(database_url) - size_before
-    return {
-        "receiver": _figures(peak),
-        "start_to_callback_ms": round(start_to_callback, 1),
-        "start_to_ready_ms": round(start_to_ready, 1),
-        "rss_mb": round(rss / 2**20, 1),
-        "db_bytes_per_callback": round(size / check.stored, 1) if check.stored else None,
-        "backlog_drain_s": round(drain, 2),
-        "delivery": delivery,
-        "soak": soak,
-        "check": check,
+
+
+def _backend_ratio(backends: list[Backend]) -> dict[str, float]:
+    rates = {
+        backend.database: run.figures.requests_per_s
+        for backend in backends
+        for run in backend.routes
+        if run.route == "static"
     }
+    if rates.get("sqlite") and "postgresql" in rates:
+        return {"postgres_to_sqlite": round(rates["postgresql"] / rates["sqlite"], 3)}
+    return {}

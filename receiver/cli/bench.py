@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from receiver.bench.routes import ROUTES
 from receiver.cli.common import EXIT_OK, EXIT_STORE, print_json
 
 __all__ = ["register"]
@@ -18,7 +19,7 @@ def register(commands: Any) -> None:
     )
     bench.add_argument("--concurrency", type=int, default=50, help="connections (default 50)")
     bench.add_argument(
-        "--duration", type=float, default=10.0, help="seconds per measurement (default 10)"
+        "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
     )
     bench.add_argument(
         "--generator",
@@ -33,6 +34,16 @@ def register(commands: Any) -> None:
         "--database-url",
         help="database for the started receiver (default a fresh SQLite file);"
         " with --url, where to check that every acknowledged callback is stored",
+    )
+    bench.add_argument(
+        "--routes",
+        default=",".join(ROUTES),
+        help=f"route styles to load, comma-separated (default all: {','.join(ROUTES)})",
+    )
+    bench.add_argument(
+        "--compare-postgres",
+        metavar="URL",
+        help="also run every route on this PostgreSQL database, for the ratio to SQLite",
     )
     bench.add_argument("--no-floor", action="store_true", help="skip the bare-ASGI floor")
     bench.add_argument("--no-webhook", action="store_true", help="skip adnanh/webhook")
@@ -52,6 +63,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--url needs --secret (the receiver's apiframe webhook secret)")
     if args.concurrency < 1 or args.duration <= 0:
         raise ConfigError("--concurrency must be at least 1 and --duration above 0")
+    routes = tuple(route for route in ROUTES if route in args.routes.split(","))
+    unknown = set(args.routes.split(",")) - set(ROUTES)
+    if unknown or "static" not in routes:
+        raise ConfigError(f"--routes takes static and any of {', '.join(ROUTES[1:])}")
+    if args.url is not None and routes != ("static",):
+        routes = ("static",)  # a receiver started elsewhere has none of the bench's jobs
+    if args.generator == "wrk" and routes != ("static",):
+        raise ConfigError("--generator wrk sends only the static route: add --routes static")
+    compare = args.compare_postgres
+    if compare is not None and (
+        args.url is not None
+        or not compare.startswith(("postgresql://", "postgres://"))
+        or (args.database_url or "").startswith(("postgresql://", "postgres://"))
+    ):
+        raise ConfigError(
+            "--compare-postgres takes a postgresql:// URL, with the default SQLite (no --url)"
+        )
     options = Options(
         concurrency=args.concurrency,
         duration=args.duration,
@@ -64,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         webhook=not args.no_webhook,
         delivery=not args.no_delivery,
         soak_callbacks=args.soak,
+        routes=routes,
+        compare_postgres=compare,
     )
 
     def progress(text: str) -> None:
