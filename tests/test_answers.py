@@ -13,15 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 from procs import run_cli
+from test_hooks import make_job
+from test_store import add_job as add_store_job
+from test_store import make_raw
 
 from receiver.answers import AnswerLog
 from receiver.dispatch import Registry
-from receiver.models import Job, RawRequest, Status, new_id, now
-from receiver.store import NewJob, SQLiteStore
+from receiver.models import RawRequest, now
+from receiver.store import SQLiteStore
 from receiver.testing import LiveReceiver, running_receiver
-from receiver.verify import digest
 
 SECRET = "answers-secret-" + "s" * 32
+FAST = "tok-fast-" + "f" * 32
+RIX = "tok-rix-" + "r" * 32
 APIFRAME_RUNNING = {"task_id": "task-a", "status": "processing", "percentage": "40"}
 RIXAPI_RUNNING = {"task_id": "task-r", "status": "1"}
 
@@ -38,30 +42,10 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 async def stored_requests(store: SQLiteStore, job_id: str, count: int) -> list[str]:
     """A job with `count` stored requests (nudges); their ids, oldest first."""
-    at = now()
-    job = Job(
-        id=job_id,
-        provider="rixapi",
-        task_id="task-r",
-        status=Status.QUEUED,
-        created_at=at,
-        updated_at=at,
-    )
-    await store.create_job(NewJob(job=job))
-    ids = []
-    for n in range(count):
-        raw = RawRequest(
-            id=f"req_{n:03d}",
-            received_at=at,
-            provider="rixapi",
-            method="GET",
-            path="/hooks/rixapi/[token]",
-            query="",
-            headers={},
-            body=b"",
-        )
-        await store.record_nudge(job_id, raw, poll_at=at + 60)
-        ids.append(raw.id)
+    await add_store_job(store, job_id)
+    ids = [f"req_{n:03d}" for n in range(count)]
+    for request_id in ids:
+        await store.record_nudge(job_id, make_raw(request_id), poll_at=now() + 60)
     return ids
 
 
@@ -120,23 +104,6 @@ class TestAnswerLog:
         assert [(200, 4.0)] == await answers_of(sqlite_store, "job_1")
 
 
-async def add_job(live: LiveReceiver, provider: str, token: str, task_id: str) -> str:
-    at = now()
-    job = Job(
-        id=new_id("job"),
-        provider=provider,
-        task_id=task_id,
-        status=Status.QUEUED,
-        created_at=at,
-        updated_at=at,
-    )
-    secret = digest(SECRET) if provider == "apiframe" else None
-    await live.runtime.store.create_job(
-        NewJob(job=job, token_hash=digest(token), secret_hash=secret)
-    )
-    return job.id
-
-
 async def answered(live: LiveReceiver, job_id: str, count: int) -> list[RawRequest]:
     """The job's `count` stored requests once the flush (every second) wrote each answer."""
     found: list[RawRequest] = []
@@ -190,16 +157,16 @@ class TestInspector:
         """A callback on the fast path (200), one on the framework's route (200) and a nudge
         (202) are shown with their answers, on the job page, by `receiver job` on the
         database and through the admin API."""
-        fast = await add_job(live, "apiframe", "tok-fast-" + "f" * 32, "task-a")
-        framed = await add_job(live, "rixapi", "tok-rix-" + "r" * 32, "task-r")
+        fast = (await make_job(live, task_id="task-a", token=FAST, secret=SECRET)).id
+        framed = (await make_job(live, "rixapi", task_id="task-r", token=RIX, secret=None)).id
         async with httpx.AsyncClient(base_url=live.url) as client:
             callback = await client.post(
-                f"/hooks/apiframe/tok-fast-{'f' * 32}",
+                f"/hooks/apiframe/{FAST}",
                 json=APIFRAME_RUNNING,
                 headers={"x-webhook-secret": SECRET},
             )
-            rix = await client.post(f"/hooks/rixapi/tok-rix-{'r' * 32}", json=RIXAPI_RUNNING)
-            nudge = await client.get(f"/hooks/rixapi/tok-rix-{'r' * 32}?uuid=task-r")
+            rix = await client.post(f"/hooks/rixapi/{RIX}", json=RIXAPI_RUNNING)
+            nudge = await client.get(f"/hooks/rixapi/{RIX}?uuid=task-r")
         assert [200, 200, 202] == [callback.status_code, rix.status_code, nudge.status_code]
         [fast_raw] = await answered(live, fast, 1)
         framed_raws = await answered(live, framed, 2)
@@ -239,7 +206,7 @@ class TestStoreDown:
         store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}", busy_timeout_ms=50)
         async with running_receiver(tmp_path, handlers=Registry(), store=store) as live:
             token = "tok-down-" + "d" * 32
-            job_id = await add_job(live, "apiframe", token, "task-a")
+            job_id = (await make_job(live, task_id="task-a", token=token, secret=SECRET)).id
             blocker = sqlite3.connect(tmp_path / "receiver.db", isolation_level=None)
             blocker.execute("BEGIN EXCLUSIVE")
             async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
