@@ -103,8 +103,8 @@ def check_handlers(registry: Registry, providers: Collection[str]) -> None:
     """Raise BadHandlers naming every handler that can never run, one line each.
 
     `providers` are the known ones. The lines are the registrations refused while the
-    module was imported (`registry.refused`: an unknown status), then each registered
-    handler's problem, in the order they were written.
+    module was imported (`registry.refused`: an unknown status), then the problems of the
+    registered handlers, each group in the order of registration.
     """
     lines = list(registry.refused)
     for handler in registry.handlers.values():

@@ -287,8 +287,8 @@ class TestBrokenHandlers:
     async def test_every_bad_handler_is_named_at_once(
         self, tmp_path: Path, env: dict[str, str]
     ) -> None:
-        """Three different mistakes are three lines, in the module's order, from `serve` (exit
-        2) and from `doctor` (exit 1), each with the file and line and what to do."""
+        """Three different mistakes are three lines from `serve` (exit 2) and from `doctor`
+        (exit 1), each with the file and line, the handler, what is wrong and what to do."""
         (tmp_path / "handlers.py").write_text(THREE_MISTAKES)
         env = self.quiet_env(env, tmp_path)
         where = tmp_path / "handlers.py"
@@ -316,6 +316,22 @@ class TestBrokenHandlers:
         shown = [line.strip() for line in out.splitlines()]
         start = shown.index(next(line for line in shown if "handlers:typo" in line))
         assert lines[1:] == shown[start + 1 : start + 3]  # each under the first, one a line
+
+    async def test_a_bad_status_before_a_failing_import_is_named_too(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A misspelt status met before the import fails is one line, the failure the next."""
+        (tmp_path / "handlers.py").write_text(
+            "from receiver import on\n\n@on('succeded')\nasync def done(event, job):\n"
+            "    pass\n\nimport requestz\n"
+        )
+        code, _, err = await run_cli(
+            "serve", "--port", "1", env=self.quiet_env(env, tmp_path), cwd=tmp_path
+        )
+        assert 2 == code, err
+        first, second = [said(line) for line in err.strip().splitlines()]
+        assert first.startswith(f"handler handlers:done ({tmp_path / 'handlers.py'}, line 3): ")
+        assert second.startswith("handlers module 'handlers' (") and "line 7" in second
 
     async def test_a_declared_generic_provider_is_known(
         self, tmp_path: Path, env: dict[str, str]

@@ -290,7 +290,7 @@ class TestRegistrationCheck:
 
     def test_every_bad_handler_is_one_line(self, registry: Registry) -> None:
         """While a module loads, a misspelt status is kept, not raised: the check then names
-        it and every other bad handler, one line each, in the order they were written."""
+        it and every other bad handler, one line each with its file and line."""
         registry.deferring = True
 
         @registry.on("succeded")
