@@ -19,7 +19,6 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from receiver.admin_auth import check_bearer
 from receiver.costs import BudgetExceeded
 from receiver.errors import ConfigError, IdempotencyKeyReused, UnknownProvider
-from receiver.metrics import METRICS
 from receiver.models import (
     DeliveryState,
     Job,
@@ -226,7 +225,6 @@ async def list_deliveries(
 async def _replay(runtime: Runtime, **filters: Any) -> DeliveryList:
     replayed = await runtime.store.replay_deliveries(**filters, at=now())
     if replayed:
-        METRICS.replays.inc(amount=len(replayed))
         runtime.dispatcher.wake()
     return DeliveryList(items=replayed)
 

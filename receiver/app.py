@@ -109,6 +109,7 @@ class ReceiverApp:
     async def _start(self) -> None:
         runtime = self.runtime
         await runtime.store.open()
+        runtime.answers.start()
         if self.run_loops:
             await runtime.start_heartbeat()
             await runtime.store.listen(runtime.wakers())
@@ -132,6 +133,7 @@ class ReceiverApp:
                 await task
         self._tasks = []
         await runtime.heartbeat.stop()
+        await runtime.answers.stop()  # the last answers, after the server stopped taking them
         if self._loading is not None and not self._loading.done():
             # Its import thread finishes by itself; a later start (Mangum's next) loads again.
             self._loading.cancel()

@@ -31,7 +31,7 @@ from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
 from receiver.models import Event, Job, Status, now
-from receiver.registration import BadRegistration, choices, import_failure
+from receiver.registration import BadHandlers, BadRegistration, bad_handler, choices, import_failure
 from receiver.store.base import Claimed, Store
 
 __all__ = [
@@ -100,6 +100,11 @@ class Registry:
 
     def __init__(self) -> None:
         self.handlers: MutableMapping[str, Handler] = {}
+        # While `load_handlers` imports the user's module, a bad `@on(...)` is kept here as
+        # its one-line error, and the import goes on, so that every mistake is reported at
+        # once (receiver.registration.check_handlers); elsewhere it raises where written.
+        self.deferring = False
+        self.refused: list[str] = []
 
     def layered(self) -> Registry:
         """A registry that sees every handler of this one, now and later, plus its own.
@@ -109,6 +114,7 @@ class Registry:
         """
         layer = Registry()
         layer.handlers = collections.ChainMap({}, self.handlers)
+        layer.refused = self.refused
         return layer
 
     def on(
@@ -132,9 +138,10 @@ class Registry:
             unknown = sorted(names - _STATUS_NAMES)
             if unknown:
                 wrong = unknown[0]
-                raise BadRegistration(
-                    f"@on({wrong!r}): {choices(wrong, _STATUS_NAMES, 'status')} or '*'"
-                )
+                problem = f"@on({wrong!r}): {choices(wrong, _STATUS_NAMES, 'status')} or '*'"
+                if not self.deferring:
+                    raise BadRegistration(problem)
+                return self._refuse(problem)
             statuses = frozenset(names)
 
         def register(func: F) -> F:
@@ -151,6 +158,15 @@ class Registry:
             return func
 
         return register
+
+    def _refuse(self, problem: str) -> Callable[[F], F]:
+        """A decorator that registers nothing and keeps `problem`, naming the function."""
+
+        def refuse(func: F) -> F:
+            self.refused.append(bad_handler(func, problem))
+            return func
+
+        return refuse
 
     def route(self, event: Event, job: Job) -> list[str]:
         """The names of the handlers that want `event`."""
@@ -195,20 +211,30 @@ def load_handlers(module: str, *, required: bool = True) -> Registry:
     if module:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")  # `receiver serve` finds ./handlers like `python -m` would
+        registry.deferring = True
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module and not module.startswith(f"{exc.name}."):
                 # The module exists but imports something missing: the user's to fix.
-                raise import_failure(module, exc) from exc
+                raise _with_refused(import_failure(module, exc)) from exc
             if required:
                 raise ConfigError(
                     f"RECEIVER_HANDLERS: no module {module!r} found in the working directory"
                     " or on PYTHONPATH; check the name, or set it to '' for no handlers"
                 ) from None
         except Exception as exc:
-            raise import_failure(module, exc) from exc
+            raise _with_refused(import_failure(module, exc)) from exc
+        finally:
+            registry.deferring = False
     return registry
+
+
+def _with_refused(failure: BadHandlers) -> BadHandlers:
+    """The import's failure, after the bad registrations met before it (one line each)."""
+    if not registry.refused:
+        return failure
+    return BadHandlers("\n".join([*registry.refused, str(failure)]))
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:

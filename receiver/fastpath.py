@@ -153,11 +153,13 @@ class FastHooks:
                 b'{"error":"store unavailable, retry later"}',
                 [(b"retry-after", self.retry_after)],
             )
+            runtime.answers.note(request_id, 503, (time.perf_counter() - started) * 1000)
             return
         except Exception as exc:
             METRICS.callback(route.provider, "error", time.perf_counter() - started)
             log.error("unexpected error on POST %s", raw.path, exc_info=exc)
             await _respond(send, 500, b'{"error":"internal error"}')
+            runtime.answers.note(request_id, 500, (time.perf_counter() - started) * 1000)
             return
         if recorded is None:  # not this job's secret, or not this provider's job
             await fallback(scope, _replay(body, receive), send)
@@ -167,6 +169,7 @@ class FastHooks:
         answer = {"ok": True, "event": event.id, "disposition": event.disposition.value}
         await _respond(send, 200, _encode(answer))
         seconds = time.perf_counter() - started
+        runtime.answers.note(request_id, 200, seconds * 1000)
         METRICS.callback(route.provider, event.disposition.value, seconds)
         if log.isEnabledFor(logging.INFO):  # as receiver.hooks logs every hook it answers
             log.info(

@@ -256,6 +256,7 @@ async def _guarded(
         raise
     finally:
         seconds = time.perf_counter() - started
+        runtime.answers.note(current("request_id"), status, seconds * 1000)
         METRICS.callback(label, outcome, seconds)
         if log.isEnabledFor(logging.INFO):
             log.info(

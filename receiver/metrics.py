@@ -9,8 +9,10 @@ series grow without bound.
 Every family has its own name: the gauge of deliveries by state is
 `receiver_deliveries_by_state`, apart from the counter `receiver_deliveries_total`
 (family `receiver_deliveries`), so OpenMetrics readers and prometheus_client's registry
-accept the page. Counters count what this process did; the gauges read from the store
-(deliveries, jobs) see every process's work, a `receiver replay` on the database included.
+accept the page. Counters count what this process did, but for `receiver_replays_total`,
+which the store keeps (a replay adds to it in its own transaction), so it counts every
+process's replays and a `receiver replay` run on the database; the gauges read from the
+store (deliveries, jobs) see every process's work too.
 
 The `/metrics` route itself is in receiver.scrape.
 """
@@ -149,12 +151,6 @@ class Metrics:
             ("handler", "outcome"),
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
-        self.replays = Counter(
-            "receiver_replays_total",
-            "Deliveries put back to pending by a replay through this process (admin API,"
-            " dashboard, receiver replay --url).",
-            (),
-        )
         self.build = (build_version(), platform.python_version())
 
     def callback(self, label: str, outcome: str, seconds: float) -> None:
@@ -177,6 +173,7 @@ class Metrics:
         oldest_pending_at: float | None,
         jobs: Mapping[str, int] | None = None,
         spend: Mapping[str, float] | None = None,
+        replays: int | None = None,
     ) -> str:
         """The exposition text: counters, the gauges read from the store, build and process."""
         lines: list[str] = []
@@ -186,9 +183,15 @@ class Metrics:
             self.deliveries,
             self.handler_seconds,
             self.polls,
-            self.replays,
         ):
             lines += metric.render()
+        if replays is not None:
+            lines += [
+                "# HELP receiver_replays_total Deliveries put back to pending by a replay, by"
+                " any process or by `receiver replay` on the database (kept by the store).",
+                "# TYPE receiver_replays_total counter",
+                f"receiver_replays_total {replays}",
+            ]
         lines += [
             "# HELP receiver_deliveries_by_state Deliveries in the store, by state.",
             "# TYPE receiver_deliveries_by_state gauge",

@@ -249,6 +249,11 @@ class RawRequest(msgspec.Struct, kw_only=True):
     headers: dict[str, str]
     body: bytes
     client: str | None = None
+    # Our answer's HTTP status and its latency (received -> answer sent), in ms: written
+    # shortly after the answer (receiver.answers), so None for a moment, or for good if
+    # the process died first.
+    answer_status: int | None = None
+    answer_ms: float | None = None
 
 
 class Quarantined(msgspec.Struct, kw_only=True):

@@ -1,10 +1,11 @@
 """What is wrong with the user's handlers, each problem in one line.
 
-A handlers module that does not import, or registers a handler that can never run (a
+A handlers module that does not import, or registers handlers that can never run (a
 status or provider that never comes, a function that cannot take `(event, job)`), stops
-`receiver serve` and `receiver worker` at start with one line: the file and line or the
-handler at fault, what is wrong, and what to do. `receiver doctor` says the same line,
-because both come from here.
+`receiver serve` and `receiver worker` at start with one line per problem: the file and
+line, the handler at fault, what is wrong, and what to do. Every bad handler is named at
+once, so a module with three mistakes takes one round of fixes, not three. `receiver
+doctor` says the same lines, because both come from here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import inspect
 import sys
 import sysconfig
 import traceback
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BadHandlers",
     "BadRegistration",
+    "bad_handler",
     "check_handlers",
     "choices",
     "handlers_warning",
@@ -98,11 +100,33 @@ def _resolved(filename: str) -> str:
 
 
 def check_handlers(registry: Registry, providers: Collection[str]) -> None:
-    """Raise BadHandlers for the first handler that can never run; `providers` are known."""
+    """Raise BadHandlers naming every handler that can never run, one line each.
+
+    `providers` are the known ones. The lines are the registrations refused while the
+    module was imported (`registry.refused`: an unknown status), then the problems of the
+    registered handlers, each group in the order of registration.
+    """
+    lines = list(registry.refused)
     for handler in registry.handlers.values():
         problem = _problem(handler, providers)
         if problem:
-            raise BadHandlers(f"handler {_label(handler)}: {problem}")
+            lines.append(bad_handler(handler.func, problem, name=handler.name))
+    if lines:
+        raise BadHandlers("\n".join(lines))
+
+
+def bad_handler(func: Callable[..., object], problem: str, *, name: str | None = None) -> str:
+    """`handler module:function (file, line N): problem`, the line that names one bad handler."""
+    where = _defined_at(func)
+    return f"handler {_label(func, name)}{f' ({where})' if where else ''}: {problem}"
+
+
+def _defined_at(func: Callable[..., object]) -> str:
+    """`file, line N` where the function is written (its first decorator's line)."""
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    if code is None:
+        return ""
+    return f"{code.co_filename}, line {code.co_firstlineno}"
 
 
 def _problem(handler: Handler, providers: Collection[str]) -> str | None:
@@ -127,13 +151,12 @@ def _problem(handler: Handler, providers: Collection[str]) -> str | None:
     return None
 
 
-def _label(handler: Handler) -> str:
+def _label(func: Callable[..., object], name: str | None) -> str:
     """`module:function`, and the registered name when it is another one."""
-    func = handler.func
     module = getattr(func, "__module__", None) or "?"
     function = getattr(func, "__qualname__", None) or type(func).__qualname__
     label = f"{module}:{function}"
-    return label if handler.name == f"{module}.{function}" else f"{label} ({handler.name!r})"
+    return label if name in (None, f"{module}.{function}") else f"{label} ({name!r})"
 
 
 def handlers_warning(module: str, registry: Registry, builtins: Collection[str]) -> str | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from receiver.admin_token import admin_token_file, ensure_admin_token
+from receiver.answers import AnswerLog
 from receiver.builtins import install_builtins
 from receiver.config import DEFAULT_HANDLERS, Settings
 from receiver.costs import Pricing
@@ -53,6 +54,7 @@ class Runtime:
     trusted_proxies: tuple[Network, ...]
     quarantine: Quarantine  # where refused hook requests are kept, capped
     heartbeat: Heartbeat
+    answers: AnswerLog  # our answers to stored requests, written after they were sent
     # The built-in adapters and the settings' generic (Standard Webhooks) ones, by name.
     providers: dict[str, Provider] = dataclasses.field(default_factory=lambda: dict(PROVIDERS))
     builtins: list[str] = dataclasses.field(default_factory=list)  # built-in handler names
@@ -158,6 +160,7 @@ class Runtime:
                 timeout=settings.worker_timeout,
                 on_declared_dead=dispatcher.recheck_leases,
             ),
+            answers=AnswerLog(store),
             providers=providers,
             builtins=builtins,
         )

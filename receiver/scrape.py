@@ -32,14 +32,19 @@ def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
 
 @get("/metrics", guards=[metrics_guard], include_in_schema=True, media_type=CONTENT_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
-    """Prometheus text format; the delivery, job and spend gauges are read from the store now."""
+    """Prometheus text format; the delivery, job and spend gauges and the replay count are
+    read from the store now."""
     store = request.app.state.runtime.store
     summary = await store.delivery_summary()
     spend: dict[str, float] = {}
     for item in await store.spend():
         spend[item.provider] = spend.get(item.provider, 0.0) + item.cost
     body = METRICS.render(
-        summary.counts, summary.oldest_pending_at, await store.job_counts(), spend
+        summary.counts,
+        summary.oldest_pending_at,
+        await store.job_counts(),
+        spend,
+        replays=await store.replay_count(),
     )
     return Response(body, media_type=CONTENT_TYPE)
 

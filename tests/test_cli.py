@@ -177,11 +177,26 @@ BROKEN_MODULES = {
         "import os\n\nLIMIT = int(os.environ['NOT_SET_ANYWHERE_X'])\n",
         ["line 3", "KeyError: 'NOT_SET_ANYWHERE_X'"],
     ),
-    "misspelt status": (
-        "from receiver import on\n\n\n@on('succeded')\nasync def done(event, job):\n    pass\n",
-        ["line 4", "unknown status 'succeded' (did you mean 'succeeded'?)"],
-    ),
 }
+
+
+THREE_MISTAKES = """from receiver import on
+
+
+@on("succeded")
+async def typo(event, job):
+    pass
+
+
+@on("succeeded", provider="apifram")
+async def elsewhere(event, job):
+    pass
+
+
+@on("failed")
+async def too_few(event):
+    pass
+"""
 
 
 def said(line: str) -> str:
@@ -243,25 +258,80 @@ class TestBrokenHandlers:
         [
             (
                 "@on('succeeded', provider='apifram')\nasync def done(event, job):\n    pass\n",
-                "handler handlers:done: unknown provider 'apifram' (did you mean 'apiframe'?)",
+                "unknown provider 'apifram' (did you mean 'apiframe'?)",
             ),
             (
                 "@on('succeeded')\nasync def done(event):\n    pass\n",
-                "handler handlers:done: its signature (event) cannot be called with (event, job)",
+                "its signature (event) cannot be called with (event, job)",
+            ),
+            (
+                "@on('succeded')\nasync def done(event, job):\n    pass\n",
+                "@on('succeded'): unknown status 'succeded' (did you mean 'succeeded'?)",
             ),
         ],
     )
     async def test_a_handler_that_can_never_run_stops_the_start(
         self, tmp_path: Path, env: dict[str, str], source: str, expected: str
     ) -> None:
-        """A provider that never calls or a signature that cannot be called is one line, exit 2."""
+        """A provider that never calls, a signature that cannot be called or a status that
+        never comes is one line naming the handler, its file and line; exit 2."""
         (tmp_path / "handlers.py").write_text("from receiver import on\n\n" + source)
         env = self.quiet_env(env, tmp_path)
         for command in (("serve", "--port", "1"), ("worker",)):
             code, _, err = await run_cli(*command, env=env, cwd=tmp_path)
             assert 2 == code, err
             [line] = [said(line) for line in err.strip().splitlines()]
-            assert line.startswith(expected)
+            assert line.startswith(f"handler handlers:done ({tmp_path / 'handlers.py'}, line 3): ")
+            assert expected in line
+
+    async def test_every_bad_handler_is_named_at_once(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """Three different mistakes are three lines from `serve` (exit 2) and from `doctor`
+        (exit 1), each with the file and line, the handler, what is wrong and what to do."""
+        (tmp_path / "handlers.py").write_text(THREE_MISTAKES)
+        env = self.quiet_env(env, tmp_path)
+        where = tmp_path / "handlers.py"
+        expected = [
+            f"handler handlers:typo ({where}, line 4): @on('succeded'): unknown status"
+            " 'succeded' (did you mean 'succeeded'?); use one of cancelled, failed, queued,"
+            " running, succeeded or '*'",
+            f"handler handlers:elsewhere ({where}, line 9): unknown provider 'apifram' (did you"
+            " mean 'apiframe'?); use one of ",
+            f"handler handlers:too_few ({where}, line 14): its signature (event) cannot be"
+            " called with (event, job): too many positional arguments; take (event, job)",
+        ]
+        code, _, err = await run_cli("serve", "--port", "1", env=env, cwd=tmp_path)
+        assert 2 == code, err
+        lines = [said(line) for line in err.strip().splitlines()]
+        assert 3 == len(lines), err
+        for want, line in zip(expected, lines, strict=True):
+            assert line.startswith(want), line
+        env["RECEIVER_PUBLIC_URL"] = "http://127.0.0.1:1"  # refused at once
+        code, out, _ = await run_cli("doctor", "--json", env=env, cwd=tmp_path)
+        checks = {c["name"]: c for c in json.loads(out)["checks"]}
+        assert (1, False) == (code, checks["handlers"]["ok"])
+        assert lines == checks["handlers"]["detail"].splitlines()
+        code, out, _ = await run_cli("doctor", env=env, cwd=tmp_path)
+        shown = [line.strip() for line in out.splitlines()]
+        start = shown.index(next(line for line in shown if "handlers:typo" in line))
+        assert lines[1:] == shown[start + 1 : start + 3]  # each under the first, one a line
+
+    async def test_a_bad_status_before_a_failing_import_is_named_too(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """A misspelt status met before the import fails is one line, the failure the next."""
+        (tmp_path / "handlers.py").write_text(
+            "from receiver import on\n\n@on('succeded')\nasync def done(event, job):\n"
+            "    pass\n\nimport requestz\n"
+        )
+        code, _, err = await run_cli(
+            "serve", "--port", "1", env=self.quiet_env(env, tmp_path), cwd=tmp_path
+        )
+        assert 2 == code, err
+        first, second = [said(line) for line in err.strip().splitlines()]
+        assert first.startswith(f"handler handlers:done ({tmp_path / 'handlers.py'}, line 3): ")
+        assert second.startswith("handlers module 'handlers' (") and "line 7" in second
 
     async def test_a_declared_generic_provider_is_known(
         self, tmp_path: Path, env: dict[str, str]

@@ -288,6 +288,35 @@ class TestRegistrationCheck:
         assert "unknown provider 'apifram' (did you mean 'apiframe'?)" in message
         assert "\n" not in message
 
+    def test_every_bad_handler_is_one_line(self, registry: Registry) -> None:
+        """While a module loads, a misspelt status is kept, not raised: the check then names
+        it and every other bad handler, one line each with its file and line."""
+        registry.deferring = True
+
+        @registry.on("succeded")
+        async def typo(event: Event, job: Job) -> None: ...
+
+        @registry.on("succeeded", provider="apifram")
+        async def elsewhere(event: Event, job: Job) -> None: ...
+
+        @registry.on("*")
+        async def fine(event: Event, job: Job) -> None: ...
+
+        @registry.on("failed")
+        async def too_few(event: Event) -> None: ...
+
+        registry.deferring = False
+        with pytest.raises(BadHandlers) as raised:
+            check_handlers(registry.layered(), {"apiframe"})
+        lines = str(raised.value).splitlines()
+        for func, said in zip((typo, elsewhere, too_few), lines, strict=True):
+            where = f"{__file__}, line {func.__code__.co_firstlineno}"
+            assert said.startswith(f"handler {__name__}:{func.__qualname__} ({where}): ")
+        assert "unknown status 'succeded'" in lines[0]
+        assert "unknown provider 'apifram'" in lines[1]
+        assert "cannot be called with (event, job)" in lines[2]
+        assert f"{__name__}.{typo.__qualname__}" not in registry.handlers  # never registered
+
     def test_known_and_declared_providers_pass(self, registry: Registry) -> None:
         """Built-in and declared generic providers, and `*` handlers, are accepted."""
 
@@ -316,7 +345,9 @@ class TestRegistrationCheck:
         registry.on("succeeded")(scope["h"])
         with pytest.raises(BadHandlers, match=because) as raised:
             check_handlers(registry, {"apiframe"})
-        assert str(raised.value).startswith("handler my_handlers:h: its signature (")
+        assert str(raised.value).startswith(
+            "handler my_handlers:h (<string>, line 1): its signature ("
+        )
 
 
 def _parse(text: str) -> int:

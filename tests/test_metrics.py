@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from procs import run_cli
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -105,6 +106,20 @@ async def add_job(live: LiveReceiver, token: str) -> str:
         NewJob(job=job, token_hash=digest(token), secret_hash=digest(SECRET))
     )
     return job.id
+
+
+async def dead_delivery(live: LiveReceiver, token: str) -> str:
+    """A job with one event whose delivery is dead; the delivery's id."""
+    job_id = await add_job(live, token)
+    await live.runtime.store.record(
+        job_id,
+        Update(status=Status.RUNNING, raw_status="processing"),
+        source="poll",
+        route=lambda event, job: ["a.handler"],
+    )
+    [delivery] = await live.runtime.store.list_deliveries(job_id=job_id)
+    await live.runtime.store.kill_delivery(delivery.id, error="x", at=now())
+    return delivery.id
 
 
 async def post(live: LiveReceiver, path: str, body: Any, secret: str = SECRET) -> int:
@@ -215,18 +230,26 @@ class TestCounters:
 
     async def test_replays_are_counted(self, live: LiveReceiver) -> None:
         """Each delivery a replay puts back counts once."""
-        job_id = await add_job(live, "tok3")
-        await live.runtime.store.record(
-            job_id,
-            Update(status=Status.RUNNING, raw_status="processing"),
-            source="poll",
-            route=lambda event, job: ["a.handler"],
-        )
-        [delivery] = await live.runtime.store.list_deliveries()
-        await live.runtime.store.kill_delivery(delivery.id, error="x", at=now())
+        delivery_id = await dead_delivery(live, "tok3")
         before = value(await scrape(live), "receiver_replays_total")
         async with httpx.AsyncClient(base_url=live.url, headers=live.admin_headers) as client:
-            await client.post(f"/deliveries/{delivery.id}/replay")
+            await client.post(f"/deliveries/{delivery_id}/replay")
+        assert 1.0 == value(await scrape(live), "receiver_replays_total") - before
+
+    async def test_a_cli_replay_on_the_database_is_counted(
+        self, live: LiveReceiver, tmp_path: Path
+    ) -> None:
+        """`receiver replay` run on the database file, not through the receiver, counts too:
+        the count is the store's, moved in the replay's own transaction."""
+        delivery_id = await dead_delivery(live, "tok5")
+        before = value(await scrape(live), "receiver_replays_total")
+        env = {
+            "RECEIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'receiver.db'}",
+            "RECEIVER_HANDLERS": "",
+        }
+        code, out, err = await run_cli("replay", delivery_id, env=env, cwd=tmp_path)
+        assert 0 == code, err
+        assert delivery_id in out
         assert 1.0 == value(await scrape(live), "receiver_replays_total") - before
 
 

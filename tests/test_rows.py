@@ -6,9 +6,17 @@ import msgspec
 import pytest
 
 from receiver.models import RawRequest, now
-from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, Table
+from receiver.store.rows import (
+    ANSWERED_REQUESTS,
+    DELIVERIES,
+    EVENTS,
+    JOBS,
+    QUARANTINE,
+    REQUESTS,
+    Table,
+)
 
-TABLES = [JOBS, EVENTS, DELIVERIES, REQUESTS, QUARANTINE]
+TABLES = [JOBS, EVENTS, DELIVERIES, REQUESTS, ANSWERED_REQUESTS, QUARANTINE]
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda table: table.kind.__name__)

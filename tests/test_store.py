@@ -24,7 +24,7 @@ from receiver.models import (
     Update,
 )
 from receiver.store import NewJob, SQLiteStore, Store
-from receiver.store.base import Router, TokenMatch
+from receiver.store.base import AnswerNote, Router, TokenMatch
 from receiver.store.migrations import migrations
 
 T0 = 1_000.0
@@ -438,6 +438,30 @@ class TestNudges:
         assert T0 + 900 == await store.next_poll_at()
 
 
+class TestAnswers:
+    """Our answers to stored requests are written in one batch, onto the rows that exist."""
+
+    async def test_batch_sets_status_and_latency_of_each_request(self, store: Store) -> None:
+        """Each stored request reads back with its own answer; one not yet noted has none."""
+        await add_job(store)
+        for request_id in ("req_1", "req_2", "req_3"):
+            await store.record_nudge("job_1", make_raw(request_id), poll_at=T0 + 5)
+        await store.save_answers([AnswerNote("req_1", 200, 3.25), AnswerNote("req_2", 202, 0.5)])
+        answers = [
+            (raw.id, raw.answer_status, raw.answer_ms) for raw in await store.list_requests("job_1")
+        ]
+        assert [("req_1", 200, 3.25), ("req_2", 202, 0.5), ("req_3", None, None)] == answers
+
+    async def test_an_answer_without_a_stored_request_adds_nothing(self, store: Store) -> None:
+        """A 503 whose write failed has no row: its note makes none, and the batch still lands."""
+        await add_job(store)
+        await store.record_nudge("job_1", make_raw("req_1"), poll_at=T0 + 5)
+        await store.save_answers([AnswerNote("req_gone", 503, 1.0), AnswerNote("req_1", 200, 2.0)])
+        await store.save_answers([])
+        [raw] = await store.list_requests("job_1")
+        assert ("req_1", 200, 2.0) == (raw.id, raw.answer_status, raw.answer_ms)
+
+
 def make_quarantined(n: int) -> Quarantined:
     return Quarantined(
         id=f"qua_{n:03d}",
@@ -765,6 +789,18 @@ class TestReplayDeliveries:
         first, _, third = await self._dead_and_done(store)
         assert [first.id, third.id] == [d.id for d in await store.replay_deliveries(at=T0)]
         assert [] == await store.list_deliveries(state=DeliveryState.DEAD)
+
+    async def test_replays_are_counted_by_the_store(self, store: Store) -> None:
+        """Each delivery a replay moves adds one to the store's count; a replay of nothing, none."""
+        first, second, _ = await self._dead_and_done(store)
+        assert 0 == await store.replay_count()
+        await store.replay_deliveries(at=T0 + 50)  # the two dead ones
+        await store.replay_deliveries(delivery_id=second.id, at=T0 + 50)  # done: not moved
+        assert 2 == await store.replay_count()
+        await store.claim_deliveries(limit=10, lease=60, at=T0 + 50)
+        await store.kill_delivery(first.id, error="again", at=T0 + 51)
+        await store.replay_deliveries(delivery_id=first.id, at=T0 + 52)
+        assert 3 == await store.replay_count()
 
     async def test_running_and_pending_are_never_touched(self, store: Store) -> None:
         """A delivery that is pending or running is not replayed, whatever the states asked."""

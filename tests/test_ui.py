@@ -979,6 +979,30 @@ class TestPagesInChromium:
         assert await page.evaluate("window.__pwned === undefined")
         await shoot(page, "ui-quarantine")
 
+    async def test_job_page_shows_each_answer_and_its_latency(
+        self, live: LiveReceiver, page: Any
+    ) -> None:
+        """The requests table gives, for each callback kept, our status and how long the answer
+        took, once the answers are written (about a second after)."""
+        from playwright.async_api import expect
+
+        job_id = await add_job(live, "tok-answers")
+        for percentage in ("40", "60"):
+            body = {"task_id": "task-tok-answers", "status": "processing", "percentage": percentage}
+            await callback(live, "tok-answers", body)
+        for _ in range(100):
+            kept = await live.runtime.store.list_requests(job_id)
+            if all(raw.answer_status is not None for raw in kept):
+                break
+            await asyncio.sleep(0.05)
+        await browser_log_in(page, live, f"/ui/jobs/{job_id}")
+        rows = page.locator("#requests tbody tr")
+        await expect(rows).to_have_count(2)
+        await expect(rows.locator('[data-field="answer"]')).to_have_text(["200", "200"])
+        for latency in await rows.locator('[data-field="latency"]').all_inner_texts():
+            assert re.fullmatch(r"\d+\.\d ms", latency), latency
+        await shoot(page, "ui-job-requests")
+
 
 class TestWithoutJavaScript:
     """Every page is served whole: with JavaScript off, login, filters and replay still work."""

@@ -101,9 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    """Say why the command stops, as a log line once logging is configured; return `code`."""
-    if configured():
-        cli_log.error(message)
-    else:
-        print(f"receiver: {message}", file=sys.stderr)
+    """Say why the command stops, as log lines once logging is configured; return `code`.
+
+    A message of several lines (every bad handler, receiver.registration) is said one line
+    at a time, each a line of its own in the log.
+    """
+    for line in message.splitlines() or [message]:
+        if configured():
+            cli_log.error(line)
+        else:
+            print(f"receiver: {line}", file=sys.stderr)
     return code

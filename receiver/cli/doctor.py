@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         marks = {True: ("ok", "green"), False: ("FAIL", "red"), None: ("warn", "yellow")}
         for check in checks:
             word, hue = marks[check.ok]
-            print(f"{paint(f'{word:4}', hue, enabled=colour)}  {check.name:12} {check.detail}")
+            detail = check.detail.replace("\n", "\n" + " " * 19)  # more lines, under the first
+            print(f"{paint(f'{word:4}', hue, enabled=colour)}  {check.name:12} {detail}")
     return EXIT_JOB_FAILED if failed else EXIT_OK
 
 

@@ -125,7 +125,7 @@ def run_job(args: argparse.Namespace) -> int:
                 {"job": job, "events": events, "requests": requests, "deliveries": deliveries}
             )
         else:
-            print(render_job(job, events, deliveries, colour=colour_enabled()))
+            print(render_job(job, events, deliveries, colour=colour_enabled(), requests=requests))
         return EXIT_OK
 
     return asyncio.run(work())
@@ -146,7 +146,7 @@ def render_job(
     colour: bool,
     requests: list[RawRequest] | None = None,
 ) -> str:
-    """The job's header, then its events oldest first, then its deliveries."""
+    """The job's header, then its events oldest first, its deliveries, and its requests."""
     status = paint(job.status.value, status_colour(job.status), enabled=colour)
     lines = [
         paint(job.id, "bold", enabled=colour),
@@ -199,4 +199,20 @@ def render_job(
     lines += [paint(f"deliveries ({len(deliveries)})", "bold", enabled=colour)]
     lines += ["  " + line for line in deliveries_table.render(colour=False).splitlines()]
     lines += [("  " + line).rstrip() for line in tracebacks(deliveries)]
+    if requests is not None:
+        lines += ["", *_requests_lines(requests, colour=colour)]
     return "\n".join(lines)
+
+
+def _requests_lines(requests: list[RawRequest], *, colour: bool) -> list[str]:
+    """The stored requests with our answer's status and latency ("-" until it is written)."""
+    table = Table(["WHEN", "REQUEST", "ANSWER", "LATENCY"])
+    for raw in requests:
+        table.add(
+            when(raw.received_at),
+            clean(f"{raw.method} {raw.path}" + (f"?{raw.query}" if raw.query else "")),
+            "-" if raw.answer_status is None else str(raw.answer_status),
+            "-" if raw.answer_ms is None else f"{raw.answer_ms:.1f} ms",
+        )
+    lines = [paint(f"requests ({len(requests)})", "bold", enabled=colour)]
+    return lines + ["  " + line for line in table.render(colour=False).splitlines()]

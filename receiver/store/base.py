@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -29,6 +29,7 @@ from receiver.models import (
 
 __all__ = [
     "PRUNED_TABLES",
+    "AnswerNote",
     "Claimed",
     "DeliverySummary",
     "JobPage",
@@ -122,6 +123,14 @@ class DeliverySummary(msgspec.Struct, kw_only=True):
 
     counts: dict[str, int]
     oldest_pending_at: float | None
+
+
+class AnswerNote(NamedTuple):
+    """What we answered one stored request: its id, our HTTP status, the latency in ms."""
+
+    request_id: str
+    status: int
+    latency_ms: float
 
 
 class JobPage(msgspec.Struct, kw_only=True):
@@ -350,7 +359,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def list_requests(self, job_id: str) -> list[RawRequest]: ...
+    async def list_requests(self, job_id: str) -> list[RawRequest]:
+        """A job's stored requests, oldest first, with our answer to each once it is written."""
+
+    @abc.abstractmethod
+    async def save_answers(self, answers: Sequence[AnswerNote]) -> None:
+        """Write our answers to stored requests, the whole batch in one transaction.
+
+        Called after the answers were sent (receiver.answers), so a callback's commit never
+        waits for it. An id with no stored request (a refusal, which the quarantine keeps;
+        a 503 whose write failed; a request already pruned) changes nothing.
+        """
 
     # Deliveries
 
@@ -465,11 +484,20 @@ class Store(abc.ABC):
         Only deliveries in `states` (dead, done or both) move; pending and running ones are
         left alone. Each keeps its id, so the handler sees the same idempotency key, and its
         attempts start from zero again. Returns the deliveries as they are now, oldest first.
+        The same transaction adds their number to `replay_count`.
         """
 
     @abc.abstractmethod
     async def delivery_summary(self) -> DeliverySummary:
         """Counts of deliveries by state and the creation time of the oldest pending one."""
+
+    @abc.abstractmethod
+    async def replay_count(self) -> int:
+        """How many deliveries replays ever put back to pending, by every process.
+
+        `replay_deliveries` adds to it in the transaction of the replay, so a `receiver
+        replay` run on the database counts as one through a receiver's API does.
+        """
 
     @abc.abstractmethod
     async def job_counts(self) -> dict[str, int]:

@@ -42,6 +42,7 @@ from receiver.models import (
 )
 from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
+    AnswerNote,
     Claimed,
     DeliverySummary,
     JobPage,
@@ -55,7 +56,16 @@ from receiver.store.base import (
     Worker,
 )
 from receiver.store.migrations import migrations
-from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, Table, to_json
+from receiver.store.rows import (
+    ANSWERED_REQUESTS,
+    DELIVERIES,
+    EVENTS,
+    JOBS,
+    QUARANTINE,
+    REQUESTS,
+    Table,
+    to_json,
+)
 
 __all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "PostgresStore", "is_fault", "pool_options"]
 
@@ -720,9 +730,16 @@ class PostgresStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
-            f"SELECT {REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id", job_id
+            f"SELECT {ANSWERED_REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id",
+            job_id,
         )
-        return [REQUESTS.read(row) for row in rows]
+        return [ANSWERED_REQUESTS.read(row) for row in rows]
+
+    async def save_answers(self, answers: Sequence[AnswerNote]) -> None:
+        if not answers:
+            return
+        ids, statuses, latencies = zip(*answers, strict=True)
+        await self._execute(_SAVE_ANSWERS, list(ids), list(statuses), list(latencies))
 
     # Deliveries
 
@@ -858,10 +875,15 @@ class PostgresStore(Store):
                 *params,
             )
             if rows:
+                await db.execute(_COUNT_REPLAYS, len(rows))
                 # Workers in other processes start the replays at once.
                 await db.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
         ordered = sorted(rows, key=lambda row: row[0])
         return [DELIVERIES.read(tuple(row)[1:]) for row in ordered]
+
+    async def replay_count(self) -> int:
+        row = await self._fetchrow("SELECT value FROM counters WHERE name = 'replays'")
+        return int(row[0]) if row else 0
 
     async def delivery_summary(self) -> DeliverySummary:
         rows = await self._fetch(
@@ -1103,6 +1125,13 @@ _INSERT_JOB = _insert(
 )
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
+# One statement for the whole batch of answers (receiver.answers).
+_SAVE_ANSWERS = (
+    "UPDATE requests SET answer_status = a.status, answer_ms = a.ms"
+    " FROM unnest($1::text[], $2::int[], $3::float8[]) AS a (id, status, ms)"
+    " WHERE requests.id = a.id"
+)
+_COUNT_REPLAYS = "UPDATE counters SET value = value + $1 WHERE name = 'replays'"
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
 # Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
 _TRIM_QUARANTINE = (

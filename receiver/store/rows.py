@@ -14,7 +14,16 @@ import msgspec
 
 from receiver.models import Delivery, Event, Job, Quarantined, RawRequest
 
-__all__ = ["DELIVERIES", "EVENTS", "JOBS", "QUARANTINE", "REQUESTS", "Table", "to_json"]
+__all__ = [
+    "ANSWERED_REQUESTS",
+    "DELIVERIES",
+    "EVENTS",
+    "JOBS",
+    "QUARANTINE",
+    "REQUESTS",
+    "Table",
+    "to_json",
+]
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -151,6 +160,14 @@ DELIVERIES = Table(
 REQUESTS = Table(
     RawRequest,
     ("id", "received_at", "provider", "method", "path", "query", "headers", "body", "client"),
+    json=("headers",),
+    binary=("body",),
+)
+# For reading: a stored request with our answer to it. The answer is written after the
+# insert (receiver.answers), so REQUESTS, which inserts, leaves its two columns out.
+ANSWERED_REQUESTS = Table(
+    RawRequest,
+    (*REQUESTS.columns, "answer_status", "answer_ms"),
     json=("headers",),
     binary=("body",),
 )

@@ -52,6 +52,7 @@ from receiver.models import (
 )
 from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
+    AnswerNote,
     Claimed,
     DeliverySummary,
     JobPage,
@@ -65,7 +66,15 @@ from receiver.store.base import (
     Worker,
 )
 from receiver.store.migrations import migrations
-from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, to_json
+from receiver.store.rows import (
+    ANSWERED_REQUESTS,
+    DELIVERIES,
+    EVENTS,
+    JOBS,
+    QUARANTINE,
+    REQUESTS,
+    to_json,
+)
 
 __all__ = ["SQLiteStore", "metadata_path", "sqlite_path"]
 
@@ -133,6 +142,8 @@ _INSERT_JOB = _insert(
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
+_SAVE_ANSWERS = "UPDATE requests SET answer_status = ?, answer_ms = ? WHERE id = ?"
+_COUNT_REPLAYS = "UPDATE counters SET value = value + ? WHERE name = 'replays'"
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
 # Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
 _TRIM_QUARANTINE = (
@@ -722,9 +733,17 @@ class SQLiteStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetchall(
-            f"SELECT {REQUESTS.select} FROM requests WHERE job_id = ? ORDER BY id", (job_id,)
+            f"SELECT {ANSWERED_REQUESTS.select} FROM requests WHERE job_id = ? ORDER BY id",
+            (job_id,),
         )
-        return [REQUESTS.read(row) for row in rows]
+        return [ANSWERED_REQUESTS.read(row) for row in rows]
+
+    async def save_answers(self, answers: Sequence[AnswerNote]) -> None:
+        if not answers:
+            return
+        rows = [(note.status, note.latency_ms, note.request_id) for note in answers]
+        # Group-committed with the callbacks' own writes: the batch shares their fsync.
+        await self._write(lambda conn: conn.executemany(_SAVE_ANSWERS, rows))
 
     # Deliveries
 
@@ -826,17 +845,21 @@ class SQLiteStore(Store):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        async with (
-            self._transaction() as db,
-            db.execute(
+        async with self._transaction() as db:
+            async with db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
                 f" lease_until = NULL, updated_at = ? WHERE {' AND '.join(clauses)}"
                 f" RETURNING seq, {DELIVERIES.select}",
                 (at, at, *params),
-            ) as cursor,
-        ):
-            rows = sorted(await cursor.fetchall())
+            ) as cursor:
+                rows = sorted(await cursor.fetchall())
+            if rows:
+                await db.execute(_COUNT_REPLAYS, (len(rows),))
         return [DELIVERIES.read(row[1:]) for row in rows]
+
+    async def replay_count(self) -> int:
+        row = await self._fetchone("SELECT value FROM counters WHERE name = 'replays'")
+        return int(row[0]) if row else 0
 
     async def delivery_summary(self) -> DeliverySummary:
         rows = await self._fetchall(

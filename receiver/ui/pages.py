@@ -359,7 +359,7 @@ def job_page(
             f"<tr><td>{e(when(raw.received_at))}</td>"
             f'<td class="mono">{e(raw.method)} {e(raw.path)}'
             f"{'?' + e(raw.query) if raw.query else ''}</td>"
-            f"<td>{e(raw.client)}</td>"
+            f"<td>{e(raw.client)}</td>{_answer(raw)}"
             f"<td><details><summary>headers and body</summary>"
             f"<pre>{_pretty(raw.headers)}</pre><pre>{_body(raw)}</pre></details></td></tr>"
         )
@@ -395,10 +395,22 @@ def job_page(
         f"<tbody>{''.join(delivery_rows)}</tbody></table>"
         f"<h2>Requests ({len(requests)})</h2>"
         '<table id="requests"><thead><tr><th>When</th><th>Request</th><th>Client</th>'
-        "<th>Redacted</th></tr></thead>"
+        "<th>Answer</th><th>Latency</th><th>Redacted</th></tr></thead>"
         f"<tbody>{''.join(request_rows)}</tbody></table>"
     )
     return page(job.id, body, name="job", csrf=csrf, job_id=job.id)
+
+
+def _answer(raw: RawRequest) -> str:
+    """Our answer's status and latency cells; "-" until written (about a second after)."""
+    if raw.answer_status is None:
+        return '<td data-field="answer">-</td><td data-field="latency">-</td>'
+    latency = "-" if raw.answer_ms is None else f"{raw.answer_ms:.1f} ms"
+    return (
+        f'<td data-field="answer" class="answer-{raw.answer_status // 100}xx">'
+        f"{raw.answer_status}</td>"
+        f'<td data-field="latency">{latency}</td>'
+    )
 
 
 def _last_error(text: str | None) -> str:

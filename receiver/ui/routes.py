@@ -26,7 +26,6 @@ from receiver.admin_auth import locked_out_for, record_failure
 from receiver.admin_token import admin_token_file
 from receiver.errors import StoreUnavailable
 from receiver.failures import split_error
-from receiver.metrics import METRICS
 from receiver.models import DeliveryState, Job, now
 from receiver.runtime import Runtime
 from receiver.ui import pages
@@ -257,7 +256,6 @@ async def quarantine(request: AnyRequest) -> Response[Any]:
 async def _replay(runtime: Runtime, **filters: Any) -> list[Any]:
     replayed = await runtime.store.replay_deliveries(**filters, at=now())
     if replayed:
-        METRICS.replays.inc(amount=len(replayed))
         runtime.dispatcher.wake()
     return replayed
 
