@@ -107,6 +107,7 @@ JOBS = Table(
         "create_state",
         "estimated_cost",
         "cost",
+        "provider_group",
     ),
     json=("metadata", "files"),
 )
