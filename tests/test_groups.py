@@ -153,6 +153,17 @@ class TestFailsOverPastARefusal:
         assert "rixapi" == job["provider"]
         assert 0 == sim.create_calls("apiframe")
 
+    @pytest.mark.parametrize("receiver_env", [{"RECEIVER_APIFRAME_MAX_RUNNING": "1"}])
+    async def test_a_member_at_its_cap_keeps_the_job_waiting_for_a_slot(
+        self, client: httpx.AsyncClient, sim: RunningSimulator
+    ) -> None:
+        first = await submit(client, "runway", prompt="one")
+        second = await submit(client, "runway", prompt="two")
+        assert ("apiframe", "slot") == (second["provider"], second["create_state"])
+        done = [await ended(client, job["id"]) for job in (first, second)]
+        assert [("succeeded", "apiframe")] * 2 == [(j["status"], j["provider"]) for j in done]
+        assert ["apiframe", "apiframe"] == providers_called(sim)
+
 
 class TestNeverFailsOverAnUncertainCreate:
     """A create with no clear answer keeps the job with that member: it may have the task."""

@@ -18,7 +18,10 @@ import pytest
 from live_process import free_port
 from procs import run_cli, start_receiver, wait_healthy
 
+from receiver.dispatch import Registry
+from receiver.ingest import Ingest
 from receiver.models import Job, Status
+from receiver.poller import Poller
 from receiver.simulator import RunningSimulator, SimConfig, TaskInfo, run_simulator
 from receiver.store.base import NewJob, Store
 from receiver.testing import TEST_ADMIN_TOKEN, LiveReceiver, running_receiver
@@ -175,6 +178,22 @@ class TestStoreAdmitsUnderTheCap:
         assert still is not None and "slot" == still.create_state
 
     async def test_nothing_waiting_admits_nothing(self, store: Store) -> None:
+        assert [] == await store.admit_creates("apiframe", CAP, at=time.time(), lease=60)
+
+
+class TestNeverSent:
+    """A job still waiting for a slot at its give-up age fails, saying it was never sent."""
+
+    async def test_the_poller_fails_it_as_no_slot(self, store: Store) -> None:
+        poller = Poller(store, Ingest(store, Registry()), {}, give_up_for=lambda provider: 1.0)
+        at = time.time() - 5
+        await store.create_job(waiting("job_0", at))
+        await store.hold_for_slot("job_0", {"prompt": "job 0"}, at + 1.0)
+        assert 1 == await poller.run_once()
+        job = await store.get_job("job_0")
+        assert job is not None
+        assert (Status.FAILED, "no_slot") == (job.status, job.error_code)
+        assert "never sent to apiframe" in (job.error or "")
         assert [] == await store.admit_creates("apiframe", CAP, at=time.time(), lease=60)
 
 
