@@ -120,25 +120,33 @@ class Poller(WorkLoop):
         self.retry_create: Callable[[Job], Awaitable[None]] | None = None
         # Admits creates waiting for a slot (receiver.slots); runs beside this loop.
         self.slots: Slots | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Poll until stopped, with the slot keeper (if any provider is capped) beside."""
         if self.slots is None:
             await super().run()
             return
-        keeper = asyncio.create_task(self.slots.run(), name="slots")
+        self._keeper = asyncio.create_task(self.slots.run(), name="slots")
         try:
             await super().run()
         finally:
             self.slots.halt()
-            keeper.cancel()  # a create it was sending stays uncertain: never sent twice
+            self._keeper.cancel()  # a create it was sending stays uncertain: never sent twice
             with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+                await self._keeper
 
     def halt(self) -> None:
         super().halt()
         if self.slots is not None:
             self.slots.halt()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop; creates the slot keeper is sending get up to `grace` seconds to answer,
+        since one cut off mid-call is left uncertain (it may have reached the provider)."""
+        await super().stop(grace)
+        if self._keeper is not None and not self._keeper.done():
+            await asyncio.wait({self._keeper}, timeout=grace)
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
