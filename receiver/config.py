@@ -22,6 +22,7 @@ from receiver.builtins.settings import (
 )
 from receiver.costs import check_limits, parse_budgets
 from receiver.errors import ConfigError
+from receiver.groups import check_groups, parse_groups
 from receiver.providers import PROVIDERS, GenericSettings, ProviderSettings
 from receiver.providers.generic import check_generic, generic_from_env, split_secrets
 from receiver.ratelimit import parse_networks
@@ -105,6 +106,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # (RECEIVER_BUDGETS="customer=acme:50", or [budgets.customer] acme = 50).
     budget_daily: float | None = None
     budgets: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
+    # Provider groups (receiver.groups): a name submitted to like a provider, whose
+    # members are tried in order ([groups] runway = ["apiframe", "rixapi"], or
+    # RECEIVER_GROUPS="runway=apiframe,rixapi").
+    groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     # Standard Webhooks senders by name (RECEIVER_GENERIC_PROVIDERS, [generic.<name>]).
     generic: dict[str, GenericSettings] = msgspec.field(default_factory=dict)
@@ -139,6 +144,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     raise ConfigError(
                         f"RECEIVER_{name.upper()}_{field.upper()} must be greater than 0"
                     )
+            if provider.max_running is not None and provider.max_running < 1:
+                raise ConfigError(f"RECEIVER_{name.upper()}_MAX_RUNNING must be at least 1")
             if provider.poll_concurrency < 1:
                 raise ConfigError(f"RECEIVER_{name.upper()}_POLL_CONCURRENCY must be at least 1")
             for field in ("price_per_job", "price_per_second"):
@@ -148,6 +155,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                         f"RECEIVER_{name.upper()}_{field.upper()} must be a number, 0 or more"
                     )
         check_generic(self.generic, builtin=PROVIDERS, fields=_FIELDS)
+        check_groups(
+            self.groups,
+            providers={*PROVIDERS, *self.generic},
+            members=[name for name, adapter in PROVIDERS.items() if adapter.takes_common],
+        )
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"RECEIVER_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)},"
@@ -308,6 +320,9 @@ def _from_env(environ: Mapping[str, str], skip: Collection[str] = ()) -> dict[st
         name = key[len(ENV_PREFIX) :].lower()
         if name == "budgets":
             raw[name] = parse_budgets(value)
+            continue
+        if name == "groups":
+            raw[name] = parse_groups(value)
             continue
         if name in _FIELDS:
             raw[name] = value

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from receiver.dispatch import Dispatcher, Registry
-from receiver.models import DeliveryState, RawRequest, Update
+from receiver.models import DeliveryState, Disposition, Job, RawRequest, Update
 from receiver.store.base import Claimed, NewJob, Recorded, Store, TokenMatch
 
 __all__ = ["Ingest"]
@@ -24,7 +24,8 @@ class Ingest:
 
     With a `runner` (the dispatcher of this process), deliveries it has room for are
     committed already claimed and started here, without a claim round trip; the rest
-    are left pending, and the dispatcher is woken for them.
+    are left pending, and the dispatcher is woken for them. `on_end` hears of every job
+    that an update here ended (receiver.slots frees its provider's slot).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Ingest:
         self.handlers = handlers
         self.wake = wake
         self.runner = runner
+        self.on_end: Callable[[Job], None] | None = None
 
     async def record(
         self,
@@ -116,4 +118,7 @@ class Ingest:
             )
         if len(recorded.deliveries) > len(claimed):
             self.wake()
+        ended = recorded.event.disposition is Disposition.APPLIED and recorded.job.status.terminal
+        if ended and self.on_end is not None:
+            self.on_end(recorded.job)
         return recorded

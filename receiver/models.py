@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "CREATE_SLOT",
     "CREATE_UNCERTAIN",
     "CREATE_WAITING",
     "TERMINAL",
@@ -160,9 +161,11 @@ class StoredFile(msgspec.Struct, kw_only=True):
 
 
 # Job.create_state: the create call's outcome is unknown (receiver.submit), or the
-# provider asked for it again later and it waits for the poller.
+# provider asked for it again later and it waits for the poller, or the provider has as
+# many jobs in flight as RECEIVER_<PROVIDER>_MAX_RUNNING allows and it waits for a slot.
 CREATE_UNCERTAIN = "uncertain"
 CREATE_WAITING = "waiting"
+CREATE_SLOT = "slot"
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -189,13 +192,17 @@ class Job(msgspec.Struct, kw_only=True):
     idempotency_key: str | None = None
     # What is known of the create call: None when it answered; CREATE_UNCERTAIN when its
     # outcome is unknown, so the provider may have the task; CREATE_WAITING while a create
-    # the provider asked us to repeat later waits.
+    # the provider asked us to repeat later waits; CREATE_SLOT while it waits for a free
+    # slot under the provider's RECEIVER_<PROVIDER>_MAX_RUNNING (nothing sent yet).
     create_state: str | None = None
     # What the job is expected to cost (at submission, from the provider's configured
     # price) and what it cost once it ended (0 for a failure the provider does not bill);
     # None when the provider has no price configured.
     estimated_cost: float | None = None
     cost: float | None = None
+    # The provider group (receiver.toml [groups]) it was submitted to; `provider` is the
+    # member that took it.
+    provider_group: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -13,6 +13,7 @@ succeeded job whose result URLs expired, for fresh ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,13 +23,14 @@ from receiver.ingest import Ingest
 from receiver.logs import bind
 from receiver.loop import WorkLoop
 from receiver.metrics import METRICS
-from receiver.models import CREATE_WAITING, Job, Status, Update, now
+from receiver.models import CREATE_SLOT, CREATE_WAITING, Job, Status, Update, now
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
+from receiver.slots import Slots
 from receiver.state import RENEWAL
 from receiver.store.base import Store
 
-__all__ = ["Poller", "create_unresolved", "gave_up", "poll_delay"]
+__all__ = ["Poller", "create_unresolved", "gave_up", "never_sent", "poll_delay"]
 
 log = logging.getLogger("receiver.poller")
 
@@ -70,6 +72,21 @@ def create_unresolved(provider: str, seconds: float) -> Update:
     )
 
 
+def never_sent(provider: str, seconds: float) -> Update:
+    """The failure recorded for a job that waited for a slot under its provider's
+    RECEIVER_<PROVIDER>_MAX_RUNNING until its give-up age: nothing was sent, nor paid."""
+    hours = seconds / 3600
+    return Update(
+        status=Status.FAILED,
+        raw_status="no_slot",
+        error=(
+            f"waited {hours:g} h for a slot under RECEIVER_{provider.upper()}_MAX_RUNNING;"
+            f" it was never sent to {provider}, so nothing was charged"
+        ),
+        error_code="no_slot",
+    )
+
+
 class Poller(WorkLoop):
     """Runs due polls until stopped; `wake()` after scheduling one starts it at once."""
 
@@ -101,6 +118,35 @@ class Poller(WorkLoop):
         self.worker: str | None = None
         # Sends a create the provider asked us to repeat later (Submitter.retry_create).
         self.retry_create: Callable[[Job], Awaitable[None]] | None = None
+        # Admits creates waiting for a slot (receiver.slots); runs beside this loop.
+        self.slots: Slots | None = None
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Poll until stopped, with the slot keeper (if any provider is capped) beside."""
+        if self.slots is None:
+            await super().run()
+            return
+        self._keeper = asyncio.create_task(self.slots.run(), name="slots")
+        try:
+            await super().run()
+        finally:
+            self.slots.halt()
+            self._keeper.cancel()  # a create it was sending stays uncertain: never sent twice
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+
+    def halt(self) -> None:
+        super().halt()
+        if self.slots is not None:
+            self.slots.halt()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop; creates the slot keeper is sending get up to `grace` seconds to answer,
+        since one cut off mid-call is left uncertain (it may have reached the provider)."""
+        await super().stop(grace)
+        if self._keeper is not None and not self._keeper.done():
+            await asyncio.wait({self._keeper}, timeout=grace)
 
     def delay(self, job: Job) -> float:
         return poll_delay(job, interval=self.interval, cap=self.max_interval, at=now())
@@ -140,6 +186,9 @@ class Poller(WorkLoop):
             else:  # not this process's work: leave it to one that can send it
                 await self.store.schedule_poll(job.id, now() + self.interval, attempted=False)
             return
+        if job.task_id is None and job.create_state == CREATE_SLOT:
+            await self._waited_for_slot(job)
+            return
         if job.task_id is None and job.create_state is not None:
             await self._unsettled_create(job)
             return
@@ -176,6 +225,16 @@ class Poller(WorkLoop):
             await self.ingest.record(
                 job.id, update, source="poll", next_poll_at=now() + self.delay(job)
             )
+
+    async def _waited_for_slot(self, job: Job) -> None:
+        """A job still waiting for a slot (nothing sent) at its give-up age is failed."""
+        give_up_after = self.give_up_for(job.provider)
+        give_up_at = job.created_at + give_up_after
+        if now() < give_up_at:
+            await self.store.schedule_poll(job.id, give_up_at, attempted=False)
+            return
+        log.warning("%s: %s never got a slot; failing it", job.provider, job.id)
+        await self.ingest.record(job.id, never_sent(job.provider, give_up_after), source="receiver")
 
     async def _unsettled_create(self, job: Job) -> None:
         """A job whose create had no clear answer: no provider here can look a task up

@@ -66,6 +66,10 @@ class ProviderLimits:
             self._trial_running = True
         return None
 
+    def is_open(self, at: float) -> bool:
+        """Whether the circuit is open and cooling off at `at` (a look: nothing changes)."""
+        return self.circuit is Circuit.OPEN and self.open_until > at
+
     def succeeded(self) -> None:
         if self.circuit is not Circuit.CLOSED:
             log.warning("%s: circuit closed, the provider answers again", self.name)

@@ -23,6 +23,7 @@ from receiver.ratelimit import FailureLimiter, Network, parse_networks
 from receiver.refusals import Quarantine
 from receiver.registration import check_handlers
 from receiver.retention import Pruner
+from receiver.slots import Slots
 from receiver.store import Store, store_for
 from receiver.submit import Submitter
 from receiver.verify import digest
@@ -125,6 +126,7 @@ class Runtime:
         if builtins:
             log.info("built-in handlers: %s", ", ".join(builtins))
         check_handlers(handlers, providers)  # one that can never run stops the start
+        caps = {name: cap for name in providers if (cap := settings.provider(name).max_running)}
         submitter = Submitter(
             store,
             ingest,
@@ -136,8 +138,15 @@ class Runtime:
             wake_poller=poller.wake,
             notify_secret=settings.forward.secret is not None,
             pricing=Pricing(settings.provider, settings.budget_daily, settings.budgets),
+            max_running=caps,
+            groups=settings.groups,
+            limits=poller.limits,
         )
         poller.retry_create = submitter.retry_create
+        if caps:
+            slots = Slots(submitter.admit, caps, sweep=max(1.0, settings.poll_interval))
+            poller.slots, ingest.on_end = slots, slots.job_ended
+            submitter.wake_slots = slots.wake_for
         return cls(
             settings=settings,
             store=store,

@@ -101,6 +101,8 @@ async def drain_once(
     await runtime.store.open()
     polls = deliveries = 0
     try:
+        if runtime.poller.slots is not None:  # creates waiting for a slot that freed since
+            await runtime.poller.slots.run_once()
         while polls < limit and now() < deadline:
             taken = await runtime.poller.run_once()
             polls += taken

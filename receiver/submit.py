@@ -3,24 +3,30 @@
 The job row is written before the provider is called, so a callback that races the
 create answer still finds its job by token. A provider that refuses or fails the
 create call leaves a failed job carrying the provider's error, which fires the
-`failed` handlers like any other failure.
+`failed` handlers like any other failure. A provider at its in-flight cap
+(RECEIVER_<PROVIDER>_MAX_RUNNING, receiver.slots) keeps the job waiting for a slot; a
+provider group (receiver.groups) moves a job refused by one member to the next.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from receiver.costs import Budget, Pricing
 from receiver.errors import ConfigError, IdempotencyKeyReused, ProviderError
+from receiver.groups import check_common, refused
 from receiver.ingest import Ingest
 from receiver.models import CREATE_UNCERTAIN, Job, Status, Update, new_id, now
 from receiver.poller import gave_up
+from receiver.provider_limits import ProviderLimits
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
 from receiver.store.base import NewJob, Store
 from receiver.urls import http_url
@@ -40,6 +46,11 @@ log = logging.getLogger("receiver.submit")
 
 # A 429 without Retry-After: how long to wait before the create is sent again.
 _CREATE_WAIT = 30.0
+# An admitted create is sent by its admitter; the poller sends it after this if not.
+_ADMIT_LEASE = 60.0
+
+# A job's URL token, webhook secret (if its provider echoes one) and callback URL.
+Credentials = tuple[str, str | None, str | None]
 
 _WITH_CALLBACKS = {CallbackStyle.SECRET_POST, CallbackStyle.POST, CallbackStyle.NUDGE}
 
@@ -136,6 +147,9 @@ class Submitter:
         wake_poller: Any = None,
         notify_secret: bool = False,
         pricing: Pricing | None = None,
+        max_running: Mapping[str, int] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
+        limits: Mapping[str, ProviderLimits] | None = None,
     ):
         self.store = store
         self.ingest = ingest
@@ -147,6 +161,14 @@ class Submitter:
         self.wake_poller = wake_poller or (lambda: None)
         self.notify_secret = notify_secret  # whether a forward secret can sign notify_url posts
         self.pricing = pricing
+        self.max_running = dict(max_running or {})  # provider -> RECEIVER_<P>_MAX_RUNNING
+        self.groups = {name: tuple(members) for name, members in (groups or {}).items()}
+        self.limits = limits or {}  # the poller's: a member whose circuit is open is passed
+        # Wakes the slot keeper for a provider (receiver.slots; the runtime sets it).
+        self.wake_slots: Callable[[str], None] = lambda provider: None
+        self._admitting: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
 
     def _notify_url(self, url: str | None) -> str | None:
         if url is None:
@@ -184,18 +206,26 @@ class Submitter:
         )
         if key is not None and (done := await self._replayed(key, request_hash)) is not None:
             return Submitted(job=done, replayed=True)
-        gateway = self._gateway(provider)
-        uploads = sorted(gateway.adapter.file_fields & fields.keys())
+        group = self.groups.get(provider)
+        if group is not None:
+            check_common(provider, fields)
+            gateway = self._first_member(provider, group)
+            uploads: list[str] = []
+        else:
+            gateway = self._gateway(provider)
+            uploads = sorted(gateway.adapter.file_fields & fields.keys())
         if uploads and not local_files:
             # Over HTTP a file path would let a caller make us read and upload any local file.
             raise ConfigError(
                 f"{provider} file fields ({', '.join(uploads)}) can only be sent from the CLI"
             )
         token, secret, hook_url = self._credentials(gateway)
-        job = queued_job(provider, None, metadata, notify_url, key)
+        job = queued_job(gateway.adapter.name, None, metadata, notify_url, key)
+        if group is not None:
+            job.provider_group = provider
         budgets: tuple[Budget, ...] = ()
         if self.pricing is not None:
-            job.estimated_cost = self.pricing.estimate(provider, fields)
+            job.estimated_cost = self._estimate(provider, fields)
             budgets = self.pricing.budgets(job.metadata)
         new = NewJob(
             job=job,
@@ -209,18 +239,79 @@ class Submitter:
         if not await self.store.create_job(new):  # a concurrent request with the key won
             return Submitted(job=await self._winner(key, request_hash), replayed=True)
         # A local file is read where it was named: a later retry may run elsewhere.
-        return await self._send(job, gateway, fields, hook_url, secret, deferrable=not uploads)
+        return await self._start(job, gateway, fields, (token, secret, hook_url), not uploads)
+
+    async def _start(
+        self,
+        job: Job,
+        gateway: ProviderGateway,
+        fields: Mapping[str, Any],
+        credentials: Credentials,
+        deferrable: bool = True,
+        *,
+        admit_now: bool = True,
+    ) -> Submitted:
+        """Send a recorded job's create now, or, past its provider's cap, keep it waiting
+        for a slot (sent oldest first as slots free, by whichever process frees one).
+
+        Without `admit_now` (a group's job moving on, maybe inside another provider's
+        admission) the slot keeper is woken instead: admissions never wait on each other.
+        """
+        _token, secret, hook_url = credentials
+        if job.provider not in self.max_running:
+            return await self._send(job, gateway, fields, hook_url, secret, deferrable=deferrable)
+        give_up_at = job.created_at + self.give_up_for(job.provider)
+        await self.store.hold_for_slot(job.id, fields, give_up_at)
+        if admit_now:
+            sent = await self.admit(job.provider, own=(job.id, credentials))
+            if sent is not None:
+                return sent
+        else:
+            self.wake_slots(job.provider)
+        log.info("%s is at its cap; %s waits for a slot", job.provider, job.id)
+        stored = await self.store.get_job(job.id)
+        return Submitted(job=stored or job, hook_url=hook_url)
+
+    async def admit(
+        self, provider: str, own: tuple[str, Credentials] | None = None
+    ) -> Submitted | None:
+        """Admit the jobs waiting for a slot at `provider` that fit under its cap and send
+        them, oldest first, one after the other (receiver.slots, and each submission).
+
+        `own`, a job this call's submission just made, keeps the credentials minted for
+        it; its answer is returned when it was admitted.
+        """
+        cap = self.max_running.get(provider)
+        if cap is None:
+            return None
+        mine = None
+        async with self._admitting[provider]:  # this process's admissions go out in order
+            for job_id in await self.store.admit_creates(
+                provider, cap, at=now(), lease=_ADMIT_LEASE
+            ):
+                job = await self.store.get_job(job_id)
+                if job is None:
+                    continue
+                if own is not None and job_id == own[0]:
+                    mine = await self._resend(job, own[1])
+                else:
+                    await self._resend(job)
+        return mine
 
     async def retry_create(self, job: Job) -> None:
         """Send again a create the provider asked us to repeat later (the poller, when due).
 
         Each try gets a fresh URL token and secret: the refused one reached nobody.
         """
+        await self._resend(job)
+
+    async def _resend(self, job: Job, credentials: Credentials | None = None) -> Submitted | None:
+        """Take a waiting create (None if another process did) and send it."""
         gateway = self.gateways.get(job.provider)
         if gateway is None:
-            return
+            return None
         give_up_after = self.give_up_for(job.provider)
-        token, secret, hook_url = self._credentials(gateway)
+        token, secret, hook_url = credentials or self._credentials(gateway)
         fields = await self.store.begin_create_retry(
             job.id,
             token_hash=digest(token),
@@ -228,13 +319,84 @@ class Submitter:
             next_poll_at=job.created_at + give_up_after,
         )
         if fields is None:
-            return  # another process took it
+            return None  # another process took it
         if now() >= job.created_at + give_up_after:
-            await self.ingest.record(
+            recorded = await self.ingest.record(
                 job.id, gave_up(job.provider, give_up_after), source="receiver"
             )
-            return
-        await self._send(job, gateway, fields, hook_url, secret, deferrable=True)
+            return Submitted(job=recorded.job)
+        return await self._send(job, gateway, fields, hook_url, secret, deferrable=True)
+
+    def _first_member(self, group: str, members: Sequence[str]) -> ProviderGateway:
+        """The gateway of the group's first member that can take a job now."""
+        usable = self._usable(members) or [m for m in members if self._configured(m)]
+        if not usable:
+            raise ConfigError(
+                f"no provider of group {group} is configured (RECEIVER_<PROVIDER>_BASE_URL)"
+            )
+        return self.gateways[usable[0]]
+
+    def _usable(self, members: Sequence[str]) -> list[str]:
+        """The configured members, in order, whose circuit is not open."""
+        at = now()
+        return [
+            name
+            for name in members
+            if self._configured(name)
+            and not (name in self.limits and self.limits[name].is_open(at))
+        ]
+
+    def _configured(self, name: str) -> bool:
+        gateway = self.gateways.get(name)
+        return gateway is not None and gateway.missing_setting() is None
+
+    def _estimate(self, provider: str, fields: Mapping[str, Any]) -> float | None:
+        """The job's expected cost; for a group, the most any member would cost."""
+        assert self.pricing is not None
+        group = self.groups.get(provider)
+        if group is None:
+            return self.pricing.estimate(provider, fields)
+        costs = []
+        for name in group:
+            try:
+                mapped = self.gateways[name].adapter.common_request(fields)
+            except (KeyError, ProviderError):
+                continue
+            costs.append(self.pricing.estimate(name, mapped))
+        known = [cost for cost in costs if cost is not None]
+        return max(known) if known else None
+
+    async def _refused(
+        self, job: Job, fields: Mapping[str, Any], error: str, status_code: int | None
+    ) -> Submitted:
+        """A create the provider certainly did not take: the group's next member gets the
+        job, or, with none left (or no group), it fails with the provider's error."""
+        if job.provider_group is not None:
+            members = self.groups.get(job.provider_group, ())
+            after = members[members.index(job.provider) + 1 :] if job.provider in members else ()
+            for name in self._usable(after):
+                gateway = self.gateways[name]
+                token, secret, hook_url = self._credentials(gateway)
+                moved = await self.store.switch_provider(
+                    job.id,
+                    name,
+                    token_hash=digest(token),
+                    secret_hash=digest(secret) if secret else None,
+                )
+                if not moved:
+                    break
+                log.warning(
+                    "%s refused %s of group %s (%s); trying %s",
+                    job.provider,
+                    job.id,
+                    job.provider_group,
+                    error,
+                    name,
+                )
+                job = msgspec.structs.replace(job, provider=name, create_state=None)
+                credentials = (token, secret, hook_url)
+                return await self._start(job, gateway, fields, credentials, admit_now=False)
+        return await self._failed(job, error, status_code)
 
     def _credentials(self, gateway: ProviderGateway) -> tuple[str, str | None, str | None]:
         """A fresh URL token, webhook secret (if the provider echoes one) and callback URL."""
@@ -257,15 +419,24 @@ class Submitter:
         *,
         deferrable: bool,
     ) -> Submitted:
-        """Call the provider's create for a recorded job and record what it answered."""
+        """Call the provider's create for a recorded job and record what it answered.
+
+        A group's job carries the group's common fields, mapped here for its provider.
+        """
         try:
-            created = await gateway.create(fields, hook_url=hook_url, webhook_secret=secret)
+            own = gateway.adapter.common_request(fields) if job.provider_group else fields
+        except ProviderError as exc:  # this member cannot express them: it was never called
+            return await self._refused(job, fields, str(exc), None)
+        try:
+            created = await gateway.create(own, hook_url=hook_url, webhook_secret=secret)
         except ProviderError as exc:
             wait = _asked_to_wait(exc)
             if wait is not None and deferrable:
                 return await self._deferred(job, fields, wait, hook_url)
             if exc.outcome_unknown:
                 return await self._uncertain(job, str(exc), hook_url)
+            if refused(exc):
+                return await self._refused(job, fields, str(exc), exc.status_code)
             return await self._failed(job, str(exc), exc.status_code)
         except Exception as exc:
             # Input the adapter could not turn into a request (a list where a name belongs,

@@ -25,6 +25,7 @@ from receiver.config import Settings
 from receiver.errors import ConfigError
 from receiver.failures import split_error
 from receiver.models import (
+    CREATE_SLOT,
     CREATE_UNCERTAIN,
     CREATE_WAITING,
     Delivery,
@@ -135,6 +136,8 @@ _CREATE_STATES = {
     CREATE_UNCERTAIN: "uncertain: no clear answer; the provider may have the task, waiting for"
     " its callbacks (never sent again)",
     CREATE_WAITING: "waiting: the provider asked us to send it again later",
+    CREATE_SLOT: "waiting for a slot: the provider has its RECEIVER_<PROVIDER>_MAX_RUNNING jobs"
+    " in flight; sent (nothing charged until then) when one ends",
 }
 
 
@@ -150,7 +153,8 @@ def render_job(
     status = paint(job.status.value, status_colour(job.status), enabled=colour)
     lines = [
         paint(job.id, "bold", enabled=colour),
-        f"  provider  {clean(job.provider)}   task {clean(job.task_id)}",
+        f"  provider  {clean(job.provider)}   task {clean(job.task_id)}"
+        + (f"   group {clean(job.provider_group)}" if job.provider_group else ""),
         f"  status {status}  progress {bar(job.progress)}  (raw {clean(job.raw_status)})",
         f"  created   {when(job.created_at)} ({age(job.created_at)} ago)",
     ]

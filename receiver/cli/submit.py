@@ -22,11 +22,13 @@ from receiver.cli.common import (
     pairs,
     print_json,
     setting,
+    settings_from,
     value,
 )
 from receiver.cli.output import bar, clean, colour_enabled, paint, status_colour
 from receiver.cli.source import Source, client_options, open_source
 from receiver.errors import ConfigError, ProviderError
+from receiver.groups import COMMON_FIELDS, check_common
 from receiver.models import Job, Status
 from receiver.providers import PROVIDERS
 
@@ -45,7 +47,12 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     client_options(submit)
-    submit.add_argument("provider", choices=sorted(PROVIDERS), help="provider to submit to")
+    submit.add_argument(
+        "provider",
+        metavar="PROVIDER",
+        help=f"provider to submit to ({', '.join(sorted(PROVIDERS))}), or a provider group"
+        " (RECEIVER_GROUPS, [groups]), which takes the fields " + ", ".join(COMMON_FIELDS),
+    )
     submit.add_argument(
         "fields",
         nargs="*",
@@ -101,11 +108,19 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--input must be a JSON object")
         fields = {**decoded, **fields}
     metadata = pairs(args.metadata, "--metadata")
+    group = args.provider not in PROVIDERS and _group(args)
     if args.list_fields:
-        print(describe_fields(args.provider))
+        print(
+            f"{args.provider} fields: {', '.join(COMMON_FIELDS)}; required: prompt"
+            if group
+            else describe_fields(args.provider)
+        )
         return EXIT_OK
-    if args.task_id is None:
-        check_fields(args.provider, fields)  # before any job exists: a refusal leaves none
+    if args.task_id is None:  # before any job exists: a refusal leaves none
+        if group:
+            check_common(args.provider, fields)
+        elif args.provider in PROVIDERS:
+            check_fields(args.provider, fields)
 
     async def work() -> int:
         async with open_source(args, with_handlers=True) as source:
@@ -142,6 +157,18 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_JOB_FAILED if failed else EXIT_OK
 
     return asyncio.run(work())
+
+
+def _group(args: argparse.Namespace) -> bool:
+    """Whether PROVIDER names a group of the settings; a name neither a provider nor a
+    group is refused (exit 2) unless RECEIVER_URL's receiver, with its own settings, judges."""
+    settings = settings_from(args)
+    if args.provider in settings.groups:
+        return True
+    if settings.url:
+        return False
+    known = sorted({*PROVIDERS, *settings.groups})
+    raise ConfigError(f"unknown provider or group {args.provider!r}; one of {', '.join(known)}")
 
 
 def fields_of(provider: str) -> list[str]:

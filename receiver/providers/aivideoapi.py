@@ -66,6 +66,9 @@ _FIELDS = (
     "uuid",
 )
 
+# A provider group's `ratio` as the width and height aivideoapi's Gen-3 takes.
+_SIZES = {"16:9": (1280, 768), "9:16": (768, 1280)}
+
 
 def _endpoint(fields: Mapping[str, Any]) -> str:
     return _ENDPOINTS[_endpoint_name(fields)]
@@ -115,6 +118,23 @@ class Aivideoapi(Provider):
         if hook_url is not None:
             body["callback_url"] = hook_url
         return ProviderRequest(method="POST", path=_endpoint(fields), json=body)
+
+    def common_request(self, common: Mapping[str, Any]) -> dict[str, Any]:
+        image, ratio = common.get("image_url"), common.get("ratio")
+        size = _SIZES.get(str(ratio)) if ratio is not None else None
+        if ratio is not None and size is None:
+            raise ProviderError(f"aivideoapi takes ratio {' or '.join(_SIZES)}, not {ratio!r}")
+        width, height = size or (None, None)
+        fields = {
+            "endpoint": "image" if image else "text",
+            "text_prompt": common.get("prompt"),
+            "image_prompt": image,
+            "time": common.get("duration"),
+            "model": common.get("model"),
+            "width": width,
+            "height": height,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
 
     def parse_created(self, body: Any) -> Created:
         data = _unwrap(body)

@@ -69,6 +69,19 @@ class Apiframe(Provider):
             body["webhook_secret"] = webhook_secret
         return ProviderRequest(method="POST", path="/runway-imagine", json=body)
 
+    def common_request(self, common: Mapping[str, Any]) -> dict[str, Any]:
+        image = common.get("image_url")
+        fields = {
+            "prompt": common.get("prompt"),
+            "generation_type": "image2video" if image else "text2video",
+            "image_url": image,
+            "duration": common.get("duration"),
+            "model": common.get("model"),
+            # Documented for text2video only: the image sets the frame otherwise.
+            "aspect_ratio": None if image else common.get("ratio"),
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
     def parse_created(self, body: Any) -> Created:
         task_id = body.get("task_id") if isinstance(body, dict) else None
         if not valid_task_id(task_id):

@@ -60,7 +60,7 @@ class CallbackStyle(enum.StrEnum):
 class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Per-provider configuration: RECEIVER_<PROVIDER>_BASE_URL, _API_KEY, _WEBHOOK_SECRET,
     _TIMEOUT, _DEADLINE, _GIVE_UP_AFTER, _POLL_CONCURRENCY, _CONFIRM_TERMINAL, _PRICE_PER_JOB,
-    _PRICE_PER_SECOND."""
+    _PRICE_PER_SECOND, _MAX_RUNNING."""
 
     base_url: str | None = None
     api_key: str | None = None
@@ -75,6 +75,8 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     # What a job costs here (receiver.costs): per job, plus per second of video.
     price_per_job: float | None = None
     price_per_second: float | None = None
+    # Jobs in flight here at most, across every process (receiver.slots); None: no cap.
+    max_running: int | None = None
 
 
 class ProviderRequest(msgspec.Struct, kw_only=True):
@@ -139,6 +141,17 @@ class Provider(abc.ABC):
     def parse_status(self, body: Any, task_id: str) -> Update:
         """Turn a status answer into an Update; raise UnparseablePayload when it cannot."""
         raise UnparseablePayload(f"{self.name} has no status API")
+
+    def common_request(self, common: Mapping[str, Any]) -> dict[str, Any]:
+        """This provider's own input fields for a provider group's common ones (prompt,
+        duration, ratio, image_url, model: receiver.groups); ProviderError when they
+        cannot be expressed here, so the group moves on without calling the provider."""
+        raise ProviderError(f"{self.name} does not take a provider group's fields")
+
+    @property
+    def takes_common(self) -> bool:
+        """Whether this provider can be a group member (its adapter maps common fields)."""
+        return type(self).common_request is not Provider.common_request
 
     @property
     def can_pull(self) -> bool:

@@ -101,6 +101,18 @@ class Rixapi(Provider):
             body["callback_url"] = hook_url
         return ProviderRequest(method="POST", path=_endpoint(fields), json=body)
 
+    def common_request(self, common: Mapping[str, Any]) -> dict[str, Any]:
+        duration = common.get("duration")
+        fields = {
+            "endpoint": "generate",
+            "prompt": common.get("prompt"),
+            "ratio": common.get("ratio"),
+            "model": common.get("model"),
+            "image": common.get("image_url"),
+            "options": {"seconds": duration} if duration is not None else None,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
     def parse_created(self, body: Any) -> Created:
         data = self._unwrap(body) or {}
         task_id = data.get("task_id")

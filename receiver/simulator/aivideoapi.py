@@ -19,6 +19,7 @@ from receiver.simulator.http import (
     json_object,
     key_guard,
     media_url,
+    received,
     simulator_of,
 )
 
@@ -78,6 +79,7 @@ async def _create(request: AnyRequest, kind: str) -> Response[Any]:
         _PROVIDER,
         callback_url=body.get("callback_url") or None,
         result_url=media_url(request, "mp4"),
+        request=received(body),
         preview_url=media_url(request, "gif"),
     )
     sim.start(task, _script)

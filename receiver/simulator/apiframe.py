@@ -18,6 +18,7 @@ from receiver.simulator.http import (
     json_object,
     key_guard,
     media_url,
+    received,
     simulator_of,
 )
 
@@ -69,6 +70,7 @@ async def imagine(request: AnyRequest) -> Response[Any]:
         callback_url=body.get("webhook_url") or None,
         secret=body.get("webhook_secret") or None,
         result_url=media_url(request, "mp4"),
+        request=received(body),
     )
     sim.start(task, _script)
     await sim.hold_answer(task)

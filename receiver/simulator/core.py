@@ -72,6 +72,8 @@ class TaskInfo(msgspec.Struct, kw_only=True):
     created_at: float
     updated_at: float
     callbacks: list[CallbackInfo]
+    # The create request's JSON body as received, its webhook secret left out.
+    request: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -90,6 +92,7 @@ class SimTask:
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
     callbacks: list[CallbackInfo] = dataclasses.field(default_factory=list)
+    request: dict[str, Any] | None = None
     # Which issue of its URLs the task is at (1: the first), and whether a fetch of the
     # current ones was refused as expired (the status API then issues the next).
     url_issue: int = 1
@@ -107,6 +110,7 @@ class SimTask:
             created_at=self.created_at,
             updated_at=self.updated_at,
             callbacks=list(self.callbacks),
+            request=self.request,
         )
 
 

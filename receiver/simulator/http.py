@@ -21,6 +21,7 @@ __all__ = [
     "json_object",
     "key_guard",
     "media_url",
+    "received",
     "simulator_of",
 ]
 
@@ -93,6 +94,11 @@ def create_refusal(request: AnyRequest, error: ErrorResponse) -> Response[Any] |
     if retry_after is not None:
         answer.headers["Retry-After"] = str(retry_after)
     return answer
+
+
+def received(body: dict[str, Any]) -> dict[str, Any]:
+    """A create body as the simulator shows it (GET /_sim/tasks): the secret left out."""
+    return {key: value for key, value in body.items() if key != "webhook_secret"}
 
 
 def media_url(request: AnyRequest, extension: str) -> str:

@@ -20,6 +20,7 @@ from receiver.simulator.http import (
     json_object,
     key_guard,
     media_url,
+    received,
     simulator_of,
 )
 
@@ -86,6 +87,7 @@ async def create(request: AnyRequest) -> Response[Any]:
         _PROVIDER,
         callback_url=body["callback_url"],
         result_url=media_url(request, "mp4"),
+        request=received(body),
         preview_url=media_url(request, "jpg"),
     )
     sim.start(task, _script)

@@ -246,6 +246,30 @@ class Store(abc.ABC):
         not waiting (another process took it)."""
 
     @abc.abstractmethod
+    async def hold_for_slot(
+        self, job_id: str, fields: Mapping[str, Any], give_up_at: float
+    ) -> None:
+        """Keep a create until its provider has a free slot (RECEIVER_<PROVIDER>_MAX_RUNNING):
+        create_state 'slot', the fields as given (to be sent then), and the job due for
+        the poller only at `give_up_at`, to fail it if it never got one."""
+
+    @abc.abstractmethod
+    async def admit_creates(self, provider: str, cap: int, *, at: float, lease: float) -> list[str]:
+        """Admit the oldest jobs waiting for a slot at `provider`, as many as fit beside the
+        jobs it has in flight (open jobs not waiting for a slot) under `cap`, in one step
+        serialised per provider across processes. Each becomes a waiting create
+        ('waiting', due at `at + lease`, so the poller sends it if its admitter cannot).
+        Their ids, oldest first."""
+
+    @abc.abstractmethod
+    async def switch_provider(
+        self, job_id: str, provider: str, *, token_hash: str, secret_hash: str | None
+    ) -> bool:
+        """Move a queued job of a provider group to the group's next member, after the one
+        before refused its create: fresh credentials, no create state. False when the job
+        is no longer queued."""
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...
 
     @abc.abstractmethod

@@ -455,6 +455,31 @@ class PostgresStore(Store):
         fields: dict[str, Any] = msgspec.json.decode(kept)
         return fields
 
+    async def hold_for_slot(
+        self, job_id: str, fields: Mapping[str, Any], give_up_at: float
+    ) -> None:
+        await self._execute(_HOLD_FOR_SLOT, to_json(dict(fields)), give_up_at, now(), job_id)
+
+    async def admit_creates(self, provider: str, cap: int, *, at: float, lease: float) -> list[str]:
+        if await self._fetchrow(_ANY_WAITING_SLOT, provider) is None:
+            return []  # the common case, and the periodic sweep's: no lock taken
+        async with self._transaction() as db:
+            # Held to the commit: the count and the admission are one step for every process.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _slot_lock(provider))
+            running = await db.fetchval(_IN_FLIGHT, provider)
+            if running >= cap:
+                return []
+            rows = await db.fetch(_ADMIT, provider, cap - running, at + lease, at)
+        return [row["id"] for row in sorted(rows, key=lambda row: (row["created_at"], row["id"]))]
+
+    async def switch_provider(
+        self, job_id: str, provider: str, *, token_hash: str, secret_hash: str | None
+    ) -> bool:
+        status = await self._execute(
+            _SWITCH_PROVIDER, provider, token_hash, secret_hash, now(), job_id
+        )
+        return status == "UPDATE 1"
+
     async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
         row = await self._fetchrow(
             f"SELECT {JOBS.select}, request_hash FROM jobs WHERE idempotency_key = $1", key
@@ -1073,7 +1098,16 @@ _SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at 
 
 def _budget_lock(name: str) -> int:
     """The advisory lock key of a budget: 64 bits of a digest of its name."""
-    hashed = hashlib.sha256(f"receiver-budget:{name}".encode()).digest()
+    return _lock_key(f"receiver-budget:{name}")
+
+
+def _slot_lock(provider: str) -> int:
+    """The advisory lock key that serialises admissions under a provider's in-flight cap."""
+    return _lock_key(f"receiver-slots:{provider}")
+
+
+def _lock_key(name: str) -> int:
+    hashed = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(hashed[:8], "big", signed=True)
 
 
@@ -1120,6 +1154,27 @@ def _insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
+# RECEIVER_<PROVIDER>_MAX_RUNNING (receiver.slots): a job is in flight at its provider
+# from its insert until it ends, unless it waits for a slot.
+_HOLD_FOR_SLOT = (
+    "UPDATE jobs SET create_state = 'slot', create_request = $1, next_poll_at = $2,"
+    " poll_worker_id = NULL, updated_at = $3 WHERE id = $4 AND status = 'queued'"
+)
+_ANY_WAITING_SLOT = "SELECT 1 FROM jobs WHERE provider = $1 AND create_state = 'slot' LIMIT 1"
+_IN_FLIGHT = (
+    "SELECT COUNT(*) FROM jobs WHERE provider = $1 AND status IN ('queued', 'running')"
+    " AND create_state IS DISTINCT FROM 'slot'"
+)
+_ADMIT = (
+    "UPDATE jobs SET create_state = 'waiting', next_poll_at = $3, updated_at = $4"
+    " WHERE id IN (SELECT id FROM jobs WHERE provider = $1 AND create_state = 'slot'"
+    "  AND status = 'queued' ORDER BY created_at, id LIMIT $2 FOR UPDATE)"
+    " RETURNING id, created_at"
+)
+_SWITCH_PROVIDER = (
+    "UPDATE jobs SET provider = $1, token_hash = $2, secret_hash = $3, create_state = NULL,"
+    " updated_at = $4 WHERE id = $5 AND status = 'queued'"
+)
 _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )

@@ -116,6 +116,7 @@ JOBS = Table(
         "create_state",
         "estimated_cost",
         "cost",
+        "provider_group",
     ),
     json=("metadata", "files"),
 )

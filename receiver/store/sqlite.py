@@ -127,6 +127,26 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 # Built once: the hot path only binds values. Extra columns (not on the Struct) come last.
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).
 _FENCE = "(? IS NULL OR (state = 'running' AND attempts = ?))"
+# RECEIVER_<PROVIDER>_MAX_RUNNING (receiver.slots): a job is in flight at its provider
+# from its insert until it ends, unless it waits for a slot.
+_HOLD_FOR_SLOT = (
+    "UPDATE jobs SET create_state = 'slot', create_request = ?, next_poll_at = ?,"
+    " poll_worker_id = NULL, updated_at = ? WHERE id = ? AND status = 'queued'"
+)
+_ANY_WAITING_SLOT = "SELECT 1 FROM jobs WHERE provider = ? AND create_state = 'slot' LIMIT 1"
+_IN_FLIGHT = (
+    "SELECT COUNT(*) FROM jobs WHERE provider = ? AND status IN ('queued', 'running')"
+    " AND (create_state IS NULL OR create_state <> 'slot')"
+)
+_NEXT_WAITING = (
+    "SELECT id FROM jobs WHERE provider = ? AND create_state = 'slot' AND status = 'queued'"
+    " ORDER BY created_at, id LIMIT ?"
+)
+_ADMIT = "UPDATE jobs SET create_state = 'waiting', next_poll_at = ?, updated_at = ? WHERE id = ?"
+_SWITCH_PROVIDER = (
+    "UPDATE jobs SET provider = ?, token_hash = ?, secret_hash = ?, create_state = NULL,"
+    " updated_at = ? WHERE id = ? AND status = 'queued'"
+)
 _INSERT_JOB = _insert(
     "jobs",
     (
@@ -513,6 +533,38 @@ class SQLiteStore(Store):
             return _json_object(row[0])
 
         return await self._write(work)
+
+    async def hold_for_slot(
+        self, job_id: str, fields: Mapping[str, Any], give_up_at: float
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(_HOLD_FOR_SLOT, (to_json(dict(fields)), give_up_at, now(), job_id))
+
+    async def admit_creates(self, provider: str, cap: int, *, at: float, lease: float) -> list[str]:
+        if await self._fetchone(_ANY_WAITING_SLOT, (provider,)) is None:
+            return []  # the common case, and the periodic sweep's: no write lock taken
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            # The write transaction holds the database's only write lock: one admitter at a time.
+            (running,) = conn.execute(_IN_FLIGHT, (provider,)).fetchone()
+            if running >= cap:
+                return []
+            ids = [
+                row[0] for row in conn.execute(_NEXT_WAITING, (provider, cap - running)).fetchall()
+            ]
+            conn.executemany(_ADMIT, [(at + lease, at, job_id) for job_id in ids])
+            return ids
+
+        return await self._write(work)
+
+    async def switch_provider(
+        self, job_id: str, provider: str, *, token_hash: str, secret_hash: str | None
+    ) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                _SWITCH_PROVIDER, (provider, token_hash, secret_hash, now(), job_id)
+            )
+            return cursor.rowcount == 1
 
     async def job_by_idempotency_key(self, key: str) -> KeyedJob | None:
         row = await self._fetchone(
