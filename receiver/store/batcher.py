@@ -45,12 +45,17 @@ class GroupCommit(Generic[I]):
         self._flights = flights
         self._queue: list[tuple[I, asyncio.Future[Any]]] = []
         self._runners: set[asyncio.Task[None]] = set()
+        # Runners that may still take from the queue: counted down by the runner itself
+        # as it finds the queue empty, with no await in between, so an item queued at any
+        # moment is always taken by a runner already running or one started for it.
+        self._active = 0
 
     async def submit(self, item: I) -> Any:
         """`item`'s outcome, once the batch holding it has committed (or failed)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if len(self._runners) < self._flights:
+        if self._active < self._flights:
+            self._active += 1
             runner = asyncio.create_task(self._run(), name="group-commit")
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
@@ -65,11 +70,14 @@ class GroupCommit(Generic[I]):
             runner.cancel()
 
     async def _run(self) -> None:
-        while self._queue:
-            taken, self._queue = self._queue[: self.limit], self._queue[self.limit :]
-            batch = [(item, future) for item, future in taken if not future.done()]
-            if batch:
-                await self._settle(batch)
+        try:
+            while self._queue:
+                taken, self._queue = self._queue[: self.limit], self._queue[self.limit :]
+                batch = [(item, future) for item, future in taken if not future.done()]
+                if batch:
+                    await self._settle(batch)
+        finally:
+            self._active -= 1
 
     async def _settle(self, batch: list[tuple[I, asyncio.Future[Any]]]) -> None:
         try:

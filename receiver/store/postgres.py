@@ -68,7 +68,7 @@ log = logging.getLogger("receiver.store.postgres")
 # Callbacks committed together at most (the URL's `batch_size`), and how many batches
 # of one process may be in flight at once, each on a connection of its own.
 BATCH_SIZE = 64
-_FLIGHTS = 2
+_FLIGHTS = 1
 # Any fixed 64-bit number: the session lock that keeps two `receiver migrate` apart.
 _MIGRATE_LOCK = 0x7265636569766572
 
