@@ -16,10 +16,11 @@ import pytest
 from test_store import add_job, make_job, make_raw, make_update, route_to
 
 from receiver.errors import StoreUnavailable
-from receiver.models import Disposition, Status
+from receiver.models import DeliveryState, Disposition, Status, now
 from receiver.store import NewJob
 from receiver.store.base import Recorded, TokenMatch
 from receiver.store.batcher import GroupCommit, Outcome
+from receiver.store.pg_batch import DeliveryWrite, write_rounds
 from receiver.store.postgres import PostgresStore
 
 
@@ -275,3 +276,66 @@ class TestBatchedIngest:
         assert 0 == await db.fetchval("SELECT count(*) FROM events")
         await db.execute("DROP TRIGGER die_at_commit ON events")
         assert Disposition.APPLIED == (await running_for(pg, 7)).event.disposition
+
+
+class TestBatchedOutcomes:
+    """Deliveries' outcomes on PostgreSQL are written together, each fenced by its attempt."""
+
+    async def test_concurrent_outcomes_each_apply_under_their_own_fence(
+        self, pg: PostgresStore, db: asyncpg.Connection
+    ) -> None:
+        """Twenty finishes at once land; one from a runner whose claim moved on does not."""
+        for n in range(20):
+            await add_job(pg, f"job_{n}", task_id=f"task-{n}")
+            await running_for(pg, n)
+        claimed = await pg.claim_deliveries(limit=20, lease=30, at=now(), worker=None)
+        assert 20 == len(claimed)
+        stale = claimed[0].delivery.id
+        await asyncio.gather(
+            *(
+                pg.finish_delivery(
+                    c.delivery.id, at=now(), attempt=c.delivery.attempts + (c.delivery.id == stale)
+                )
+                for c in claimed
+            )
+        )
+        states = dict(await db.fetch("SELECT id, state FROM deliveries"))
+        assert "running" == states.pop(stale)
+        assert {"done"} == set(states.values())
+
+    async def test_writes_to_one_delivery_in_one_batch_apply_in_order(
+        self, pg: PostgresStore, db: asyncpg.Connection
+    ) -> None:
+        """A retry then a kill of the same delivery, in one batch, leave it dead."""
+        for n in range(2):
+            await add_job(pg, f"job_{n}", task_id=f"task-{n}")
+        other, delivery = [(await running_for(pg, n)).deliveries[0] for n in range(2)]
+        await asyncio.gather(
+            pg.finish_delivery(other.id, at=now()),
+            pg.retry_delivery(delivery.id, error="first", next_attempt_at=now() + 60, at=now()),
+            pg.kill_delivery(delivery.id, error="second", at=now()),
+        )
+        row = await db.fetchrow(
+            "SELECT state, last_error FROM deliveries WHERE id = $1", delivery.id
+        )
+        assert ("dead", "second") == tuple(row)
+
+    def test_a_delivery_named_twice_is_written_in_rounds_in_order(self) -> None:
+        """Each round names a delivery once; a delivery's second write is in a later round."""
+        writes = [
+            DeliveryWrite(
+                delivery_id=name,
+                state=DeliveryState.DONE,
+                error=str(n),
+                next_attempt_at=None,
+                at=0.0,
+                attempt=None,
+            )
+            for n, name in enumerate("abacab")
+        ]
+        rounds = [[(w.delivery_id, w.error) for w in r] for r in write_rounds(writes)]
+        assert [
+            [("a", "0"), ("b", "1"), ("c", "3")],
+            [("a", "2"), ("b", "5")],
+            [("a", "4")],
+        ] == rounds

@@ -8,6 +8,9 @@ by arrays. Between the two, the state machine (receiver.state) runs here for eac
 in arrival order on the jobs as the earlier items left them, exactly as one transaction
 per item would have. An item whose own step fails (no such job, a refusing `accept`)
 fails alone and writes nothing; the rest of the batch goes on.
+
+Deliveries' outcomes (done, a retry, dead) are batched too: one UPDATE fed by arrays,
+which commits by itself.
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ from receiver.store.base import NewJob, Recorded, Router, TokenMatch
 from receiver.store.batcher import Outcome
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, to_json
 
-__all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "Nudge", "Record", "write_batch"]
+__all__ = [
+    "DELIVERIES_CHANNEL",
+    "POLLS_CHANNEL",
+    "DeliveryWrite",
+    "Nudge",
+    "Record",
+    "set_delivery_states",
+    "write_batch",
+    "write_rounds",
+]
 
 DELIVERIES_CHANNEL = "receiver_deliveries"
 POLLS_CHANNEL = "receiver_polls"
@@ -60,6 +72,59 @@ class Nudge(msgspec.Struct, kw_only=True):
     job_id: str
     raw: RawRequest
     poll_at: float
+
+
+class DeliveryWrite(msgspec.Struct, kw_only=True):
+    """One `Store.set_delivery_state` call's arguments."""
+
+    delivery_id: str
+    state: DeliveryState
+    error: str | None
+    next_attempt_at: float | None
+    at: float
+    attempt: int | None
+
+
+async def set_delivery_states(
+    db: asyncpg.Connection, items: Sequence[DeliveryWrite]
+) -> list[Outcome]:
+    """Apply every item, each fenced by its attempt (see Store.finish_delivery).
+
+    One statement when every item names a different delivery; a delivery named twice
+    takes its writes in order, one statement each, in one transaction.
+    """
+    rounds = write_rounds(items)
+    if len(rounds) == 1:
+        await db.execute(_SET_STATES, *_state_columns(rounds[0]))
+    else:
+        async with db.transaction():
+            for writes in rounds:
+                await db.execute(_SET_STATES, *_state_columns(writes))
+    return [(True, None)] * len(items)
+
+
+def write_rounds(items: Sequence[DeliveryWrite]) -> list[list[DeliveryWrite]]:
+    """The items in rounds that each name a delivery once: an UPDATE joined to two rows for
+    one target applies only one of them. A delivery's writes keep their order."""
+    rounds: list[list[DeliveryWrite]] = []
+    last: dict[str, int] = {}  # delivery id -> the round of its latest write
+    for item in items:
+        index = last.get(item.delivery_id, -1) + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+        last[item.delivery_id] = index
+    return rounds
+
+
+def _state_columns(writes: Sequence[DeliveryWrite]) -> list[list[Any]]:
+    return _columns(
+        [
+            (w.delivery_id, w.state.value, w.error, w.next_attempt_at, w.at, w.attempt)
+            for w in writes
+        ],
+        6,
+    )
 
 
 class _Row:
@@ -459,3 +524,12 @@ _FIND_DUPLICATES = (
     " ON e.job_id = k.job_id AND e.dedupe_key = k.dedupe_key"
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
+# A runner's write applies only while its own claim stands (see Store.finish_delivery).
+_SET_STATES = (
+    "UPDATE deliveries d SET state = v.state, last_error = COALESCE(v.error, d.last_error),"
+    " next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at), lease_until = NULL,"
+    " updated_at = v.at"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int4[])"
+    " AS v(id, state, error, next_attempt_at, at, attempt)"
+    " WHERE d.id = v.id AND (v.attempt IS NULL OR (d.state = 'running' AND d.attempts = v.attempt))"
+)

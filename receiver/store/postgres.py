@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,7 +52,15 @@ from receiver.store.base import (
 )
 from receiver.store.batcher import GroupCommit, Outcome
 from receiver.store.migrations import migrations
-from receiver.store.pg_batch import DELIVERIES_CHANNEL, POLLS_CHANNEL, Nudge, Record, write_batch
+from receiver.store.pg_batch import (
+    DELIVERIES_CHANNEL,
+    POLLS_CHANNEL,
+    DeliveryWrite,
+    Nudge,
+    Record,
+    set_delivery_states,
+    write_batch,
+)
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, QUARANTINE, REQUESTS, to_json
 
 __all__ = [
@@ -138,7 +147,15 @@ class PostgresStore(Store):
         self._acquire_timeout: float = options["timeout"]
         # Ingest writes (record, record_by_token, record_nudge) are group-committed.
         self._batches: GroupCommit[Record | Nudge] = GroupCommit(
-            self._commit_batch, limit=options["batch_size"], flights=_FLIGHTS
+            functools.partial(self._commit_group, _ingest),
+            limit=options["batch_size"],
+            flights=_FLIGHTS,
+        )
+        # So are deliveries' outcomes: a runner finishing a handler answers nobody outside.
+        self._outcomes: GroupCommit[DeliveryWrite] = GroupCommit(
+            functools.partial(self._commit_group, set_delivery_states),
+            limit=options["batch_size"],
+            flights=_FLIGHTS,
         )
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -170,6 +187,7 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._batches.close()
+        await self._outcomes.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -648,38 +666,36 @@ class PostgresStore(Store):
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         await self._batches.submit(Nudge(job_id=job_id, raw=raw, poll_at=poll_at))
 
-    async def _commit_batch(self, items: list[Record | Nudge]) -> list[Outcome]:
-        """Commit a group of records and nudges; one Outcome per item.
+    async def _commit_group(self, run: _Run, items: list[Any]) -> list[Outcome]:
+        """Commit a group of items with `run`; one Outcome per item.
 
-        The batch is one transaction. When it fails for a reason one item may have caused
-        (a row the database refuses, a job another process inserted meanwhile, a deadlock),
-        it is rolled back and each item runs again alone, so that item fails by itself.
-        When the database fails (unreachable, a commit lost), every caller hears
-        StoreUnavailable.
+        When the group fails for a reason one item may have caused (a row the database
+        refuses, a job another process inserted meanwhile, a deadlock), it is rolled back
+        and each item runs again alone, so that item fails by itself. When the database
+        fails (unreachable, a commit lost), every caller hears StoreUnavailable.
         """
         if len(items) > 1:
-            outcomes = await self._try_batch(items)
+            outcomes = await self._try_group(run, items)
             if outcomes is not None:
                 return outcomes
-        return [await self._alone(item) for item in items]
+        return [await self._alone(run, item) for item in items]
 
-    async def _try_batch(self, items: Sequence[Record | Nudge]) -> list[Outcome] | None:
-        """The batch's outcomes; None if it was rolled back for an error worth splitting."""
+    async def _try_group(self, run: _Run, items: Sequence[Any]) -> list[Outcome] | None:
+        """The group's outcomes; None if it was rolled back for an error worth splitting."""
         async with self._connection() as db:
             try:
-                async with db.transaction():
-                    return await write_batch(db, items)
+                return await run(db, items)
             except Exception as exc:
                 if len(items) > 1 and _split_on(exc):
-                    log.info("batch of %d rolled back (%s); each item alone", len(items), exc)
+                    log.info("group of %d rolled back (%s); each item alone", len(items), exc)
                     return None
                 raise
 
-    async def _alone(self, item: Record | Nudge) -> Outcome:
-        """One item in a transaction of its own; a race on a new job's insert is retried."""
+    async def _alone(self, run: _Run, item: Any) -> Outcome:
+        """One item by itself; a race on a new job's insert is retried."""
         for attempt in range(3):
             try:
-                outcomes = await self._try_batch([item])
+                outcomes = await self._try_group(run, [item])
             except asyncpg.UniqueViolationError as exc:
                 if attempt == 2:
                     return False, exc
@@ -741,17 +757,15 @@ class PostgresStore(Store):
         at: float,
         attempt: int | None,
     ) -> None:
-        await self._execute(
-            "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
-            " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
-            " updated_at = $4 WHERE id = $5"
-            " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
-            state.value,
-            error,
-            next_attempt_at,
-            at,
-            delivery_id,
-            attempt,
+        await self._outcomes.submit(
+            DeliveryWrite(
+                delivery_id=delivery_id,
+                state=state,
+                error=error,
+                next_attempt_at=next_attempt_at,
+                at=at,
+                attempt=attempt,
+            )
         )
 
     async def release_delivery(
@@ -991,6 +1005,14 @@ def _prune_params(
 def _count(status: str) -> int:
     """The row count of asyncpg's status answer, such as "DELETE 12"."""
     return int(status.split()[-1])
+
+
+_Run = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[list[Outcome]]]
+
+
+async def _ingest(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
+    async with db.transaction():
+        return await write_batch(db, items)
 
 
 def _split_on(exc: BaseException) -> bool:
