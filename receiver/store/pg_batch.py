@@ -236,6 +236,8 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
                 outcomes.append((True, None))
             else:
                 outcomes.append((True, await _record(db, batch, item)))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError):
+            raise  # the database's, not the item's: the transaction cannot go on
         except Exception as exc:  # this item's own failure: it wrote nothing
             outcomes.append((False, exc))
     await db.execute(_WRITE, *_write_params(batch))
