@@ -278,6 +278,34 @@ class TestBatchedIngest:
         assert Disposition.APPLIED == (await running_for(pg, 7)).event.disposition
 
 
+class TestBatchesOfTwoProcesses:
+    """Batches of two stores naming the same jobs wait for each other and never deadlock."""
+
+    async def test_overlapping_batches_in_opposite_orders_all_commit(
+        self, pg_url: str, pg: PostgresStore, db: asyncpg.Connection
+    ) -> None:
+        """Each of two stores records every job, in opposite orders: every event is stored."""
+        other = PostgresStore(pg_url)
+        await other.open()
+        try:
+            for n in range(10):
+                await add_job(pg, f"job_{n}", task_id=f"task-{n}")
+
+            async def each(store: PostgresStore, order: range, progress: float) -> list[Any]:
+                return await asyncio.gather(
+                    *(running_for(store, n, progress) for n in order), return_exceptions=True
+                )
+
+            results = await asyncio.gather(
+                each(pg, range(10), 0.2), each(other, range(9, -1, -1), 0.4)
+            )
+        finally:
+            await other.close()
+        assert [] == [r for r in results[0] + results[1] if not isinstance(r, Recorded)]
+        assert 20 == await db.fetchval("SELECT count(*) FROM events")
+        assert {0.4} == {row[0] for row in await db.fetch("SELECT progress FROM jobs")}
+
+
 class TestBatchedOutcomes:
     """Deliveries' outcomes on PostgreSQL are written together, each fenced by its attempt."""
 
