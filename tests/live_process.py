@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
+from conftest import run_sync
 
 from receiver.testing import TEST_ADMIN_TOKEN
 
@@ -154,15 +155,35 @@ class ReceiverProcess:
             self.process.wait(timeout=10)
 
 
-def stored_callbacks(db: Path) -> dict[str, tuple[str, str]]:
-    """task id -> (event id, delivery state) for every stored callback with a delivery."""
+_STORED = (
+    "SELECT j.task_id, e.id, d.state FROM jobs j JOIN events e ON e.job_id = j.id"
+    " JOIN deliveries d ON d.event_id = e.id"
+)
+
+
+def stored_callbacks(db: Path | str) -> dict[str, tuple[str, str]]:
+    """task id -> (event id, delivery state) for every stored callback with a delivery.
+
+    `db` is a SQLite file, or a PostgreSQL URL.
+    """
+    if isinstance(db, str):
+        return {task: (event, state) for task, event, state in run_sync(lambda: _pg_rows(db))}
     with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT j.task_id, e.id, d.state FROM jobs j JOIN events e ON e.job_id = j.id"
-            " JOIN deliveries d ON d.event_id = e.id"
-        ).fetchall()
+        rows = conn.execute(_STORED).fetchall()
     conn.close()
     return {task: (event, state) for task, event, state in rows}
+
+
+async def _pg_rows(url: str) -> list[tuple[str, str, str]]:
+    import asyncpg
+
+    from receiver.store.postgres import pool_options
+
+    connection = await asyncpg.connect(pool_options(url)[0])
+    try:
+        return [tuple(row) for row in await connection.fetch(_STORED)]
+    finally:
+        await connection.close()
 
 
 def handled_events(directory: Path) -> Counter[str]:
