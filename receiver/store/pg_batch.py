@@ -67,11 +67,14 @@ class Record(msgspec.Struct, kw_only=True):
 
 
 class Nudge(msgspec.Struct, kw_only=True):
-    """One `Store.record_nudge` call's arguments."""
+    """One `Store.record_nudge` (or, with `token_hash`, `record_nudge_by_token`) call's
+    arguments."""
 
-    job_id: str
+    job_id: str | None = None
     raw: RawRequest
     poll_at: float
+    token_hash: str | None = None
+    accept: Callable[[TokenMatch], bool] | None = None
 
 
 class DeliveryWrite(msgspec.Struct, kw_only=True):
@@ -216,7 +219,7 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
     rows = await db.fetch(
         _LOCK_JOBS,
         [item.job_id for item in items if item.job_id is not None],
-        [item.token_hash for item in records if item.token_hash is not None],
+        [item.token_hash for item in items if item.token_hash is not None],
         *_columns(
             [
                 (item.new_job.job.provider, item.new_job.job.task_id)
@@ -232,8 +235,7 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
     for item in items:
         try:
             if isinstance(item, Nudge):
-                _nudge(batch, item)
-                outcomes.append((True, None))
+                outcomes.append((True, _nudge(batch, item)))
             else:
                 outcomes.append((True, await _record(db, batch, item)))
         except (asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -358,13 +360,25 @@ def _move(row: _Row, after: Job, changed: bool, rank: float, next_poll_at: float
         row.next_poll_at, row.poll_worker_id, row.dirty = next_poll_at, None, True
 
 
-def _nudge(batch: _Batch, item: Nudge) -> None:
-    """Keep the nudge's request; have an open job polled at `poll_at`."""
-    batch.requests.append((*REQUESTS.values(item.raw), item.job_id))
-    row = batch.by_id.get(item.job_id)
+def _nudge(batch: _Batch, item: Nudge) -> Job | None:
+    """Keep the nudge's request; have an open job polled at `poll_at`. The job nudged; for
+    a token that names no job or one `accept` refuses, None, with nothing written."""
+    if item.token_hash is not None:
+        row = batch.by_token.get(item.token_hash)
+        if row is None or item.accept is None:
+            return None
+        if not item.accept(TokenMatch(job=row.job, secret_hash=row.secret_hash)):
+            return None
+        job_id = row.job.id
+    else:
+        assert item.job_id is not None, "a nudge names a job or a token"
+        job_id = item.job_id
+        row = batch.by_id.get(job_id)
+    batch.requests.append((*REQUESTS.values(item.raw), job_id))
     if row is not None and not row.job.status.terminal:
         row.next_poll_at, row.dirty = item.poll_at, True
         batch.polls_moved = True
+    return row.job if row is not None else None
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -699,6 +699,20 @@ class PostgresStore(Store):
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         await self._batches.submit(Nudge(job_id=job_id, raw=raw, poll_at=poll_at))
 
+    async def record_nudge_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        raw: RawRequest,
+        *,
+        poll_at: float,
+    ) -> Job | None:
+        # The lookup is the batch's own lock of the job, as for `record_by_token`.
+        nudged: Job | None = await self._batches.submit(
+            Nudge(token_hash=token_hash, accept=accept, raw=raw, poll_at=poll_at)
+        )
+        return nudged
+
     async def _commit_group(self, run: _Run, items: list[Any]) -> list[Outcome]:
         """Commit a group of items with `run`; one Outcome per item.
 
