@@ -7,6 +7,7 @@ with a handlers module written to the test's directory, which is put on PYTHONPA
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -15,11 +16,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
-from conftest import run_sync
 
 from receiver.testing import TEST_ADMIN_TOKEN
 
@@ -29,8 +30,18 @@ __all__ = [
     "callback",
     "free_port",
     "handled_events",
+    "run_sync",
     "stored_callbacks",
 ]
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on its own loop in a thread (safe inside a running loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro()).result()
+
 
 SECRET = "static-secret-for-the-fault-tests"
 
