@@ -14,10 +14,11 @@ import contextlib
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from receiver.asgi import ASGIApp, Receive, Scope, Send
 from receiver.config import Settings, load_settings
 from receiver.dispatch import Registry
 from receiver.fastpath import FastHooks
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["ReceiverApp", "create_app", "tune_collector"]
 
 log = logging.getLogger("receiver")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ReceiverApp:
