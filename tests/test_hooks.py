@@ -14,7 +14,7 @@ import pytest
 
 from receiver.dispatch import Registry
 from receiver.errors import StoreUnavailable
-from receiver.hooks import nudge_uuid
+from receiver.hook_handlers import nudge_uuid
 from receiver.models import Job, Status, new_id, now
 from receiver.store import NewJob, SQLiteStore
 from receiver.testing import LiveReceiver, running_receiver
