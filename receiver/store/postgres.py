@@ -587,73 +587,132 @@ class PostgresStore(Store):
         lease: float = 0.0,
     ) -> Recorded:
         at = now() if at is None else at
-        # Three round trips in the common case: lock the job; keep the raw request and
-        # ask whether the event is a duplicate; write event, job state, deliveries and the
-        # NOTIFY in one statement of data-modifying CTEs.
         async with self._transaction() as db:
             job, rank = await self._job_for_update(db, job_id, new_job)
-            key = dedupe_key(job.provider, job.task_id or update.task_id, update)
-            if raw is not None:
-                duplicate = await db.fetchval(
-                    _INSERT_REQUEST_AND_CHECK, *REQUESTS.values(raw), job.id, job.id, key
-                )
-            else:
-                duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
-            transition = advance(
+            return await self._record_locked(
+                db,
                 job,
+                rank,
                 update,
-                duplicate=duplicate,
-                at=at,
-                preview_from=rank,
-                renewal=source == RENEWAL,
-            )
-            event = Event(
-                id=new_id("evt"),
-                job_id=job.id,
-                provider=job.provider,
-                task_id=update.task_id or job.task_id,
-                status=update.status,
-                raw_status=update.raw_status,
-                progress=update.progress,
-                result_url=update.result_url,
-                preview_url=update.preview_url,
-                error=update.error,
-                error_code=update.error_code,
                 source=source,
-                disposition=transition.disposition,
-                received_at=at,
-                request_id=raw.id if raw is not None else None,
-                payload=update.payload,
+                route=route,
+                raw=raw,
+                next_poll_at=next_poll_at,
+                at=at,
             )
-            after = transition.job
-            writes: list[tuple[str, Sequence[Any]]] = [
-                (_INSERT_EVENT, (*EVENTS.values(event), key))
+
+    async def record_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        next_poll_at: float | None = None,
+        claim: int = 0,  # none claimed here, as in `record`
+        lease: float = 0.0,
+    ) -> Recorded | None:
+        # One transaction: the job is found by its token and locked as `record` locks it by
+        # id, so a job's own URL costs no round trip more than a record does.
+        at = now()
+        async with self._transaction() as db:
+            row = await db.fetchrow(_JOB_BY_TOKEN_FOR_UPDATE, token_hash)
+            if row is None:
+                return None
+            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
+            if not accept(match):
+                return None
+            return await self._record_locked(
+                db,
+                match.job,
+                row[JOBS.width + 1],
+                update,
+                source=source,
+                route=route,
+                raw=raw,
+                next_poll_at=next_poll_at,
+                at=at,
+            )
+
+    async def _record_locked(
+        self,
+        db: asyncpg.Connection,
+        job: Job,
+        rank: float,
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None,
+        next_poll_at: float | None,
+        at: float,
+    ) -> Recorded:
+        """`record`'s writes for `job`, locked in `db`'s transaction, with its preview rank."""
+        # Three round trips in the common case: lock the job (the caller did); keep the raw
+        # request and ask whether the event is a duplicate; write event, job state,
+        # deliveries and the NOTIFY in one statement of data-modifying CTEs.
+        key = dedupe_key(job.provider, job.task_id or update.task_id, update)
+        if raw is not None:
+            duplicate = await db.fetchval(
+                _INSERT_REQUEST_AND_CHECK, *REQUESTS.values(raw), job.id, job.id, key
+            )
+        else:
+            duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
+        transition = advance(
+            job,
+            update,
+            duplicate=duplicate,
+            at=at,
+            preview_from=rank,
+            renewal=source == RENEWAL,
+        )
+        event = Event(
+            id=new_id("evt"),
+            job_id=job.id,
+            provider=job.provider,
+            task_id=update.task_id or job.task_id,
+            status=update.status,
+            raw_status=update.raw_status,
+            progress=update.progress,
+            result_url=update.result_url,
+            preview_url=update.preview_url,
+            error=update.error,
+            error_code=update.error_code,
+            source=source,
+            disposition=transition.disposition,
+            received_at=at,
+            request_id=raw.id if raw is not None else None,
+            payload=update.payload,
+        )
+        after = transition.job
+        writes: list[tuple[str, Sequence[Any]]] = [(_INSERT_EVENT, (*EVENTS.values(event), key))]
+        if transition.changed:
+            writes.append(_job_state(after, transition.preview_rank, next_poll_at))
+        elif next_poll_at is not None and not after.status.terminal:
+            writes.append((_MOVE_POLL, (next_poll_at, job.id)))
+        deliveries: list[Delivery] = []
+        if transition.disposition is Disposition.APPLIED:
+            deliveries = [
+                Delivery(
+                    id=new_id("dlv"),
+                    event_id=event.id,
+                    job_id=job.id,
+                    handler=handler,
+                    state=DeliveryState.PENDING,
+                    next_attempt_at=at,
+                    created_at=at,
+                    updated_at=at,
+                )
+                for handler in route(event, after)
             ]
-            if transition.changed:
-                writes.append(_job_state(after, transition.preview_rank, next_poll_at))
-            elif next_poll_at is not None and not after.status.terminal:
-                writes.append((_MOVE_POLL, (next_poll_at, job.id)))
-            deliveries: list[Delivery] = []
-            if transition.disposition is Disposition.APPLIED:
-                deliveries = [
-                    Delivery(
-                        id=new_id("dlv"),
-                        event_id=event.id,
-                        job_id=job.id,
-                        handler=handler,
-                        state=DeliveryState.PENDING,
-                        next_attempt_at=at,
-                        created_at=at,
-                        updated_at=at,
-                    )
-                    for handler in route(event, after)
-                ]
-            if deliveries:
-                # One multi-row INSERT: rows take their seq in order (CTEs have no order).
-                writes.append(_insert_rows("deliveries", DELIVERIES, deliveries))
-            # NOTIFY is delivered at commit, to every listening worker in every process.
-            sql, params = _one_statement(writes, notify=DELIVERIES_CHANNEL if deliveries else None)
-            await db.execute(sql, *params)
+        if deliveries:
+            # One multi-row INSERT: rows take their seq in order (CTEs have no order).
+            writes.append(_insert_rows("deliveries", DELIVERIES, deliveries))
+        # NOTIFY is delivered at commit, to every listening worker in every process.
+        sql, params = _one_statement(writes, notify=DELIVERIES_CHANNEL if deliveries else None)
+        await db.execute(sql, *params)
         return Recorded(event=event, job=after, deliveries=deliveries)
 
     async def _job_for_update(
@@ -1111,6 +1170,9 @@ _TRIM_QUARANTINE = (
     " ORDER BY id LIMIT $2)"
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
+_JOB_BY_TOKEN_FOR_UPDATE = (
+    f"SELECT {JOBS.select}, secret_hash, preview_rank FROM jobs WHERE token_hash = $1 FOR UPDATE"
+)
 _INSERT_REQUEST_AND_CHECK = (
     f"WITH r AS ({_INSERT_REQUEST})"
     f" SELECT EXISTS (SELECT 1 FROM events WHERE job_id = ${len(REQUESTS.columns) + 2}"
