@@ -177,19 +177,14 @@ class Hooks:
             return
         outcome, status = "error", 500
         try:
-            await self._read_body(request, receive)
-            reply = await handle(request)
-            outcome, status = reply.outcome, reply.status
-            await answer(request, reply.status, _encode(reply.content))
-        except Reject as reject:
-            outcome, status = reject.reason, reject.status_code
-            if (wait := charge(limiter, request.address, request.token, at)) is not None:
-                # Someone is hammering this job's URL: refuse without a quarantine write.
-                outcome, status = "rate_limited", 429
-                await self._too_many(request, wait)
-                return
-            await runtime.quarantine.keep(request.kept(), reject)
-            await answer(request, reject.status_code, _REFUSED[reject.status_code])
+            try:
+                await self._read_body(request, receive)
+                reply = await handle(request)
+            except Reject as reject:
+                outcome, status = await self._refuse(request, reject, at)
+            else:
+                outcome, status = reply.outcome, reply.status
+                await answer(request, reply.status, _encode(reply.content))
         except StoreUnavailable as exc:
             # A provider seeing 503 retries after Retry-After.
             outcome, status = "unavailable", 503
@@ -214,6 +209,18 @@ class Hooks:
                     outcome,
                     seconds * 1000,
                 )
+
+    async def _refuse(self, request: HookRequest, reject: Reject, at: float) -> tuple[str, int]:
+        """Answer a refusal and keep it, or 429 once the token's budget is spent; the
+        outcome and status it was answered with."""
+        runtime = self.runtime
+        if (wait := charge(runtime.auth_failures, request.address, request.token, at)) is not None:
+            # Someone is hammering this job's URL: refuse without a quarantine write.
+            await self._too_many(request, wait)
+            return "rate_limited", 429
+        await runtime.quarantine.keep(request.kept(), reject)
+        await answer(request, reject.status_code, _REFUSED[reject.status_code])
+        return reject.reason, reject.status_code
 
     async def _read_body(self, request: HookRequest, receive: Receive) -> None:
         """Read the body into `request`, up to RECEIVER_MAX_BODY_BYTES.

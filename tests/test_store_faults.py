@@ -426,13 +426,17 @@ class TestBrokenConnections:
         assert 404 == healed.status_code
 
     async def test_read_fault_on_a_jobs_own_url_is_503_then_recovers(self, tmp_path: Path) -> None:
-        """A POST to a job's own URL looks its token up first: a broken read is a 503 too."""
+        """A POST to a job's own URL reads nothing before its write (its token is looked up
+        inside it), but a bad body's answer needs the job (404, 401 or 400): that read,
+        broken, is a 503 too."""
         store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}")
         async with quiet_receiver(tmp_path, store) as client:
             assert store._reader is not None
             await store._reader.close()
-            broken = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
-            healed = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+            written = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+            broken = await post(client, "/hooks/apiframe/some-token", ["not an object"])
+            healed = await post(client, "/hooks/apiframe/some-token", ["not an object"])
+        assert 404 == written.status  # no such job, found so by the write
         assert (503, "5") == (broken.status, broken.retry_after)
         assert 404 == healed.status
 
