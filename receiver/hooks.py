@@ -219,7 +219,8 @@ class Hooks:
             await self._too_many(request, wait)
             return "rate_limited", 429
         await runtime.quarantine.keep(request.kept(), reject)
-        await answer(request, reject.status_code, _REFUSED[reject.status_code])
+        body = _REFUSED.get(reject.status_code, b'{"error":"error"}')
+        await answer(request, reject.status_code, body)
         return reject.reason, reject.status_code
 
     async def _read_body(self, request: HookRequest, receive: Receive) -> None:
