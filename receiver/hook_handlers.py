@@ -9,7 +9,8 @@
   callback costs one store write and no read before it. The rare cases that need more (a
   create with no clear answer, whose task id the callback reveals; a final state to confirm
   with the provider's status API) take a second step after the write refused the first.
-- `GET /hooks/{provider}/{token}` (`job_nudge`): a nudge; it schedules a pull, carries no data.
+- `GET /hooks/{provider}/{token}` (`job_nudge`): a nudge; it schedules a pull, carries no
+  data, and is looked up inside its write too (`Store.record_nudge_by_token`).
 
 A refusal is raised as `Reject`; receiver.hooks answers it, keeps it in the quarantine and
 charges the caller's failure budget. Nothing here imports the web framework.
@@ -187,6 +188,17 @@ class _Verdict:
         self.refusal: Reject | None = None
         self.next: str | None = None  # "adopt" or "confirm": a second step, after the write
 
+    def found(self, provider: str) -> Job:
+        """The job the write refused, when the refusal only asks for a second step;
+        otherwise the refusal (404 when no job of `provider` has the token)."""
+        job = self.job
+        if job is None or job.provider != provider:
+            raise self.refusal or Reject(404, "unknown_token")
+        bind(job_id=job.id)
+        if self.refusal is not None:
+            raise self.refusal
+        return job
+
 
 class HookHandlers:
     """The three hook routes over `runtime`; the static secrets' digests made once."""
@@ -328,12 +340,7 @@ class HookHandlers:
         )
         if recorded is not None:
             return _recorded(recorded)
-        job = verdict.job
-        if job is None or job.provider != provider:
-            raise verdict.refusal or Reject(404, "unknown_token")
-        bind(job_id=job.id)
-        if verdict.refusal is not None:
-            raise verdict.refusal
+        job = verdict.found(provider)
         if verdict.next == "adopt":
             job = await self._adopt(job, update.task_id)
         if confirming and update.status.terminal and not job.status.terminal:
@@ -344,16 +351,38 @@ class HookHandlers:
         return _recorded(recorded)
 
     async def job_nudge(self, request: HookRequest) -> Reply:
-        """A bare GET that only says "ask me": schedule a pull of the job's status."""
-        runtime = self.runtime
-        adapter = self._adapter(request.provider)
-        job = (await self._job_by_token(request)).job
-        if not adapter.can_pull:
-            raise Reject(405, "no_status_api")
+        """A bare GET that only says "ask me": schedule a pull of the job's status.
+
+        Looked up inside the write, as a callback to the job's URL is.
+        """
+        runtime, provider = self.runtime, request.provider
+        assert request.token is not None
+        adapter = self._adapter(provider)
         uuid = nudge_uuid(request.scope.get("query_string", b"").decode("latin-1"))
-        if uuid is not None and (not valid_task_id(uuid) or (job.task_id and uuid != job.task_id)):
-            raise Reject(400, "task_mismatch")
-        job = await self._adopt(job, uuid)
-        await runtime.store.record_nudge(job.id, request.kept(), poll_at=now())
+        verdict = _Verdict()
+
+        def accept(match: TokenMatch) -> bool:
+            job = verdict.job = match.job
+            verdict.refusal = verdict.next = None
+            if job.provider != provider:
+                verdict.refusal = Reject(404, "unknown_token")
+            elif not adapter.can_pull:
+                verdict.refusal = Reject(405, "no_status_api")
+            elif uuid is not None and (
+                not valid_task_id(uuid) or (job.task_id and uuid != job.task_id)
+            ):
+                verdict.refusal = Reject(400, "task_mismatch")
+            elif _adoptable(job, uuid):
+                verdict.next = "adopt"
+            return verdict.refusal is None and verdict.next is None
+
+        raw = request.kept()
+        token_hash = digest(request.token)
+        nudged = await runtime.store.record_nudge_by_token(token_hash, accept, raw, poll_at=now())
+        if nudged is None:
+            job = await self._adopt(verdict.found(provider), uuid)
+            await runtime.store.record_nudge(job.id, raw, poll_at=now())
+        else:
+            bind(job_id=nudged.id)
         runtime.poller.wake()
         return Reply(202, {"ok": True})

@@ -592,9 +592,17 @@ class CountingStore(SQLiteStore):
         self.calls.append("record_by_token")
         return await super().record_by_token(*args, **kwargs)
 
+    async def record_nudge(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("record_nudge")
+        await super().record_nudge(*args, **kwargs)
+
+    async def record_nudge_by_token(self, *args: Any, **kwargs: Any) -> Job | None:
+        self.calls.append("record_nudge_by_token")
+        return await super().record_nudge_by_token(*args, **kwargs)
+
 
 class TestOneWriteByToken:
-    """A callback to a job's own URL is one store write, its job looked up inside it."""
+    """A callback or a nudge to a job's own URL is one store write, its job looked up inside it."""
 
     @pytest.mark.parametrize(
         ("provider", "secret", "body"),
@@ -624,3 +632,17 @@ class TestOneWriteByToken:
             stored.status,
             stored.progress,
         )
+
+    async def test_a_nudge_reads_nothing_before_its_write(self, tmp_path: Path) -> None:
+        store = CountingStore(f"sqlite:///{tmp_path / 'receiver.db'}")
+        env = {"RECEIVER_AIVIDEOAPI_BASE_URL": "http://127.0.0.1:9"}
+        async with running_receiver(tmp_path, env=env, store=store) as live:
+            job = await make_job(live, "aivideoapi", task_id="0ab3bfe2-be23", secret=None)
+            store.calls.clear()
+            async with httpx.AsyncClient(base_url=live.url) as client:
+                answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?uuid=0ab3bfe2-be23")
+            calls = list(store.calls)
+            kept = await store.list_requests(job.id)
+        assert 202 == answer.status_code, answer.text
+        assert ["record_nudge_by_token"] == calls
+        assert ["GET"] == [raw.method for raw in kept]

@@ -754,15 +754,26 @@ class PostgresStore(Store):
 
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         async with self._transaction() as db:
-            await db.execute(_INSERT_REQUEST, *REQUESTS.values(raw), job_id)
-            status = await db.execute(
-                "UPDATE jobs SET next_poll_at = $1 WHERE id = $2"
-                " AND status IN ('queued', 'running')",
-                poll_at,
-                job_id,
-            )
-            if status != "UPDATE 0":
-                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+            await _nudge(db, job_id, raw, poll_at)
+
+    async def record_nudge_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        raw: RawRequest,
+        *,
+        poll_at: float,
+    ) -> Job | None:
+        # One transaction, as `record_by_token`.
+        async with self._transaction() as db:
+            row = await db.fetchrow(_JOB_BY_TOKEN_FOR_UPDATE, token_hash)
+            if row is None:
+                return None
+            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
+            if not accept(match):
+                return None
+            await _nudge(db, match.job.id, raw, poll_at)
+            return match.job
 
     async def quarantine(self, entry: Quarantined) -> None:
         await self._execute(_INSERT_QUARANTINE, *QUARANTINE.values(entry))
@@ -1170,6 +1181,20 @@ _TRIM_QUARANTINE = (
     " ORDER BY id LIMIT $2)"
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
+
+
+async def _nudge(db: asyncpg.Connection, job_id: str, raw: RawRequest, poll_at: float) -> None:
+    """Keep a nudge's raw request and have the job polled at `poll_at` while it is open."""
+    await db.execute(_INSERT_REQUEST, *REQUESTS.values(raw), job_id)
+    status = await db.execute(
+        "UPDATE jobs SET next_poll_at = $1 WHERE id = $2 AND status IN ('queued', 'running')",
+        poll_at,
+        job_id,
+    )
+    if status != "UPDATE 0":
+        await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+
+
 _JOB_BY_TOKEN_FOR_UPDATE = (
     f"SELECT {JOBS.select}, secret_hash, preview_rank FROM jobs WHERE token_hash = $1 FOR UPDATE"
 )
