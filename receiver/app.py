@@ -1,10 +1,11 @@
-"""The receiver's ASGI app: the lifespan, the hook fast path, and the framework behind it.
+"""The receiver's ASGI app: the lifespan, the hook routes, and the framework beside them.
 
-Only what a provider's callback needs is imported to start: a callback with its secret is
-answered in raw ASGI (receiver.fastpath). Everything else goes to the Litestar app in
-receiver.framework, which is imported in a background thread as the app starts, so a
-cold start takes its first callback without waiting for the framework. A request that
-needs the framework before it is ready waits for it.
+Only what a provider's callback needs is imported to start: every path under /hooks/ is
+answered in raw ASGI (receiver.hooks), refusals included, and never loads the framework.
+Everything else goes to the Litestar app in receiver.framework, which is imported in a
+background thread as the app starts, so a cold start takes its first callback without
+waiting for the framework. A request that needs the framework before it is ready waits
+for it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import contextlib
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from receiver.asgi import ASGIApp, Receive, Scope, Send
 from receiver.config import Settings, load_settings
 from receiver.dispatch import Registry
-from receiver.fastpath import FastHooks
+from receiver.hooks import Hooks
 from receiver.runtime import Runtime
 from receiver.store import Store
 
@@ -30,12 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["ReceiverApp", "create_app", "tune_collector"]
 
 log = logging.getLogger("receiver")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ReceiverApp:
@@ -52,7 +48,7 @@ class ReceiverApp:
     ):
         self.runtime = runtime
         self.state = SimpleNamespace(runtime=runtime)
-        self.fast = FastHooks(runtime)
+        self.hooks = Hooks(runtime)
         self.run_loops = run_loops
         self.owns_client = owns_client
         self.preload = preload
@@ -65,13 +61,9 @@ class ReceiverApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        route = self.fast.route(scope)
-        if route is not None:
-            await self.fast.handle(route, scope, receive, send, self._to_framework)
+        if self.hooks.takes(scope):
+            await self.hooks(scope, receive, send)
             return
-        await self._to_framework(scope, receive, send)
-
-    async def _to_framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         framework = self._framework or await self.framework()
         await framework(scope, receive, send)
 

@@ -1,9 +1,9 @@
-"""Reading a callback, shared by both hook paths (receiver.hooks and receiver.fastpath).
+"""Reading a callback: its headers, the copy of it that is kept, its body as an Update.
 
-Kept apart from the routes so that the fast path loads without the web framework. What is
-kept of a request (accepted or refused) is redacted and capped here, once for both paths:
-each header name to 128 bytes and value to 1 KiB, all headers to 8 KiB (the rest dropped
-and counted), the path and the query to 1 KiB each.
+Shared by the hook routes (receiver.hooks, receiver.hook_handlers) and the quarantine
+(receiver.refusals). What is kept of a request (accepted or refused) is redacted and
+capped here, once: each header name to 128 bytes and value to 1 KiB, all headers to 8 KiB
+(the rest dropped and counted), the path and the query to 1 KiB each.
 """
 
 from __future__ import annotations

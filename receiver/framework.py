@@ -1,9 +1,10 @@
 """The web framework's side of the receiver: a Litestar app with every route that is not
-the hook fast path (admin API, sandbox, dashboard, metrics, health, and the hook routes'
-ordinary path, which answers every refusal), and the error answers.
+a hook route (admin API, sandbox, dashboard, metrics, health, the schema), and the error
+answers.
 
-receiver.app loads this module in the background after start, so a cold start can take
-callbacks before the framework is imported.
+The hook routes are raw ASGI (receiver.hooks) and never come here. receiver.app loads this
+module in the background after start, so a cold start can take callbacks before the
+framework is imported.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from litestar.openapi import OpenAPIConfig
 
 from receiver.api import ADMIN_ROUTES, OPEN_ROUTES, document_errors
 from receiver.errors import StoreUnavailable
-from receiver.hooks import HOOK_ROUTES, refused_by_framework
 from receiver.runtime import Runtime
 from receiver.sandbox import SANDBOX_ROUTES
 from receiver.scrape import METRICS_ROUTES
@@ -46,10 +46,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     content: dict[str, Any] = {"error": exc.detail}
     if exc.extra:
         content["extra"] = exc.extra
-    answer = Response(content, status_code=exc.status_code, headers=exc.headers)
-    if request.scope["path"].startswith("/hooks/"):
-        return refused_by_framework(request, answer)  # every refusal on a hook route counts
-    return answer
+    return Response(content, status_code=exc.status_code, headers=exc.headers)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
@@ -68,7 +65,6 @@ def build_framework(runtime: Runtime) -> Litestar:
     """The Litestar app over `runtime`; its lifespan is receiver.app's, so it has none."""
     app = Litestar(
         route_handlers=[
-            *HOOK_ROUTES,
             *ADMIN_ROUTES,
             *SANDBOX_ROUTES,
             *OPEN_ROUTES,

@@ -4,7 +4,7 @@ Every 4xx a hook route answers, whatever the reason (a wrong secret, an unknown 
 bad body, a body too large, a wrong method), takes one from the failure budget of the
 client's address and, on a job's own URL, of its token (see receiver.ratelimit). So a
 flood of any kind of refusal meets 429 after RECEIVER_AUTH_FAILURE_BURST, and a 429 writes
-nothing. Both hook paths (receiver.fastpath, receiver.hooks) ask here: the rules are kept once.
+nothing. The hook routes (receiver.hooks) ask here.
 
 The copy kept in the quarantine is capped: the request's headers, path and query as
 `receiver.callbacks.kept_request` caps them, and its body to a few KiB unless the caller

@@ -21,6 +21,7 @@ __all__ = [
     "digest",
     "matches",
     "matches_any",
+    "matches_digests",
     "mint_secret",
     "mint_token",
     "redact_fields",
@@ -67,15 +68,22 @@ def matches(candidate: str | None, stored_digest: str | None) -> bool:
     return hmac.compare_digest(digest(candidate), stored_digest)
 
 
-def matches_any(candidate: str | None, secrets_: Iterable[str | None]) -> bool:
-    """Whether `candidate` equals any configured plain secret; every one is compared."""
+def matches_digests(candidate: str | None, stored_digests: Iterable[str | None]) -> bool:
+    """Whether `candidate` hashes to any of `stored_digests`; every one is compared, so
+    timing tells nothing about which (if any) matched."""
     if candidate is None:
         return False
+    hashed = digest(candidate)
     found = False
-    for secret in secrets_:
-        if secret and hmac.compare_digest(digest(candidate), digest(secret)):
+    for stored in stored_digests:
+        if stored and hmac.compare_digest(hashed, stored):
             found = True
     return found
+
+
+def matches_any(candidate: str | None, secrets_: Iterable[str | None]) -> bool:
+    """Whether `candidate` equals any configured plain secret; every one is compared."""
+    return matches_digests(candidate, [digest(secret) for secret in secrets_ if secret])
 
 
 # One rule for every name a credential can travel under (headers, payload fields): matched

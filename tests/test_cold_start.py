@@ -41,46 +41,70 @@ def callback(task_id: str) -> bytes:
 
 class TestImports:
     def test_the_callback_path_loads_neither_framework_nor_client(self, tmp_path: Path) -> None:
-        """In a fresh interpreter: the CLI, the app and a committed callback, without either."""
+        """In a fresh interpreter: the CLI, the app, a committed callback to each route style
+        and refusals of each kind, without the framework or the outgoing client."""
         script = textwrap.dedent(
-            f"""
+            """
             import asyncio, json, sys
             import receiver.cli
             from receiver.app import create_app
             from receiver.config import load_settings
             from receiver.dispatch import Registry
+            from receiver.store import NewJob
+            from receiver.submit import queued_job
+            from receiver.verify import digest
 
             async def main():
-                env = json.loads(sys.argv[1])
+                env, requests = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+                # No loops: a nudge makes the poller pull, which loads the client, rightly.
                 app = create_app(load_settings(env, config_file=None), handlers=Registry(),
-                                 preload=False)
-                sent = []
-                async def receive():
-                    return {{"type": "http.request", "body": {callback("cold-1")!r}}}
-                async def send(message):
-                    sent.append(message)
-                body = {callback("cold-1")!r}
-                scope = {{"type": "http", "method": "POST", "path": "/hooks/apiframe",
-                          "query_string": b"", "client": ("127.0.0.1", 1),
-                          "headers": [(b"x-webhook-secret", {SECRET.encode()!r}),
-                                      (b"content-length", str(len(body)).encode())]}}
+                                 preload=False, run_loops=False)
+                statuses = []
                 async with app.lifespan():
-                    await app(scope, receive, send)
-                status = sent[0]["status"]
+                    job = NewJob(job=queued_job("rixapi", "t-r"), token_hash=digest("tok-r"))
+                    await app.runtime.store.create_job(job)
+                    for method, path, secret, text in requests:
+                        body = text.encode()
+                        headers = [(b"content-length", str(len(body)).encode())]
+                        if secret:
+                            headers.append((b"x-webhook-secret", secret.encode()))
+                        scope = {"type": "http", "method": method, "path": path,
+                                 "query_string": b"", "client": ("127.0.0.1", 1),
+                                 "headers": headers}
+                        sent = []
+                        async def receive():
+                            return {"type": "http.request", "body": body}
+                        async def send(message):
+                            sent.append(message)
+                        await app(scope, receive, send)
+                        statuses.append(sent[0]["status"])
                 loaded = [m for m in ("litestar", "httpx", "rich") if m in sys.modules]
-                print(json.dumps({{"status": status, "loaded": loaded}}))
+                print(json.dumps({"statuses": statuses, "loaded": loaded}))
 
             asyncio.run(main())
             """
         )
+        rixapi = json.dumps({"task_id": "t-r", "status": "1", "progress": "50"})
+        requests = [
+            ("POST", "/hooks/apiframe", SECRET, callback("cold-1").decode()),  # static secret
+            ("POST", "/hooks/rixapi/tok-r", None, rixapi),  # a job's URL, its token alone
+            ("GET", "/hooks/rixapi/tok-r", None, ""),  # a nudge
+            ("POST", "/hooks/apiframe", "wrong", callback("cold-2").decode()),
+            ("POST", "/hooks/apiframe", SECRET, "not json"),
+            ("POST", "/hooks/rixapi/no-such-token", None, rixapi),
+            ("PUT", "/hooks/rixapi/tok-r", None, ""),  # no route takes the method
+            ("POST", "/hooks/a/b/c", None, ""),  # nor the path
+        ]
+        env = {**settings_for(tmp_path), "RECEIVER_RIXAPI_BASE_URL": "http://127.0.0.1:9"}
         done = subprocess.run(
-            [sys.executable, "-c", script, json.dumps(settings_for(tmp_path))],
+            [sys.executable, "-c", script, json.dumps(env), json.dumps(requests)],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert 0 == done.returncode, done.stderr
-        assert {"status": 200, "loaded": []} == json.loads(done.stdout)
+        expected = [200, 200, 202, 401, 400, 404, 405, 404]
+        assert {"statuses": expected, "loaded": []} == json.loads(done.stdout)
 
 
 class TestCollector:
@@ -128,7 +152,8 @@ class TestFramework:
     async def test_callback_answered_before_the_framework_then_loaded_on_demand(
         self, tmp_path: Path
     ) -> None:
-        """Without preload, a callback leaves the framework unloaded; /healthz loads it."""
+        """Without preload, callbacks and refusals on the hook routes leave the framework
+        unloaded; /healthz loads it."""
         app = create_app(
             load_settings(settings_for(tmp_path), config_file=None),
             handlers=Registry(),
@@ -138,17 +163,17 @@ class TestFramework:
             answer = await client.post(
                 "/hooks/apiframe", content=callback("t-1"), headers={"x-webhook-secret": SECRET}
             )
-            assert 200 == answer.status_code
-            assert app._framework is None
+            refused = await client.post(
+                "/hooks/apiframe", content=callback("t-2"), headers={"x-webhook-secret": "no"}
+            )
+            wrong_method = await client.get("/hooks/apiframe")
+            assert (200, 401, 405) == tuple(a.status_code for a in (answer, refused, wrong_method))
+            assert 405 == wrong_method.status_code and "POST" in wrong_method.headers["allow"]
+            assert (app._framework, app._loading) == (None, None)
             health = await client.get("/healthz")
             assert 200 == health.status_code
             assert "ok" == health.json()["status"]
             assert app._framework is not None
-            # A refusal on the fast path's route is the framework's answer.
-            refused = await client.post(
-                "/hooks/apiframe", content=callback("t-2"), headers={"x-webhook-secret": "no"}
-            )
-            assert 401 == refused.status_code
 
     async def test_preload_loads_the_framework_after_start(self, tmp_path: Path) -> None:
         """With preload (the default), the framework is ready without a request asking."""

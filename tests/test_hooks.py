@@ -14,9 +14,10 @@ import pytest
 
 from receiver.dispatch import Registry
 from receiver.errors import StoreUnavailable
-from receiver.hooks import nudge_uuid
+from receiver.hook_handlers import nudge_uuid
 from receiver.models import Job, Status, new_id, now
 from receiver.store import NewJob, SQLiteStore
+from receiver.store.base import Recorded, TokenMatch
 from receiver.testing import LiveReceiver, running_receiver
 from receiver.verify import REDACTED, digest
 
@@ -566,3 +567,82 @@ class TestStaticRoute:
         )
         assert 400 == answer.status_code
         assert ["no_task_id"] == await quarantine_reasons(live)
+
+
+class CountingStore(SQLiteStore):
+    """A SQLite store that notes each job lookup and record the routes ask of it."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.calls: list[str] = []
+
+    async def job_by_token(self, token_hash: str) -> TokenMatch | None:
+        self.calls.append("job_by_token")
+        return await super().job_by_token(token_hash)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        self.calls.append("get_job")
+        return await super().get_job(job_id)
+
+    async def record(self, *args: Any, **kwargs: Any) -> Recorded:
+        self.calls.append("record")
+        return await super().record(*args, **kwargs)
+
+    async def record_by_token(self, *args: Any, **kwargs: Any) -> Recorded | None:
+        self.calls.append("record_by_token")
+        return await super().record_by_token(*args, **kwargs)
+
+    async def record_nudge(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("record_nudge")
+        await super().record_nudge(*args, **kwargs)
+
+    async def record_nudge_by_token(self, *args: Any, **kwargs: Any) -> Job | None:
+        self.calls.append("record_nudge_by_token")
+        return await super().record_nudge_by_token(*args, **kwargs)
+
+
+class TestOneWriteByToken:
+    """A callback or a nudge to a job's own URL is one store write, its job looked up inside it."""
+
+    @pytest.mark.parametrize(
+        ("provider", "secret", "body"),
+        [
+            # Unauthenticated, confirmed by pulling: its progress is believed as it comes.
+            ("rixapi", None, {"task_id": "0ab3bfe2-be23", "status": "1", "progress": "50"}),
+            ("apiframe", SECRET, {**APIFRAME_PROGRESS, "task_id": "0ab3bfe2-be23"}),
+        ],
+    )
+    async def test_no_read_before_the_write(
+        self, tmp_path: Path, provider: str, secret: str | None, body: dict[str, Any]
+    ) -> None:
+        store = CountingStore(f"sqlite:///{tmp_path / 'receiver.db'}")
+        env = {"RECEIVER_RIXAPI_BASE_URL": "http://127.0.0.1:9"}
+        async with running_receiver(tmp_path, env=env, store=store) as live:
+            job = await make_job(live, provider, task_id="0ab3bfe2-be23", secret=secret)
+            store.calls.clear()
+            headers = {"x-webhook-secret": secret} if secret else {}
+            async with httpx.AsyncClient(base_url=live.url) as client:
+                answer = await client.post(f"/hooks/{provider}/{TOKEN}", json=body, headers=headers)
+            calls = list(store.calls)
+            stored = await store.get_job(job.id)
+        assert 200 == answer.status_code, answer.text
+        assert ["record_by_token"] == calls
+        assert stored is not None
+        assert (Status.RUNNING, 0.5 if provider == "rixapi" else 0.4) == (
+            stored.status,
+            stored.progress,
+        )
+
+    async def test_a_nudge_reads_nothing_before_its_write(self, tmp_path: Path) -> None:
+        store = CountingStore(f"sqlite:///{tmp_path / 'receiver.db'}")
+        env = {"RECEIVER_AIVIDEOAPI_BASE_URL": "http://127.0.0.1:9"}
+        async with running_receiver(tmp_path, env=env, store=store) as live:
+            job = await make_job(live, "aivideoapi", task_id="0ab3bfe2-be23", secret=None)
+            store.calls.clear()
+            async with httpx.AsyncClient(base_url=live.url) as client:
+                answer = await client.get(f"/hooks/aivideoapi/{TOKEN}?uuid=0ab3bfe2-be23")
+            calls = list(store.calls)
+            kept = await store.list_requests(job.id)
+        assert 202 == answer.status_code, answer.text
+        assert ["record_nudge_by_token"] == calls
+        assert ["GET"] == [raw.method for raw in kept]

@@ -235,7 +235,7 @@ class TestLiveLimits:
         self, live: LiveReceiver, fired: Fired
     ) -> None:
         """A trusted proxy adds its own X-Forwarded-For line: that line, not the caller's
-        forged first one, is the address budgeted and kept, on both hook paths."""
+        forged first one, is the address budgeted and kept, on every hook route."""
         await make_job(live)
         codes = [
             (
@@ -244,7 +244,7 @@ class TestLiveLimits:
             for n in range(6)
         ]
         assert [404] * 5 + [429] == codes
-        # The right secret would be taken by the fast path: it too sees the spent budget.
+        # The right secret meets the spent address budget too.
         assert 429 == (await post(live, SECRET, via=["6.6.6.99", "198.51.100.7"])).status_code
         assert {"198.51.100.7"} == {e.client for e in await live.runtime.store.list_quarantine()}
         assert 200 == (await post(live, SECRET, via=["198.51.100.7", "198.51.100.8"])).status_code

@@ -113,10 +113,10 @@ class TestEveryRefusalCounts:
         codes = [await raw_http(live, request) for _ in range(5)]
         assert [code] * 3 + [429] * 2 == codes
 
-    async def test_a_limited_address_is_refused_before_a_framework_answer(
+    async def test_a_limited_address_is_refused_before_a_no_route_answer(
         self, live: LiveReceiver
     ) -> None:
-        """Once the budget is spent, even a request the framework refuses gets 429."""
+        """Once the budget is spent, even a path or method no hook route takes gets 429."""
         await make_job(live)
         for _ in range(3):
             await raw_http(live, KINDS["413-declared-too-large"][1])
@@ -231,30 +231,30 @@ class TestRowCap:
 class TestCaps:
     """What is kept of a request is redacted first, then cut to its caps."""
 
-    async def test_accepted_callbacks_are_kept_capped_on_both_paths(self, tmp_path: Path) -> None:
-        """A callback taken by the fast path (apiframe, with its secret) and one taken by the
-        ordinary route (rixapi) keep their headers within the same caps."""
+    async def test_accepted_callbacks_are_kept_capped_on_every_route(self, tmp_path: Path) -> None:
+        """A callback to the static route (apiframe, with its secret) and one to a job's own
+        URL (rixapi, its token alone) keep their headers within the same caps."""
         env = {"RECEIVER_APIFRAME_WEBHOOK_SECRET": "static-" + "s" * 40}
         async with (
             running_receiver(tmp_path, env=env) as live,
             httpx.AsyncClient(base_url=live.url) as client,
         ):
-            fast = await client.post(
+            static = await client.post(
                 "/hooks/apiframe",
                 json={"task_id": "t-9", "status": "processing", "percentage": 10},
                 headers={"x-webhook-secret": "static-" + "s" * 40, "x-pad": PAD},
             )
             job = await make_job(live)
-            ordinary = await client.post(
+            by_token = await client.post(
                 f"/hooks/rixapi/{TOKEN}", json=RUNNING, headers={"x-pad": PAD}
             )
-            fast_job = await live.runtime.store.job_by_task("apiframe", "t-9")
-            assert fast_job is not None
+            static_job = await live.runtime.store.job_by_task("apiframe", "t-9")
+            assert static_job is not None
             kept = [
-                *await live.runtime.store.list_requests(fast_job.id),
+                *await live.runtime.store.list_requests(static_job.id),
                 *await live.runtime.store.list_requests(job.id),
             ]
-        assert (200, 200) == (fast.status_code, ordinary.status_code)
+        assert (200, 200) == (static.status_code, by_token.status_code)
         assert 2 == len(kept)
         for raw in kept:
             assert "x" * 1024 + f"[+{len(PAD) - 1024}]" == raw.headers["x-pad"]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from receiver.asgi import Receive, Scope, Send
 from receiver.errors import ProviderError
 from receiver.models import Status
 from receiver.providers import get_provider
@@ -70,11 +71,6 @@ class Hit(NamedTuple):
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class ReceiverStub:

@@ -402,6 +402,32 @@ class TestRecordByToken:
         job = await store.get_job("job_1")
         assert job is not None and Status.QUEUED is job.status
 
+    async def test_a_nudge_accepted_is_kept_and_schedules_the_poll(self, store: Store) -> None:
+        await add_job(store, token_hash="tok-digest", secret_hash="sec-digest")
+        seen: list[str] = []
+
+        def accept(match: TokenMatch) -> bool:
+            seen.append(match.job.id)
+            return True
+
+        job = await store.record_nudge_by_token("tok-digest", accept, make_raw(), poll_at=T0 + 5)
+        assert ["job_1"] == seen
+        assert job is not None and "job_1" == job.id
+        assert [make_raw()] == await store.list_requests("job_1")
+        assert T0 + 5 == await store.next_poll_at()
+
+    @pytest.mark.parametrize("token", ["no-such-token", "tok-digest"])
+    async def test_a_nudge_unknown_or_refused_writes_nothing(
+        self, store: Store, token: str
+    ) -> None:
+        await add_job(store, token_hash="tok-digest", secret_hash="sec-digest")
+        job = await store.record_nudge_by_token(
+            token, lambda match: False, make_raw(), poll_at=T0 + 5
+        )
+        assert job is None
+        assert [] == await store.list_requests("job_1")
+        assert None is await store.next_poll_at()
+
 
 class TestNudges:
     """A nudge keeps its raw request and schedules a poll only for a job still in progress."""

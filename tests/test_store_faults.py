@@ -285,8 +285,9 @@ class TestFaultsInOurStore:
                     *(post(client, "/hooks/apiframe", callback(t)) for t in during),
                     # A wrong secret is still refused; only its quarantine copy is lost.
                     post(client, "/hooks/apiframe", callback("intruder"), secret="wrong"),
-                    # A job lookup by token (a read) still answers.
-                    client.get("/hooks/apiframe/no-such-token"),
+                    # A bad body's job lookup by token (a read) still answers. (A nudge or a
+                    # callback to a job's URL is looked up inside its write: 503 like these.)
+                    post(client, "/hooks/apiframe/no-such-token", ["not an object"]),
                 )
                 await asyncio.sleep(max(0.0, fault_began + FAULT_SECONDS - time.monotonic()))
                 assert receiver.alive()
@@ -299,7 +300,7 @@ class TestFaultsInOurStore:
             slowest = max(a.seconds for a in callbacks)
             assert slowest < ANSWER_BOUND, f"a 503 took {slowest:.1f}s"
             assert 401 == refused[len(during)].status
-            assert 404 == refused[len(during) + 1].status_code
+            assert 404 == refused[len(during) + 1].status
 
             # The provider retries what got a 503; new callbacks come in too.
             after = {f"after-{n}" for n in range(20)}
@@ -415,24 +416,33 @@ class TestBrokenConnections:
     """A connection that breaks under the store costs one 503, then is reopened by itself."""
 
     async def test_read_fault_on_job_lookup_is_503_then_recovers(self, tmp_path: Path) -> None:
-        """The reading connection closed under a job lookup gives 503; the next lookup works."""
+        """The reading connection closed under a job lookup gives 503; the next lookup works.
+
+        A nudge reads nothing (its job is looked up inside its write): it is not touched."""
         store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}")
+        admin = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
         async with quiet_receiver(tmp_path, store) as client:
             assert store._reader is not None
             await store._reader.close()
-            broken = await client.get("/hooks/apiframe/some-token")
-            healed = await client.get("/hooks/apiframe/some-token")
+            nudge = await client.get("/hooks/apiframe/some-token")
+            broken = await client.get("/jobs/job_none", headers=admin)
+            healed = await client.get("/jobs/job_none", headers=admin)
+        assert 404 == nudge.status_code
         assert (503, "5") == (broken.status_code, broken.headers.get("retry-after"))
         assert 404 == healed.status_code
 
     async def test_read_fault_on_a_jobs_own_url_is_503_then_recovers(self, tmp_path: Path) -> None:
-        """A POST to a job's own URL looks its token up first: a broken read is a 503 too."""
+        """A POST to a job's own URL reads nothing before its write (its token is looked up
+        inside it), but a bad body's answer needs the job (404, 401 or 400): that read,
+        broken, is a 503 too."""
         store = SQLiteStore(f"sqlite:///{tmp_path / 'receiver.db'}")
         async with quiet_receiver(tmp_path, store) as client:
             assert store._reader is not None
             await store._reader.close()
-            broken = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
-            healed = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+            written = await post(client, "/hooks/apiframe/some-token", callback("t-1"))
+            broken = await post(client, "/hooks/apiframe/some-token", ["not an object"])
+            healed = await post(client, "/hooks/apiframe/some-token", ["not an object"])
+        assert 404 == written.status  # no such job, found so by the write
         assert (503, "5") == (broken.status, broken.retry_after)
         assert 404 == healed.status
 

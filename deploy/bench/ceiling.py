@@ -27,12 +27,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 
-Message = MutableMapping[str, Any]
+from receiver.asgi import Receive, Scope, Send
+
 SECRET = os.environ.get("SECRET", "bench-secret").encode()
 _DECODE = msgspec.json.Decoder(dict[str, Any]).decode
 _OK = [(b"content-type", b"application/json"), (b"content-length", b"11")]
@@ -142,9 +142,9 @@ class Probe:
 
     async def __call__(
         self,
-        scope: Message,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":

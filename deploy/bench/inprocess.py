@@ -1,11 +1,13 @@
-"""The hook route's own cost, without HTTP: callbacks handed straight to the fast path.
+"""The hook routes' own cost, without HTTP: callbacks handed straight to the ASGI app.
 
-    python deploy/bench/inprocess.py [N] [--token] [--no-loops] [--profile]
+    python deploy/bench/inprocess.py [N] [--token | --rixapi] [--no-loops] [--profile]
 
 Builds the app on a fresh SQLite file with the benchmark's no-op handler, then passes N
-apiframe callbacks, 50 at a time, to `FastHooks.handle` as uvicorn would (scope, receive,
-send), and waits until every delivery has run. `--token` posts each to its own job's URL
-(`/hooks/apiframe/{token}`, jobs made beforehand) instead of the static route;
+apiframe callbacks, 50 at a time, to the app as uvicorn would (scope, receive, send), and
+waits until every delivery has run. `--token` posts each to its own job's URL
+(`/hooks/apiframe/{token}` with the job's secret, jobs made beforehand) instead of the
+static route; `--rixapi` posts rixapi's unauthenticated progress callbacks to their jobs'
+URLs (`/hooks/rixapi/{token}`, no secret: the token is the credential);
 `--no-loops` leaves the dispatcher off (ingest alone); `--profile` prints cProfile's top
 functions. Prints callbacks per second and CPU per callback (every thread of the process).
 """
@@ -29,23 +31,30 @@ CONCURRENCY = 50
 SECRET = "bench-secret"
 
 
-def scope(path: str, body: bytes, secret: str) -> dict[str, Any]:
+def scope(path: str, body: bytes, secret: str | None) -> dict[str, Any]:
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if secret is not None:
+        headers.append((b"x-webhook-secret", secret.encode()))
     return {
         "type": "http",
         "method": "POST",
         "path": path,
         "query_string": b"",
         "client": ("127.0.0.1", 5555),
-        "headers": [
-            (b"host", b"bench"),
-            (b"content-type", b"application/json"),
-            (b"x-webhook-secret", secret.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ],
+        "headers": headers,
     }
 
 
-async def main(count: int, *, token: bool, loops: bool, profile: bool) -> None:
+def rixapi_body(task_id: str) -> bytes:
+    """A rixapi progress callback, as its document shows one."""
+    return f'{{"task_id":"{task_id}","status":"1","progress":"50"}}'.encode()
+
+
+async def main(count: int, *, style: str, loops: bool, profile: bool) -> None:
     from receiver.app import create_app
     from receiver.bench.load import callback_body
     from receiver.store.base import NewJob
@@ -53,13 +62,16 @@ async def main(count: int, *, token: bool, loops: bool, profile: bool) -> None:
     from receiver.verify import digest
 
     app = create_app(run_loops=loops)
-    fast = app.fast  # type: ignore[attr-defined]
+    provider = "rixapi" if style == "rixapi" else "apiframe"
 
     async def one(n: int) -> None:
-        body = callback_body(f"t-{n}")
-        path = f"/hooks/apiframe/tok-{n}" if token else "/hooks/apiframe"
-        request = scope(path, body, f"sec-{n}" if token else SECRET)
-        route = fast.route(request)
+        if style == "rixapi":
+            path, body, secret = f"/hooks/rixapi/tok-{n}", rixapi_body(f"t-{n}"), None
+        elif style == "token":
+            path, body, secret = f"/hooks/apiframe/tok-{n}", callback_body(f"t-{n}"), f"sec-{n}"
+        else:
+            path, body, secret = "/hooks/apiframe", callback_body(f"t-{n}"), SECRET
+        request = scope(path, body, secret)
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
@@ -68,21 +80,19 @@ async def main(count: int, *, token: bool, loops: bool, profile: bool) -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        async def fallback(*_: Any) -> None:
-            raise AssertionError(f"the fast path did not take {path}")
-
-        await fast.handle(route, request, receive, send, fallback)
+        await app(request, receive, send)
         if sent[0]["status"] != 200:
             raise AssertionError(f"{path} answered {sent[0]['status']}")
 
     async with app.lifespan():
+        await app.framework()  # loaded before the clock starts, whichever route needs it
         runtime = app.state.runtime
-        if token:  # jobs as POST /jobs would make them: a token and a secret each
+        if style != "static":  # jobs as POST /jobs would make them: a token (and secret) each
             for n in range(count):
                 job = NewJob(
-                    job=queued_job("apiframe", f"t-{n}"),
+                    job=queued_job(provider, f"t-{n}"),
                     token_hash=digest(f"tok-{n}"),
-                    secret_hash=digest(f"sec-{n}"),
+                    secret_hash=digest(f"sec-{n}") if style == "token" else None,
                 )
                 await runtime.store.create_job(job)
         left = list(range(count))
@@ -104,7 +114,7 @@ async def main(count: int, *, token: bool, loops: bool, profile: bool) -> None:
             profiler.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     what = "ingest and delivery" if loops else "ingest"
-    route = "/hooks/apiframe/{token}" if token else "/hooks/apiframe"
+    route = f"/hooks/{provider}/{{token}}" if style != "static" else "/hooks/apiframe"
     print(
         f"{route}, {what}: {count / wall:.0f} callbacks/s,"
         f" {cpu / count * 1e6:.0f} µs of CPU per callback"
@@ -122,12 +132,14 @@ if __name__ == "__main__":
             RECEIVER_HANDLERS="receiver.bench.handler",
             RECEIVER_APIFRAME_WEBHOOK_SECRET=SECRET,
             RECEIVER_ADMIN_TOKEN=secrets.token_urlsafe(32),
+            RECEIVER_RIXAPI_BASE_URL="http://127.0.0.1:9",  # its posts confirmed by pulling
             RECEIVER_LOG_LEVEL="WARNING",
         )
+        style = "token" if "--token" in args else "rixapi" if "--rixapi" in args else "static"
         uvloop.run(
             main(
                 count,
-                token="--token" in args,
+                style=style,
                 loops="--no-loops" not in args,
                 profile="--profile" in args,
             )

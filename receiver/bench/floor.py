@@ -7,22 +7,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+
+from receiver.asgi import Receive, Scope, Send
 
 __all__ = ["app", "main"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
 
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"11")]
 
 
-async def app(
-    scope: Scope,
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
-) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Read the whole body, answer `{"ok":true}`."""
     if scope["type"] == "lifespan":
         while True:

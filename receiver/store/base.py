@@ -368,6 +368,24 @@ class Store(abc.ABC):
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
         """Keep a nudge's raw request and schedule the job's poll, in one transaction."""
 
+    async def record_nudge_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        raw: RawRequest,
+        *,
+        poll_at: float,
+    ) -> Job | None:
+        """`record_nudge` for the job whose URL token hashes to `token_hash`, if `accept`
+        takes it: the job as found, or None with nothing written (as `record_by_token`).
+        A backend may do both in one transaction.
+        """
+        match = await self.job_by_token(token_hash)
+        if match is None or not accept(match):
+            return None
+        await self.record_nudge(match.job.id, raw, poll_at=poll_at)
+        return match.job
+
     @abc.abstractmethod
     async def quarantine(self, entry: Quarantined) -> None: ...
 

@@ -759,14 +759,28 @@ class SQLiteStore(Store):
         return await self._write(work)
 
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            _insert_request(conn, raw, job_id)
-            conn.execute(
-                "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
-                (poll_at, job_id),
-            )
+        await self._write(functools.partial(_nudge, job_id=job_id, raw=raw, poll_at=poll_at))
 
-        await self._write(work)
+    async def record_nudge_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        raw: RawRequest,
+        *,
+        poll_at: float,
+    ) -> Job | None:
+        # In the write, as `record_by_token`: no read of its own first.
+        def work(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(_JOB_BY_TOKEN, (token_hash,)).fetchone()
+            if row is None:
+                return None
+            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
+            if not accept(match):
+                return None
+            _nudge(conn, job_id=match.job.id, raw=raw, poll_at=poll_at)
+            return match.job
+
+        return await self._write(work)
 
     async def quarantine(self, entry: Quarantined) -> None:
         await self._write(lambda conn: conn.execute(_INSERT_QUARANTINE, QUARANTINE.values(entry)))
@@ -1183,6 +1197,15 @@ def _insert_within_budgets(conn: sqlite3.Connection, new: NewJob) -> None:
 
 def _insert_request(conn: sqlite3.Connection, raw: RawRequest, job_id: str | None) -> None:
     conn.execute(_INSERT_REQUEST, (*REQUESTS.values(raw), job_id))
+
+
+def _nudge(conn: sqlite3.Connection, *, job_id: str, raw: RawRequest, poll_at: float) -> None:
+    """Keep a nudge's raw request and have the job polled at `poll_at` while it is open."""
+    _insert_request(conn, raw, job_id)
+    conn.execute(
+        "UPDATE jobs SET next_poll_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+        (poll_at, job_id),
+    )
 
 
 def _record(
