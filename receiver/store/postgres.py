@@ -59,11 +59,15 @@ from receiver.store.migrations import migrations
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
+    EVENT_SELECT,
+    EVENT_WIDTH,
     EVENTS,
     JOBS,
     QUARANTINE,
     REQUESTS,
     Table,
+    event_values,
+    read_event,
     to_json,
 )
 
@@ -599,11 +603,11 @@ class PostgresStore(Store):
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetch(
-            f"SELECT {EVENTS.select} FROM events WHERE job_id = $1 ORDER BY seq LIMIT $2",
+            f"SELECT {EVENT_SELECT} FROM events e WHERE e.job_id = $1 ORDER BY e.seq LIMIT $2",
             job_id,
             limit,
         )
-        return [EVENTS.read(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     # The hot path
 
@@ -662,7 +666,7 @@ class PostgresStore(Store):
             )
             after = transition.job
             writes: list[tuple[str, Sequence[Any]]] = [
-                (_INSERT_EVENT, (*EVENTS.values(event), key))
+                (_INSERT_EVENT, (*event_values(event, raw.body if raw else None), key))
             ]
             if transition.changed:
                 writes.append(_job_state(after, transition.preview_rank, next_poll_at))
@@ -777,12 +781,12 @@ class PostgresStore(Store):
             if not deliveries:
                 return []
             joined = await db.fetch(
-                f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+                f"SELECT {EVENT_SELECT}, {JOBS.select_as('j')}"
                 " FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id = ANY($1::text[])",
                 [delivery.event_id for delivery in deliveries],
             )
         by_event = {
-            row[0]: (EVENTS.read(row), JOBS.read(tuple(row)[EVENTS.width :])) for row in joined
+            row[0]: (read_event(row), JOBS.read(tuple(row)[EVENT_WIDTH:])) for row in joined
         }
         return [
             Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
@@ -1178,7 +1182,7 @@ _SWITCH_PROVIDER = (
 _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )
-_INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
+_INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 # One statement for the whole batch of answers (receiver.answers).
 _SAVE_ANSWERS = (

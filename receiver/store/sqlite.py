@@ -69,10 +69,14 @@ from receiver.store.migrations import migrations
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
+    EVENT_SELECT,
+    EVENT_WIDTH,
     EVENTS,
     JOBS,
     QUARANTINE,
     REQUESTS,
+    event_values,
+    read_event,
     to_json,
 )
 
@@ -159,7 +163,7 @@ _INSERT_JOB = _insert(
         "request_hash",
     ),
 )
-_INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
+_INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _SAVE_ANSWERS = "UPDATE requests SET answer_status = ?, answer_ms = ? WHERE id = ?"
@@ -680,10 +684,10 @@ class SQLiteStore(Store):
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
-            f"SELECT {EVENTS.select} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
+            f"SELECT {EVENT_SELECT} FROM events e WHERE e.job_id = ? ORDER BY e.seq LIMIT ?",
             (job_id, limit),
         )
-        return [EVENTS.read(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     # The hot path
 
@@ -1243,7 +1247,8 @@ def _record(
         )
     if raw is not None:
         _insert_request(conn, raw, job.id)
-    conn.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
+    body = raw.body if raw is not None else None
+    conn.execute(_INSERT_EVENT, (*event_values(event, body), key))
     deliveries: list[Delivery] = []
     if transition.disposition is Disposition.APPLIED:
         for handler in route(event, after):
@@ -1376,9 +1381,9 @@ def _claim(
     # Each delivery's event and job, read together in one query.
     marks = ", ".join("?" * len(deliveries))
     by_event = {
-        row[0]: (EVENTS.read(row), JOBS.read(row[EVENTS.width :]))
+        row[0]: (read_event(row), JOBS.read(row[EVENT_WIDTH:]))
         for row in conn.execute(
-            f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+            f"SELECT {EVENT_SELECT}, {JOBS.select_as('j')}"
             f" FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id IN ({marks})",
             [delivery.event_id for delivery in deliveries],
         )
