@@ -14,11 +14,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from test_store import T0, add_job, make_raw, record, route_to
 
 from receiver.models import Status, Update
 from receiver.store import SQLiteStore, Store
 from receiver.store.migrations import migrations
-from test_store import T0, add_job, make_raw, record, route_to
 
 LEAN = 11  # the migration that moved payloads out of events
 
