@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from test_store import T0, add_job, make_raw, record, route_to
 
-from receiver.models import Status, Update
+from receiver.models import Disposition, Status, Update
 from receiver.store import SQLiteStore, Store
 from receiver.store.migrations import migrations
 
@@ -130,6 +130,8 @@ OLD_ROWS = [
     ("evt_5", b"not json", {"a": 1}, None),
     ("evt_6", OTHER, None, None),
 ]
+# How the receiver keyed a callback at 40% before 0011, which keeps digests instead.
+OLD_KEY = "apiframe:task-1:running:0.4000"
 _JOB = (
     "INSERT INTO jobs (id, provider, task_id, status, created_at, updated_at)"
     " VALUES ('job_1', 'apiframe', 'task-1', 'running', 1, 1)"
@@ -152,7 +154,8 @@ def _old_statements() -> list[tuple[str, tuple[Any, ...]]]:
         if body is not None:
             statements.append((_REQUEST, (request_id, body)))
         text = None if payload is None else msgspec.json.encode(payload).decode()
-        statements.append((_EVENT, (event_id, f"k{n}", float(n), request_id, text)))
+        key = OLD_KEY if n == 0 else f"k{n}"
+        statements.append((_EVENT, (event_id, key, float(n), request_id, text)))
     return statements
 
 
@@ -208,6 +211,11 @@ class TestMigration0011:
             kept, where = await stored_payload(backend, url, event_id)
             assert where == moved, event_id
             assert (kept is None) == (moved is not None or payload is None), event_id
+        # The same callback again is still a duplicate of the one stored before 0011.
+        again = Update(status=Status.RUNNING, raw_status="running", progress=0.4)
+        recorded = await store.record("job_1", again, source="callback", route=route_to("h"))
+        assert Disposition.DUPLICATE == recorded.event.disposition
+        assert not recorded.deliveries
 
     async def test_sqlite(self, tmp_path: Path) -> None:
         path = tmp_path / "old.db"

@@ -866,7 +866,7 @@ class PostgresStore(Store):
         params: list[Any] = []
         if job_id is not None:
             params.append(job_id)
-            clauses.append(f"job_id = ${len(params)}")
+            clauses.append(_of_job(len(params)))
         if state is not None:
             params.append(state.value)
             clauses.append(f"state = ${len(params)}")
@@ -895,7 +895,8 @@ class PostgresStore(Store):
         for column, value in (("id", delivery_id), ("job_id", job_id), ("handler", handler)):
             if value is not None:
                 params.append(value)
-                clauses.append(f"{column} = ${len(params)}")
+                n = len(params)
+                clauses.append(_of_job(n) if column == "job_id" else f"{column} = ${n}")
         async with self._transaction() as db:
             rows = await db.fetch(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1,"
@@ -1151,6 +1152,12 @@ def _one_statement(
         params.append(notify)
         final = f"SELECT pg_notify(${len(params)}, '')"
     return f"WITH {', '.join(ctes)} {final}", params
+
+
+def _of_job(n: int) -> str:
+    """A job's deliveries, through its events (events_dedupe by job_id, then
+    deliveries_event): the index on deliveries by job holds only unfinished ones (0011)."""
+    return f"event_id IN (SELECT id FROM events WHERE job_id = ${n})"
 
 
 def _insert(table: str, columns: Sequence[str]) -> str:

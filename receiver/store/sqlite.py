@@ -50,7 +50,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import RENEWAL, advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_digest, dedupe_key
 from receiver.store.base import (
     AnswerNote,
     Claimed,
@@ -175,6 +175,9 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
     " ORDER BY id LIMIT ?)"
 )
+# A job's deliveries, through its events (events_dedupe by job_id, then deliveries_event):
+# the index on deliveries by job holds only unfinished ones (0011_lean_rows).
+_OF_JOB = "event_id IN (SELECT id FROM events WHERE job_id = ?)"
 _KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
@@ -334,6 +337,10 @@ class SQLiteStore(Store):
             await self._drop(db, exc)
 
     async def _migrate(self) -> None:
+        # 0011 turns the stored dedupe keys into their digests: SQLite has no SHA-256.
+        await self.db.create_function(
+            "receiver_dedupe_digest", 1, dedupe_digest, deterministic=True
+        )
         await self.db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
@@ -871,7 +878,7 @@ class SQLiteStore(Store):
     ) -> list[Delivery]:
         clauses, params = [], []
         if job_id is not None:
-            clauses.append("job_id = ?")
+            clauses.append(_OF_JOB)
             params.append(job_id)
         if state is not None:
             clauses.append("state = ?")
@@ -897,9 +904,9 @@ class SQLiteStore(Store):
             return []
         clauses = [f"state IN ({', '.join('?' * len(finished))})"]
         params: list[Any] = list(finished)
-        for column, value in (("id", delivery_id), ("job_id", job_id), ("handler", handler)):
+        for clause, value in (("id = ?", delivery_id), (_OF_JOB, job_id), ("handler = ?", handler)):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(clause)
                 params.append(value)
         async with self._transaction() as db:
             async with db.execute(

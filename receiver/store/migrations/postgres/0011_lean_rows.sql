@@ -37,3 +37,32 @@ FROM (
 WHERE e.seq = moved.seq AND moved.payload_from IS NOT NULL;
 
 DROP FUNCTION pg_temp.lean_payload_from(TEXT, BYTEA);
+
+-- The dedupe key each event stores (and events_dedupe holds beside its job id) becomes
+-- its 11-character digest, as receiver.state.dedupe_digest makes it: the unpadded base64
+-- of the first 8 bytes of its SHA-256. Used by: record's "has this job an event with
+-- this key" (job_id, dedupe_key).
+UPDATE events
+SET dedupe_key = rtrim(encode(substr(sha256(convert_to(dedupe_key, 'UTF8')), 1, 8), 'base64'), '=');
+
+-- Jobs by task: one unique index serves both lookups. Used by: a callback that names its
+-- task (job_by_task, record's ON CONFLICT (provider, task_id): columns in any order) and
+-- the job list filtered by task alone (list_jobs task_id = $n), which jobs_task served.
+DROP INDEX jobs_task;
+DROP INDEX jobs_provider_task;
+CREATE UNIQUE INDEX jobs_task_provider ON jobs (task_id, provider) WHERE task_id IS NOT NULL;
+
+-- Deliveries by job and handler: only unfinished ones are ever asked for by job. Used
+-- by: the claim's "an earlier delivery of this job for this handler is unfinished"
+-- (_CLAIM_DELIVERIES, next_delivery_at) and retention's "no delivery of the job is
+-- unfinished", all with state IN ('pending', 'running'). Done and dead rows leave it; a
+-- job's deliveries are listed and replayed through its events (events_dedupe by job_id,
+-- then deliveries_event).
+DROP INDEX deliveries_order;
+CREATE INDEX deliveries_unfinished ON deliveries (job_id, handler, seq)
+    WHERE state IN ('pending', 'running');
+
+-- A job's events: events_dedupe (job_id, dedupe_key) already finds them by job (the job's
+-- event list, the retention's checks, the foreign key check when a job is deleted); the
+-- event list sorts one job's events by seq instead of keeping a second index per event.
+DROP INDEX events_job;
