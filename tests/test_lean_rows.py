@@ -241,3 +241,31 @@ class TestMigration0011:
             await self._check(store, "postgres", pg_database)
         finally:
             await store.close()
+
+
+class TestFinishedDeliveries:
+    """A delivery's worker stamp goes with its lease: a finished row keeps none."""
+
+    async def test_done_row_has_no_worker(self, store: Store, backend: str, store_url: str) -> None:
+        from receiver.models import DeliveryState
+        from receiver.store.base import Worker
+
+        worker = await store.register_worker(
+            Worker(id="wrk_1", host="here", pid=1, pid_scope="", timeout=15.0)
+        )
+        await add_job(store)
+        await record(store, Update(status=Status.RUNNING, raw_status="r"), raw=make_raw())
+        [claimed] = await store.claim_deliveries(limit=1, lease=30, at=T0 + 5, worker=worker.id)
+        sql = "SELECT worker_id FROM deliveries WHERE id = ?"
+        assert [("wrk_1",)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        await store.set_delivery_state(
+            claimed.delivery.id,
+            DeliveryState.DONE,
+            error=None,
+            next_attempt_at=None,
+            at=T0 + 6,
+            attempt=claimed.delivery.attempts,
+        )
+        assert [(None,)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        [listed] = await store.list_deliveries(job_id="job_1")
+        assert DeliveryState.DONE == listed.state

@@ -804,9 +804,11 @@ class PostgresStore(Store):
         attempt: int | None,
     ) -> None:
         await self._execute(
+            # The lease ends, and the worker's stamp with it (only running rows are ever
+            # asked whose they are): a finished row keeps no worker id (0011_lean_rows).
             "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
             " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
-            " updated_at = $4 WHERE id = $5"
+            " worker_id = NULL, updated_at = $4 WHERE id = $5"
             " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
             state.value,
             error,
@@ -821,7 +823,8 @@ class PostgresStore(Store):
     ) -> None:
         await self._execute(
             "UPDATE deliveries SET state = 'pending', attempts = GREATEST(0, attempts - 1),"
-            " next_attempt_at = $1, lease_until = NULL, updated_at = $1"
+            " next_attempt_at = $1, lease_until = NULL, worker_id = NULL,"
+            " updated_at = $1"
             " WHERE id = $2 AND state = 'running' AND ($3::int IS NULL OR attempts = $3)",
             at,
             delivery_id,

@@ -836,7 +836,7 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = MAX(0, attempts - 1),"
-                " next_attempt_at = ?, lease_until = NULL, updated_at = ?"
+                " next_attempt_at = ?, lease_until = NULL, worker_id = NULL, updated_at = ?"
                 f" WHERE id = ? AND state = 'running' AND {_FENCE}",
                 (at, at, delivery_id, attempt, attempt),
             )
@@ -1109,9 +1109,11 @@ def _worker(row: Sequence[Any]) -> Worker:
 
 # Work run on the write connection's thread, inside a batch's transaction (see `_write`).
 
+# The lease ends, and the worker's stamp with it (only running rows are ever asked whose
+# they are): a finished row keeps no worker id (0011_lean_rows).
 _SET_DELIVERY = (
     "UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"
-    " next_attempt_at = COALESCE(?, next_attempt_at), lease_until = NULL,"
+    " next_attempt_at = COALESCE(?, next_attempt_at), lease_until = NULL, worker_id = NULL,"
     f" updated_at = ? WHERE id = ? AND {_FENCE}"
 )
 

@@ -66,3 +66,12 @@ CREATE INDEX deliveries_unfinished ON deliveries (job_id, handler, seq)
 -- event list, the retention's checks, the foreign key check when a job is deleted); the
 -- event list sorts one job's events by seq instead of keeping a second index per event.
 DROP INDEX events_job;
+
+-- A delivery's worker stamp matters only while it runs (reaping a stopped worker's
+-- leases, deliveries_worker WHERE state = 'running'): finished rows drop theirs.
+UPDATE deliveries SET worker_id = NULL WHERE state <> 'running' AND worker_id IS NOT NULL;
+
+-- Jobs by provider: the job list filtered by provider alone walks the jobs by id, newest
+-- first (the few providers each hold a large share), and with a status too it walks
+-- jobs_status (status, id); a provider's jobs in flight have jobs_open_by_provider.
+DROP INDEX jobs_provider;
