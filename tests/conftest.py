@@ -8,16 +8,15 @@ fails those tests; elsewhere they are skipped with the reason.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from live_process import run_sync
 
 from receiver.dispatch import Registry
 from receiver.store import SQLiteStore, Store
@@ -28,12 +27,6 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 T = TypeVar("T")
-
-
-def run_sync(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion on its own loop in a thread (safe inside a running loop)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro()).result()
 
 
 def database_url(base: str, name: str) -> str:

@@ -7,6 +7,7 @@ with a handlers module written to the test's directory, which is put on PYTHONPA
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,8 +30,18 @@ __all__ = [
     "callback",
     "free_port",
     "handled_events",
+    "run_sync",
     "stored_callbacks",
 ]
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on its own loop in a thread (safe inside a running loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro()).result()
+
 
 SECRET = "static-secret-for-the-fault-tests"
 
@@ -154,15 +166,35 @@ class ReceiverProcess:
             self.process.wait(timeout=10)
 
 
-def stored_callbacks(db: Path) -> dict[str, tuple[str, str]]:
-    """task id -> (event id, delivery state) for every stored callback with a delivery."""
+_STORED = (
+    "SELECT j.task_id, e.id, d.state FROM jobs j JOIN events e ON e.job_id = j.id"
+    " JOIN deliveries d ON d.event_id = e.id"
+)
+
+
+def stored_callbacks(db: Path | str) -> dict[str, tuple[str, str]]:
+    """task id -> (event id, delivery state) for every stored callback with a delivery.
+
+    `db` is a SQLite file, or a PostgreSQL URL.
+    """
+    if isinstance(db, str):
+        return {task: (event, state) for task, event, state in run_sync(lambda: _pg_rows(db))}
     with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT j.task_id, e.id, d.state FROM jobs j JOIN events e ON e.job_id = j.id"
-            " JOIN deliveries d ON d.event_id = e.id"
-        ).fetchall()
+        rows = conn.execute(_STORED).fetchall()
     conn.close()
     return {task: (event, state) for task, event, state in rows}
+
+
+async def _pg_rows(url: str) -> list[tuple[str, str, str]]:
+    import asyncpg
+
+    from receiver.store.postgres import pool_options
+
+    connection = await asyncpg.connect(pool_options(url)[0])
+    try:
+        return [tuple(row) for row in await connection.fetch(_STORED)]
+    finally:
+        await connection.close()
 
 
 def handled_events(directory: Path) -> Counter[str]:

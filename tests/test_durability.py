@@ -15,13 +15,17 @@ class TestKillNine:
     """SIGKILL while callbacks are in flight loses no acknowledged callback."""
 
     async def test_every_acknowledged_callback_is_stored_and_handled_after_restart(
-        self, tmp_path: Path
+        self, tmp_path: Path, backend: str, store_url: str
     ) -> None:
-        """Kill -9 under load, restart, and find every 2xx'd callback stored and its handler run."""
+        """Kill -9 under load, restart, and find every 2xx'd callback stored and its handler
+        run, on each backend (on PostgreSQL, callbacks are committed in batches)."""
         (tmp_path / "kill_handlers.py").write_text(HANDLER_MODULE)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        first = start_receiver(tmp_path, port)
+        env = {"RECEIVER_DATABASE_URL": store_url}
+        # Where the rows are read back from: the file itself, or the server.
+        database: Path | str = tmp_path / "receiver.db" if backend == "sqlite" else store_url
+        first = start_receiver(tmp_path, port, env)
         acknowledged: set[str] = set()
         sent: list[str] = []
         try:
@@ -41,12 +45,12 @@ class TestKillNine:
                 first.wait()
         assert len(sent) > len(acknowledged), "the kill should interrupt requests in flight"
 
-        second = start_receiver(tmp_path, port)
+        second = start_receiver(tmp_path, port, env)
         try:
             await wait_healthy(url, second)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                state = stored_callbacks(tmp_path / "receiver.db")
+                state = stored_callbacks(database)
                 if all(state.get(task, ("", ""))[1] == "done" for task in acknowledged):
                     break
                 await asyncio.sleep(0.2)
@@ -54,7 +58,7 @@ class TestKillNine:
             second.terminate()
             second.wait(timeout=30)
 
-        state = stored_callbacks(tmp_path / "receiver.db")
+        state = stored_callbacks(database)
         missing = sorted(acknowledged - state.keys())
         assert [] == missing
         not_done = sorted(t for t in acknowledged if state[t][1] != "done")

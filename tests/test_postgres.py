@@ -74,13 +74,15 @@ class TestUrls:
 
     def test_pool_options_are_split_off(self) -> None:
         """Our options leave the DSN; server settings stay; statement_timeout has a default."""
-        dsn, options = pool_options("postgresql://u@h/db?pool_size=3&pool_timeout=0.5&x=1")
-        assert {"max_size": 3, "min_size": 1, "timeout": 0.5} == options
+        dsn, options = pool_options(
+            "postgresql://u@h/db?pool_size=3&pool_timeout=0.5&batch_size=8&x=1"
+        )
+        assert {"max_size": 3, "min_size": 1, "timeout": 0.5, "batch_size": 8} == options
         assert "postgresql://u@h/db?x=1&statement_timeout=30000" == dsn
 
     def test_bad_pool_options_are_config_errors(self) -> None:
         """A pool size that is not a number, or below the minimum, is refused in one line."""
-        for query in ("pool_size=many", "pool_size=0", "pool_min=5&pool_size=2"):
+        for query in ("pool_size=many", "pool_size=0", "pool_min=5&pool_size=2", "batch_size=0"):
             with pytest.raises(ConfigError):
                 pool_options(f"postgresql://u@h/db?{query}")
 

@@ -16,8 +16,7 @@ import functools
 import hashlib
 import logging
 import math
-import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,7 +28,6 @@ from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
     Delivery,
     DeliveryState,
-    Disposition,
     Event,
     Job,
     Quarantined,
@@ -37,10 +35,8 @@ from receiver.models import (
     Status,
     StoredFile,
     Update,
-    new_id,
     now,
 )
-from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import (
     AnswerNote,
     Claimed,
@@ -55,28 +51,43 @@ from receiver.store.base import (
     TokenMatch,
     Worker,
 )
+from receiver.store.batcher import GroupCommit, Outcome
 from receiver.store.migrations import migrations
+from receiver.store.pg_batch import (
+    DELIVERIES_CHANNEL,
+    POLLS_CHANNEL,
+    DeliveryWrite,
+    Nudge,
+    Record,
+    set_delivery_states,
+    write_batch,
+)
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
     EVENT_SELECT,
     EVENT_WIDTH,
-    EVENTS,
     JOBS,
     QUARANTINE,
-    REQUESTS,
-    Table,
-    event_values,
     read_event,
     to_json,
 )
 
-__all__ = ["DELIVERIES_CHANNEL", "POLLS_CHANNEL", "PostgresStore", "is_fault", "pool_options"]
+__all__ = [
+    "BATCH_SIZE",
+    "DELIVERIES_CHANNEL",
+    "POLLS_CHANNEL",
+    "PostgresStore",
+    "is_fault",
+    "pool_options",
+]
 
 log = logging.getLogger("receiver.store.postgres")
 
-DELIVERIES_CHANNEL = "receiver_deliveries"
-POLLS_CHANNEL = "receiver_polls"
+# Callbacks committed together at most (the URL's `batch_size`), and how many batches
+# of one process may be in flight at once, each on a connection of its own.
+BATCH_SIZE = 64
+_FLIGHTS = 1
 # Any fixed 64-bit number: the session lock that keeps two `receiver migrate` apart.
 _MIGRATE_LOCK = 0x7265636569766572
 
@@ -106,8 +117,9 @@ def is_fault(exc: BaseException) -> bool:
 def pool_options(url: str) -> tuple[str, dict[str, Any]]:
     """Split our own query options off a database URL: the DSN for asyncpg, and pool settings.
 
-    `pool_size` (default 10), `pool_min` (1) and `pool_timeout` (seconds to wait for a
-    free connection, default 5) are ours; every other query parameter, such as
+    `pool_size` (default 10), `pool_min` (1), `pool_timeout` (seconds to wait for a
+    free connection, default 5) and `batch_size` (callbacks committed together at most,
+    default 64) are ours; every other query parameter, such as
     `statement_timeout` (milliseconds, default 30000), is passed to the server by asyncpg.
     """
     parts = urlsplit(url)
@@ -117,13 +129,17 @@ def pool_options(url: str) -> tuple[str, dict[str, Any]]:
             "max_size": int(query.pop("pool_size", "10")),
             "min_size": int(query.pop("pool_min", "1")),
             "timeout": float(query.pop("pool_timeout", "5")),
+            "batch_size": int(query.pop("batch_size", str(BATCH_SIZE))),
         }
     except ValueError:
         raise ConfigError(
-            "RECEIVER_DATABASE_URL: pool_size, pool_min and pool_timeout must be numbers"
+            "RECEIVER_DATABASE_URL: pool_size, pool_min, pool_timeout and batch_size"
+            " must be numbers"
         ) from None
     if options["max_size"] < 1 or options["min_size"] > options["max_size"]:
         raise ConfigError("RECEIVER_DATABASE_URL: need 1 <= pool_min <= pool_size")
+    if options["batch_size"] < 1:
+        raise ConfigError("RECEIVER_DATABASE_URL: batch_size must be at least 1")
     query.setdefault("statement_timeout", "30000")
     return urlunsplit(parts._replace(query=urlencode(query))), options
 
@@ -139,6 +155,18 @@ class PostgresStore(Store):
         self._pool_size: int = options["max_size"]
         self._pool_min: int = options["min_size"]
         self._acquire_timeout: float = options["timeout"]
+        # Ingest writes (record, record_by_token, record_nudge) are group-committed.
+        self._batches: GroupCommit[Record | Nudge] = GroupCommit(
+            functools.partial(self._commit_group, _ingest),
+            limit=options["batch_size"],
+            flights=_FLIGHTS,
+        )
+        # So are deliveries' outcomes: a runner finishing a handler answers nobody outside.
+        self._outcomes: GroupCommit[DeliveryWrite] = GroupCommit(
+            functools.partial(self._commit_group, set_delivery_states),
+            limit=options["batch_size"],
+            flights=_FLIGHTS,
+        )
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         # Heartbeats have a connection of their own (see `_beating`).
@@ -168,6 +196,8 @@ class PostgresStore(Store):
             raise
 
     async def close(self) -> None:
+        await self._batches.close()
+        await self._outcomes.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -625,124 +655,104 @@ class PostgresStore(Store):
         claim: int = 0,  # none claimed here: workers in other processes share this database
         lease: float = 0.0,
     ) -> Recorded:
-        at = now() if at is None else at
-        # Three round trips in the common case: lock the job; keep the raw request and
-        # ask whether the event is a duplicate; write event, job state, deliveries and the
-        # NOTIFY in one statement of data-modifying CTEs.
-        async with self._transaction() as db:
-            job, rank = await self._job_for_update(db, job_id, new_job)
-            key = dedupe_key(job.provider, job.task_id or update.task_id, update)
-            if raw is not None:
-                duplicate = await db.fetchval(
-                    _INSERT_REQUEST_AND_CHECK, *REQUESTS.values(raw), job.id, job.id, key
-                )
-            else:
-                duplicate = await db.fetchval(_CHECK_DUPLICATE, job.id, key)
-            transition = advance(
-                job,
-                update,
-                duplicate=duplicate,
-                at=at,
-                preview_from=rank,
-                renewal=source == RENEWAL,
-            )
-            event = Event(
-                id=new_id("evt"),
-                job_id=job.id,
-                provider=job.provider,
-                task_id=update.task_id or job.task_id,
-                status=update.status,
-                raw_status=update.raw_status,
-                progress=update.progress,
-                result_url=update.result_url,
-                preview_url=update.preview_url,
-                error=update.error,
-                error_code=update.error_code,
+        recorded: Recorded = await self._batches.submit(
+            Record(
+                job_id=job_id,
+                update=update,
                 source=source,
-                disposition=transition.disposition,
-                received_at=at,
-                request_id=raw.id if raw is not None else None,
-                payload=update.payload,
+                route=route,
+                raw=raw,
+                new_job=new_job,
+                next_poll_at=next_poll_at,
+                at=now() if at is None else at,
             )
-            after = transition.job
-            writes: list[tuple[str, Sequence[Any]]] = [
-                (_INSERT_EVENT, (*event_values(event, raw.body if raw else None), key))
-            ]
-            if transition.changed:
-                writes.append(_job_state(after, transition.preview_rank, next_poll_at))
-            elif next_poll_at is not None and not after.status.terminal:
-                writes.append((_MOVE_POLL, (next_poll_at, job.id)))
-            deliveries: list[Delivery] = []
-            if transition.disposition is Disposition.APPLIED:
-                deliveries = [
-                    Delivery(
-                        id=new_id("dlv"),
-                        event_id=event.id,
-                        job_id=job.id,
-                        handler=handler,
-                        state=DeliveryState.PENDING,
-                        next_attempt_at=at,
-                        created_at=at,
-                        updated_at=at,
-                    )
-                    for handler in route(event, after)
-                ]
-            if deliveries:
-                # One multi-row INSERT: rows take their seq in order (CTEs have no order).
-                writes.append(_insert_rows("deliveries", DELIVERIES, deliveries))
-            # NOTIFY is delivered at commit, to every listening worker in every process.
-            sql, params = _one_statement(writes, notify=DELIVERIES_CHANNEL if deliveries else None)
-            await db.execute(sql, *params)
-        return Recorded(event=event, job=after, deliveries=deliveries)
-
-    async def _job_for_update(
-        self, db: asyncpg.Connection, job_id: str | None, new_job: NewJob | None
-    ) -> tuple[Job, float]:
-        """The job an update is about, locked until commit (inserted if new), with its rank."""
-        params: tuple[str, ...]
-        if job_id is not None:
-            where, params = "id = $1", (job_id,)
-        elif new_job is not None and new_job.job.task_id is not None:
-            where = "provider = $1 AND task_id = $2"
-            params = (new_job.job.provider, new_job.job.task_id)
-        else:
-            raise ValueError("record() needs a job id or a new job with a task id")
-        select = f"SELECT {JOBS.select}, preview_rank FROM jobs WHERE {where} FOR UPDATE"
-        row = await db.fetchrow(select, *params)
-        if row is not None:
-            return JOBS.read(row), row[JOBS.width]
-        if job_id is not None or new_job is None:
-            raise LookupError(f"no job {job_id}")
-        # Two receivers may see the same unknown task at once: one insert wins, the
-        # other finds the winner's row (committed by then) and waits on its lock.
-        inserted = await db.fetchval(
-            _INSERT_JOB + " ON CONFLICT (provider, task_id) WHERE task_id IS NOT NULL"
-            " DO NOTHING RETURNING id",
-            *JOBS.values(new_job.job),
-            new_job.token_hash,
-            new_job.secret_hash,
-            to_json(new_job.input),
-            new_job.next_poll_at,
-            new_job.request_hash,
         )
-        if inserted is not None:
-            return new_job.job, -1.0
-        row = await db.fetchrow(select, *params)
-        if row is None:
-            raise LookupError(f"job of task {new_job.job.task_id} vanished")
-        return JOBS.read(row), row[JOBS.width]
+        return recorded
+
+    async def record_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        update: Update,
+        *,
+        source: str,
+        route: Router,
+        raw: RawRequest | None = None,
+        next_poll_at: float | None = None,
+        claim: int = 0,
+        lease: float = 0.0,
+    ) -> Recorded | None:
+        # The lookup is the batch's own lock of the job: no read of its own first.
+        recorded: Recorded | None = await self._batches.submit(
+            Record(
+                job_id=None,
+                update=update,
+                source=source,
+                route=route,
+                raw=raw,
+                next_poll_at=next_poll_at,
+                at=now(),
+                token_hash=token_hash,
+                accept=accept,
+            )
+        )
+        return recorded
 
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:
-        async with self._transaction() as db:
-            await db.execute(_INSERT_REQUEST, *REQUESTS.values(raw), job_id)
-            status = await db.execute(
-                "UPDATE jobs SET next_poll_at = $1 WHERE id = $2"
-                " AND status IN ('queued', 'running')",
-                poll_at,
-                job_id,
-            )
-            if status != "UPDATE 0":
-                await db.execute("SELECT pg_notify($1, '')", POLLS_CHANNEL)
+        await self._batches.submit(Nudge(job_id=job_id, raw=raw, poll_at=poll_at))
+
+    async def record_nudge_by_token(
+        self,
+        token_hash: str,
+        accept: Callable[[TokenMatch], bool],
+        raw: RawRequest,
+        *,
+        poll_at: float,
+    ) -> Job | None:
+        # The lookup is the batch's own lock of the job, as for `record_by_token`.
+        nudged: Job | None = await self._batches.submit(
+            Nudge(token_hash=token_hash, accept=accept, raw=raw, poll_at=poll_at)
+        )
+        return nudged
+
+    async def _commit_group(self, run: _Run, items: list[Any]) -> list[Outcome]:
+        """Commit a group of items with `run`; one Outcome per item.
+
+        When the group fails for a reason one item may have caused (a row the database
+        refuses, a job another process inserted meanwhile, a deadlock), it is rolled back
+        and each item runs again alone, so that item fails by itself. When the database
+        fails (unreachable, a commit lost), every caller hears StoreUnavailable.
+        """
+        if len(items) > 1:
+            outcomes = await self._try_group(run, items)
+            if outcomes is not None:
+                return outcomes
+        return [await self._alone(run, item) for item in items]
+
+    async def _try_group(self, run: _Run, items: Sequence[Any]) -> list[Outcome] | None:
+        """The group's outcomes; None if it was rolled back for an error worth splitting."""
+        async with self._connection() as db:
+            try:
+                return await run(db, items)
+            except Exception as exc:
+                if len(items) > 1 and _split_on(exc):
+                    log.info("group of %d rolled back (%s); each item alone", len(items), exc)
+                    return None
+                raise
+
+    async def _alone(self, run: _Run, item: Any) -> Outcome:
+        """One item by itself; a race on a new job's insert is retried."""
+        for attempt in range(3):
+            try:
+                outcomes = await self._try_group(run, [item])
+            except asyncpg.UniqueViolationError as exc:
+                if attempt == 2:
+                    return False, exc
+                continue  # another process inserted the job: it is there to lock now
+            except Exception as exc:
+                return False, exc
+            return outcomes[0] if outcomes else (False, StoreUnavailable("no outcome"))
+        raise AssertionError("unreachable")
 
     async def quarantine(self, entry: Quarantined) -> None:
         await self._execute(_INSERT_QUARANTINE, *QUARANTINE.values(entry))
@@ -803,19 +813,15 @@ class PostgresStore(Store):
         at: float,
         attempt: int | None,
     ) -> None:
-        await self._execute(
-            # The lease ends, and the worker's stamp with it (only running rows are ever
-            # asked whose they are): a finished row keeps no worker id (0011_lean_rows).
-            "UPDATE deliveries SET state = $1, last_error = COALESCE($2, last_error),"
-            " next_attempt_at = COALESCE($3, next_attempt_at), lease_until = NULL,"
-            " worker_id = NULL, updated_at = $4 WHERE id = $5"
-            " AND ($6::int IS NULL OR (state = 'running' AND attempts = $6))",
-            state.value,
-            error,
-            next_attempt_at,
-            at,
-            delivery_id,
-            attempt,
+        await self._outcomes.submit(
+            DeliveryWrite(
+                delivery_id=delivery_id,
+                state=state,
+                error=error,
+                next_attempt_at=next_attempt_at,
+                at=at,
+                attempt=attempt,
+            )
         )
 
     async def release_delivery(
@@ -1064,6 +1070,23 @@ def _count(status: str) -> int:
     return int(status.split()[-1])
 
 
+_Run = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[list[Outcome]]]
+
+
+async def _ingest(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
+    async with db.transaction():
+        return await write_batch(db, items)
+
+
+def _split_on(exc: BaseException) -> bool:
+    """Whether a batch that failed with `exc` is worth running again item by item: an
+    error one item's rows may have caused, or a deadlock or serialization failure (a
+    retry goes through). A database that cannot serve (a fault) fails every item."""
+    if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] == "40":
+        return True
+    return not is_fault(exc)
+
+
 def _drop_if_broken(connection: asyncpg.Connection, exc: BaseException) -> None:
     """Close a connection that failed for a connection reason, so the pool replaces it
     instead of handing out a socket in an unknown state."""
@@ -1077,28 +1100,6 @@ def _callback(wake: Callable[[], None]) -> Callable[..., None]:
         wake()
 
     return on_notify
-
-
-def _job_state(
-    job: Job, preview_rank: float, next_poll_at: float | None
-) -> tuple[str, Sequence[Any]]:
-    """The UPDATE that writes a job's new state; a terminal job is never polled again."""
-    return _SAVE_JOB_STATE, (
-        job.task_id,
-        job.status.value,
-        job.raw_status,
-        job.progress,
-        job.result_url,
-        job.preview_url,
-        preview_rank,
-        job.error,
-        job.error_code,
-        job.updated_at,
-        job.status.terminal,
-        next_poll_at,
-        job.id,
-        job.cost,
-    )
 
 
 _SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1"
@@ -1119,53 +1120,15 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashed[:8], "big", signed=True)
 
 
-_PLACEHOLDER = re.compile(r"\$(\d+)")
-
-
-def _insert_rows(table: str, kind: Table[Any], items: Sequence[Any]) -> tuple[str, list[Any]]:
-    """One INSERT of several rows, in order."""
-    rows: list[str] = []
-    params: list[Any] = []
-    for item in items:
-        first = len(params) + 1
-        rows.append("(" + ", ".join(f"${n}" for n in range(first, first + kind.width)) + ")")
-        params.extend(kind.values(item))
-    return f"INSERT INTO {table} ({kind.select}) VALUES {', '.join(rows)}", params
-
-
-def _shift(match: re.Match[str], *, by: int) -> str:
-    return f"${int(match.group(1)) + by}"
-
-
-def _one_statement(
-    writes: Sequence[tuple[str, Sequence[Any]]], *, notify: str | None
-) -> tuple[str, list[Any]]:
-    """Several INSERT/UPDATE statements as the CTEs of one, its parameters renumbered.
-
-    All of them run, in one round trip; the final SELECT sends `notify` if given.
-    """
-    ctes: list[str] = []
-    params: list[Any] = []
-    for n, (sql, values) in enumerate(writes):
-        renumbered = _PLACEHOLDER.sub(functools.partial(_shift, by=len(params)), sql)
-        ctes.append(f"w{n} AS ({renumbered})")
-        params.extend(values)
-    final = "SELECT 1"
-    if notify is not None:
-        params.append(notify)
-        final = f"SELECT pg_notify(${len(params)}, '')"
-    return f"WITH {', '.join(ctes)} {final}", params
+def _insert(table: str, columns: Sequence[str]) -> str:
+    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 def _of_job(n: int) -> str:
     """A job's deliveries, through its events (events_dedupe by job_id, then
     deliveries_event): the index on deliveries by job holds only unfinished ones (0011)."""
     return f"event_id IN (SELECT id FROM events WHERE job_id = ${n})"
-
-
-def _insert(table: str, columns: Sequence[str]) -> str:
-    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 # RECEIVER_<PROVIDER>_MAX_RUNNING (receiver.slots): a job is in flight at its provider
@@ -1192,8 +1155,6 @@ _SWITCH_PROVIDER = (
 _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )
-_INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
-_INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 # One statement for the whole batch of answers (receiver.answers).
 _SAVE_ANSWERS = (
     "UPDATE requests SET answer_status = a.status, answer_ms = a.ms"
@@ -1201,6 +1162,7 @@ _SAVE_ANSWERS = (
     " WHERE requests.id = a.id"
 )
 _COUNT_REPLAYS = "UPDATE counters SET value = value + $1 WHERE name = 'replays'"
+
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
 # Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
 _TRIM_QUARANTINE = (
@@ -1208,23 +1170,6 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET $1)"
     " ORDER BY id LIMIT $2)"
 )
-_CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
-_INSERT_REQUEST_AND_CHECK = (
-    f"WITH r AS ({_INSERT_REQUEST})"
-    f" SELECT EXISTS (SELECT 1 FROM events WHERE job_id = ${len(REQUESTS.columns) + 2}"
-    f" AND dedupe_key = ${len(REQUESTS.columns) + 3})"
-)
-_MOVE_POLL = "UPDATE jobs SET next_poll_at = $1, poll_worker_id = NULL WHERE id = $2"
-_SAVE_JOB_STATE = (
-    "UPDATE jobs SET task_id = $1, status = $2, raw_status = $3, progress = $4,"
-    " result_url = $5, preview_url = $6, preview_rank = $7, error = $8, error_code = $9,"
-    " updated_at = $10, cost = $14,"
-    " next_poll_at = CASE WHEN $11 THEN NULL ELSE COALESCE($12, next_poll_at) END,"
-    # A poll's outcome (a new schedule, or the end of the job) ends its lease.
-    " poll_worker_id = CASE WHEN $11 OR $12 IS NOT NULL THEN NULL ELSE poll_worker_id END"
-    " WHERE id = $13"
-)
-
 # Due pending deliveries whose earlier sibling (same job and handler) is finished, and
 # running ones whose lease ran out (their runner died), for a worker still registered
 # ($4; a worker declared dead claims nothing). The state test sits on the

@@ -1,0 +1,553 @@
+"""PostgreSQL ingest in batches: many callers' records and nudges in one transaction.
+
+A batch costs a fixed number of round trips whatever its size: lock every job it names
+(one statement, in id order, so two batches in two processes never deadlock), ask which
+of its events are duplicates (one statement), then write every request, new job, job
+state, event and delivery, with the NOTIFY, as one statement of data-modifying CTEs fed
+by arrays. Between the two, the state machine (receiver.state) runs here for each item
+in arrival order on the jobs as the earlier items left them, exactly as one transaction
+per item would have. An item whose own step fails (no such job, a refusing `accept`)
+fails alone and writes nothing; the rest of the batch goes on.
+
+Deliveries' outcomes (done, a retry, dead) are batched too: one UPDATE fed by arrays,
+which commits by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from receiver.models import (
+    Delivery,
+    DeliveryState,
+    Disposition,
+    Event,
+    Job,
+    RawRequest,
+    Update,
+    new_id,
+)
+from receiver.state import RENEWAL, advance, dedupe_key
+from receiver.store.base import NewJob, Recorded, Router, TokenMatch
+from receiver.store.batcher import Outcome
+from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, event_values, to_json
+
+__all__ = [
+    "DELIVERIES_CHANNEL",
+    "POLLS_CHANNEL",
+    "DeliveryWrite",
+    "Nudge",
+    "Record",
+    "set_delivery_states",
+    "write_batch",
+    "write_rounds",
+]
+
+DELIVERIES_CHANNEL = "receiver_deliveries"
+POLLS_CHANNEL = "receiver_polls"
+
+
+class Record(msgspec.Struct, kw_only=True):
+    """One `Store.record` (or, with `token_hash`, `record_by_token`) call's arguments."""
+
+    job_id: str | None
+    update: Update
+    source: str
+    route: Router
+    raw: RawRequest | None = None
+    new_job: NewJob | None = None
+    next_poll_at: float | None = None
+    at: float
+    token_hash: str | None = None
+    accept: Callable[[TokenMatch], bool] | None = None
+
+
+class Nudge(msgspec.Struct, kw_only=True):
+    """One `Store.record_nudge` (or, with `token_hash`, `record_nudge_by_token`) call's
+    arguments."""
+
+    job_id: str | None = None
+    raw: RawRequest
+    poll_at: float
+    token_hash: str | None = None
+    accept: Callable[[TokenMatch], bool] | None = None
+
+
+class DeliveryWrite(msgspec.Struct, kw_only=True):
+    """One `Store.set_delivery_state` call's arguments."""
+
+    delivery_id: str
+    state: DeliveryState
+    error: str | None
+    next_attempt_at: float | None
+    at: float
+    attempt: int | None
+
+
+async def set_delivery_states(
+    db: asyncpg.Connection, items: Sequence[DeliveryWrite]
+) -> list[Outcome]:
+    """Apply every item, each fenced by its attempt (see Store.finish_delivery).
+
+    One statement when every item names a different delivery; a delivery named twice
+    takes its writes in order, one statement each, in one transaction.
+    """
+    rounds = write_rounds(items)
+    if len(rounds) == 1:
+        await db.execute(_SET_STATES, *_state_columns(rounds[0]))
+    else:
+        async with db.transaction():
+            for writes in rounds:
+                await db.execute(_SET_STATES, *_state_columns(writes))
+    return [(True, None)] * len(items)
+
+
+def write_rounds(items: Sequence[DeliveryWrite]) -> list[list[DeliveryWrite]]:
+    """The items in rounds that each name a delivery once: an UPDATE joined to two rows for
+    one target applies only one of them. A delivery's writes keep their order."""
+    rounds: list[list[DeliveryWrite]] = []
+    last: dict[str, int] = {}  # delivery id -> the round of its latest write
+    for item in items:
+        index = last.get(item.delivery_id, -1) + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+        last[item.delivery_id] = index
+    return rounds
+
+
+def _state_columns(writes: Sequence[DeliveryWrite]) -> list[list[Any]]:
+    return _columns(
+        [
+            (w.delivery_id, w.state.value, w.error, w.next_attempt_at, w.at, w.attempt)
+            for w in writes
+        ],
+        6,
+    )
+
+
+class _Row:
+    """A locked (or new) job row as the batch's earlier items left it."""
+
+    __slots__ = ("dirty", "job", "new", "next_poll_at", "poll_worker_id", "rank", "secret_hash")
+
+    def __init__(
+        self,
+        job: Job,
+        rank: float,
+        next_poll_at: float | None,
+        poll_worker_id: str | None,
+        secret_hash: str | None,
+        *,
+        new: bool = False,
+    ):
+        self.job = job
+        self.rank = rank
+        self.next_poll_at = next_poll_at
+        self.poll_worker_id = poll_worker_id
+        self.secret_hash = secret_hash
+        self.new = new
+        self.dirty = False
+
+
+class _Batch:
+    """The rows a batch locked, the duplicates known, and the writes it has gathered."""
+
+    def __init__(self, rows: Sequence[Any], duplicates: set[tuple[str, str]]):
+        self.by_id: dict[str, _Row] = {}
+        self.by_token: dict[str, _Row] = {}
+        self.by_task: dict[tuple[str, str | None], _Row] = {}
+        for row in rows:
+            job = JOBS.read(row)
+            rank, next_poll_at, worker, token_hash, secret_hash = tuple(row)[JOBS.width :]
+            self._add(_Row(job, rank, next_poll_at, worker, secret_hash), token_hash)
+        self.duplicates = duplicates
+        self.checked: set[tuple[str, str]] = set()
+        self.requests: list[tuple[Any, ...]] = []
+        self.new_jobs: list[tuple[_Row, NewJob]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.deliveries: list[tuple[Any, ...]] = []
+        self.polls_moved = False
+
+    def _add(self, row: _Row, token_hash: str | None) -> None:
+        self.by_id[row.job.id] = row
+        if token_hash is not None:
+            self.by_token[token_hash] = row
+        if row.job.task_id is not None:
+            self.by_task[(row.job.provider, row.job.task_id)] = row
+
+    def job_of(self, item: Record) -> _Row | None:
+        """The row `item` is about; a new one for a task not seen yet; None for a token
+        that names no job or one `accept` refuses. LookupError for an unknown job id."""
+        if item.token_hash is not None:
+            row = self.by_token.get(item.token_hash)
+            if row is None or item.accept is None:
+                return None
+            match = TokenMatch(job=row.job, secret_hash=row.secret_hash)
+            return row if item.accept(match) else None
+        if item.job_id is not None:
+            found = self.by_id.get(item.job_id)
+            if found is None:
+                raise LookupError(f"no job {item.job_id}")
+            return found
+        new = item.new_job
+        if new is None or new.job.task_id is None:
+            raise ValueError("record() needs a job id or a new job with a task id")
+        found = self.by_task.get((new.job.provider, new.job.task_id))
+        if found is not None:
+            return found
+        # Not in the batch's rows until its item's step succeeds (see `adopt`).
+        return _Row(new.job, -1.0, new.next_poll_at, None, new.secret_hash, new=True)
+
+    def adopt(self, row: _Row, new: NewJob) -> None:
+        """Make a new job's row the batch's: inserted at the end, seen by later items."""
+        self._add(row, new.token_hash)
+        self.new_jobs.append((row, new))
+
+
+async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
+    """Run every item in one transaction (already begun on `db`); one Outcome per item.
+
+    Raises only for the batch as a whole: a database error, on which the caller rolls
+    back (and, for an error of one item's rows, runs the items again one at a time).
+    """
+    records = [item for item in items if isinstance(item, Record)]
+    rows = await db.fetch(
+        _LOCK_JOBS,
+        [item.job_id for item in items if item.job_id is not None],
+        [item.token_hash for item in items if item.token_hash is not None],
+        *_columns(
+            [
+                (item.new_job.job.provider, item.new_job.job.task_id)
+                for item in records
+                if item.job_id is None and item.new_job is not None
+            ],
+            2,
+        ),
+    )
+    batch = _Batch(rows, set())
+    await _find_duplicates(db, batch, records)
+    outcomes: list[Outcome] = []
+    for item in items:
+        try:
+            if isinstance(item, Nudge):
+                outcomes.append((True, _nudge(batch, item)))
+            else:
+                outcomes.append((True, await _record(db, batch, item)))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError):
+            raise  # the database's, not the item's: the transaction cannot go on
+        except Exception as exc:  # this item's own failure: it wrote nothing
+            outcomes.append((False, exc))
+    await db.execute(_WRITE, *_write_params(batch))
+    return outcomes
+
+
+async def _find_duplicates(db: asyncpg.Connection, batch: _Batch, records: list[Record]) -> None:
+    """Ask in one statement which of the items' dedupe keys the stored events have."""
+    keys: list[tuple[str, str]] = []
+    for item in records:
+        row = (
+            batch.by_token.get(item.token_hash)
+            if item.token_hash is not None
+            else batch.by_id.get(item.job_id)
+            if item.job_id is not None
+            else None
+        )
+        if row is None and item.new_job is not None and item.new_job.job.task_id is not None:
+            row = batch.by_task.get((item.new_job.job.provider, item.new_job.job.task_id))
+        if row is not None:
+            keys.append((row.job.id, _key(row.job, item.update)))
+    if keys:
+        found = await db.fetch(_FIND_DUPLICATES, *_columns(keys, 2))
+        batch.duplicates.update((job_id, key) for job_id, key in found)
+        batch.checked.update(keys)
+
+
+def _key(job: Job, update: Update) -> str:
+    return dedupe_key(job.provider, job.task_id or update.task_id, update)
+
+
+async def _is_duplicate(db: asyncpg.Connection, batch: _Batch, row: _Row, key: str) -> bool:
+    """Whether an event of the job has `key`: stored before, or recorded earlier in the batch.
+
+    A key not asked about up front (the job got its task id from an earlier item of the
+    batch) costs a statement of its own.
+    """
+    pair = (row.job.id, key)
+    if pair not in batch.checked and not row.new:
+        if await db.fetchval(_CHECK_DUPLICATE, *pair):
+            batch.duplicates.add(pair)
+        batch.checked.add(pair)
+    return pair in batch.duplicates
+
+
+async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Recorded | None:
+    """One record's step: the state machine on the row, its writes added to the batch's."""
+    row = batch.job_of(item)
+    if row is None:
+        return None
+    job, update, at, raw = row.job, item.update, item.at, item.raw
+    key = _key(job, update)
+    transition = advance(
+        job,
+        update,
+        duplicate=await _is_duplicate(db, batch, row, key),
+        at=at,
+        preview_from=row.rank,
+        renewal=item.source == RENEWAL,
+    )
+    event = Event(
+        id=new_id("evt"),
+        job_id=job.id,
+        provider=job.provider,
+        task_id=update.task_id or job.task_id,
+        status=update.status,
+        raw_status=update.raw_status,
+        progress=update.progress,
+        result_url=update.result_url,
+        preview_url=update.preview_url,
+        error=update.error,
+        error_code=update.error_code,
+        source=item.source,
+        disposition=transition.disposition,
+        received_at=at,
+        request_id=raw.id if raw is not None else None,
+        payload=update.payload,
+    )
+    after = transition.job
+    deliveries: list[Delivery] = []
+    if transition.disposition is Disposition.APPLIED:
+        deliveries = [
+            Delivery(
+                id=new_id("dlv"),
+                event_id=event.id,
+                job_id=job.id,
+                handler=handler,
+                state=DeliveryState.PENDING,
+                next_attempt_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+            for handler in item.route(event, after)
+        ]
+    # Nothing above failed: the item's effects join the batch.
+    if row.new and item.new_job is not None and row.job.id not in batch.by_id:
+        batch.adopt(row, item.new_job)
+    _move(row, after, transition.changed, transition.preview_rank, item.next_poll_at)
+    batch.duplicates.add((job.id, key))
+    batch.checked.add((job.id, key))
+    if raw is not None:
+        batch.requests.append((*REQUESTS.values(raw), job.id))
+    batch.events.append((*event_values(event, raw.body if raw is not None else None), key))
+    batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in deliveries)
+    return Recorded(event=event, job=after, deliveries=deliveries)
+
+
+def _move(row: _Row, after: Job, changed: bool, rank: float, next_poll_at: float | None) -> None:
+    """Leave `row` as one transaction's job-state UPDATE would have: a terminal job is
+    never polled again, and a poll's outcome (a new schedule, or the end) ends its lease."""
+    if changed:
+        row.job, row.rank, row.dirty = after, rank, True
+        if after.status.terminal:
+            row.next_poll_at, row.poll_worker_id = None, None
+        elif next_poll_at is not None:
+            row.next_poll_at, row.poll_worker_id = next_poll_at, None
+    elif next_poll_at is not None and not after.status.terminal:
+        row.next_poll_at, row.poll_worker_id, row.dirty = next_poll_at, None, True
+
+
+def _nudge(batch: _Batch, item: Nudge) -> Job | None:
+    """Keep the nudge's request; have an open job polled at `poll_at`. The job nudged; for
+    a token that names no job or one `accept` refuses, None, with nothing written."""
+    if item.token_hash is not None:
+        row = batch.by_token.get(item.token_hash)
+        if row is None or item.accept is None:
+            return None
+        if not item.accept(TokenMatch(job=row.job, secret_hash=row.secret_hash)):
+            return None
+        job_id = row.job.id
+    else:
+        assert item.job_id is not None, "a nudge names a job or a token"
+        job_id = item.job_id
+        row = batch.by_id.get(job_id)
+    batch.requests.append((*REQUESTS.values(item.raw), job_id))
+    if row is not None and not row.job.status.terminal:
+        row.next_poll_at, row.dirty = item.poll_at, True
+        batch.polls_moved = True
+    return row.job if row is not None else None
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column: the arrays `unnest` takes back apart."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+def _job_state(row: _Row) -> tuple[Any, ...]:
+    job = row.job
+    return (
+        job.id,
+        job.task_id,
+        job.status.value,
+        job.raw_status,
+        job.progress,
+        job.result_url,
+        job.preview_url,
+        row.rank,
+        job.error,
+        job.error_code,
+        job.updated_at,
+        job.cost,
+        row.next_poll_at,
+        row.poll_worker_id,
+    )
+
+
+def _new_job(row: _Row, new: NewJob) -> tuple[Any, ...]:
+    # Inserted as the batch left it: one row written, never an insert then an update.
+    return (
+        *JOBS.values(row.job),
+        new.token_hash,
+        new.secret_hash,
+        to_json(new.input),
+        row.next_poll_at,
+        new.request_hash,
+        row.rank,
+    )
+
+
+def _write_params(batch: _Batch) -> list[Any]:
+    states = [_job_state(row) for row in batch.by_id.values() if row.dirty and not row.new]
+    return [
+        *_columns(batch.requests, len(_REQUEST_COLUMNS)),
+        *_columns([_new_job(row, new) for row, new in batch.new_jobs], len(_NEW_JOB_COLUMNS)),
+        *_columns(states, len(_STATE_COLUMNS)),
+        *_columns(batch.events, len(_EVENT_COLUMNS)),
+        *_columns(batch.deliveries, len(_DELIVERY_COLUMNS)),
+        batch.polls_moved,
+    ]
+
+
+# Column types for the arrays; every column not named here is text.
+_TYPES = {
+    "received_at": "float8",
+    "created_at": "float8",
+    "updated_at": "float8",
+    "progress": "float8",
+    "estimated_cost": "float8",
+    "cost": "float8",
+    "next_poll_at": "float8",
+    "preview_rank": "float8",
+    "next_attempt_at": "float8",
+    "lease_until": "float8",
+    "body": "bytea",
+    "attempts": "int4",
+}
+
+
+def _unnest(columns: Sequence[str], first: int) -> str:
+    """`unnest($first::type[], ...) WITH ORDINALITY AS v(columns..., n)`."""
+    arrays = ", ".join(
+        f"${first + i}::{_TYPES.get(name, 'text')}[]" for i, name in enumerate(columns)
+    )
+    return f"unnest({arrays}) WITH ORDINALITY AS v({', '.join(columns)}, n)"
+
+
+def _insert_all(table: str, columns: Sequence[str], first: int) -> str:
+    """Insert every row of the arrays from `$first` on, in their order (ids follow it)."""
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {_unnest(columns, first)} ORDER BY n"
+
+
+_REQUEST_COLUMNS = (*REQUESTS.columns, "job_id")
+_NEW_JOB_COLUMNS = (
+    *JOBS.columns,
+    "token_hash",
+    "secret_hash",
+    "input",
+    "next_poll_at",
+    "request_hash",
+    "preview_rank",
+)
+_STATE_COLUMNS = (
+    "id",
+    "task_id",
+    "status",
+    "raw_status",
+    "progress",
+    "result_url",
+    "preview_url",
+    "preview_rank",
+    "error",
+    "error_code",
+    "updated_at",
+    "cost",
+    "next_poll_at",
+    "poll_worker_id",
+)
+_EVENT_COLUMNS = (*EVENTS.columns, "payload_from", "dedupe_key")
+_DELIVERY_COLUMNS = DELIVERIES.columns
+
+
+def _write_statement() -> str:
+    first = 1
+    parts = []
+    for name, columns in (("requests", _REQUEST_COLUMNS), ("jobs", _NEW_JOB_COLUMNS)):
+        parts.append(f"{name}_w AS ({_insert_all(name, columns, first)})")
+        first += len(columns)
+    assignments = ", ".join(f"{name} = v.{name}" for name in _STATE_COLUMNS[1:])
+    parts.append(
+        f"states_w AS (UPDATE jobs SET {assignments}"
+        f" FROM {_unnest(_STATE_COLUMNS, first)} WHERE jobs.id = v.id)"
+    )
+    first += len(_STATE_COLUMNS)
+    for name, columns in (("events", _EVENT_COLUMNS), ("deliveries", _DELIVERY_COLUMNS)):
+        parts.append(f"{name}_w AS ({_insert_all(name, columns, first)})")
+        first += len(columns)
+    # NOTIFY is delivered at commit, to every listening process. Deliveries' arrays start
+    # right after the events'; the flag for moved polls is the last parameter.
+    deliveries_first = first - len(_DELIVERY_COLUMNS)
+    return (
+        f"WITH {', '.join(parts)}"
+        f" SELECT CASE WHEN cardinality(${deliveries_first}::text[]) > 0"
+        f"  THEN pg_notify('{DELIVERIES_CHANNEL}', '') END,"
+        f" CASE WHEN ${first}::bool THEN pg_notify('{POLLS_CHANNEL}', '') END"
+    )
+
+
+_WRITE = _write_statement()
+
+# Every job the batch names, by id, URL token or (provider, task id), locked in id order.
+_LOCK_JOBS = (
+    f"SELECT {JOBS.select}, preview_rank, next_poll_at, poll_worker_id, token_hash, secret_hash"
+    " FROM jobs WHERE id IN ("
+    "  SELECT id FROM jobs WHERE id = ANY($1::text[])"
+    "  UNION SELECT id FROM jobs WHERE token_hash = ANY($2::text[])"
+    "  UNION SELECT j.id FROM jobs j JOIN unnest($3::text[], $4::text[]) AS t(provider, task_id)"
+    "   ON j.provider = t.provider AND j.task_id = t.task_id)"
+    " ORDER BY id FOR UPDATE"
+)
+_FIND_DUPLICATES = (
+    "SELECT e.job_id, e.dedupe_key FROM events e"
+    " JOIN unnest($1::text[], $2::text[]) AS k(job_id, dedupe_key)"
+    " ON e.job_id = k.job_id AND e.dedupe_key = k.dedupe_key"
+)
+_CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
+# A runner's write applies only while its own claim stands (see Store.finish_delivery).
+# The lease ends, and the worker's stamp with it (only running rows are ever asked whose
+# they are): a finished row keeps no worker id (0011_lean_rows).
+_SET_STATES = (
+    "UPDATE deliveries d SET state = v.state, last_error = COALESCE(v.error, d.last_error),"
+    " next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at), lease_until = NULL,"
+    " worker_id = NULL, updated_at = v.at"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int4[])"
+    " AS v(id, state, error, next_attempt_at, at, attempt)"
+    " WHERE d.id = v.id AND (v.attempt IS NULL OR (d.state = 'running' AND d.attempts = v.attempt))"
+)
