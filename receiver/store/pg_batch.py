@@ -34,7 +34,7 @@ from receiver.models import (
 from receiver.state import RENEWAL, advance, dedupe_key
 from receiver.store.base import NewJob, Recorded, Router, TokenMatch
 from receiver.store.batcher import Outcome
-from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, to_json
+from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, event_values, to_json
 
 __all__ = [
     "DELIVERIES_CHANNEL",
@@ -342,7 +342,7 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     batch.checked.add((job.id, key))
     if raw is not None:
         batch.requests.append((*REQUESTS.values(raw), job.id))
-    batch.events.append((*EVENTS.values(event), key))
+    batch.events.append((*event_values(event, raw.body if raw is not None else None), key))
     batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in deliveries)
     return Recorded(event=event, job=after, deliveries=deliveries)
 
@@ -492,7 +492,7 @@ _STATE_COLUMNS = (
     "next_poll_at",
     "poll_worker_id",
 )
-_EVENT_COLUMNS = (*EVENTS.columns, "dedupe_key")
+_EVENT_COLUMNS = (*EVENTS.columns, "payload_from", "dedupe_key")
 _DELIVERY_COLUMNS = DELIVERIES.columns
 
 
@@ -541,10 +541,12 @@ _FIND_DUPLICATES = (
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).
+# The lease ends, and the worker's stamp with it (only running rows are ever asked whose
+# they are): a finished row keeps no worker id (0011_lean_rows).
 _SET_STATES = (
     "UPDATE deliveries d SET state = v.state, last_error = COALESCE(v.error, d.last_error),"
     " next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at), lease_until = NULL,"
-    " updated_at = v.at"
+    " worker_id = NULL, updated_at = v.at"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int4[])"
     " AS v(id, state, error, next_attempt_at, at, attempt)"
     " WHERE d.id = v.id AND (v.attempt IS NULL OR (d.state = 'running' AND d.attempts = v.attempt))"

@@ -65,9 +65,11 @@ from receiver.store.pg_batch import (
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
-    EVENTS,
+    EVENT_SELECT,
+    EVENT_WIDTH,
     JOBS,
     QUARANTINE,
+    read_event,
     to_json,
 )
 
@@ -631,11 +633,11 @@ class PostgresStore(Store):
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetch(
-            f"SELECT {EVENTS.select} FROM events WHERE job_id = $1 ORDER BY seq LIMIT $2",
+            f"SELECT {EVENT_SELECT} FROM events e WHERE e.job_id = $1 ORDER BY e.seq LIMIT $2",
             job_id,
             limit,
         )
-        return [EVENTS.read(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     # The hot path
 
@@ -789,12 +791,12 @@ class PostgresStore(Store):
             if not deliveries:
                 return []
             joined = await db.fetch(
-                f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+                f"SELECT {EVENT_SELECT}, {JOBS.select_as('j')}"
                 " FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id = ANY($1::text[])",
                 [delivery.event_id for delivery in deliveries],
             )
         by_event = {
-            row[0]: (EVENTS.read(row), JOBS.read(tuple(row)[EVENTS.width :])) for row in joined
+            row[0]: (read_event(row), JOBS.read(tuple(row)[EVENT_WIDTH:])) for row in joined
         }
         return [
             Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
@@ -827,7 +829,8 @@ class PostgresStore(Store):
     ) -> None:
         await self._execute(
             "UPDATE deliveries SET state = 'pending', attempts = GREATEST(0, attempts - 1),"
-            " next_attempt_at = $1, lease_until = NULL, updated_at = $1"
+            " next_attempt_at = $1, lease_until = NULL, worker_id = NULL,"
+            " updated_at = $1"
             " WHERE id = $2 AND state = 'running' AND ($3::int IS NULL OR attempts = $3)",
             at,
             delivery_id,
@@ -872,7 +875,7 @@ class PostgresStore(Store):
         params: list[Any] = []
         if job_id is not None:
             params.append(job_id)
-            clauses.append(f"job_id = ${len(params)}")
+            clauses.append(_of_job(len(params)))
         if state is not None:
             params.append(state.value)
             clauses.append(f"state = ${len(params)}")
@@ -901,7 +904,8 @@ class PostgresStore(Store):
         for column, value in (("id", delivery_id), ("job_id", job_id), ("handler", handler)):
             if value is not None:
                 params.append(value)
-                clauses.append(f"{column} = ${len(params)}")
+                n = len(params)
+                clauses.append(_of_job(n) if column == "job_id" else f"{column} = ${n}")
         async with self._transaction() as db:
             rows = await db.fetch(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1,"
@@ -1119,6 +1123,12 @@ def _lock_key(name: str) -> int:
 def _insert(table: str, columns: Sequence[str]) -> str:
     marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def _of_job(n: int) -> str:
+    """A job's deliveries, through its events (events_dedupe by job_id, then
+    deliveries_event): the index on deliveries by job holds only unfinished ones (0011)."""
+    return f"event_id IN (SELECT id FROM events WHERE job_id = ${n})"
 
 
 # RECEIVER_<PROVIDER>_MAX_RUNNING (receiver.slots): a job is in flight at its provider

@@ -18,10 +18,14 @@ __all__ = [
     "ANSWERED_REQUESTS",
     "DELIVERIES",
     "EVENTS",
+    "EVENT_SELECT",
+    "EVENT_WIDTH",
     "JOBS",
     "QUARANTINE",
     "REQUESTS",
     "Table",
+    "event_values",
+    "read_event",
     "to_json",
 ]
 
@@ -190,3 +194,62 @@ QUARANTINE = Table(
     json=("headers",),
     binary=("body",),
 )
+
+
+# A callback's body is stored once, in its request row. An event whose payload is that
+# body, or one member of it (rixapi's "data"), keeps no copy: `payload_from` says where
+# it is ('' the whole body, else the member's name) and `payload` is NULL. A payload that
+# is neither (a poll's answer, a redacted or reshaped one) stays in `payload`.
+_PAYLOAD_AT = EVENTS.columns.index("payload")
+# Events are read with their request's body when their payload is there (`e` and `r`).
+EVENT_SELECT = (
+    f"{EVENTS.select_as('e')}, e.payload_from,"
+    " CASE WHEN e.payload_from IS NOT NULL THEN"
+    " (SELECT r.body FROM requests r WHERE r.id = e.request_id) END"
+)
+EVENT_WIDTH = EVENTS.width + 2
+
+
+def _payload_from(payload: Any, text: str, body: bytes) -> str | None:
+    """Where `payload` (encoded as `text`) is found in `body`, or None when it is not.
+
+    Compared as encoded JSON, so reading it back from the body gives exactly the payload
+    that `text` would have given.
+    """
+    try:
+        decoded = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    encoded = text.encode()
+    if decoded == payload and _encode(decoded) == encoded:
+        return ""
+    for key, value in decoded.items():
+        if isinstance(value, dict) and value == payload and _encode(value) == encoded:
+            return str(key)
+    return None
+
+
+def event_values(event: Event, body: bytes | None) -> tuple[Any, ...]:
+    """The row of `event` for an INSERT: EVENTS' columns, then `payload_from`.
+
+    `body` is the event's request body (None without one): a payload found there is
+    not stored again.
+    """
+    row = EVENTS.values(event)
+    text = row[_PAYLOAD_AT]
+    where = None if text is None or body is None else _payload_from(event.payload, text, body)
+    if where is None:
+        return (*row, None)
+    return (*row[:_PAYLOAD_AT], None, *row[_PAYLOAD_AT + 1 :], where)
+
+
+def read_event(row: Sequence[Any]) -> Event:
+    """The Event of a row read with EVENT_SELECT, its payload taken from the body if there."""
+    event = EVENTS.read(row)
+    where, body = row[EVENTS.width], row[EVENTS.width + 1]
+    if where is not None and body is not None:
+        decoded = _decode(body)
+        event.payload = decoded if where == "" else decoded.get(where)
+    return event

@@ -50,7 +50,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import RENEWAL, advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_digest, dedupe_key
 from receiver.store.base import (
     AnswerNote,
     Claimed,
@@ -69,10 +69,14 @@ from receiver.store.migrations import migrations
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
+    EVENT_SELECT,
+    EVENT_WIDTH,
     EVENTS,
     JOBS,
     QUARANTINE,
     REQUESTS,
+    event_values,
+    read_event,
     to_json,
 )
 
@@ -159,7 +163,7 @@ _INSERT_JOB = _insert(
         "request_hash",
     ),
 )
-_INSERT_EVENT = _insert("events", (*EVENTS.columns, "dedupe_key"))
+_INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 _SAVE_ANSWERS = "UPDATE requests SET answer_status = ?, answer_ms = ? WHERE id = ?"
@@ -171,6 +175,9 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)"
     " ORDER BY id LIMIT ?)"
 )
+# A job's deliveries, through its events (events_dedupe by job_id, then deliveries_event):
+# the index on deliveries by job holds only unfinished ones (0011_lean_rows).
+_OF_JOB = "event_id IN (SELECT id FROM events WHERE job_id = ?)"
 _KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
@@ -330,6 +337,10 @@ class SQLiteStore(Store):
             await self._drop(db, exc)
 
     async def _migrate(self) -> None:
+        # 0011 turns the stored dedupe keys into their digests: SQLite has no SHA-256.
+        await self.db.create_function(
+            "receiver_dedupe_digest", 1, dedupe_digest, deterministic=True
+        )
         await self.db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
@@ -680,10 +691,10 @@ class SQLiteStore(Store):
 
     async def list_events(self, job_id: str, *, limit: int = 1000) -> list[Event]:
         rows = await self._fetchall(
-            f"SELECT {EVENTS.select} FROM events WHERE job_id = ? ORDER BY seq LIMIT ?",
+            f"SELECT {EVENT_SELECT} FROM events e WHERE e.job_id = ? ORDER BY e.seq LIMIT ?",
             (job_id, limit),
         )
-        return [EVENTS.read(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     # The hot path
 
@@ -839,7 +850,7 @@ class SQLiteStore(Store):
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = MAX(0, attempts - 1),"
-                " next_attempt_at = ?, lease_until = NULL, updated_at = ?"
+                " next_attempt_at = ?, lease_until = NULL, worker_id = NULL, updated_at = ?"
                 f" WHERE id = ? AND state = 'running' AND {_FENCE}",
                 (at, at, delivery_id, attempt, attempt),
             )
@@ -881,7 +892,7 @@ class SQLiteStore(Store):
     ) -> list[Delivery]:
         clauses, params = [], []
         if job_id is not None:
-            clauses.append("job_id = ?")
+            clauses.append(_OF_JOB)
             params.append(job_id)
         if state is not None:
             clauses.append("state = ?")
@@ -907,9 +918,9 @@ class SQLiteStore(Store):
             return []
         clauses = [f"state IN ({', '.join('?' * len(finished))})"]
         params: list[Any] = list(finished)
-        for column, value in (("id", delivery_id), ("job_id", job_id), ("handler", handler)):
+        for clause, value in (("id = ?", delivery_id), (_OF_JOB, job_id), ("handler = ?", handler)):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(clause)
                 params.append(value)
         async with self._transaction() as db:
             async with db.execute(
@@ -1112,9 +1123,11 @@ def _worker(row: Sequence[Any]) -> Worker:
 
 # Work run on the write connection's thread, inside a batch's transaction (see `_write`).
 
+# The lease ends, and the worker's stamp with it (only running rows are ever asked whose
+# they are): a finished row keeps no worker id (0011_lean_rows).
 _SET_DELIVERY = (
     "UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error),"
-    " next_attempt_at = COALESCE(?, next_attempt_at), lease_until = NULL,"
+    " next_attempt_at = COALESCE(?, next_attempt_at), lease_until = NULL, worker_id = NULL,"
     f" updated_at = ? WHERE id = ? AND {_FENCE}"
 )
 
@@ -1266,7 +1279,8 @@ def _record(
         )
     if raw is not None:
         _insert_request(conn, raw, job.id)
-    conn.execute(_INSERT_EVENT, (*EVENTS.values(event), key))
+    body = raw.body if raw is not None else None
+    conn.execute(_INSERT_EVENT, (*event_values(event, body), key))
     deliveries: list[Delivery] = []
     if transition.disposition is Disposition.APPLIED:
         for handler in route(event, after):
@@ -1399,9 +1413,9 @@ def _claim(
     # Each delivery's event and job, read together in one query.
     marks = ", ".join("?" * len(deliveries))
     by_event = {
-        row[0]: (EVENTS.read(row), JOBS.read(row[EVENTS.width :]))
+        row[0]: (read_event(row), JOBS.read(row[EVENT_WIDTH:]))
         for row in conn.execute(
-            f"SELECT {EVENTS.select_as('e')}, {JOBS.select_as('j')}"
+            f"SELECT {EVENT_SELECT}, {JOBS.select_as('j')}"
             f" FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id IN ({marks})",
             [delivery.event_id for delivery in deliveries],
         )

@@ -1,0 +1,271 @@
+"""A callback's body is stored once: in its request row, not again as its event's payload.
+
+Both backends, through the `store` fixture; and migration 0011, which moves the payloads
+of a database made before it out of its events, on both backends.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from test_store import T0, add_job, make_raw, record, route_to
+
+from receiver.models import Disposition, Status, Update
+from receiver.store import SQLiteStore, Store
+from receiver.store.migrations import migrations
+
+LEAN = 11  # the migration that moved payloads out of events
+
+
+async def stored_payload(backend: str, url: str, event_id: str) -> tuple[Any, Any]:
+    """The event row's own (payload, payload_from) columns, as stored."""
+    sql = "SELECT payload, payload_from FROM events WHERE id = ?"
+    rows = await _query(backend, url, sql, (event_id,))
+    payload, where = rows[0]
+    return payload, where
+
+
+async def _query(backend: str, url: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    if backend == "sqlite":
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            return connection.execute(sql, params).fetchall()
+    import asyncpg
+
+    from receiver.store.postgres import pool_options
+
+    connection = await asyncpg.connect(pool_options(url)[0])
+    try:
+        return [tuple(row) for row in await connection.fetch(_numbered(sql), *params)]
+    finally:
+        await connection.close()
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's $1, $2, ..."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
+
+
+class TestBodyStoredOnce:
+    """An event's payload found in its request's body is read from there, not kept twice."""
+
+    async def test_a_payload_that_is_the_body(
+        self, store: Store, backend: str, store_url: str
+    ) -> None:
+        body = b'{"task_id": "task-1", "status": "running", "percentage": 1.5, "x": [1, "a"]}'
+        payload = msgspec.json.decode(body)
+        await add_job(store)
+        update = Update(status=Status.RUNNING, raw_status="running", payload=payload)
+        recorded = await record(store, update, raw=make_raw(body=body), route=route_to("h"))
+        assert (None, "") == await stored_payload(backend, store_url, recorded.event.id)
+        [event] = await store.list_events("job_1")
+        assert payload == event.payload
+        [claimed] = await store.claim_deliveries(limit=5, lease=30, at=T0 + 5)
+        assert payload == claimed.event.payload
+
+    async def test_a_payload_that_is_a_member_of_the_body(
+        self, store: Store, backend: str, store_url: str
+    ) -> None:
+        body = b'{"code": 0, "data": {"task_id": "task-1", "progress": "40%"}}'
+        payload = msgspec.json.decode(body)["data"]
+        await add_job(store)
+        update = Update(status=Status.RUNNING, raw_status="running", payload=payload)
+        recorded = await record(store, update, raw=make_raw(body=body))
+        assert (None, "data") == await stored_payload(backend, store_url, recorded.event.id)
+        [event] = await store.list_events("job_1")
+        assert payload == event.payload
+
+    @pytest.mark.parametrize(
+        "body",
+        [b'{"status": "running", "extra": 1}', b"not json", b"[1, 2]", b'{"data": 1}'],
+        ids=["other-object", "not-json", "not-an-object", "member-not-an-object"],
+    )
+    async def test_a_payload_not_in_the_body_is_kept(
+        self, store: Store, backend: str, store_url: str, body: bytes
+    ) -> None:
+        payload = {"status": "running"}
+        await add_job(store)
+        update = Update(status=Status.RUNNING, raw_status="running", payload=payload)
+        recorded = await record(store, update, raw=make_raw(body=body))
+        kept, where = await stored_payload(backend, store_url, recorded.event.id)
+        assert ('{"status":"running"}', None) == (kept, where)
+        [event] = await store.list_events("job_1")
+        assert payload == event.payload
+
+    async def test_an_event_without_a_request_keeps_its_payload(
+        self, store: Store, backend: str, store_url: str
+    ) -> None:
+        await add_job(store)
+        update = Update(status=Status.RUNNING, raw_status="running", payload={"polled": True})
+        recorded = await store.record("job_1", update, source="poll", route=route_to("h"), at=T0)
+        assert ('{"polled":true}', None) == await stored_payload(
+            backend, store_url, recorded.event.id
+        )
+        [event] = await store.list_events("job_1")
+        assert {"polled": True} == event.payload
+
+    async def test_no_payload_stays_none(self, store: Store) -> None:
+        await add_job(store)
+        await record(store, Update(status=Status.RUNNING, raw_status="r"), raw=make_raw())
+        [event] = await store.list_events("job_1")
+        assert event.payload is None
+
+
+# Rows as the receiver wrote them before migration 0011: the payload in the event too.
+WHOLE = b'{"task_id": "task-1", "status": "running", "percentage": 40}'
+MEMBER = b'{"code":0,"data":{"task_id":"task-1","status":"ok","n":2}}'
+OTHER = b'{"status": "x"}'
+OLD_ROWS = [
+    # (event id, request body or None, payload as stored, moved by the migration)
+    ("evt_1", WHOLE, {"task_id": "task-1", "status": "running", "percentage": 40}, ""),
+    ("evt_2", MEMBER, {"task_id": "task-1", "status": "ok", "n": 2}, "data"),
+    ("evt_3", OTHER, {"status": "y"}, None),
+    ("evt_4", None, {"polled": 1}, None),
+    ("evt_5", b"not json", {"a": 1}, None),
+    ("evt_6", OTHER, None, None),
+]
+# How the receiver keyed a callback at 40% before 0011, which keeps digests instead.
+OLD_KEY = "apiframe:task-1:running:0.4000"
+_JOB = (
+    "INSERT INTO jobs (id, provider, task_id, status, created_at, updated_at)"
+    " VALUES ('job_1', 'apiframe', 'task-1', 'running', 1, 1)"
+)
+_REQUEST = (
+    "INSERT INTO requests (id, job_id, provider, received_at, method, path, query, headers, body)"
+    " VALUES (?, 'job_1', 'apiframe', 1, 'POST', '/hooks/apiframe', '', '{}', ?)"
+)
+_EVENT = (
+    "INSERT INTO events (id, job_id, provider, task_id, status, raw_status, source,"
+    " disposition, dedupe_key, received_at, request_id, payload)"
+    " VALUES (?, 'job_1', 'apiframe', 'task-1', 'running', 'r', 'callback', 'applied', ?, ?, ?, ?)"
+)
+
+
+def _old_statements() -> list[tuple[str, tuple[Any, ...]]]:
+    statements: list[tuple[str, tuple[Any, ...]]] = [(_JOB, ())]
+    for n, (event_id, body, payload, _) in enumerate(OLD_ROWS):
+        request_id = None if body is None else f"req_{n}"
+        if body is not None:
+            statements.append((_REQUEST, (request_id, body)))
+        text = None if payload is None else msgspec.json.encode(payload).decode()
+        key = OLD_KEY if n == 0 else f"k{n}"
+        statements.append((_EVENT, (event_id, key, float(n), request_id, text)))
+    return statements
+
+
+def _sqlite_before_lean(path: Path) -> None:
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for migration in migrations("sqlite"):
+            if migration.version < LEAN:
+                connection.executescript(migration.sql)
+                connection.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                    (migration.version, migration.name),
+                )
+        for sql, params in _old_statements():
+            connection.execute(sql, params)
+
+
+async def _postgres_before_lean(url: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        for migration in migrations("postgres"):
+            if migration.version < LEAN:
+                await connection.execute(migration.sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, 0)",
+                    migration.version,
+                    migration.name,
+                )
+        for sql, params in _old_statements():
+            await connection.execute(_numbered(sql), *params)
+    finally:
+        await connection.close()
+
+
+class TestMigration0011:
+    """A database filled before 0011 reads the same payloads after it, each body kept once."""
+
+    async def _check(self, store: Store, backend: str, url: str) -> None:
+        events = {event.id: event for event in await store.list_events("job_1")}
+        assert {row[0]: row[2] for row in OLD_ROWS} == {
+            event_id: event.payload for event_id, event in events.items()
+        }
+        for event_id, _, payload, moved in OLD_ROWS:
+            kept, where = await stored_payload(backend, url, event_id)
+            assert where == moved, event_id
+            assert (kept is None) == (moved is not None or payload is None), event_id
+        # The same callback again is still a duplicate of the one stored before 0011.
+        again = Update(status=Status.RUNNING, raw_status="running", progress=0.4)
+        recorded = await store.record("job_1", again, source="callback", route=route_to("h"))
+        assert Disposition.DUPLICATE == recorded.event.disposition
+        assert not recorded.deliveries
+
+    async def test_sqlite(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.db"
+        _sqlite_before_lean(path)
+        url = f"sqlite:///{path}"
+        store = SQLiteStore(url)
+        await store.open()
+        try:
+            await self._check(store, "sqlite", url)
+        finally:
+            await store.close()
+
+    async def test_postgres(self, pg_database: str) -> None:
+        from receiver.store.postgres import PostgresStore
+
+        await _postgres_before_lean(pg_database)
+        assert [m.name for m in migrations("postgres") if m.version >= LEAN] == (
+            await PostgresStore(pg_database).migrate()
+        )
+        store = PostgresStore(pg_database)
+        await store.open()
+        try:
+            await self._check(store, "postgres", pg_database)
+        finally:
+            await store.close()
+
+
+class TestFinishedDeliveries:
+    """A delivery's worker stamp goes with its lease: a finished row keeps none."""
+
+    async def test_done_row_has_no_worker(self, store: Store, backend: str, store_url: str) -> None:
+        from receiver.models import DeliveryState
+        from receiver.store.base import Worker
+
+        worker = await store.register_worker(
+            Worker(id="wrk_1", host="here", pid=1, pid_scope="", timeout=15.0)
+        )
+        await add_job(store)
+        await record(store, Update(status=Status.RUNNING, raw_status="r"), raw=make_raw())
+        [claimed] = await store.claim_deliveries(limit=1, lease=30, at=T0 + 5, worker=worker.id)
+        sql = "SELECT worker_id FROM deliveries WHERE id = ?"
+        assert [("wrk_1",)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        await store.set_delivery_state(
+            claimed.delivery.id,
+            DeliveryState.DONE,
+            error=None,
+            next_attempt_at=None,
+            at=T0 + 6,
+            attempt=claimed.delivery.attempts,
+        )
+        assert [(None,)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        [listed] = await store.list_deliveries(job_id="job_1")
+        assert DeliveryState.DONE == listed.state
