@@ -57,7 +57,6 @@ DROP INDEX events_job;
 -- leases, deliveries_worker WHERE state = 'running'): finished rows drop theirs.
 UPDATE deliveries SET worker_id = NULL WHERE state <> 'running' AND worker_id IS NOT NULL;
 
--- Jobs by provider: the job list filtered by provider alone walks the jobs by id, newest
--- first (the few providers each hold a large share), and with a status too it walks
--- jobs_status (status, id); a provider's jobs in flight have jobs_open_by_provider.
-DROP INDEX jobs_provider;
+-- Kept: jobs_provider (provider, id), the job list filtered by provider (the dashboard,
+-- GET /jobs?provider=, `receiver jobs --provider`), newest first; without it a provider
+-- with few jobs would walk every job. One entry per job, not per callback.
