@@ -111,8 +111,9 @@ class Probe:
                 (job, task_id, "succeeded", update.get("status"), update.get("video_url"), at, at),
             )
         self.db.execute(
-            "INSERT INTO requests VALUES (?, ?, 'apiframe', ?, 'POST', '/hooks/apiframe', '',"
-            " '{}', ?, '127.0.0.1')",
+            "INSERT INTO requests (id, job_id, provider, received_at, method, path, query,"
+            " headers, body, client)"
+            " VALUES (?, ?, 'apiframe', ?, 'POST', '/hooks/apiframe', '', '{}', ?, '127.0.0.1')",
             (request, job, at, body),
         )
         self.db.execute(
