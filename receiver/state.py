@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from receiver.models import Disposition, Job, Status, Update
+from receiver.models import Disposition, Event, Job, Status, Update, new_id
 
 __all__ = [
     "RENEWAL",
@@ -24,6 +24,7 @@ __all__ = [
     "advance",
     "dedupe_digest",
     "dedupe_key",
+    "event_of",
     "final_cost",
     "preview_rank",
 ]
@@ -192,3 +193,34 @@ def advance(
         cost=final_cost(job, status),
     )
     return Transition(Disposition.APPLIED, moved, True, rank)
+
+
+def event_of(
+    job: Job,
+    update: Update,
+    transition: Transition,
+    *,
+    source: str,
+    at: float,
+    request_id: str | None,
+) -> Event:
+    """The event an update to `job` is stored as, with the disposition `advance` gave it:
+    built once for both stores."""
+    return Event(
+        id=new_id("evt"),
+        job_id=job.id,
+        provider=job.provider,
+        task_id=update.task_id or job.task_id,
+        status=update.status,
+        raw_status=update.raw_status,
+        progress=update.progress,
+        result_url=update.result_url,
+        preview_url=update.preview_url,
+        error=update.error,
+        error_code=update.error_code,
+        source=source,
+        disposition=transition.disposition,
+        received_at=at,
+        request_id=request_id,
+        payload=update.payload,
+    )

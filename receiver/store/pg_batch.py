@@ -25,13 +25,12 @@ from receiver.models import (
     Delivery,
     DeliveryState,
     Disposition,
-    Event,
     Job,
     RawRequest,
     Update,
     new_id,
 )
-from receiver.state import RENEWAL, advance, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_key, event_of
 from receiver.store.base import NewJob, Recorded, Router, TokenMatch
 from receiver.store.batcher import Outcome
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, event_values, to_json
@@ -300,23 +299,13 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
         preview_from=row.rank,
         renewal=item.source == RENEWAL,
     )
-    event = Event(
-        id=new_id("evt"),
-        job_id=job.id,
-        provider=job.provider,
-        task_id=update.task_id or job.task_id,
-        status=update.status,
-        raw_status=update.raw_status,
-        progress=update.progress,
-        result_url=update.result_url,
-        preview_url=update.preview_url,
-        error=update.error,
-        error_code=update.error_code,
+    event = event_of(
+        job,
+        update,
+        transition,
         source=item.source,
-        disposition=transition.disposition,
-        received_at=at,
+        at=at,
         request_id=raw.id if raw is not None else None,
-        payload=update.payload,
     )
     after = transition.job
     deliveries: list[Delivery] = []

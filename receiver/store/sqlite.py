@@ -50,7 +50,7 @@ from receiver.models import (
     new_id,
     now,
 )
-from receiver.state import RENEWAL, advance, dedupe_digest, dedupe_key
+from receiver.state import RENEWAL, advance, dedupe_digest, dedupe_key, event_of
 from receiver.store.base import (
     AnswerNote,
     Claimed,
@@ -1247,23 +1247,13 @@ def _record(
     transition = advance(
         job, update, duplicate=duplicate, at=at, preview_from=rank, renewal=source == RENEWAL
     )
-    event = Event(
-        id=new_id("evt"),
-        job_id=job.id,
-        provider=job.provider,
-        task_id=update.task_id or job.task_id,
-        status=update.status,
-        raw_status=update.raw_status,
-        progress=update.progress,
-        result_url=update.result_url,
-        preview_url=update.preview_url,
-        error=update.error,
-        error_code=update.error_code,
+    event = event_of(
+        job,
+        update,
+        transition,
         source=source,
-        disposition=transition.disposition,
-        received_at=at,
+        at=at,
         request_id=raw.id if raw is not None else None,
-        payload=update.payload,
     )
     after = transition.job
     if created and new_job is not None:
