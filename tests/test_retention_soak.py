@@ -120,7 +120,9 @@ class TestSoak:
         env = {"RECEIVER_RETENTION": "1"}  # so the pruner runs every second
         async with (
             running_receiver(tmp_path, handlers=handlers, env=env) as live,
-            httpx.AsyncClient(timeout=10) as client,
+            # Idle connections dropped well before uvicorn's 5 s keep-alive closes them: a
+            # request sent on one just as the server closes it fails (seen under load).
+            httpx.AsyncClient(timeout=10, limits=httpx.Limits(keepalive_expiry=1)) as client,
         ):
             first, after_first = await run_jobs(live, client, HALF, tmp_path)
             second, after_second = await run_jobs(live, client, HALF, tmp_path)
