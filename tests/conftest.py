@@ -167,6 +167,19 @@ async def db(pg_url: str) -> AsyncIterator[Any]:
         await connection.close()
 
 
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[Any]:
+    """An open PostgresStore on this test's own migrated database."""
+    from receiver.store.postgres import PostgresStore
+
+    opened = PostgresStore(pg_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart the shared PostgreSQL server run last, after everything else."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

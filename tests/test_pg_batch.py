@@ -7,12 +7,11 @@ caller got back against what the database holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
 import msgspec
-import pytest
 from test_store import add_job, make_job, make_raw, make_update, route_to
 
 from receiver.errors import StoreUnavailable
@@ -86,16 +85,6 @@ class TestGroupCommit:
         group: GroupCommit[int] = GroupCommit(broken, limit=8)
         results = await asyncio.gather(*(group.submit(n) for n in range(3)), return_exceptions=True)
         assert all(isinstance(result, StoreUnavailable) for result in results)
-
-
-@pytest.fixture
-async def pg(pg_url: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(pg_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def running_for(store: PostgresStore, n: int, progress: float = 0.5) -> Recorded:

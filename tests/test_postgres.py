@@ -4,7 +4,6 @@ NOTIFY wake-ups across connections, lease takeover, and connection faults as 503
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,6 @@ def running(progress: float) -> Update:
 
 def route_h(event: Event, job: Job) -> list[str]:
     return ["h"]
-
-
-@pytest.fixture
-async def pg(pg_url: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(pg_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 class TestUrls:
