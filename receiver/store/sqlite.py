@@ -180,6 +180,23 @@ _TRIM_QUARANTINE = (
 _OF_JOB = "event_id IN (SELECT id FROM events WHERE job_id = ?)"
 _KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
+
+
+def _token_match(row: Sequence[Any]) -> TokenMatch:
+    return TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
+
+
+def _accepted_by_token(
+    conn: sqlite3.Connection, token_hash: str, accept: Callable[[TokenMatch], bool]
+) -> TokenMatch | None:
+    """The job whose URL token hashes to `token_hash`, if there is one and `accept` takes it."""
+    row = conn.execute(_JOB_BY_TOKEN, (token_hash,)).fetchone()
+    if row is None:
+        return None
+    match = _token_match(row)
+    return match if accept(match) else None
+
+
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
 
@@ -621,7 +638,7 @@ class SQLiteStore(Store):
 
     async def job_by_token(self, token_hash: str) -> TokenMatch | None:
         row = await self._fetchone(_JOB_BY_TOKEN, (token_hash,))
-        return TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width]) if row else None
+        return _token_match(row) if row else None
 
     async def job_by_task(self, provider: str, task_id: str) -> Job | None:
         row = await self._fetchone(
@@ -747,11 +764,8 @@ class SQLiteStore(Store):
         at = now()
 
         def work(conn: sqlite3.Connection) -> Recorded | None:
-            row = conn.execute(_JOB_BY_TOKEN, (token_hash,)).fetchone()
-            if row is None:
-                return None
-            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
-            if not accept(match):
+            match = _accepted_by_token(conn, token_hash, accept)
+            if match is None:
                 return None
             return _record(
                 conn,
@@ -782,11 +796,8 @@ class SQLiteStore(Store):
     ) -> Job | None:
         # In the write, as `record_by_token`: no read of its own first.
         def work(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(_JOB_BY_TOKEN, (token_hash,)).fetchone()
-            if row is None:
-                return None
-            match = TokenMatch(job=JOBS.read(row), secret_hash=row[JOBS.width])
-            if not accept(match):
+            match = _accepted_by_token(conn, token_hash, accept)
+            if match is None:
                 return None
             _nudge(conn, job_id=match.job.id, raw=raw, poll_at=poll_at)
             return match.job
