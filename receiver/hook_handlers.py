@@ -33,7 +33,7 @@ from receiver.models import Job, RawRequest, Update, now
 from receiver.providers import CallbackStyle, GenericProvider, Provider, valid_task_id
 from receiver.runtime import Runtime
 from receiver.standard_webhooks import MISSING_SIGNATURE, SignatureError
-from receiver.store.base import NewJob, Recorded, TokenMatch
+from receiver.store.base import NewJob, Recorded, TokenMatch, Write
 from receiver.submit import CREATE_UNCERTAIN, queued_job
 from receiver.verify import digest, matches_digests
 
@@ -284,12 +284,13 @@ class HookHandlers:
             raise Reject(400, "no_task_id")
         runtime = self.runtime
         recorded = await runtime.ingest.record(
-            None,
-            update,
-            source="callback",
-            raw=request.kept(),
-            new_job=NewJob(job=queued_job(provider, update.task_id)),
-            next_poll_at=overdue_at(runtime, adapter),
+            Write(
+                update=update,
+                source="callback",
+                raw=request.kept(),
+                new_job=NewJob(job=queued_job(provider, update.task_id)),
+                next_poll_at=overdue_at(runtime, adapter),
+            )
         )
         return _recorded(recorded)
 
@@ -336,7 +337,9 @@ class HookHandlers:
         raw, next_poll_at = request.kept(), overdue_at(runtime, adapter)
         token_hash = digest(request.token)
         recorded = await runtime.ingest.record_by_token(
-            token_hash, accept, written, source="callback", raw=raw, next_poll_at=next_poll_at
+            token_hash,
+            accept,
+            Write(update=written, source="callback", raw=raw, next_poll_at=next_poll_at),
         )
         if recorded is not None:
             return _recorded(recorded)
@@ -346,7 +349,13 @@ class HookHandlers:
         if confirming and update.status.terminal and not job.status.terminal:
             return await self._confirm(job, raw)
         recorded = await runtime.ingest.record(
-            job.id, written, source="callback", raw=raw, next_poll_at=next_poll_at
+            Write(
+                update=written,
+                source="callback",
+                raw=raw,
+                job_id=job.id,
+                next_poll_at=next_poll_at,
+            )
         )
         return _recorded(recorded)
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from receiver.dispatch import Dispatcher, Registry
-from receiver.models import DeliveryState, Disposition, Job, RawRequest, Update
-from receiver.store.base import Claimed, NewJob, Recorded, Store, TokenMatch
+from receiver.models import DeliveryState, Disposition, Job
+from receiver.store.base import Claimed, Recorded, Store, TokenMatch, Write
 
 __all__ = ["Ingest"]
 
@@ -42,66 +42,34 @@ class Ingest:
         self.runner = runner
         self.on_end: Callable[[Job], None] | None = None
 
-    async def record(
-        self,
-        job_id: str | None,
-        update: Update,
-        *,
-        source: str,
-        raw: RawRequest | None = None,
-        new_job: NewJob | None = None,
-        next_poll_at: float | None = None,
-    ) -> Recorded:
-        def write(claim: int, lease: float) -> Awaitable[Recorded]:
-            return self.store.record(
-                job_id,
-                update,
-                source=source,
-                route=self.handlers.route,
-                raw=raw,
-                new_job=new_job,
-                next_poll_at=next_poll_at,
-                claim=claim,
-                lease=lease,
-            )
+    async def record(self, write: Write) -> Recorded:
+        """Commit `write` (see Store.record), then start or wake whoever runs its deliveries."""
 
-        return await self._committed(write)
+        def commit(claim: int, lease: float) -> Awaitable[Recorded]:
+            return self.store.record(write, route=self.handlers.route, claim=claim, lease=lease)
+
+        return await self._committed(commit)
 
     async def record_by_token(
-        self,
-        token_hash: str,
-        accept: Callable[[TokenMatch], bool],
-        update: Update,
-        *,
-        source: str,
-        raw: RawRequest | None = None,
-        next_poll_at: float | None = None,
+        self, token_hash: str, accept: Callable[[TokenMatch], bool], write: Write
     ) -> Recorded | None:
         """`record` for the job of a URL token, if `accept` takes it (see Store.record_by_token)."""
 
-        def write(claim: int, lease: float) -> Awaitable[Recorded | None]:
+        def commit(claim: int, lease: float) -> Awaitable[Recorded | None]:
             return self.store.record_by_token(
-                token_hash,
-                accept,
-                update,
-                source=source,
-                route=self.handlers.route,
-                raw=raw,
-                next_poll_at=next_poll_at,
-                claim=claim,
-                lease=lease,
+                token_hash, accept, write, route=self.handlers.route, claim=claim, lease=lease
             )
 
-        return await self._committed(write)
+        return await self._committed(commit)
 
-    async def _committed(self, write: Callable[[int, float], Awaitable[R]]) -> R:
-        """Run `write` with the runner's free slots for this update's deliveries (at most one
+    async def _committed(self, commit: Callable[[int, float], Awaitable[R]]) -> R:
+        """Run `commit` with the runner's free slots for this update's deliveries (at most one
         per handler); then start what it committed claimed, give back unused slots, and wake
         the runner for the rest."""
         runner = self.runner
         reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
         try:
-            recorded = await write(reserved, runner.lease if runner is not None else 0.0)
+            recorded = await commit(reserved, runner.lease if runner is not None else 0.0)
         except BaseException:
             if runner is not None:
                 runner.unreserve(reserved)

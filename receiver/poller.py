@@ -28,7 +28,7 @@ from receiver.provider_limits import ProviderLimits
 from receiver.providers import ProviderGateway
 from receiver.slots import Slots
 from receiver.state import RENEWAL
-from receiver.store.base import Store
+from receiver.store.base import Store, Write
 
 __all__ = ["Poller", "create_unresolved", "gave_up", "never_sent", "poll_delay"]
 
@@ -209,7 +209,7 @@ class Poller(WorkLoop):
         update = None if later is not None else await self._pull(gateway, job, limits)
         if too_old and (update is None or not update.status.terminal):
             if update is not None:
-                await self.ingest.record(job.id, update, source="poll")
+                await self.ingest.record(Write(update=update, source="poll", job_id=job.id))
             give_up_after = self.give_up_for(job.provider)
             log.warning(
                 "%s: %s still open after %.0f s; failing it",
@@ -217,13 +217,13 @@ class Poller(WorkLoop):
                 job.id,
                 at - job.created_at,
             )
-            await self.ingest.record(
-                job.id, gave_up(job.provider, give_up_after), source="receiver"
-            )
+            failure = gave_up(job.provider, give_up_after)
+            await self.ingest.record(Write(update=failure, source="receiver", job_id=job.id))
             return
         if update is not None:
+            next_poll_at = now() + self.delay(job)
             await self.ingest.record(
-                job.id, update, source="poll", next_poll_at=now() + self.delay(job)
+                Write(update=update, source="poll", job_id=job.id, next_poll_at=next_poll_at)
             )
 
     async def _waited_for_slot(self, job: Job) -> None:
@@ -234,7 +234,8 @@ class Poller(WorkLoop):
             await self.store.schedule_poll(job.id, give_up_at, attempted=False)
             return
         log.warning("%s: %s never got a slot; failing it", job.provider, job.id)
-        await self.ingest.record(job.id, never_sent(job.provider, give_up_after), source="receiver")
+        failure = never_sent(job.provider, give_up_after)
+        await self.ingest.record(Write(update=failure, source="receiver", job_id=job.id))
 
     async def _unsettled_create(self, job: Job) -> None:
         """A job whose create had no clear answer: no provider here can look a task up
@@ -247,9 +248,8 @@ class Poller(WorkLoop):
         log.warning(
             "%s: %s had no clear create answer and no news; failing it", job.provider, job.id
         )
-        await self.ingest.record(
-            job.id, create_unresolved(job.provider, give_up_after), source="receiver"
-        )
+        failure = create_unresolved(job.provider, give_up_after)
+        await self.ingest.record(Write(update=failure, source="receiver", job_id=job.id))
 
     async def _pull(
         self, gateway: ProviderGateway, job: Job, limits: ProviderLimits
@@ -306,7 +306,7 @@ class Poller(WorkLoop):
         fresh = {update.result_url, update.preview_url} - {None, job.result_url, job.preview_url}
         if update.status is not Status.SUCCEEDED or not fresh:
             return None
-        return (await self.ingest.record(job.id, update, source=RENEWAL)).job
+        return (await self.ingest.record(Write(update=update, source=RENEWAL, job_id=job.id))).job
 
     def _retry_at(self, job: Job, limits: ProviderLimits, asked: float | None, at: float) -> float:
         """After a failed pull: what the provider asked for, else back off with its failures."""

@@ -29,6 +29,7 @@ from receiver.providers import PROVIDERS, get_provider
 from receiver.ratelimit import client_address
 from receiver.runtime import Runtime
 from receiver.simulator.payloads import PHASES, Kind, Payload, payload_for
+from receiver.store.base import Write
 from receiver.verify import redact_headers
 from receiver.wire import ErrorBody
 
@@ -144,7 +145,9 @@ async def trigger(
         body=body,
         client=client_address(request.scope, runtime.trusted_proxies),
     )
-    recorded = await runtime.ingest.record(job.id, update, source="trigger", raw=raw)
+    recorded = await runtime.ingest.record(
+        Write(update=update, source="trigger", raw=raw, job_id=job.id)
+    )
     return TriggerResult(
         job_id=job.id,
         event_id=recorded.event.id,

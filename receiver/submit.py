@@ -28,7 +28,7 @@ from receiver.models import CREATE_UNCERTAIN, Job, Status, Update, new_id, now
 from receiver.poller import gave_up
 from receiver.provider_limits import ProviderLimits
 from receiver.providers import CallbackStyle, ProviderGateway, get_provider, valid_task_id
-from receiver.store.base import NewJob, Store
+from receiver.store.base import NewJob, Store, Write
 from receiver.urls import http_url
 from receiver.verify import digest, mint_secret, mint_token, redact_fields
 
@@ -321,8 +321,9 @@ class Submitter:
         if fields is None:
             return None  # another process took it
         if now() >= job.created_at + give_up_after:
+            failure = gave_up(job.provider, give_up_after)
             recorded = await self.ingest.record(
-                job.id, gave_up(job.provider, give_up_after), source="receiver"
+                Write(update=failure, source="receiver", job_id=job.id)
             )
             return Submitted(job=recorded.job)
         return await self._send(job, gateway, fields, hook_url, secret, deferrable=True)
@@ -449,7 +450,9 @@ class Submitter:
             await self.store.set_task_id(job.id, created.task_id, self._first_poll(gateway))
             self.wake_poller()  # a callback that came first may be waiting for its pull
         if created.update is not None:
-            recorded = await self.ingest.record(job.id, created.update, source="submit")
+            recorded = await self.ingest.record(
+                Write(update=created.update, source="submit", job_id=job.id)
+            )
             return Submitted(job=recorded.job, hook_url=hook_url)
         stored = await self.store.get_job(job.id)
         return Submitted(job=stored or job, hook_url=hook_url)
@@ -530,7 +533,7 @@ class Submitter:
             error=error,
             error_code=str(status_code) if status_code else None,
         )
-        recorded = await self.ingest.record(job.id, failure, source="submit")
+        recorded = await self.ingest.record(Write(update=failure, source="submit", job_id=job.id))
         return Submitted(job=recorded.job)
 
     async def track(

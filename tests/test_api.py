@@ -14,7 +14,7 @@ import pytest
 from receiver.config import load_settings
 from receiver.models import Job, RawRequest, Status, Update, new_id, now
 from receiver.runtime import admin_token_file, ensure_admin_token
-from receiver.store import NewJob
+from receiver.store import NewJob, Write
 from receiver.testing import LiveReceiver, running_receiver
 
 
@@ -44,7 +44,9 @@ async def add_job(live: LiveReceiver, provider: str, task_id: str, status: Statu
     await live.runtime.store.create_job(NewJob(job=job, token_hash=f"hash-{task_id}"))
     if status is not Status.QUEUED:
         recorded = await live.runtime.ingest.record(
-            job.id, Update(status=status, raw_status=status.value), source="poll"
+            Write(
+                update=Update(status=status, raw_status=status.value), source="poll", job_id=job.id
+            )
         )
         return recorded.job
     return job
@@ -233,9 +235,13 @@ class TestJobs:
         """A job answers with its fields and metadata; its events come oldest first."""
         job = await add_job(live, "apiframe", "t9", Status.RUNNING)
         await live.runtime.ingest.record(
-            job.id,
-            Update(status=Status.SUCCEEDED, raw_status="finished", result_url="https://x/v.mp4"),
-            source="poll",
+            Write(
+                update=Update(
+                    status=Status.SUCCEEDED, raw_status="finished", result_url="https://x/v.mp4"
+                ),
+                source="poll",
+                job_id=job.id,
+            )
         )
         answer = await client.get(f"/jobs/{job.id}", headers=live.admin_headers)
         body = answer.json()
@@ -347,10 +353,12 @@ class TestDiagnosis:
             body=b"{}",
         )
         await live.runtime.ingest.record(
-            job.id,
-            Update(status=Status.RUNNING, raw_status="processing"),
-            source="callback",
-            raw=raw,
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="processing"),
+                source="callback",
+                job_id=job.id,
+                raw=raw,
+            )
         )
         answer = await client.get(f"/jobs/{job.id}/requests", headers=live.admin_headers)
         [item] = answer.json()["items"]

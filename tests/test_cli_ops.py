@@ -18,7 +18,7 @@ from procs import run_cli
 from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Quarantined, Status, Update, new_id, now
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
-from receiver.store import NewJob
+from receiver.store import NewJob, Write
 from receiver.testing import LiveReceiver, running_receiver
 
 API_KEY = "af-key"
@@ -104,7 +104,7 @@ async def add_job(live: LiveReceiver, task_id: str, *status: Status) -> str:
     for step in status:
         progress = 0.5 if step is Status.RUNNING else None
         update = Update(status=step, raw_status=f"raw-{step.value}", progress=progress)
-        await live.runtime.ingest.record(job.id, update, source="poll")
+        await live.runtime.ingest.record(Write(update=update, source="poll", job_id=job.id))
     return job.id
 
 

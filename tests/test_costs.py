@@ -23,7 +23,7 @@ from receiver.errors import ConfigError
 from receiver.models import Job, Status, Update, new_id
 from receiver.providers import ProviderSettings
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
-from receiver.store.base import NewJob, Store
+from receiver.store.base import NewJob, Store, Write
 from receiver.testing import TEST_ADMIN_TOKEN, LiveReceiver, running_receiver
 
 # 0.5 per job and 0.1 per second: a 5-second apiframe video is estimated at 1.0.
@@ -261,10 +261,12 @@ class TestFinalCostInTheStore:
         new = _job(time.time(), 1.0)
         await store.create_job(new)
         running = await store.record(
-            new.job.id, Update(Status.RUNNING, "running"), source="poll", route=lambda e, j: []
+            Write(update=Update(Status.RUNNING, "running"), source="poll", job_id=new.job.id),
+            route=lambda e, j: [],
         )
         ended = await store.record(
-            new.job.id, Update(status, status.value), source="poll", route=lambda e, j: []
+            Write(update=Update(status, status.value), source="poll", job_id=new.job.id),
+            route=lambda e, j: [],
         )
         stored = await store.get_job(new.job.id)
         assert stored is not None

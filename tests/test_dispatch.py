@@ -19,7 +19,7 @@ from receiver.failures import FRAMES, TRACEBACK_CHARS
 from receiver.ingest import Ingest
 from receiver.models import Delivery, DeliveryState, Event, Job, Status, Update, now
 from receiver.registration import BadHandlers, check_handlers
-from receiver.store import Claimed, NewJob, Store
+from receiver.store import Claimed, NewJob, Store, Write
 
 T0 = 1_000.0
 
@@ -117,7 +117,9 @@ async def deliver_one(store: Store, registry: Registry, **options: Any) -> Deliv
     """Record one running event for a new job; run a dispatcher until its delivery has ended."""
     await add_job(store)
     dispatcher = fast_dispatcher(store, registry, **options)
-    await Ingest(store, registry, dispatcher.wake).record("job_1", running(0.5), source="callback")
+    await Ingest(store, registry, dispatcher.wake).record(
+        Write(update=running(0.5), source="callback", job_id="job_1")
+    )
     async with running_dispatcher(dispatcher):
         await wait_for(all_finished(store, 1))
     [delivery] = await deliveries(store)
@@ -531,7 +533,8 @@ class TestRetries:
         """A delivery for a handler that is not registered is retried, then dead, naming it."""
         await add_job(store)
         await store.record(
-            "job_1", running(0.5), source="callback", route=lambda event, job: ["gone.handler"]
+            Write(update=running(0.5), source="callback", job_id="job_1"),
+            route=lambda event, job: ["gone.handler"],
         )
         async with running_dispatcher(fast_dispatcher(store, registry, max_attempts=3)):
             await wait_for(all_finished(store, 1))
@@ -558,8 +561,8 @@ class TestRetries:
         await add_job(store)
         dispatcher = fast_dispatcher(store, registry, timeout=0.05)
         ingest = Ingest(store, registry, dispatcher.wake)
-        await ingest.record("job_1", running(0.5), source="callback")
-        await ingest.record("job_1", running(0.9), source="callback")
+        await ingest.record(Write(update=running(0.5), source="callback", job_id="job_1"))
+        await ingest.record(Write(update=running(0.9), source="callback", job_id="job_1"))
         await dispatcher.drain(timeout=5)
         assert 1 == overlaps[0]
         assert ["running", "running"] == calls
@@ -585,7 +588,7 @@ class TestOrderAndIsolation:
         dispatcher = fast_dispatcher(store, registry)
         ingest = Ingest(store, registry, dispatcher.wake)
         for update in (running(0.1), running(0.2), SUCCEEDED):
-            await ingest.record("job_1", update, source="callback")
+            await ingest.record(Write(update=update, source="callback", job_id="job_1"))
         async with running_dispatcher(dispatcher):
             await wait_for(all_finished(store, 3))
         assert [
@@ -616,9 +619,9 @@ class TestOrderAndIsolation:
         await add_job(store, "job_b")
         dispatcher = fast_dispatcher(store, registry)
         ingest = Ingest(store, registry, dispatcher.wake)
-        await ingest.record("job_a", running(0.1), source="callback")
-        await ingest.record("job_a", running(0.2), source="callback")
-        await ingest.record("job_b", running(0.1), source="callback")
+        await ingest.record(Write(update=running(0.1), source="callback", job_id="job_a"))
+        await ingest.record(Write(update=running(0.2), source="callback", job_id="job_a"))
+        await ingest.record(Write(update=running(0.1), source="callback", job_id="job_b"))
 
         async def others_done() -> bool:
             return 4 == len(await deliveries(store, state=DeliveryState.DONE))
@@ -654,8 +657,8 @@ class TestOrderAndIsolation:
         await add_job(store)
         dispatcher = fast_dispatcher(store, registry, idle_wait=1.0)
         ingest = Ingest(store, registry, dispatcher.wake)
-        await ingest.record("job_1", running(0.1), source="callback")
-        await ingest.record("job_1", running(0.2), source="callback")
+        await ingest.record(Write(update=running(0.1), source="callback", job_id="job_1"))
+        await ingest.record(Write(update=running(0.2), source="callback", job_id="job_1"))
         async with running_dispatcher(dispatcher):
             await wait_for(first_attempt_made(store))
             claims.clear()
@@ -676,8 +679,8 @@ class TestDispatcherLifecycle:
 
         await add_job(store)
         ingest = Ingest(store, registry)
-        await ingest.record("job_1", running(0.5), source="callback")
-        await ingest.record("job_1", SUCCEEDED, source="callback")
+        await ingest.record(Write(update=running(0.5), source="callback", job_id="job_1"))
+        await ingest.record(Write(update=SUCCEEDED, source="callback", job_id="job_1"))
         await fast_dispatcher(store, registry).drain(timeout=5)
         assert ["running", "succeeded"] == seen
         assert [DeliveryState.DONE] * 2 == [d.state for d in await deliveries(store)]
@@ -697,7 +700,9 @@ class TestDispatcherLifecycle:
             seen.append(event.status.value)
 
         await add_job(store)
-        await Ingest(store, registry).record("job_1", running(0.5), source="callback")
+        await Ingest(store, registry).record(
+            Write(update=running(0.5), source="callback", job_id="job_1")
+        )
         answered = asyncio.Event()
         slow = ClaimAnsweredLate(store, answered)
         dispatcher = fast_dispatcher(slow, registry)  # type: ignore[arg-type]
@@ -722,7 +727,7 @@ class TestDispatcherLifecycle:
         async with running_dispatcher(dispatcher):
             await asyncio.sleep(0.05)  # let it go idle
             started = time.monotonic()
-            await ingest.record("job_1", running(0.5), source="callback")
+            await ingest.record(Write(update=running(0.5), source="callback", job_id="job_1"))
             await wait_for(all_finished(store, 1), timeout=2.0)
         assert seen[0] - started < 1.0
 
@@ -742,7 +747,9 @@ class TestDispatcherLifecycle:
 
         await add_job(store)
         first = fast_dispatcher(store, registry)
-        await Ingest(store, registry, first.wake).record("job_1", running(0.5), source="callback")
+        await Ingest(store, registry, first.wake).record(
+            Write(update=running(0.5), source="callback", job_id="job_1")
+        )
         task = asyncio.create_task(first.run())
         await asyncio.wait_for(started.wait(), 5)
         await first.stop(grace=0.05)
@@ -773,7 +780,9 @@ class TestDispatcherLifecycle:
 
         await add_job(store)
         first = Dispatcher(store, registry)
-        await Ingest(store, registry, first.wake).record("job_1", running(0.5), source="callback")
+        await Ingest(store, registry, first.wake).record(
+            Write(update=running(0.5), source="callback", job_id="job_1")
+        )
         assert 1 == await first.run_once()
         await asyncio.wait_for(started.wait(), 5)
         await store.close()  # the process "dies" with the delivery leased
@@ -842,7 +851,7 @@ class TestHandOver:
         async with running_dispatcher(dispatcher):
             await wait_for(lambda: _true(dispatcher._taking))
             new = NewJob(job=make_job("job_new", task_id="t-new"))
-            recorded = await ingest.record(None, SUCCEEDED, source="callback", new_job=new)
+            recorded = await ingest.record(Write(update=SUCCEEDED, source="callback", new_job=new))
             await wait_for(all_finished(store, 1))
         [stored] = recorded.deliveries
         if backend == "sqlite":
@@ -872,9 +881,11 @@ class TestHandOver:
         dispatcher, ingest = handing_over(store, registry)
         async with running_dispatcher(dispatcher):
             await wait_for(lambda: _true(dispatcher._taking))
-            await ingest.record("job_1", running(0.1), source="callback")
+            await ingest.record(Write(update=running(0.1), source="callback", job_id="job_1"))
             await wait_for(first_attempt_made(store))
-            second = await ingest.record("job_1", running(0.2), source="callback")
+            second = await ingest.record(
+                Write(update=running(0.2), source="callback", job_id="job_1")
+            )
             assert [DeliveryState.PENDING] == [d.state for d in second.deliveries]
             await wait_for(all_finished(store, 2))
         assert [0.1, 0.1, 0.2] == seen
@@ -898,10 +909,11 @@ class TestHandOver:
             recorded = await asyncio.gather(
                 *(
                     ingest.record(
-                        None,
-                        SUCCEEDED,
-                        source="callback",
-                        new_job=NewJob(job=make_job(f"job_{n}", task_id=f"t-{n}")),
+                        Write(
+                            update=SUCCEEDED,
+                            source="callback",
+                            new_job=NewJob(job=make_job(f"job_{n}", task_id=f"t-{n}")),
+                        )
                     )
                     for n in range(10)
                 )
@@ -925,12 +937,20 @@ class TestHandOver:
 
         dispatcher, ingest = handing_over(store, registry)
         before = await ingest.record(
-            None, SUCCEEDED, source="callback", new_job=NewJob(job=make_job("job_a", task_id="a"))
+            Write(
+                update=SUCCEEDED,
+                source="callback",
+                new_job=NewJob(job=make_job("job_a", task_id="a")),
+            )
         )
         async with running_dispatcher(dispatcher):
             await wait_for(all_finished(store, 1))
         after = await ingest.record(
-            None, SUCCEEDED, source="callback", new_job=NewJob(job=make_job("job_b", task_id="b"))
+            Write(
+                update=SUCCEEDED,
+                source="callback",
+                new_job=NewJob(job=make_job("job_b", task_id="b")),
+            )
         )
         assert [DeliveryState.PENDING] * 2 == [
             d.state for d in (*before.deliveries, *after.deliveries)

@@ -17,7 +17,7 @@ import pytest
 from test_store import T0, add_job, make_raw, record, route_to
 
 from receiver.models import Disposition, Status, Update
-from receiver.store import SQLiteStore, Store
+from receiver.store import SQLiteStore, Store, Write
 from receiver.store.migrations import migrations
 
 LEAN = 11  # the migration that moved payloads out of events
@@ -103,7 +103,9 @@ class TestBodyStoredOnce:
     ) -> None:
         await add_job(store)
         update = Update(status=Status.RUNNING, raw_status="running", payload={"polled": True})
-        recorded = await store.record("job_1", update, source="poll", route=route_to("h"), at=T0)
+        recorded = await store.record(
+            Write(update=update, source="poll", job_id="job_1", at=T0), route=route_to("h")
+        )
         assert ('{"polled":true}', None) == await stored_payload(
             backend, store_url, recorded.event.id
         )
@@ -213,7 +215,9 @@ class TestMigration0011:
             assert (kept is None) == (moved is not None or payload is None), event_id
         # The same callback again is still a duplicate of the one stored before 0011.
         again = Update(status=Status.RUNNING, raw_status="running", progress=0.4)
-        recorded = await store.record("job_1", again, source="callback", route=route_to("h"))
+        recorded = await store.record(
+            Write(update=again, source="callback", job_id="job_1"), route=route_to("h")
+        )
         assert Disposition.DUPLICATE == recorded.event.disposition
         assert not recorded.deliveries
 

@@ -25,7 +25,7 @@ from receiver.errors import Retry
 from receiver.metrics import METRICS, provider_label
 from receiver.models import Event, Job, Status, Update, new_id, now
 from receiver.simulator import RunningSimulator, SimConfig, run_simulator
-from receiver.store import NewJob
+from receiver.store import NewJob, Write
 from receiver.testing import LiveReceiver, running_receiver
 from receiver.verify import digest
 
@@ -112,9 +112,11 @@ async def dead_delivery(live: LiveReceiver, token: str) -> str:
     """A job with one event whose delivery is dead; the delivery's id."""
     job_id = await add_job(live, token)
     await live.runtime.store.record(
-        job_id,
-        Update(status=Status.RUNNING, raw_status="processing"),
-        source="poll",
+        Write(
+            update=Update(status=Status.RUNNING, raw_status="processing"),
+            source="poll",
+            job_id=job_id,
+        ),
         route=lambda event, job: ["a.handler"],
     )
     [delivery] = await live.runtime.store.list_deliveries(job_id=job_id)
@@ -182,7 +184,11 @@ class TestCounters:
         before = await scrape(live)
         job_id = await add_job(live, "tok2")
         await live.runtime.ingest.record(
-            job_id, Update(status=Status.RUNNING, raw_status="processing"), source="poll"
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="processing"),
+                source="poll",
+                job_id=job_id,
+            )
         )
         for _ in range(200):
             if [d.state.value for d in await live.runtime.store.list_deliveries()] == ["done"]:
@@ -191,11 +197,13 @@ class TestCounters:
         [delivery] = await live.runtime.store.list_deliveries()
         # A delivery for a handler nobody registered stays pending; one more is killed.
         await live.runtime.store.record(
-            job_id,
-            Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
-            source="poll",
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
+                source="poll",
+                job_id=job_id,
+                at=now() - 30,
+            ),
             route=lambda event, job: ["nobody.registered", "other.handler"],
-            at=now() - 30,
         )
         pending = await live.runtime.store.list_deliveries(job_id=job_id)
         await live.runtime.store.kill_delivery(pending[-1].id, error="x", at=now())
@@ -261,7 +269,11 @@ class TestHandlerDuration:
         before = await scrape(live)
         job_id = await add_job(live, "tok4")
         await live.runtime.ingest.record(
-            job_id, Update(status=Status.RUNNING, raw_status="processing"), source="poll"
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="processing"),
+                source="poll",
+                job_id=job_id,
+            )
         )
         for _ in range(200):
             if [d.state.value for d in await live.runtime.store.list_deliveries()] == ["done"]:
@@ -303,9 +315,11 @@ class TestStoreGauges:
         """`receiver replay` run on the database moves the dead gauge, which the store counts."""
         job_id = await add_job(live, "tok6")
         await live.runtime.store.record(
-            job_id,
-            Update(status=Status.RUNNING, raw_status="processing"),
-            source="poll",
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="processing"),
+                source="poll",
+                job_id=job_id,
+            ),
             route=lambda event, job: ["gone.handler"],
         )
         [delivery] = await live.runtime.store.list_deliveries()

@@ -17,7 +17,7 @@ from test_store import add_job, make_job, make_raw, make_update, route_to
 from receiver.errors import StoreUnavailable
 from receiver.models import DeliveryState, Disposition, Status, now
 from receiver.store import NewJob
-from receiver.store.base import Recorded, TokenMatch
+from receiver.store.base import Recorded, TokenMatch, Write
 from receiver.store.batcher import GroupCommit, Outcome
 from receiver.store.pg_batch import DeliveryWrite, write_rounds
 from receiver.store.postgres import PostgresStore
@@ -90,11 +90,13 @@ class TestGroupCommit:
 async def running_for(store: PostgresStore, n: int, progress: float = 0.5) -> Recorded:
     """Job `n` is running, said by a callback whose request is `req_{n}_{progress}`."""
     return await store.record(
-        f"job_{n}",
-        make_update(Status.RUNNING, progress),
-        source="callback",
+        Write(
+            update=make_update(Status.RUNNING, progress),
+            source="callback",
+            job_id=f"job_{n}",
+            raw=make_raw(f"req_{n}_{progress}"),
+        ),
         route=route_to("h"),
-        raw=make_raw(f"req_{n}_{progress}"),
     )
 
 
@@ -163,7 +165,8 @@ class TestBatchedIngest:
         for n in range(3):
             await add_job(pg, f"job_{n}", task_id=f"task-{n}")
         await pg.record(
-            "job_dup", make_update(Status.RUNNING, 0.3), source="callback", route=route_to("h")
+            Write(update=make_update(Status.RUNNING, 0.3), source="callback", job_id="job_dup"),
+            route=route_to("h"),
         )
 
         def refuse(match: TokenMatch) -> bool:
@@ -172,29 +175,39 @@ class TestBatchedIngest:
         calls = [
             running_for(pg, 0),
             pg.record(
-                "job_done", make_update(Status.RUNNING, 0.9), source="callback", route=route_to("h")
+                Write(
+                    update=make_update(Status.RUNNING, 0.9), source="callback", job_id="job_done"
+                ),
+                route=route_to("h"),
             ),
             pg.record(
-                "job_dup", make_update(Status.RUNNING, 0.3), source="callback", route=route_to("h")
+                Write(update=make_update(Status.RUNNING, 0.3), source="callback", job_id="job_dup"),
+                route=route_to("h"),
             ),
             pg.record(
-                "job_none", make_update(Status.RUNNING, 0.3), source="callback", route=route_to("h")
+                Write(
+                    update=make_update(Status.RUNNING, 0.3), source="callback", job_id="job_none"
+                ),
+                route=route_to("h"),
             ),
             pg.record_by_token(
                 "tok",
                 refuse,
-                make_update(Status.RUNNING, 0.2),
-                source="callback",
+                Write(
+                    update=make_update(Status.RUNNING, 0.2),
+                    source="callback",
+                    raw=make_raw("req_tok"),
+                ),
                 route=route_to("h"),
-                raw=make_raw("req_tok"),
             ),
             running_for(pg, 1),
             pg.record(
-                None,
-                make_update(Status.SUCCEEDED, task_id="t-new"),
-                source="callback",
+                Write(
+                    update=make_update(Status.SUCCEEDED, task_id="t-new"),
+                    source="callback",
+                    new_job=NewJob(job=make_job("job_new", task_id="t-new")),
+                ),
                 route=route_to("h"),
-                new_job=NewJob(job=make_job("job_new", task_id="t-new")),
             ),
             pg.record_nudge("job_2", make_raw("req_nudge"), poll_at=123.0),
             running_for(pg, 2),
@@ -231,11 +244,13 @@ class TestBatchedIngest:
         async def one(n: int) -> Recorded:
             if n == 3:
                 return await pg.record(
-                    "job_3",
-                    make_update(Status.RUNNING, 0.5),
-                    source="callback",
+                    Write(
+                        update=make_update(Status.RUNNING, 0.5),
+                        source="callback",
+                        job_id="job_3",
+                        raw=bad,
+                    ),
                     route=route_to("h"),
-                    raw=bad,
                 )
             return await running_for(pg, n)
 

@@ -16,7 +16,7 @@ from receiver.dispatch import Dispatcher, Registry
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.ingest import Ingest
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
-from receiver.store import NewJob, display_url, store_for
+from receiver.store import NewJob, Write, display_url, store_for
 from receiver.store.migrations import migrations
 from receiver.store.postgres import PostgresStore, is_fault, pool_options
 from receiver.testing import TEST_ADMIN_TOKEN, running_receiver
@@ -153,7 +153,9 @@ class TestSharedClaims:
         try:
             for n in range(200):
                 await stores[0].create_job(NewJob(job=job(f"job_{n:03}", f"t-{n}")))
-                await stores[0].record(f"job_{n:03}", running(0.5), source="t", route=route_h)
+                await stores[0].record(
+                    Write(update=running(0.5), source="t", job_id=f"job_{n:03}"), route=route_h
+                )
 
             async def claim_all(store: PostgresStore) -> list[str]:
                 taken: list[str] = []
@@ -200,11 +202,12 @@ class TestSharedClaims:
             await asyncio.gather(
                 *(
                     store.record(
-                        None,
-                        running(0.1 * (n + 1)),
-                        source="callback",
+                        Write(
+                            update=running(0.1 * (n + 1)),
+                            source="callback",
+                            new_job=NewJob(job=job(f"job_{n}", "t-same")),
+                        ),
                         route=route_h,
-                        new_job=NewJob(job=job(f"job_{n}", "t-same")),
                     )
                     for n, store in enumerate(stores)
                 )
@@ -232,7 +235,7 @@ class TestNotify:
             for event in woken.values():
                 event.clear()
             await pg.create_job(NewJob(job=job("job_1", "t-1")))
-            await pg.record("job_1", running(0.2), source="t", route=route_h)
+            await pg.record(Write(update=running(0.2), source="t", job_id="job_1"), route=route_h)
             await asyncio.wait_for(woken["deliveries"].wait(), 2)
             assert not woken["polls"].is_set()
             from receiver.models import RawRequest
@@ -268,7 +271,7 @@ class TestLeaseTakeover:
             ran.append(now())
 
         await pg.create_job(NewJob(job=job("job_1", "t-1")))
-        await Ingest(pg, registry).record("job_1", running(0.2), source="t")
+        await Ingest(pg, registry).record(Write(update=running(0.2), source="t", job_id="job_1"))
         [claimed] = await pg.claim_deliveries(limit=1, lease=1.5, at=now())
         lease_ends = claimed.delivery.lease_until
         assert lease_ends is not None
@@ -325,9 +328,13 @@ class TestFaults:
             async with blocker.transaction():
                 await blocker.execute("SELECT 1 FROM jobs WHERE id = 'job_1' FOR UPDATE")
                 with pytest.raises(StoreUnavailable):
-                    await store.record("job_1", running(0.3), source="t", route=route_h)
+                    await store.record(
+                        Write(update=running(0.3), source="t", job_id="job_1"), route=route_h
+                    )
             assert [] == await store.list_events("job_1")
-            await store.record("job_1", running(0.3), source="t", route=route_h)
+            await store.record(
+                Write(update=running(0.3), source="t", job_id="job_1"), route=route_h
+            )
             assert 1 == len(await store.list_events("job_1"))
         finally:
             await blocker.close()

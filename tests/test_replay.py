@@ -12,7 +12,7 @@ import pytest
 
 from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Status, Update, new_id, now
-from receiver.store import NewJob
+from receiver.store import NewJob, Write
 from receiver.testing import LiveReceiver, running_receiver
 
 
@@ -68,7 +68,11 @@ async def dead_job(live: LiveReceiver, task_id: str = "t1") -> str:
     )
     await live.runtime.store.create_job(NewJob(job=job, token_hash=f"hash-{task_id}"))
     await live.runtime.ingest.record(
-        job.id, Update(status=Status.RUNNING, raw_status="processing"), source="poll"
+        Write(
+            update=Update(status=Status.RUNNING, raw_status="processing"),
+            source="poll",
+            job_id=job.id,
+        )
     )
     await until(live, lambda states: states == ["dead"], job.id)
     return job.id

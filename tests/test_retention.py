@@ -23,7 +23,7 @@ from receiver.errors import ConfigError
 from receiver.models import DeliveryState, Quarantined, RawRequest, Status, Update
 from receiver.retention import Pruner, prune_all
 from receiver.store import NewJob, SQLiteStore, Store
-from receiver.store.base import PRUNED_TABLES
+from receiver.store.base import PRUNED_TABLES, Write
 
 DAY = 86400.0
 T0 = 1_000_000.0  # when the old jobs ran
@@ -70,12 +70,14 @@ async def job_with_story(
     for n, status in enumerate(statuses):
         update = Update(status=status, raw_status=status.value, progress=0.5 if n == 0 else None)
         await store.record(
-            job_id,
-            update,
-            source="callback",
+            Write(
+                update=update,
+                source="callback",
+                job_id=job_id,
+                raw=raw(f"req_{job_id}_{n}", at + n),
+                at=at + n,
+            ),
             route=route_to(*(f"h{i}" for i in range(handlers))),
-            raw=raw(f"req_{job_id}_{n}", at + n),
-            at=at + n,
         )
 
 

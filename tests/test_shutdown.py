@@ -29,7 +29,7 @@ from receiver.dispatch import DeliveryInfo, Dispatcher, Registry
 from receiver.errors import ConfigError
 from receiver.ingest import Ingest
 from receiver.models import Event, Job, Status, Update
-from receiver.store import NewJob, SQLiteStore
+from receiver.store import NewJob, SQLiteStore, Write
 from receiver.submit import queued_job
 from receiver.testing import running_receiver
 
@@ -212,7 +212,7 @@ class TestSyncHandlerAtShutdown:
             update = Update(status=Status.SUCCEEDED, raw_status="finished", task_id="t-sync")
             new_job = NewJob(job=queued_job("apiframe", "t-sync"))
             recorded = await Ingest(store, handlers, dispatcher.wake).record(
-                None, update, source="callback", new_job=new_job
+                Write(update=update, source="callback", new_job=new_job)
             )
             deadline = time.monotonic() + 10
             while [d.state.value for d in await store.list_deliveries()] != ["running"]:
@@ -323,7 +323,7 @@ class TestLeases:
             for n in range(20):
                 update = Update(status=Status.SUCCEEDED, raw_status="finished", task_id=f"t-{n}")
                 new_job = NewJob(job=queued_job("apiframe", f"t-{n}"))
-                await ingest.record(None, update, source="callback", new_job=new_job)
+                await ingest.record(Write(update=update, source="callback", new_job=new_job))
             deadline = time.monotonic() + 30
             while len(await stores[0].list_deliveries(state=None)) != 20 or any(
                 d.state.value != "done" for d in await stores[0].list_deliveries()

@@ -24,7 +24,7 @@ from receiver.models import (
     Update,
 )
 from receiver.store import NewJob, SQLiteStore, Store
-from receiver.store.base import AnswerNote, Router, TokenMatch
+from receiver.store.base import AnswerNote, Router, TokenMatch, Write
 from receiver.store.migrations import migrations
 
 T0 = 1_000.0
@@ -107,9 +107,8 @@ async def record(
     at: float = T0 + 1,
     **kwargs: Any,
 ) -> Any:
-    return await store.record(
-        job_id, update, source="callback", route=route or route_to("h"), at=at, **kwargs
-    )
+    write = Write(update=update, source="callback", job_id=job_id, at=at, **kwargs)
+    return await store.record(write, route=route or route_to("h"))
 
 
 async def pending_delivery(store: Store, *, handlers: Sequence[str] = ("h",)) -> list[Delivery]:
@@ -309,7 +308,7 @@ class TestRecord:
         fresh = make_update(Status.SUCCEEDED, 1.0, result_url=new, preview_url=new + "&p")
         ignored = await record(store, fresh, at=T0 + 2)
         renewed = await store.record(
-            "job_1", fresh, source="renewal", route=route_to("h"), at=T0 + 3
+            Write(update=fresh, source="renewal", job_id="job_1", at=T0 + 3), route=route_to("h")
         )
         assert (Disposition.DUPLICATE, Disposition.RENEWED, []) == (
             ignored.event.disposition,
@@ -372,10 +371,8 @@ class TestRecordByToken:
         recorded = await store.record_by_token(
             "tok-digest",
             accept,
-            make_update(Status.RUNNING, 0.3),
-            source="callback",
+            Write(update=make_update(Status.RUNNING, 0.3), source="callback", raw=make_raw()),
             route=route_to("h"),
-            raw=make_raw(),
         )
         assert recorded is not None
         assert [("job_1", "sec-digest")] == seen
@@ -390,10 +387,8 @@ class TestRecordByToken:
         recorded = await store.record_by_token(
             token,
             lambda match: False,
-            make_update(Status.SUCCEEDED),
-            source="callback",
+            Write(update=make_update(Status.SUCCEEDED), source="callback", raw=make_raw()),
             route=route_to("h"),
-            raw=make_raw(),
         )
         assert recorded is None
         assert [] == await store.list_events("job_1")

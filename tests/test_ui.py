@@ -22,7 +22,7 @@ from receiver.config import load_settings
 from receiver.dispatch import DeliveryInfo, Registry
 from receiver.models import Event, Job, Status, StoredFile, Update, new_id, now
 from receiver.serving import bind, serve_in_loop
-from receiver.store import NewJob, Store
+from receiver.store import NewJob, Store, Write
 from receiver.testing import LiveReceiver, running_receiver
 from receiver.ui.filters import find_jobs, parse_job_query
 from receiver.ui.session import COOKIE, csrf_token, csrf_valid
@@ -363,14 +363,16 @@ class TestEscaping:
         """A script in a status and a javascript: result URL stay inert text."""
         job_id = await add_job(live, "tok2")
         await live.runtime.ingest.record(
-            job_id,
-            Update(
-                status=Status.SUCCEEDED,
-                raw_status="<script>alert(1)</script>",
-                result_url="javascript:alert(1)",
-                payload={"note": HOSTILE, "api_key": "sk-live-123"},
-            ),
-            source="poll",
+            Write(
+                update=Update(
+                    status=Status.SUCCEEDED,
+                    raw_status="<script>alert(1)</script>",
+                    result_url="javascript:alert(1)",
+                    payload={"note": HOSTILE, "api_key": "sk-live-123"},
+                ),
+                source="poll",
+                job_id=job_id,
+            )
         )
         async with httpx.AsyncClient(base_url=live.url) as client:
             await log_in(client, live.admin_token)
@@ -385,7 +387,11 @@ class TestEscaping:
         job_id = await add_job(live, "tok3")
         payload = {"outputs": [{"url": "https://x/v.mp4", "Api-Key": "sk-in-a-list-123"}]}
         await live.runtime.ingest.record(
-            job_id, Update(status=Status.RUNNING, raw_status="x", payload=payload), source="poll"
+            Write(
+                update=Update(status=Status.RUNNING, raw_status="x", payload=payload),
+                source="poll",
+                job_id=job_id,
+            )
         )
         async with httpx.AsyncClient(base_url=live.url) as client:
             await log_in(client, live.admin_token)

@@ -21,7 +21,7 @@ from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
 from receiver.runtime import Runtime
 from receiver.store import NewJob, Store
-from receiver.store.base import Worker
+from receiver.store.base import Worker, Write
 from receiver.store.postgres import PostgresStore
 
 T0 = 1_000.0
@@ -51,11 +51,13 @@ async def pending(store: Store, job_id: str = "job_1", *, at: float = T0) -> str
     """A job with one pending delivery (handler "h"), due at `at`; the delivery's id."""
     await add_job(store, job_id)
     recorded = await store.record(
-        job_id,
-        Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
-        source="callback",
+        Write(
+            update=Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
+            source="callback",
+            job_id=job_id,
+            at=at,
+        ),
         route=lambda event, job: ["h"],
-        at=at,
     )
     return recorded.deliveries[0].id
 
@@ -227,7 +229,8 @@ class TestTakeOver:
         ):
             await store.claim_polls(limit=5, lease=120, at=T0 + 400, worker="w1")
             await store.record(
-                "job_1", update, source="poll", route=lambda e, j: [], next_poll_at=T0 + 300
+                Write(update=update, source="poll", job_id="job_1", next_poll_at=T0 + 300),
+                route=lambda e, j: [],
             )
             assert 0 == (await store.reap_workers(dead=["w1"], at=T0 + 2)).polls
             assert T0 + 300 == await store.next_poll_at()

@@ -24,7 +24,7 @@ from typing import Any
 
 from receiver.models import Event, Job, RawRequest, Status, Update, new_id
 from receiver.retention import BATCH, prune_all
-from receiver.store import NewJob, SQLiteStore
+from receiver.store import NewJob, SQLiteStore, Write
 
 T0 = 1_000_000.0  # the filled jobs ran in 1970: all of them are past any retention
 
@@ -58,7 +58,8 @@ async def one_job(store: SQLiteStore, n: int, *, ended: bool) -> None:
     for k, status in enumerate(steps):
         update = Update(status=status, raw_status=status.value, progress=0.5 if k == 0 else None)
         await store.record(
-            job.id, update, source="callback", route=route, raw=raw(at + k), at=at + k
+            Write(update=update, source="callback", job_id=job.id, raw=raw(at + k), at=at + k),
+            route=route,
         )
     if ended:
         for delivery in await store.list_deliveries(job_id=job.id):
@@ -76,7 +77,10 @@ async def callbacks(store: SQLiteStore, stop: asyncio.Event, latencies: list[flo
     while not stop.is_set():
         started = time.perf_counter()
         update = Update(status=Status.RUNNING, raw_status="running", progress=min(0.99, n / 1e6))
-        await store.record(job.id, update, source="callback", route=route, raw=raw(time.time()))
+        await store.record(
+            Write(update=update, source="callback", job_id=job.id, raw=raw(time.time())),
+            route=route,
+        )
         latencies.append(time.perf_counter() - started)
         n += 1
         await asyncio.sleep(0.002)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from receiver.errors import ConfigError
-from receiver.store.base import Claimed, JobPage, NewJob, Recorded, Router, Store, TokenMatch
+from receiver.store.base import (
+    Claimed,
+    JobPage,
+    NewJob,
+    Recorded,
+    Router,
+    Store,
+    TokenMatch,
+    Write,
+)
 from receiver.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -17,6 +26,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "TokenMatch",
+    "Write",
     "display_url",
     "store_for",
 ]

@@ -25,6 +25,7 @@ from receiver.models import (
     RawRequest,
     StoredFile,
     Update,
+    now,
 )
 
 __all__ = [
@@ -42,10 +43,12 @@ __all__ = [
     "Store",
     "TokenMatch",
     "Worker",
+    "Write",
     "metadata_filter",
 ]
 
-# Given the stored event and the job after it, the names of the handlers that must run.
+# Given the stored event and the job after it, the names of the handlers that must run,
+# each once.
 Router = Callable[[Event, Job], Sequence[str]]
 
 
@@ -86,6 +89,27 @@ class NewJob(msgspec.Struct, kw_only=True):
     budgets: tuple[Budget, ...] = ()
     # The digest of the request that came with `job.idempotency_key` (receiver.submit).
     request_hash: str | None = None
+
+
+class Write(msgspec.Struct, kw_only=True):
+    """One update to store (`Store.record`), as a route builds it and the store takes it.
+
+    `update` is what the provider said, `source` where it came from ("callback", "poll",
+    "submit", `state.RENEWAL`, ...) and `raw` the request that carried it, kept with the
+    event. The job is `job_id`; with None, `new_job` is looked up by provider and task id
+    and inserted when absent (a task submitted elsewhere); by token (`record_by_token`)
+    the token names it and both are None. `next_poll_at` reschedules the job's next poll
+    while it is not terminal. `at` is when it happened, stamped on the event, the job and
+    the deliveries: the time the Write was made unless given.
+    """
+
+    update: Update
+    source: str
+    raw: RawRequest | None = None
+    job_id: str | None = None
+    new_job: NewJob | None = None
+    next_poll_at: float | None = None
+    at: float = msgspec.field(default_factory=now)
 
 
 class KeyedJob(msgspec.Struct, kw_only=True):
@@ -307,41 +331,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record(
-        self,
-        job_id: str | None,
-        update: Update,
-        *,
-        source: str,
-        route: Router,
-        raw: RawRequest | None = None,
-        new_job: NewJob | None = None,
-        next_poll_at: float | None = None,
-        at: float | None = None,
-        claim: int = 0,
-        lease: float = 0.0,
+        self, write: Write, *, route: Router, claim: int = 0, lease: float = 0.0
     ) -> Recorded:
-        """Store one update in a single transaction: raw request, event, job state, deliveries.
+        """Store one write in a single transaction: raw request, event, job state, deliveries.
 
-        `job_id` names the job; with None, `new_job` is looked up by provider and task id
-        and inserted when absent (a task submitted elsewhere). `next_poll_at` reschedules
-        the job's next poll while it is not terminal.
-
-        With `claim`, up to that many of the new deliveries are stored already claimed by
-        the caller (running, attempt 1, leased for `lease` seconds), as `claim_deliveries`
-        would: only those with no unfinished earlier delivery of their job and handler. A
-        backend may claim fewer, or none; the rest are pending.
+        `route` names the handlers each applied event goes to. With `claim`, up to that
+        many of the new deliveries are stored already claimed by the caller (running,
+        attempt 1, leased for `lease` seconds), as `claim_deliveries` would: only those with
+        no unfinished earlier delivery of their job and handler. A backend may claim fewer,
+        or none; the rest are pending.
         """
 
     async def record_by_token(
         self,
         token_hash: str,
         accept: Callable[[TokenMatch], bool],
-        update: Update,
+        write: Write,
         *,
-        source: str,
         route: Router,
-        raw: RawRequest | None = None,
-        next_poll_at: float | None = None,
         claim: int = 0,
         lease: float = 0.0,
     ) -> Recorded | None:
@@ -353,16 +360,8 @@ class Store(abc.ABC):
         match = await self.job_by_token(token_hash)
         if match is None or not accept(match):
             return None
-        return await self.record(
-            match.job.id,
-            update,
-            source=source,
-            route=route,
-            raw=raw,
-            next_poll_at=next_poll_at,
-            claim=claim,
-            lease=lease,
-        )
+        write = msgspec.structs.replace(write, job_id=match.job.id)
+        return await self.record(write, route=route, claim=claim, lease=lease)
 
     @abc.abstractmethod
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:

@@ -21,18 +21,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from receiver.models import (
-    Delivery,
-    DeliveryState,
-    Disposition,
-    Job,
-    RawRequest,
-    Update,
-    new_id,
-)
-from receiver.state import RENEWAL, advance, dedupe_key, event_of
-from receiver.store.base import NewJob, Recorded, Router, TokenMatch
+from receiver.models import DeliveryState, Job, RawRequest
+from receiver.store.base import NewJob, Recorded, Router, TokenMatch, Write
 from receiver.store.batcher import Outcome
+from receiver.store.recording import apply_write, dedupe_key_of
 from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, event_values, to_json
 
 __all__ = [
@@ -53,14 +45,8 @@ POLLS_CHANNEL = "receiver_polls"
 class Record(msgspec.Struct, kw_only=True):
     """One `Store.record` (or, with `token_hash`, `record_by_token`) call's arguments."""
 
-    job_id: str | None
-    update: Update
-    source: str
+    write: Write
     route: Router
-    raw: RawRequest | None = None
-    new_job: NewJob | None = None
-    next_poll_at: float | None = None
-    at: float
     token_hash: str | None = None
     accept: Callable[[TokenMatch], bool] | None = None
 
@@ -188,12 +174,13 @@ class _Batch:
                 return None
             match = TokenMatch(job=row.job, secret_hash=row.secret_hash)
             return row if item.accept(match) else None
-        if item.job_id is not None:
-            found = self.by_id.get(item.job_id)
+        job_id = item.write.job_id
+        if job_id is not None:
+            found = self.by_id.get(job_id)
             if found is None:
-                raise LookupError(f"no job {item.job_id}")
+                raise LookupError(f"no job {job_id}")
             return found
-        new = item.new_job
+        new = item.write.new_job
         if new is None or new.job.task_id is None:
             raise ValueError("record() needs a job id or a new job with a task id")
         found = self.by_task.get((new.job.provider, new.job.task_id))
@@ -217,13 +204,13 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
     records = [item for item in items if isinstance(item, Record)]
     rows = await db.fetch(
         _LOCK_JOBS,
-        [item.job_id for item in items if item.job_id is not None],
+        [job_id for item in items if (job_id := _job_id(item)) is not None],
         [item.token_hash for item in items if item.token_hash is not None],
         *_columns(
             [
-                (item.new_job.job.provider, item.new_job.job.task_id)
+                (new.job.provider, new.job.task_id)
                 for item in records
-                if item.job_id is None and item.new_job is not None
+                if item.write.job_id is None and (new := item.write.new_job) is not None
             ],
             2,
         ),
@@ -245,29 +232,31 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
     return outcomes
 
 
+def _job_id(item: Record | Nudge) -> str | None:
+    return item.write.job_id if isinstance(item, Record) else item.job_id
+
+
 async def _find_duplicates(db: asyncpg.Connection, batch: _Batch, records: list[Record]) -> None:
     """Ask in one statement which of the items' dedupe keys the stored events have."""
     keys: list[tuple[str, str]] = []
     for item in records:
+        write = item.write
         row = (
             batch.by_token.get(item.token_hash)
             if item.token_hash is not None
-            else batch.by_id.get(item.job_id)
-            if item.job_id is not None
+            else batch.by_id.get(write.job_id)
+            if write.job_id is not None
             else None
         )
-        if row is None and item.new_job is not None and item.new_job.job.task_id is not None:
-            row = batch.by_task.get((item.new_job.job.provider, item.new_job.job.task_id))
+        new = write.new_job
+        if row is None and new is not None and new.job.task_id is not None:
+            row = batch.by_task.get((new.job.provider, new.job.task_id))
         if row is not None:
-            keys.append((row.job.id, _key(row.job, item.update)))
+            keys.append((row.job.id, dedupe_key_of(row.job, write.update)))
     if keys:
         found = await db.fetch(_FIND_DUPLICATES, *_columns(keys, 2))
         batch.duplicates.update((job_id, key) for job_id, key in found)
         batch.checked.update(keys)
-
-
-def _key(job: Job, update: Update) -> str:
-    return dedupe_key(job.provider, job.task_id or update.task_id, update)
 
 
 async def _is_duplicate(db: asyncpg.Connection, batch: _Batch, row: _Row, key: str) -> bool:
@@ -289,51 +278,25 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     row = batch.job_of(item)
     if row is None:
         return None
-    job, update, at, raw = row.job, item.update, item.at, item.raw
-    key = _key(job, update)
-    transition = advance(
-        job,
-        update,
-        duplicate=await _is_duplicate(db, batch, row, key),
-        at=at,
-        preview_from=row.rank,
-        renewal=item.source == RENEWAL,
+    job, write = row.job, item.write
+    key = dedupe_key_of(job, write.update)
+    duplicate = await _is_duplicate(db, batch, row, key)
+    # None claimed here: workers in other processes share this database.
+    recorded, transition = apply_write(
+        job, row.rank, row.new, write, duplicate=duplicate, route=item.route
     )
-    event = event_of(
-        job,
-        update,
-        transition,
-        source=item.source,
-        at=at,
-        request_id=raw.id if raw is not None else None,
-    )
-    after = transition.job
-    deliveries: list[Delivery] = []
-    if transition.disposition is Disposition.APPLIED:
-        deliveries = [
-            Delivery(
-                id=new_id("dlv"),
-                event_id=event.id,
-                job_id=job.id,
-                handler=handler,
-                state=DeliveryState.PENDING,
-                next_attempt_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-            for handler in item.route(event, after)
-        ]
     # Nothing above failed: the item's effects join the batch.
-    if row.new and item.new_job is not None and row.job.id not in batch.by_id:
-        batch.adopt(row, item.new_job)
-    _move(row, after, transition.changed, transition.preview_rank, item.next_poll_at)
+    if row.new and write.new_job is not None and job.id not in batch.by_id:
+        batch.adopt(row, write.new_job)
+    _move(row, recorded.job, transition.changed, transition.preview_rank, write.next_poll_at)
     batch.duplicates.add((job.id, key))
     batch.checked.add((job.id, key))
+    raw = write.raw
     if raw is not None:
         batch.requests.append((*REQUESTS.values(raw), job.id))
-    batch.events.append((*event_values(event, raw.body if raw is not None else None), key))
-    batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in deliveries)
-    return Recorded(event=event, job=after, deliveries=deliveries)
+    batch.events.append((*event_values(recorded.event, raw.body if raw is not None else None), key))
+    batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in recorded.deliveries)
+    return recorded
 
 
 def _move(row: _Row, after: Job, changed: bool, rank: float, next_poll_at: float | None) -> None:

@@ -34,7 +34,6 @@ from receiver.models import (
     RawRequest,
     Status,
     StoredFile,
-    Update,
     now,
 )
 from receiver.store.base import (
@@ -50,6 +49,7 @@ from receiver.store.base import (
     Store,
     TokenMatch,
     Worker,
+    Write,
 )
 from receiver.store.batcher import GroupCommit, Outcome
 from receiver.store.migrations import migrations
@@ -643,58 +643,28 @@ class PostgresStore(Store):
 
     async def record(
         self,
-        job_id: str | None,
-        update: Update,
+        write: Write,
         *,
-        source: str,
         route: Router,
-        raw: RawRequest | None = None,
-        new_job: NewJob | None = None,
-        next_poll_at: float | None = None,
-        at: float | None = None,
         claim: int = 0,  # none claimed here: workers in other processes share this database
         lease: float = 0.0,
     ) -> Recorded:
-        recorded: Recorded = await self._batches.submit(
-            Record(
-                job_id=job_id,
-                update=update,
-                source=source,
-                route=route,
-                raw=raw,
-                new_job=new_job,
-                next_poll_at=next_poll_at,
-                at=now() if at is None else at,
-            )
-        )
+        recorded: Recorded = await self._batches.submit(Record(write=write, route=route))
         return recorded
 
     async def record_by_token(
         self,
         token_hash: str,
         accept: Callable[[TokenMatch], bool],
-        update: Update,
+        write: Write,
         *,
-        source: str,
         route: Router,
-        raw: RawRequest | None = None,
-        next_poll_at: float | None = None,
         claim: int = 0,
         lease: float = 0.0,
     ) -> Recorded | None:
         # The lookup is the batch's own lock of the job: no read of its own first.
         recorded: Recorded | None = await self._batches.submit(
-            Record(
-                job_id=None,
-                update=update,
-                source=source,
-                route=route,
-                raw=raw,
-                next_poll_at=next_poll_at,
-                at=now(),
-                token_hash=token_hash,
-                accept=accept,
-            )
+            Record(write=write, route=route, token_hash=token_hash, accept=accept)
         )
         return recorded
 

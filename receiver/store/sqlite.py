@@ -39,18 +39,15 @@ from receiver.errors import ConfigError, StoreUnavailable
 from receiver.models import (
     Delivery,
     DeliveryState,
-    Disposition,
     Event,
     Job,
     Quarantined,
     RawRequest,
     Status,
     StoredFile,
-    Update,
-    new_id,
     now,
 )
-from receiver.state import RENEWAL, advance, dedupe_digest, dedupe_key, event_of
+from receiver.state import dedupe_digest
 from receiver.store.base import (
     AnswerNote,
     Claimed,
@@ -64,8 +61,10 @@ from receiver.store.base import (
     Store,
     TokenMatch,
     Worker,
+    Write,
 )
 from receiver.store.migrations import migrations
+from receiver.store.recording import apply_write, dedupe_key_of
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
@@ -716,33 +715,11 @@ class SQLiteStore(Store):
     # The hot path
 
     async def record(
-        self,
-        job_id: str | None,
-        update: Update,
-        *,
-        source: str,
-        route: Router,
-        raw: RawRequest | None = None,
-        new_job: NewJob | None = None,
-        next_poll_at: float | None = None,
-        at: float | None = None,
-        claim: int = 0,
-        lease: float = 0.0,
+        self, write: Write, *, route: Router, claim: int = 0, lease: float = 0.0
     ) -> Recorded:
-        at = now() if at is None else at
         return await self._write(
             functools.partial(
-                _record,
-                job_id=job_id,
-                update=update,
-                source=source,
-                route=route,
-                raw=raw,
-                new_job=new_job,
-                next_poll_at=next_poll_at,
-                at=at,
-                claim=claim,
-                lease=lease,
+                _record, write=write, job_id=write.job_id, route=route, claim=claim, lease=lease
             )
         )
 
@@ -750,35 +727,20 @@ class SQLiteStore(Store):
         self,
         token_hash: str,
         accept: Callable[[TokenMatch], bool],
-        update: Update,
+        write: Write,
         *,
-        source: str,
         route: Router,
-        raw: RawRequest | None = None,
-        next_poll_at: float | None = None,
         claim: int = 0,
         lease: float = 0.0,
     ) -> Recorded | None:
         # The lookup rides in the same batch as the write: a read of its own first would
         # serialize callbacks on the reading connection, and batches would stop forming.
-        at = now()
-
         def work(conn: sqlite3.Connection) -> Recorded | None:
             match = _accepted_by_token(conn, token_hash, accept)
             if match is None:
                 return None
             return _record(
-                conn,
-                job_id=match.job.id,
-                update=update,
-                source=source,
-                route=route,
-                raw=raw,
-                new_job=None,
-                next_poll_at=next_poll_at,
-                at=at,
-                claim=claim,
-                lease=lease,
+                conn, write=write, job_id=match.job.id, route=route, claim=claim, lease=lease
             )
 
         return await self._write(work)
@@ -1235,41 +1197,37 @@ def _nudge(conn: sqlite3.Connection, *, job_id: str, raw: RawRequest, poll_at: f
 def _record(
     conn: sqlite3.Connection,
     *,
+    write: Write,
     job_id: str | None,
-    update: Update,
-    source: str,
     route: Router,
-    raw: RawRequest | None,
-    new_job: NewJob | None,
-    next_poll_at: float | None,
-    at: float,
-    claim: int = 0,
-    lease: float = 0.0,
+    claim: int,
+    lease: float,
 ) -> Recorded:
-    """Store one update: raw request, event, job state and deliveries (see Store.record)."""
-    job, rank, created = _job_for_update(conn, job_id, new_job)
-    key = dedupe_key(job.provider, job.task_id or update.task_id, update)
+    """Store one write to the job `job_id` (or `write.new_job`): raw request, event, job
+    state and deliveries (see Store.record)."""
+    job, rank, created = _job_for_update(conn, job_id, write.new_job)
+    key = dedupe_key_of(job, write.update)
     duplicate = not created and (  # a job inserted just now has no events yet
         conn.execute(
             "SELECT 1 FROM events WHERE job_id = ? AND dedupe_key = ? LIMIT 1", (job.id, key)
         ).fetchone()
         is not None
     )
-    transition = advance(
-        job, update, duplicate=duplicate, at=at, preview_from=rank, renewal=source == RENEWAL
-    )
-    event = event_of(
+    recorded, transition = apply_write(
         job,
-        update,
-        transition,
-        source=source,
-        at=at,
-        request_id=raw.id if raw is not None else None,
+        rank,
+        created,
+        write,
+        duplicate=duplicate,
+        route=route,
+        claim=claim,
+        lease=lease,
+        claimable=functools.partial(_nothing_unfinished, conn, job.id) if claim else None,
     )
-    after = transition.job
-    if created and new_job is not None:
+    after, next_poll_at, raw = recorded.job, write.next_poll_at, write.raw
+    if created and write.new_job is not None:
         # A job this update creates is inserted as the update leaves it: one statement.
-        _insert_job(conn, new_job, after, transition.preview_rank, next_poll_at)
+        _insert_job(conn, write.new_job, after, transition.preview_rank, next_poll_at)
     elif transition.changed:
         _save_job_state(conn, after, transition.preview_rank, next_poll_at)
     elif next_poll_at is not None and not after.status.terminal:
@@ -1281,31 +1239,15 @@ def _record(
     if raw is not None:
         _insert_request(conn, raw, job.id)
     body = raw.body if raw is not None else None
-    conn.execute(_INSERT_EVENT, (*event_values(event, body), key))
-    deliveries: list[Delivery] = []
-    if transition.disposition is Disposition.APPLIED:
-        for handler in route(event, after):
-            # Claimed at once when the caller has room for it and nothing of this job
-            # waits before it for the handler (a new job has nothing): no claim round trip.
-            claimed = claim > 0 and (
-                created or conn.execute(_UNFINISHED, (job.id, handler)).fetchone() is None
-            )
-            delivery = Delivery(
-                id=new_id("dlv"),
-                event_id=event.id,
-                job_id=job.id,
-                handler=handler,
-                state=DeliveryState.RUNNING if claimed else DeliveryState.PENDING,
-                attempts=1 if claimed else 0,
-                next_attempt_at=at,
-                lease_until=at + lease if claimed else None,
-                created_at=at,
-                updated_at=at,
-            )
-            conn.execute(_INSERT_DELIVERY, DELIVERIES.values(delivery))
-            deliveries.append(delivery)
-            claim -= claimed
-    return Recorded(event=event, job=after, deliveries=deliveries)
+    conn.execute(_INSERT_EVENT, (*event_values(recorded.event, body), key))
+    for delivery in recorded.deliveries:
+        conn.execute(_INSERT_DELIVERY, DELIVERIES.values(delivery))
+    return recorded
+
+
+def _nothing_unfinished(conn: sqlite3.Connection, job_id: str, handler: str) -> bool:
+    """Whether no delivery of the job for the handler is pending or running."""
+    return conn.execute(_UNFINISHED, (job_id, handler)).fetchone() is None
 
 
 # An unfinished delivery of a job for a handler: a new one must wait for it.
