@@ -69,6 +69,7 @@ from receiver.store.rows import (
     EVENT_WIDTH,
     JOBS,
     QUARANTINE,
+    REQUESTS,
     read_event,
     to_json,
 )
@@ -769,7 +770,8 @@ class PostgresStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
-            f"SELECT {ANSWERED_REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id",
+            f"SELECT {REQUESTS.select_as('r')}, a.status, a.ms FROM requests r"
+            " LEFT JOIN answers a ON a.request_id = r.id WHERE r.job_id = $1 ORDER BY r.id",
             job_id,
         )
         return [ANSWERED_REQUESTS.read(row) for row in rows]
@@ -1156,10 +1158,14 @@ _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )
 # One statement for the whole batch of answers (receiver.answers).
+# An answer to a request that is not stored (any more) is dropped: nothing would show it;
+# a request answered twice in one batch keeps its last answer.
 _SAVE_ANSWERS = (
-    "UPDATE requests SET answer_status = a.status, answer_ms = a.ms"
-    " FROM unnest($1::text[], $2::int[], $3::float8[]) AS a (id, status, ms)"
-    " WHERE requests.id = a.id"
+    "INSERT INTO answers (request_id, status, ms)"
+    " SELECT DISTINCT ON (a.id) a.id, a.status, a.ms"
+    " FROM unnest($1::text[], $2::int2[], $3::float8[]) WITH ORDINALITY AS a (id, status, ms, n)"
+    " WHERE EXISTS (SELECT 1 FROM requests r WHERE r.id = a.id) ORDER BY a.id, a.n DESC"
+    " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, ms = excluded.ms"
 )
 _COUNT_REPLAYS = "UPDATE counters SET value = value + $1 WHERE name = 'replays'"
 

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,6 +179,16 @@ _TRIM_QUARANTINE = (
 # the index on deliveries by job holds only unfinished ones (0011_lean_rows).
 _OF_JOB = "event_id IN (SELECT id FROM events WHERE job_id = ?)"
 _KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
+
+
+def _in_states(states: Iterable[DeliveryState]) -> str:
+    """`(state = 'a' OR state = 'b')`, the states written out: SQLite uses a partial index by
+    state (deliveries_dead, 0012_lean_indexes) only for a literal equality, not for IN or a
+    bound value. The values are our enum's own."""
+    terms = sorted(f"state = '{state.value}'" for state in states)
+    return f"({' OR '.join(terms)})"
+
+
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 
 
@@ -906,8 +916,7 @@ class SQLiteStore(Store):
             clauses.append(_OF_JOB)
             params.append(job_id)
         if state is not None:
-            clauses.append("state = ?")
-            params.append(state.value)
+            clauses.append(_in_states([state]))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetchall(
             f"SELECT {DELIVERIES.select} FROM deliveries {where} ORDER BY seq LIMIT ?",
@@ -924,11 +933,11 @@ class SQLiteStore(Store):
         states: frozenset[DeliveryState] = frozenset({DeliveryState.DEAD}),
         at: float,
     ) -> list[Delivery]:
-        finished = sorted(s.value for s in states if s in (DeliveryState.DEAD, DeliveryState.DONE))
+        finished = [s for s in states if s in (DeliveryState.DEAD, DeliveryState.DONE)]
         if not finished:
             return []
-        clauses = [f"state IN ({', '.join('?' * len(finished))})"]
-        params: list[Any] = list(finished)
+        clauses = [_in_states(finished)]
+        params: list[Any] = []
         for clause, value in (("id = ?", delivery_id), (_OF_JOB, job_id), ("handler = ?", handler)):
             if value is not None:
                 clauses.append(clause)
