@@ -329,8 +329,8 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     _move(row, after, transition.changed, transition.preview_rank, item.next_poll_at)
     batch.duplicates.add((job.id, key))
     batch.checked.add((job.id, key))
-    if raw is not None:
-        batch.requests.append((*REQUESTS.values(raw), job.id))
+    if raw is not None:  # its job is its event's (0012_leaner_rows): no job id of its own
+        batch.requests.append((*REQUESTS.values(raw), None))
     batch.events.append((*event_values(event, raw.body if raw is not None else None), key))
     batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in deliveries)
     return Recorded(event=event, job=after, deliveries=deliveries)

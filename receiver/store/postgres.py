@@ -770,8 +770,7 @@ class PostgresStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
-            f"SELECT {REQUESTS.select_as('r')}, a.status, a.ms FROM requests r"
-            " LEFT JOIN answers a ON a.request_id = r.id WHERE r.job_id = $1 ORDER BY r.id",
+            _JOB_REQUESTS,
             job_id,
         )
         return [ANSWERED_REQUESTS.read(row) for row in rows]
@@ -1157,6 +1156,17 @@ _SWITCH_PROVIDER = (
 _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )
+# A job's requests: those its events came from (events_dedupe, then the requests' key)
+# and the ones without an event, which name their job themselves (nudges; requests_job);
+# each with our answer to it, when it is known.
+_JOB_REQUESTS = (
+    f"SELECT {REQUESTS.select_as('r')}, a.status, a.ms FROM ("
+    "  SELECT id FROM requests WHERE job_id = $1"
+    "  UNION ALL SELECT e.request_id FROM events e JOIN requests k ON k.id = e.request_id"
+    "   WHERE e.job_id = $1 AND k.job_id IS NULL) AS mine"
+    " JOIN requests r ON r.id = mine.id LEFT JOIN answers a ON a.request_id = r.id"
+    " ORDER BY r.id"
+)
 # One statement for the whole batch of answers (receiver.answers).
 # An answer to a request that is not stored (any more) is dropped: nothing would show it;
 # a request answered twice in one batch keeps its last answer.
@@ -1270,7 +1280,9 @@ _PRUNABLE_EVENTS = (
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
 _PRUNABLE_REQUESTS = (
-    "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < $1"
+    "FROM requests r LEFT JOIN jobs j ON j.id = COALESCE(r.job_id,"
+    "  (SELECT k.job_id FROM events k WHERE k.request_id = r.id LIMIT 1))"
+    " WHERE r.received_at < $1"
     f" AND (j.id IS NULL OR ({_ENDED}))"
     " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id AND k.received_at >= $2)"
 )

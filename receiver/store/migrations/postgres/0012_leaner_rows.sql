@@ -1,6 +1,5 @@
 -- Leaner rows, second step (issue 14): every index earns its place by a query that uses
--- it, and no stored request is written twice. Mirrors sqlite/0012_lean_indexes.sql, but
--- for the answers.
+-- it, and no stored request is written twice. Mirrors sqlite/0012_leaner_rows.sql.
 
 -- Claims (_CLAIM_DELIVERIES, next_delivery_at) read the unfinished deliveries through
 -- deliveries_unfinished, partial on the same states; deliveries_open held the same rows
@@ -20,7 +19,7 @@ CREATE INDEX deliveries_dead ON deliveries (seq) WHERE state = 'dead';
 -- that second is updated at once, none has room for a HOT update: each answer cost a
 -- second copy of its request and an entry more in each of the table's indexes (about 590
 -- bytes a callback in `receiver bench`; a fillfactor of 85 left it so). An answer row is
--- about 120 bytes with its index. SQLite updates the row in place and keeps its columns.
+-- about 140 bytes with its index.
 -- Used by: list_requests (LEFT JOIN by request id); a pruned request takes its answer
 -- with it (ON DELETE CASCADE, through this primary key).
 CREATE TABLE answers (
@@ -31,6 +30,22 @@ CREATE TABLE answers (
 INSERT INTO answers (request_id, status, ms)
 SELECT id, answer_status, answer_ms FROM requests WHERE answer_status IS NOT NULL;
 ALTER TABLE requests DROP COLUMN answer_status, DROP COLUMN answer_ms;
+
+-- A request's job is its event's: a callback's request row no longer repeats the job id
+-- its event holds (30 characters, and an entry in requests_job). Only a request without
+-- an event (a nudge, a callback for an unknown job) names its job itself. Used by:
+-- list_requests (_JOB_REQUESTS: the job's own requests by requests_job, the others
+-- through its events) and _PRUNABLE_JOBS' "no recent request of the job".
+UPDATE requests SET job_id = NULL
+WHERE job_id IS NOT NULL AND EXISTS (SELECT 1 FROM events e WHERE e.request_id = requests.id);
+DROP INDEX requests_job;
+CREATE INDEX requests_job ON requests (job_id) WHERE job_id IS NOT NULL;
+
+-- Events by seq: no query looks an event up by it; list_events finds one job's events by
+-- events_dedupe and sorts those few by seq. An event's key is its id (events_id_key),
+-- which also names its rows to logical replication.
+ALTER TABLE events DROP CONSTRAINT events_pkey;
+ALTER TABLE events REPLICA IDENTITY USING INDEX events_id_key;
 
 -- Every index after this migration and the queries it serves (postgres.py, pg_batch.py):
 --   jobs_pkey                  every job by id; _LOCK_JOBS; the job list's cursor
@@ -49,12 +64,13 @@ ALTER TABLE requests DROP COLUMN answer_status, DROP COLUMN answer_ms;
 --   requests_pkey              an event's payload read from its body (EVENT_SELECT); the
 --                              answers' foreign key check
 --   answers_pkey               list_requests' answers; the cascade from a pruned request
---   requests_job               list_requests; _PRUNABLE_JOBS' "no recent request"
+--   requests_job               list_requests' requests without an event; _PRUNABLE_JOBS
 --   requests_received          the requests' retention walk (_PRUNE_REQUESTS)
---   events_pkey (seq)          list_events' order within a job
 --   events_id_key              claims' events (e.id = ANY), deliveries' foreign key, pruning
---   events_dedupe              _FIND_DUPLICATES, _CHECK_DUPLICATE; a job's events
---   events_request             _PRUNABLE_REQUESTS' "no event keeps it"; the foreign key check
+--   events_dedupe              _FIND_DUPLICATES, _CHECK_DUPLICATE; a job's events (list_events,
+--                              _JOB_REQUESTS)
+--   events_request             _PRUNABLE_REQUESTS' "no event keeps it" and the request's job;
+--                              the foreign key check
 --   events_received            the events' retention walk (_PICK_EVENTS)
 --   deliveries_pkey (seq)      claims (picked.seq)
 --   deliveries_id_key          _SET_STATES, release, renew, replay by id
