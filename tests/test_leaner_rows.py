@@ -38,6 +38,14 @@ class TestIndexes:
     """Indexes no query needs are gone; finished deliveries leave the claims' index."""
 
     async def test_dropped_and_added(self, store: Store, backend: str, store_url: str) -> None:
+        definition = (
+            "SELECT sql FROM sqlite_master WHERE name = ?"
+            if backend == "sqlite"
+            else "SELECT indexdef FROM pg_indexes WHERE indexname = ?"
+        )
+        for partial in ("jobs_idempotency_key", "requests_job"):
+            [(sql,)] = await _query(backend, store_url, definition, (partial,))
+            assert sql.endswith("IS NOT NULL)" if backend == "postgres" else "IS NOT NULL"), sql
         names = await _index_names(backend, store_url)
         assert {"deliveries_dead", "deliveries_unfinished", "requests_job"} <= names
         if backend == "postgres":

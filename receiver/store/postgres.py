@@ -447,7 +447,8 @@ class PostgresStore(Store):
     async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> bool:
         # A concurrent insert with the same key waits for the first to commit, then skips.
         inserted = await db.fetchval(
-            _INSERT_JOB + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
+            _INSERT_JOB + " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL"
+            " DO NOTHING RETURNING true",
             *JOBS.values(new.job),
             new.token_hash,
             new.secret_hash,

@@ -47,6 +47,14 @@ CREATE INDEX requests_job ON requests (job_id) WHERE job_id IS NOT NULL;
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 ALTER TABLE events REPLICA IDENTITY USING INDEX events_id_key;
 
+-- Idempotency keys: most jobs have none (a callback's new job, a job submitted without
+-- one), and a unique index holds an entry for each NULL too. Used by: create_job's
+-- ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL, which names the
+-- predicate, and job_by_idempotency_key's idempotency_key = $1, which implies it.
+DROP INDEX jobs_idempotency_key;
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
 -- Every index after this migration and the queries it serves (postgres.py, pg_batch.py):
 --   jobs_pkey                  every job by id; _LOCK_JOBS; the job list's cursor
 --   jobs_token_hash_key        a callback on /hooks/{provider}/{token} (_LOCK_JOBS, job_by_token)

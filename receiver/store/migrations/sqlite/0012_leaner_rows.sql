@@ -1,5 +1,6 @@
--- Leaner rows, second step (issue 14): every index earns its place by a query that uses it,
--- a request row no longer repeats its event's job id, and our answer is not written into it.
+-- Leaner rows, second step (issue 14): every index earns its place by a query that uses
+-- it, a request row no longer repeats its event's job id, and our answer is not written
+-- into it.
 -- Finished deliveries (nearly all of them) leave the claim's index; dead ones get a small
 -- index of their own for the dead-letter list and `receiver replay`.
 
@@ -42,6 +43,14 @@ SELECT id, answer_status, answer_ms FROM requests WHERE answer_status IS NOT NUL
 ALTER TABLE requests DROP COLUMN answer_status;
 ALTER TABLE requests DROP COLUMN answer_ms;
 
+-- Idempotency keys: most jobs have none (a callback's new job, a job submitted without
+-- one), and a unique index holds an entry for each NULL too. Used by: create_job's
+-- "key taken" (_KEY_TAKEN) and job_by_idempotency_key, both idempotency_key = ?, which
+-- implies the predicate.
+DROP INDEX jobs_idempotency_key;
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
 -- Every index after this migration and the queries it serves (sqlite.py):
 --   jobs (id)                  every job by id; the job list's cursor (id < ?, newest first)
 --   jobs (token_hash)          a callback on /hooks/{provider}/{token} (_JOB_BY_TOKEN)
@@ -58,7 +67,7 @@ ALTER TABLE requests DROP COLUMN answer_ms;
 --   jobs_ended                 `receiver prune --jobs` (_PRUNABLE_JOBS, INDEXED BY)
 --   requests (id)              an event's payload read from its body (EVENT_SELECT); the
 --                              answers' foreign key check
---   answers (request_id)       list_requests' answers; save_answers; the cascade from a pruned request
+--   answers (request_id)       list_requests' answers; save_answers; a pruned request's cascade
 --   requests_job               list_requests' requests without an event; _PRUNABLE_JOBS
 --   requests_received          the requests' retention walk (_PRUNE_REQUESTS)
 --   events (seq)               the rowid: a job's events in order (list_events)
