@@ -1466,9 +1466,7 @@ _PRUNABLE_EVENTS = (
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
 # A request's job: its own (a nudge's) or its event's (0012_leaner_rows).
-_REQUEST_JOB = (
-    "COALESCE(r.job_id, (SELECT k.job_id FROM events k WHERE k.request_id = r.id LIMIT 1))"
-)
+_REQUEST_JOB = "COALESCE(r.job_id, (SELECT min(k.job_id) FROM events k WHERE k.request_id = r.id))"
 # A request referred to by an event stays until the event goes. `keep_from` is -inf when
 # deleting (any event keeps it), the cutoff when counting (an event that will stay keeps it).
 _PRUNABLE_REQUESTS = (
