@@ -77,10 +77,15 @@ class TestIndexes:
             assert "USING INDEX events_dedupe" in requests
             assert "SCAN r" not in requests and "SCAN e" not in requests
 
-    async def test_postgres_claims_use_the_unfinished_index(self, pg_url: str) -> None:
+    async def test_postgres_queries_use_their_indexes(self, pg_url: str) -> None:
         import asyncpg
 
-        from receiver.store.postgres import _CLAIM_DELIVERIES, _JOB_REQUESTS, pool_options
+        from receiver.store.postgres import (
+            _CLAIM_DELIVERIES,
+            _JOB_REQUESTS,
+            _PRUNE_REQUESTS,
+            pool_options,
+        )
 
         connection = await asyncpg.connect(pool_options(pg_url)[0])
         try:
@@ -96,6 +101,10 @@ class TestIndexes:
                 row[0] for row in await connection.fetch(f"EXPLAIN {_JOB_REQUESTS}", "job_1")
             )
             assert "requests_job" in requests and "events_dedupe" in requests
+            prune = "\n".join(
+                row[0] for row in await connection.fetch(f"EXPLAIN {_PRUNE_REQUESTS}", T0, T0, 200)
+            )
+            assert "events_request" in prune
         finally:
             await connection.close()
 
