@@ -292,8 +292,8 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     batch.duplicates.add((job.id, key))
     batch.checked.add((job.id, key))
     raw = write.raw
-    if raw is not None:
-        batch.requests.append((*REQUESTS.values(raw), job.id))
+    if raw is not None:  # its job is its event's (0012_leaner_rows): no job id of its own
+        batch.requests.append((*REQUESTS.values(raw), None))
     batch.events.append((*event_values(recorded.event, raw.body if raw is not None else None), key))
     batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in recorded.deliveries)
     return recorded

@@ -69,6 +69,7 @@ from receiver.store.rows import (
     EVENT_WIDTH,
     JOBS,
     QUARANTINE,
+    REQUESTS,
     read_event,
     to_json,
 )
@@ -446,7 +447,8 @@ class PostgresStore(Store):
     async def _insert_job(self, db: asyncpg.Connection, new: NewJob) -> bool:
         # A concurrent insert with the same key waits for the first to commit, then skips.
         inserted = await db.fetchval(
-            _INSERT_JOB + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
+            _INSERT_JOB + " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL"
+            " DO NOTHING RETURNING true",
             *JOBS.values(new.job),
             new.token_hash,
             new.secret_hash,
@@ -739,7 +741,7 @@ class PostgresStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetch(
-            f"SELECT {ANSWERED_REQUESTS.select} FROM requests WHERE job_id = $1 ORDER BY id",
+            _JOB_REQUESTS,
             job_id,
         )
         return [ANSWERED_REQUESTS.read(row) for row in rows]
@@ -1125,11 +1127,26 @@ _SWITCH_PROVIDER = (
 _INSERT_JOB = _insert(
     "jobs", (*JOBS.columns, "token_hash", "secret_hash", "input", "next_poll_at", "request_hash")
 )
+# A job's requests: those its events came from (events_dedupe, then the requests' key)
+# and the ones without an event, which name their job themselves (nudges; requests_job);
+# each with our answer to it, when it is known.
+_JOB_REQUESTS = (
+    f"SELECT {REQUESTS.select_as('r')}, a.status, a.ms FROM ("
+    "  SELECT id FROM requests WHERE job_id = $1"
+    "  UNION ALL SELECT e.request_id FROM events e JOIN requests k ON k.id = e.request_id"
+    "   WHERE e.job_id = $1 AND k.job_id IS NULL) AS mine"
+    " JOIN requests r ON r.id = mine.id LEFT JOIN answers a ON a.request_id = r.id"
+    " ORDER BY r.id"
+)
 # One statement for the whole batch of answers (receiver.answers).
+# An answer to a request that is not stored (any more) is dropped: nothing would show it;
+# a request answered twice in one batch keeps its last answer.
 _SAVE_ANSWERS = (
-    "UPDATE requests SET answer_status = a.status, answer_ms = a.ms"
-    " FROM unnest($1::text[], $2::int[], $3::float8[]) AS a (id, status, ms)"
-    " WHERE requests.id = a.id"
+    "INSERT INTO answers (request_id, status, ms)"
+    " SELECT DISTINCT ON (a.id) a.id, a.status, a.ms"
+    " FROM unnest($1::text[], $2::int2[], $3::float8[]) WITH ORDINALITY AS a (id, status, ms, n)"
+    " WHERE EXISTS (SELECT 1 FROM requests r WHERE r.id = a.id) ORDER BY a.id, a.n DESC"
+    " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, ms = excluded.ms"
 )
 _COUNT_REPLAYS = "UPDATE counters SET value = value + $1 WHERE name = 'replays'"
 
@@ -1233,10 +1250,17 @@ _PRUNABLE_EVENTS = (
     "FROM events e WHERE e.received_at < $1"
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
+# A request's job is its own (a nudge's) or its event's (0012_leaner_rows). Its events
+# are found by events_request, whose column has the default collation while requests.id
+# has "C": compared as they are, the collation is undecided and no index applies (each
+# request walked every event).
+_OF_REQUEST = 'k.request_id = r.id COLLATE "default"'
 _PRUNABLE_REQUESTS = (
-    "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < $1"
+    "FROM requests r LEFT JOIN jobs j ON j.id = COALESCE(r.job_id,"
+    f"  (SELECT min(k.job_id) FROM events k WHERE {_OF_REQUEST}))"
+    " WHERE r.received_at < $1"
     f" AND (j.id IS NULL OR ({_ENDED}))"
-    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id AND k.received_at >= $2)"
+    f" AND NOT EXISTS (SELECT 1 FROM events k WHERE {_OF_REQUEST} AND k.received_at >= $2)"
 )
 _PRUNABLE_QUARANTINE = "FROM quarantine q WHERE q.received_at < $1"
 _PRUNABLE_JOBS = (

@@ -168,8 +168,8 @@ REQUESTS = Table(
     json=("headers",),
     binary=("body",),
 )
-# For reading: a stored request with our answer to it. The answer is written after the
-# insert (receiver.answers), so REQUESTS, which inserts, leaves its two columns out.
+# For reading: a stored request with our answer to it, which is written after the insert
+# (receiver.answers) into a table of its own (answers: status, ms), read by a join.
 ANSWERED_REQUESTS = Table(
     RawRequest,
     (*REQUESTS.columns, "answer_status", "answer_ms"),

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -165,7 +165,12 @@ _INSERT_JOB = _insert(
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
 _INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
-_SAVE_ANSWERS = "UPDATE requests SET answer_status = ?, answer_ms = ? WHERE id = ?"
+# An answer to a request that is not stored (any more) is dropped: nothing would show it.
+_SAVE_ANSWERS = (
+    "INSERT INTO answers (request_id, status, ms) SELECT ?1, ?2, ?3"
+    " WHERE EXISTS (SELECT 1 FROM requests WHERE id = ?1)"
+    " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, ms = excluded.ms"
+)
 _COUNT_REPLAYS = "UPDATE counters SET value = value + ? WHERE name = 'replays'"
 _INSERT_QUARANTINE = _insert("quarantine", QUARANTINE.columns)
 # Ids sort by time: everything from the (keep + 1)-th newest down, oldest first, `batch` at most.
@@ -178,6 +183,27 @@ _TRIM_QUARANTINE = (
 # the index on deliveries by job holds only unfinished ones (0011_lean_rows).
 _OF_JOB = "event_id IN (SELECT id FROM events WHERE job_id = ?)"
 _KEY_TAKEN = "SELECT 1 FROM jobs WHERE idempotency_key = ?"
+# A job's requests: those its events came from (events_dedupe, then the requests' key)
+# and the ones without an event, which name their job themselves (nudges; requests_job).
+# Each with our answer to it, when it is known.
+_JOB_REQUESTS = (
+    f"SELECT {REQUESTS.select_as('r')}, a.status, a.ms FROM ("
+    "  SELECT id FROM requests WHERE job_id = ?1"
+    "  UNION ALL SELECT e.request_id FROM events e JOIN requests k ON k.id = e.request_id"
+    "   WHERE e.job_id = ?1 AND k.job_id IS NULL) AS mine"
+    " JOIN requests r ON r.id = mine.id LEFT JOIN answers a ON a.request_id = r.id"
+    " ORDER BY r.id"
+)
+
+
+def _in_states(states: Iterable[DeliveryState]) -> str:
+    """`(state = 'a' OR state = 'b')`, the states written out: SQLite uses a partial index by
+    state (deliveries_dead, 0012_leaner_rows) only for a literal equality, not for IN or a
+    bound value. The values are our enum's own."""
+    terms = sorted(f"state = '{state.value}'" for state in states)
+    return f"({' OR '.join(terms)})"
+
+
 _JOB_BY_TOKEN = f"SELECT {JOBS.select}, secret_hash FROM jobs WHERE token_hash = ?"
 
 
@@ -783,7 +809,7 @@ class SQLiteStore(Store):
 
     async def list_requests(self, job_id: str) -> list[RawRequest]:
         rows = await self._fetchall(
-            f"SELECT {ANSWERED_REQUESTS.select} FROM requests WHERE job_id = ? ORDER BY id",
+            _JOB_REQUESTS,
             (job_id,),
         )
         return [ANSWERED_REQUESTS.read(row) for row in rows]
@@ -791,7 +817,7 @@ class SQLiteStore(Store):
     async def save_answers(self, answers: Sequence[AnswerNote]) -> None:
         if not answers:
             return
-        rows = [(note.status, note.latency_ms, note.request_id) for note in answers]
+        rows = [(note.request_id, note.status, note.latency_ms) for note in answers]
         # Group-committed with the callbacks' own writes: the batch shares their fsync.
         await self._write(lambda conn: conn.executemany(_SAVE_ANSWERS, rows))
 
@@ -868,8 +894,7 @@ class SQLiteStore(Store):
             clauses.append(_OF_JOB)
             params.append(job_id)
         if state is not None:
-            clauses.append("state = ?")
-            params.append(state.value)
+            clauses.append(_in_states([state]))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetchall(
             f"SELECT {DELIVERIES.select} FROM deliveries {where} ORDER BY seq LIMIT ?",
@@ -886,11 +911,11 @@ class SQLiteStore(Store):
         states: frozenset[DeliveryState] = frozenset({DeliveryState.DEAD}),
         at: float,
     ) -> list[Delivery]:
-        finished = sorted(s.value for s in states if s in (DeliveryState.DEAD, DeliveryState.DONE))
+        finished = [s for s in states if s in (DeliveryState.DEAD, DeliveryState.DONE)]
         if not finished:
             return []
-        clauses = [f"state IN ({', '.join('?' * len(finished))})"]
-        params: list[Any] = list(finished)
+        clauses = [_in_states(finished)]
+        params: list[Any] = []
         for clause, value in (("id = ?", delivery_id), (_OF_JOB, job_id), ("handler = ?", handler)):
             if value is not None:
                 clauses.append(clause)
@@ -1236,8 +1261,8 @@ def _record(
             "UPDATE jobs SET next_poll_at = ?, poll_worker_id = NULL WHERE id = ?",
             (next_poll_at, job.id),
         )
-    if raw is not None:
-        _insert_request(conn, raw, job.id)
+    if raw is not None:  # its job is its event's (0012_leaner_rows): no job id of its own
+        _insert_request(conn, raw, None)
     body = raw.body if raw is not None else None
     conn.execute(_INSERT_EVENT, (*event_values(recorded.event, body), key))
     for delivery in recorded.deliveries:
@@ -1382,10 +1407,12 @@ _PRUNABLE_EVENTS = (
     "FROM events e WHERE e.received_at < :before"
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
+# A request's job: its own (a nudge's) or its event's (0012_leaner_rows).
+_REQUEST_JOB = "COALESCE(r.job_id, (SELECT min(k.job_id) FROM events k WHERE k.request_id = r.id))"
 # A request referred to by an event stays until the event goes. `keep_from` is -inf when
 # deleting (any event keeps it), the cutoff when counting (an event that will stay keeps it).
 _PRUNABLE_REQUESTS = (
-    "FROM requests r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.received_at < :before"
+    f"FROM requests r LEFT JOIN jobs j ON j.id = {_REQUEST_JOB} WHERE r.received_at < :before"
     f" AND (j.id IS NULL OR ({_ENDED}))"
     " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id"
     "  AND k.received_at >= :keep_from)"
