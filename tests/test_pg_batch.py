@@ -87,6 +87,48 @@ class TestGroupCommit:
         assert all(isinstance(result, StoreUnavailable) for result in results)
 
 
+class TestTwoFlights:
+    """With two flights, what arrives while one batch commits goes at once in a second one,
+    except an item whose key the batch in flight holds: it waits for that batch."""
+
+    async def test_a_second_batch_commits_while_the_first_is_in_flight(self) -> None:
+        """An item arriving during a flight starts the second flight; the next ones queue."""
+        hold = asyncio.Event()
+        commit = Counting(hold=hold)
+        group: GroupCommit[int] = GroupCommit(commit, limit=8, flights=2)
+        calls = [asyncio.create_task(group.submit(0))]
+        await settle()
+        calls.append(asyncio.create_task(group.submit(1)))
+        await settle()
+        assert [[0], [1]] == commit.batches
+        calls += [asyncio.create_task(group.submit(n)) for n in (2, 3)]
+        await settle()
+        hold.set()
+        assert [0, 10, 20, 30] == await asyncio.gather(*calls)
+        assert [[0], [1], [2, 3]] == commit.batches
+
+    async def test_one_keys_items_never_ride_two_flights_at_once(self) -> None:
+        """A job's later items wait for the batch holding its first, then go together in
+        their order; another job's item takes the free flight meanwhile."""
+        hold = asyncio.Event()
+        commit = Counting(hold=hold)
+        group: GroupCommit[int] = GroupCommit(commit, limit=8, flights=2, key=lambda n: n % 10)
+        calls = [asyncio.create_task(group.submit(1))]
+        await settle()
+        calls += [asyncio.create_task(group.submit(n)) for n in (11, 2, 21, 3)]
+        await settle()
+        assert [[1], [2, 3]] == commit.batches
+        hold.set()
+        assert [10, 110, 20, 210, 30] == await asyncio.gather(*calls)
+        assert [[1], [2, 3], [11, 21]] == commit.batches
+
+
+async def settle() -> None:
+    """Let the tasks started so far run up to their next wait."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 async def running_for(store: PostgresStore, n: int, progress: float = 0.5) -> Recorded:
     """Job `n` is running, said by a callback whose request is `req_{n}_{progress}`."""
     return await store.record(
@@ -133,6 +175,28 @@ class TestBatchedIngest:
         }
         assert 40 == await db.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'")
         assert 40 == await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'running'")
+
+    async def test_one_jobs_updates_in_batches_of_two_flights_apply_in_order(
+        self, pg_url: str, db: asyncpg.Connection
+    ) -> None:
+        """Rising progress for six jobs at once, in batches of four over two flights: every
+        update applies (none is late, as one overtaken by a later one would be), in order."""
+        store = PostgresStore(f"{pg_url}?batch_size=4")
+        await store.open()
+        try:
+            for n in range(6):
+                await add_job(store, f"job_{n}", task_id=f"task-{n}")
+            results = await asyncio.gather(
+                *(running_for(store, n, step / 10) for step in range(1, 10) for n in range(6))
+            )
+        finally:
+            await store.close()
+        assert {Disposition.APPLIED} == {recorded.event.disposition for recorded in results}
+        for n in range(6):
+            rows = await db.fetch(
+                "SELECT progress FROM events WHERE job_id = $1 ORDER BY seq", f"job_{n}"
+            )
+            assert [step / 10 for step in range(1, 10)] == [row[0] for row in rows]
 
     async def test_a_batch_takes_the_same_statements_whatever_its_size(self, pg_url: str) -> None:
         """One record and thirty concurrent ones cost the same statements: one transaction."""

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -86,9 +86,12 @@ __all__ = [
 log = logging.getLogger("receiver.store.postgres")
 
 # Callbacks committed together at most (the URL's `batch_size`), and how many batches
-# of one process may be in flight at once, each on a connection of its own.
+# of one process may be in flight at once, each on a connection of its own (see
+# receiver.store.batcher for why two), leaving the pool at least `_SPARE` connections for
+# deliveries' outcomes, claims, polls and reads.
 BATCH_SIZE = 64
-_FLIGHTS = 1
+_FLIGHTS = 2
+_SPARE = 2
 # Any fixed 64-bit number: the session lock that keeps two `receiver migrate` apart.
 _MIGRATE_LOCK = 0x7265636569766572
 
@@ -160,13 +163,13 @@ class PostgresStore(Store):
         self._batches: GroupCommit[Record | Nudge] = GroupCommit(
             functools.partial(self._commit_group, _ingest),
             limit=options["batch_size"],
-            flights=_FLIGHTS,
+            flights=max(1, min(_FLIGHTS, self._pool_size - _SPARE)),
+            key=_job_named,
         )
         # So are deliveries' outcomes: a runner finishing a handler answers nobody outside.
         self._outcomes: GroupCommit[DeliveryWrite] = GroupCommit(
             functools.partial(self._commit_group, set_delivery_states),
             limit=options["batch_size"],
-            flights=_FLIGHTS,
         )
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -1048,6 +1051,14 @@ _Run = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[list[Outcome]]]
 async def _ingest(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
     async with db.transaction():
         return await write_batch(db, items)
+
+
+def _job_named(item: Record | Nudge) -> Hashable:
+    """The job an ingest item writes, as it names it (id, URL token, or a new task), so that
+    two items for one job never ride two batches in flight at once."""
+    if isinstance(item, Record) and item.new_job is not None and item.job_id is None:
+        return (item.new_job.job.provider, item.new_job.job.task_id)
+    return item.job_id or item.token_hash
 
 
 def _split_on(exc: BaseException) -> bool:
