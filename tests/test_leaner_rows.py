@@ -108,6 +108,31 @@ class TestIndexes:
         finally:
             await connection.close()
 
+    async def test_postgres_ids_compare_in_one_collation(self, pg_url: str) -> None:
+        """A job's events are found by their index from the job's id (0013_id_collation):
+        with events.job_id in the default collation and jobs.id in "C", the retention of
+        ended jobs read every entry of events_dedupe for each job."""
+        import asyncpg
+
+        from receiver.store.postgres import _PRUNE_JOBS, pool_options
+
+        connection = await asyncpg.connect(pool_options(pg_url)[0])
+        try:
+            others = await connection.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND data_type = 'text'"
+                " AND (column_name = 'id' OR column_name LIKE '%\\_id' ESCAPE '\\')"
+                " AND column_name <> 'task_id' AND collation_name IS DISTINCT FROM 'C'"
+            )
+            assert [tuple(row) for row in others] == []
+            await connection.execute("SET enable_seqscan = off")
+            prune = "\n".join(
+                row[0] for row in await connection.fetch(f"EXPLAIN {_PRUNE_JOBS}", T0, T0, 200)
+            )
+            assert "Index Cond: (job_id = j.id)" in prune
+        finally:
+            await connection.close()
+
 
 class TestRequestsOfAJob:
     """A callback's request finds its job through its event; a nudge names its own."""

@@ -1261,17 +1261,14 @@ _PRUNABLE_EVENTS = (
     "FROM events e WHERE e.received_at < $1"
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
-# A request's job is its own (a nudge's) or its event's (0012_leaner_rows). Its events
-# are found by events_request, whose column has the default collation while requests.id
-# has "C": compared as they are, the collation is undecided and no index applies (each
-# request walked every event).
-_OF_REQUEST = 'k.request_id = r.id COLLATE "default"'
+# A request's job is its own (a nudge's) or its event's (0012_leaner_rows), whose events
+# are found by events_request (one collation for both ids since 0013_id_collation).
 _PRUNABLE_REQUESTS = (
     "FROM requests r LEFT JOIN jobs j ON j.id = COALESCE(r.job_id,"
-    f"  (SELECT min(k.job_id) FROM events k WHERE {_OF_REQUEST}))"
+    "  (SELECT min(k.job_id) FROM events k WHERE k.request_id = r.id))"
     " WHERE r.received_at < $1"
     f" AND (j.id IS NULL OR ({_ENDED}))"
-    f" AND NOT EXISTS (SELECT 1 FROM events k WHERE {_OF_REQUEST} AND k.received_at >= $2)"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id AND k.received_at >= $2)"
 )
 _PRUNABLE_QUARANTINE = "FROM quarantine q WHERE q.received_at < $1"
 _PRUNABLE_JOBS = (
