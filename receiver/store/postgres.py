@@ -1056,9 +1056,12 @@ async def _ingest(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> li
 def _job_named(item: Record | Nudge) -> Hashable:
     """The job an ingest item writes, as it names it (id, URL token, or a new task), so that
     two items for one job never ride two batches in flight at once."""
-    if isinstance(item, Record) and item.new_job is not None and item.job_id is None:
-        return (item.new_job.job.provider, item.new_job.job.task_id)
-    return item.job_id or item.token_hash
+    if isinstance(item, Nudge):
+        return item.job_id or item.token_hash
+    write = item.write
+    if write.new_job is not None and write.job_id is None:
+        return (write.new_job.job.provider, write.new_job.job.task_id)
+    return write.job_id or item.token_hash
 
 
 def _split_on(exc: BaseException) -> bool:
