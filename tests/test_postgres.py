@@ -62,12 +62,15 @@ class TestUrls:
             assert isinstance(store_for(url), PostgresStore)
 
     def test_pool_options_are_split_off(self) -> None:
-        """Our options leave the DSN; server settings stay; statement_timeout has a default."""
+        """Our options leave the DSN; server settings stay; statement_timeout and
+        lock_timeout have defaults, which the URL overrides."""
         dsn, options = pool_options(
             "postgresql://u@h/db?pool_size=3&pool_timeout=0.5&batch_size=8&x=1"
         )
         assert {"max_size": 3, "min_size": 1, "timeout": 0.5, "batch_size": 8} == options
-        assert "postgresql://u@h/db?x=1&statement_timeout=30000" == dsn
+        assert "postgresql://u@h/db?x=1&statement_timeout=30000&lock_timeout=5000" == dsn
+        dsn, _ = pool_options("postgresql://u@h/db?lock_timeout=200")
+        assert "postgresql://u@h/db?lock_timeout=200&statement_timeout=30000" == dsn
 
     def test_bad_pool_options_are_config_errors(self) -> None:
         """A pool size that is not a number, or below the minimum, is refused in one line."""
@@ -340,11 +343,40 @@ class TestFaults:
             await blocker.close()
             await store.close()
 
+    async def test_a_locked_job_fails_alone_after_lock_timeout(self, pg_url: str) -> None:
+        """A job row held locked elsewhere stalls its batch only for lock_timeout: the
+        batch's other jobs commit (each alone), the locked one's write is unavailable."""
+        store = PostgresStore(f"{pg_url}?lock_timeout=300&batch_size=64")
+        await store.open()
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            ids = [f"job_{n}" for n in range(1, 7)]
+            for n, job_id in enumerate(ids, start=1):
+                await store.create_job(NewJob(job=job(job_id, f"t-{n}")))
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM jobs WHERE id = 'job_1' FOR UPDATE")
+                writes = [
+                    store.record(Write(update=running(0.3), source="t", job_id=i), route=route_h)
+                    for i in ids
+                ]
+                # Without a lock timeout every write waits for the blocker (30 s).
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(*writes, return_exceptions=True), timeout=10
+                )
+                assert isinstance(outcomes[0], StoreUnavailable)
+                assert all(o.job.id == i for o, i in zip(outcomes[1:], ids[1:], strict=True))
+            assert [] == await store.list_events("job_1")
+            assert [1] * 5 == [len(await store.list_events(i)) for i in ids[1:]]
+        finally:
+            await blocker.close()
+            await store.close()
+
     def test_bugs_are_not_faults(self) -> None:
         """A constraint violation or a syntax error is a bug to see, not a 503."""
         assert not is_fault(asyncpg.UniqueViolationError("dup"))
         assert not is_fault(asyncpg.PostgresSyntaxError("bad"))
         assert is_fault(asyncpg.QueryCanceledError("statement timeout"))
+        assert is_fault(asyncpg.LockNotAvailableError("lock timeout"))
         assert is_fault(ConnectionRefusedError())
 
     async def test_ingest_answers_503_when_the_pool_is_exhausted(

@@ -110,6 +110,8 @@ def is_fault(exc: BaseException) -> bool:
         # A connection whose server went away mid-operation can be left in a state
         # asyncpg refuses to use ("another operation is in progress").
         return True
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return True  # waited lock_timeout for a row another session holds
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in _TRANSIENT_CLASSES
     if isinstance(exc, asyncpg.InterfaceError):
@@ -124,7 +126,8 @@ def pool_options(url: str) -> tuple[str, dict[str, Any]]:
     `pool_size` (default 10), `pool_min` (1), `pool_timeout` (seconds to wait for a
     free connection, default 5) and `batch_size` (callbacks committed together at most,
     default 64) are ours; every other query parameter, such as
-    `statement_timeout` (milliseconds, default 30000), is passed to the server by asyncpg.
+    `statement_timeout` (milliseconds, default 30000) and `lock_timeout` (milliseconds,
+    default 5000), is passed to the server by asyncpg.
     """
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -145,6 +148,9 @@ def pool_options(url: str) -> tuple[str, dict[str, Any]]:
     if options["batch_size"] < 1:
         raise ConfigError("RECEIVER_DATABASE_URL: batch_size must be at least 1")
     query.setdefault("statement_timeout", "30000")
+    # A row another session keeps locked (an operator's open transaction) stalls a batch
+    # this long at most, not the whole statement_timeout: see `_split_on`.
+    query.setdefault("lock_timeout", "5000")
     return urlunsplit(parts._replace(query=urlencode(query))), options
 
 
@@ -1067,7 +1073,10 @@ def _job_named(item: Record | Nudge) -> Hashable:
 def _split_on(exc: BaseException) -> bool:
     """Whether a batch that failed with `exc` is worth running again item by item: an
     error one item's rows may have caused, or a deadlock or serialization failure (a
-    retry goes through). A database that cannot serve (a fault) fails every item."""
+    retry goes through). A database that cannot serve (a fault) fails every item; a lock
+    wait that timed out is split too, so only the item of the locked job fails."""
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return True
     if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] == "40":
         return True
     return not is_fault(exc)
@@ -1076,7 +1085,9 @@ def _split_on(exc: BaseException) -> bool:
 def _drop_if_broken(connection: asyncpg.Connection, exc: BaseException) -> None:
     """Close a connection that failed for a connection reason, so the pool replaces it
     instead of handing out a socket in an unknown state."""
-    if is_fault(exc) and not isinstance(exc, asyncpg.QueryCanceledError):
+    if is_fault(exc) and not isinstance(
+        exc, asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError
+    ):
         with contextlib.suppress(Exception):  # already closed or released: nothing to drop
             connection.terminate()
 
