@@ -25,7 +25,16 @@ from receiver.models import DeliveryState, Job, RawRequest
 from receiver.store.base import NewJob, Recorded, Router, TokenMatch, Write
 from receiver.store.batcher import Outcome
 from receiver.store.recording import apply_write, dedupe_key_of
-from receiver.store.rows import DELIVERIES, EVENTS, JOBS, REQUESTS, event_values, to_json
+from receiver.store.rows import (
+    DELIVERIES,
+    EVENTS,
+    JOB_STATE_COLUMNS,
+    JOBS,
+    REQUESTS,
+    event_values,
+    job_state_values,
+    to_json,
+)
 
 __all__ = [
     "DELIVERIES_CHANNEL",
@@ -343,20 +352,9 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 
 def _job_state(row: _Row) -> tuple[Any, ...]:
-    job = row.job
     return (
-        job.id,
-        job.task_id,
-        job.status.value,
-        job.raw_status,
-        job.progress,
-        job.result_url,
-        job.preview_url,
-        row.rank,
-        job.error,
-        job.error_code,
-        job.updated_at,
-        job.cost,
+        row.job.id,
+        *job_state_values(row.job, row.rank),
         row.next_poll_at,
         row.poll_worker_id,
     )
@@ -428,22 +426,7 @@ _NEW_JOB_COLUMNS = (
     "request_hash",
     "preview_rank",
 )
-_STATE_COLUMNS = (
-    "id",
-    "task_id",
-    "status",
-    "raw_status",
-    "progress",
-    "result_url",
-    "preview_url",
-    "preview_rank",
-    "error",
-    "error_code",
-    "updated_at",
-    "cost",
-    "next_poll_at",
-    "poll_worker_id",
-)
+_STATE_COLUMNS = ("id", *JOB_STATE_COLUMNS, "next_poll_at", "poll_worker_id")
 _EVENT_COLUMNS = (*EVENTS.columns, "payload_from", "dedupe_key")
 _DELIVERY_COLUMNS = DELIVERIES.columns
 

@@ -21,10 +21,12 @@ __all__ = [
     "EVENT_SELECT",
     "EVENT_WIDTH",
     "JOBS",
+    "JOB_STATE_COLUMNS",
     "QUARANTINE",
     "REQUESTS",
     "Table",
     "event_values",
+    "job_state_values",
     "read_event",
     "to_json",
 ]
@@ -229,6 +231,40 @@ def _payload_from(payload: Any, text: str, body: bytes) -> str | None:
         if isinstance(value, dict) and value == payload and _encode(value) == encoded:
             return str(key)
     return None
+
+
+# What recording an update changes on its job (both stores' state writes), in the order
+# of `job_state_values`.
+JOB_STATE_COLUMNS = (
+    "task_id",
+    "status",
+    "raw_status",
+    "progress",
+    "result_url",
+    "preview_url",
+    "preview_rank",
+    "error",
+    "error_code",
+    "updated_at",
+    "cost",
+)
+
+
+def job_state_values(job: Job, preview_rank: float) -> tuple[Any, ...]:
+    """The values of JOB_STATE_COLUMNS for `job` as an update left it."""
+    return (
+        job.task_id,
+        job.status.value,
+        job.raw_status,
+        job.progress,
+        job.result_url,
+        job.preview_url,
+        preview_rank,
+        job.error,
+        job.error_code,
+        job.updated_at,
+        job.cost,
+    )
 
 
 def event_values(event: Event, body: bytes | None) -> tuple[Any, ...]:

@@ -71,10 +71,12 @@ from receiver.store.rows import (
     EVENT_SELECT,
     EVENT_WIDTH,
     EVENTS,
+    JOB_STATE_COLUMNS,
     JOBS,
     QUARANTINE,
     REQUESTS,
     event_values,
+    job_state_values,
     read_event,
     to_json,
 )
@@ -1308,32 +1310,27 @@ def _save_job_state(
     conn: sqlite3.Connection, job: Job, preview_rank: float, next_poll_at: float | None
 ) -> None:
     """Write the job's new state; a terminal job is never polled again."""
+    terminal = job.status.terminal
     conn.execute(
-        "UPDATE jobs SET task_id = ?, status = ?, raw_status = ?, progress = ?, result_url = ?,"
-        " preview_url = ?, preview_rank = ?, error = ?, error_code = ?, updated_at = ?,"
-        " cost = ?, next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
-        # A poll's outcome (a new schedule, or the end of the job) ends its lease.
-        " poll_worker_id = CASE WHEN ? OR ? IS NOT NULL THEN NULL ELSE poll_worker_id END"
-        " WHERE id = ?",
+        _SAVE_JOB_STATE,
         (
-            job.task_id,
-            job.status.value,
-            job.raw_status,
-            job.progress,
-            job.result_url,
-            job.preview_url,
-            preview_rank,
-            job.error,
-            job.error_code,
-            job.updated_at,
-            job.cost,
-            job.status.terminal,
+            *job_state_values(job, preview_rank),
+            terminal,
             next_poll_at,
-            job.status.terminal,
+            terminal,
             next_poll_at,
             job.id,
         ),
     )
+
+
+_SAVE_JOB_STATE = (
+    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in JOB_STATE_COLUMNS)},"
+    " next_poll_at = CASE WHEN ? THEN NULL ELSE COALESCE(?, next_poll_at) END,"
+    # A poll's outcome (a new schedule, or the end of the job) ends its lease.
+    " poll_worker_id = CASE WHEN ? OR ? IS NOT NULL THEN NULL ELSE poll_worker_id END"
+    " WHERE id = ?"
+)
 
 
 # Due pending deliveries in order, walking the (state, next_attempt_at, seq) index and
