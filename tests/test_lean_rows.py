@@ -6,14 +6,12 @@ of a database made before it out of its events, on both backends.
 
 from __future__ import annotations
 
-import re
-import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from old_schema import postgres_before, query, sqlite_before
 from test_store import T0, add_job, make_raw, record, route_to
 
 from receiver.models import Disposition, Status, Update
@@ -26,30 +24,9 @@ LEAN = 11  # the migration that moved payloads out of events
 async def stored_payload(backend: str, url: str, event_id: str) -> tuple[Any, Any]:
     """The event row's own (payload, payload_from) columns, as stored."""
     sql = "SELECT payload, payload_from FROM events WHERE id = ?"
-    rows = await _query(backend, url, sql, (event_id,))
+    rows = await query(backend, url, sql, (event_id,))
     payload, where = rows[0]
     return payload, where
-
-
-async def _query(backend: str, url: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    if backend == "sqlite":
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
-            return connection.execute(sql, params).fetchall()
-    import asyncpg
-
-    from receiver.store.postgres import pool_options
-
-    connection = await asyncpg.connect(pool_options(url)[0])
-    try:
-        return [tuple(row) for row in await connection.fetch(_numbered(sql), *params)]
-    finally:
-        await connection.close()
-
-
-def _numbered(sql: str) -> str:
-    """`?` placeholders as PostgreSQL's $1, $2, ..."""
-    count = iter(range(1, sql.count("?") + 1))
-    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
 
 
 class TestBodyStoredOnce:
@@ -161,46 +138,6 @@ def _old_statements() -> list[tuple[str, tuple[Any, ...]]]:
     return statements
 
 
-def _sqlite_before_lean(path: Path) -> None:
-    with sqlite3.connect(path) as connection:
-        connection.execute(
-            "CREATE TABLE schema_migrations"
-            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        for migration in migrations("sqlite"):
-            if migration.version < LEAN:
-                connection.executescript(migration.sql)
-                connection.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, 0)",
-                    (migration.version, migration.name),
-                )
-        for sql, params in _old_statements():
-            connection.execute(sql, params)
-
-
-async def _postgres_before_lean(url: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-            " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-        )
-        for migration in migrations("postgres"):
-            if migration.version < LEAN:
-                await connection.execute(migration.sql)
-                await connection.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2, 0)",
-                    migration.version,
-                    migration.name,
-                )
-        for sql, params in _old_statements():
-            await connection.execute(_numbered(sql), *params)
-    finally:
-        await connection.close()
-
-
 class TestMigration0011:
     """A database filled before 0011 reads the same payloads after it, each body kept once."""
 
@@ -223,7 +160,7 @@ class TestMigration0011:
 
     async def test_sqlite(self, tmp_path: Path) -> None:
         path = tmp_path / "old.db"
-        _sqlite_before_lean(path)
+        sqlite_before(path, LEAN, _old_statements())
         url = f"sqlite:///{path}"
         store = SQLiteStore(url)
         await store.open()
@@ -235,7 +172,7 @@ class TestMigration0011:
     async def test_postgres(self, pg_database: str) -> None:
         from receiver.store.postgres import PostgresStore
 
-        await _postgres_before_lean(pg_database)
+        await postgres_before(pg_database, LEAN, _old_statements())
         assert [m.name for m in migrations("postgres") if m.version >= LEAN] == (
             await PostgresStore(pg_database).migrate()
         )
@@ -261,7 +198,7 @@ class TestFinishedDeliveries:
         await record(store, Update(status=Status.RUNNING, raw_status="r"), raw=make_raw())
         [claimed] = await store.claim_deliveries(limit=1, lease=30, at=T0 + 5, worker=worker.id)
         sql = "SELECT worker_id FROM deliveries WHERE id = ?"
-        assert [("wrk_1",)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        assert [("wrk_1",)] == await query(backend, store_url, sql, (claimed.delivery.id,))
         await store.set_delivery_state(
             claimed.delivery.id,
             DeliveryState.DONE,
@@ -270,6 +207,6 @@ class TestFinishedDeliveries:
             at=T0 + 6,
             attempt=claimed.delivery.attempts,
         )
-        assert [(None,)] == await _query(backend, store_url, sql, (claimed.delivery.id,))
+        assert [(None,)] == await query(backend, store_url, sql, (claimed.delivery.id,))
         [listed] = await store.list_deliveries(job_id="job_1")
         assert DeliveryState.DONE == listed.state

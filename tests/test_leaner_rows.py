@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from test_lean_rows import _numbered, _query
+from old_schema import postgres_before, query, sqlite_before, sqlite_migrated
 from test_store import T0, add_job, make_raw, record
 
 from receiver.models import Status, Update
@@ -26,11 +26,11 @@ async def _index_names(backend: str, url: str) -> set[str]:
         if backend == "sqlite"
         else "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
     )
-    return {row[0] for row in await _query(backend, url, sql)}
+    return {row[0] for row in await query(backend, url, sql)}
 
 
 async def _request_jobs(backend: str, url: str) -> dict[str, Any]:
-    rows = await _query(backend, url, "SELECT id, job_id FROM requests")
+    rows = await query(backend, url, "SELECT id, job_id FROM requests")
     return dict(rows)
 
 
@@ -44,7 +44,7 @@ class TestIndexes:
             else "SELECT indexdef FROM pg_indexes WHERE indexname = ?"
         )
         for partial in ("jobs_idempotency_key", "requests_job"):
-            [(sql,)] = await _query(backend, store_url, definition, (partial,))
+            [(sql,)] = await query(backend, store_url, definition, (partial,))
             assert sql.endswith("IS NOT NULL)" if backend == "postgres" else "IS NOT NULL"), sql
         names = await _index_names(backend, store_url)
         assert {"deliveries_dead", "deliveries_unfinished", "requests_job"} <= names
@@ -52,7 +52,7 @@ class TestIndexes:
             assert set() == {"deliveries_open", "deliveries_due", "events_pkey"} & names
             return
         sql = "SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'"
-        [(due,)] = await _query(backend, store_url, sql)
+        [(due,)] = await query(backend, store_url, sql)
         assert due.endswith("WHERE state = 'pending' OR state = 'running'")
 
     def test_sqlite_claims_and_dead_letters_use_their_partial_indexes(self, tmp_path: Path) -> None:
@@ -61,8 +61,7 @@ class TestIndexes:
 
         path = tmp_path / "plans.db"
         with sqlite3.connect(path) as db:
-            for migration in migrations("sqlite"):
-                db.executescript(migration.sql.replace("receiver_dedupe_digest", "lower"))
+            sqlite_migrated(db)
 
             def plan(sql: str, params: tuple[Any, ...]) -> str:
                 rows = db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
@@ -154,7 +153,7 @@ class TestRequestsOfAJob:
         await store.save_answers([AnswerNote("req_1", 202, 3.5)])
         [raw] = await store.list_requests("job_1")
         assert (202, 3.5) == (raw.answer_status, raw.answer_ms)
-        rows = await _query(backend, store_url, "SELECT request_id, status, ms FROM answers")
+        rows = await query(backend, store_url, "SELECT request_id, status, ms FROM answers")
         assert [("req_1", 202, 3.5)] == rows
 
 
@@ -174,8 +173,9 @@ _OLD = [
 ]
 
 
-def _params(sql: str) -> tuple[Any, ...]:
-    return (b"{}", b"") if sql.startswith("INSERT INTO requests") else ()
+def _old_statements() -> list[tuple[str, tuple[Any, ...]]]:
+    bodies = (b"{}", b"")  # the two requests' bodies
+    return [(sql, bodies if sql.startswith("INSERT INTO requests") else ()) for sql in _OLD]
 
 
 class TestMigration0012:
@@ -190,20 +190,7 @@ class TestMigration0012:
 
     async def test_sqlite(self, tmp_path: Path) -> None:
         path = tmp_path / "old.db"
-        with sqlite3.connect(path) as db:
-            db.execute(
-                "CREATE TABLE schema_migrations"
-                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            for migration in migrations("sqlite"):
-                if migration.version < LEANER:
-                    db.executescript(migration.sql.replace("receiver_dedupe_digest", "lower"))
-                    db.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, 0)",
-                        (migration.version, migration.name),
-                    )
-            for sql in _OLD:
-                db.execute(sql, _params(sql))
+        sqlite_before(path, LEANER, _old_statements())
         url = f"sqlite:///{path}"
         store = SQLiteStore(url)
         await store.open()
@@ -213,28 +200,9 @@ class TestMigration0012:
             await store.close()
 
     async def test_postgres(self, pg_database: str) -> None:
-        import asyncpg
-
         from receiver.store.postgres import PostgresStore
 
-        connection = await asyncpg.connect(pg_database)
-        try:
-            await connection.execute(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
-                " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            for migration in migrations("postgres"):
-                if migration.version < LEANER:
-                    await connection.execute(migration.sql)
-                    await connection.execute(
-                        "INSERT INTO schema_migrations VALUES ($1, $2, 0)",
-                        migration.version,
-                        migration.name,
-                    )
-            for sql in _OLD:
-                await connection.execute(_numbered(sql), *_params(sql))
-        finally:
-            await connection.close()
+        await postgres_before(pg_database, LEANER, _old_statements())
         assert [m.name for m in migrations("postgres") if m.version >= LEANER] == (
             await PostgresStore(pg_database).migrate()
         )
