@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "ConfigError",
     "GiveUp",
@@ -12,7 +14,16 @@ __all__ = [
     "StoreUnavailable",
     "UnknownProvider",
     "UnparseablePayload",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """` (did you mean x?)` for the closest of `known` to a misspelt `name`, else ``."""
+    import difflib  # only an error message needs it: not on every start
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class ReceiverError(Exception):

@@ -11,11 +11,10 @@ create: that job stays with the member that may have it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from receiver.errors import ConfigError, ProviderError
+from receiver.errors import ConfigError, ProviderError, did_you_mean
 
 __all__ = ["COMMON_FIELDS", "check_common", "check_groups", "parse_groups", "refused"]
 
@@ -62,8 +61,7 @@ def check_common(group: str, fields: Mapping[str, Any]) -> None:
     listing = f"a group's fields: {', '.join(COMMON_FIELDS)}"
     for name in fields:
         if name not in COMMON_FIELDS:
-            close = difflib.get_close_matches(name, COMMON_FIELDS, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(name, COMMON_FIELDS, cutoff=0.5)
             raise ConfigError(f"group {group} has no field {name!r}{hint}; {listing}")
     if fields.get("prompt") in (None, ""):
         raise ConfigError(f"group {group} needs prompt; {listing}")

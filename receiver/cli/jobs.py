@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 from typing import Any
 
 from receiver.cli.common import EXIT_OK, print_json, settings_from
@@ -22,7 +21,7 @@ from receiver.cli.output import (
 )
 from receiver.cli.source import client_options, open_source
 from receiver.config import Settings
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, did_you_mean
 from receiver.failures import split_error
 from receiver.models import (
     CREATE_SLOT,
@@ -109,8 +108,7 @@ def check_provider(name: str, settings: Settings) -> None:
     """ConfigError (exit 2) unless `name` is a built-in provider or a declared generic one."""
     known = sorted(PROVIDERS) + sorted(settings.generic)
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(name, known)
         raise ConfigError(f"unknown provider {name!r}{hint}; known: {', '.join(known)}")
 
 

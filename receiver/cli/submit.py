@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import sys
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from receiver.cli.common import (
 )
 from receiver.cli.output import bar, clean, colour_enabled, paint, status_colour
 from receiver.cli.source import Source, client_options, open_source
-from receiver.errors import ConfigError, ProviderError
+from receiver.errors import ConfigError, ProviderError, did_you_mean
 from receiver.groups import COMMON_FIELDS, check_common
 from receiver.models import Job, Status
 from receiver.providers import PROVIDERS
@@ -207,8 +206,7 @@ def check_fields(provider: str, fields: dict[str, Any]) -> None:
     listing = f"{provider} fields: {', '.join(fields_of(provider))}"
     for name in fields:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(name, known, cutoff=0.5)
             raise ConfigError(f"{provider} has no field {name!r}{hint}; {listing}")
     try:
         required = adapter.required_fields(fields)
