@@ -174,27 +174,35 @@ class _Batch:
         if row.job.task_id is not None:
             self.by_task[(row.job.provider, row.job.task_id)] = row
 
+    def locked(self, item: Record) -> _Row | None:
+        """The batch's row of the job `item` names (by URL token, id or task), if any."""
+        if item.token_hash is not None:
+            return self.by_token.get(item.token_hash)
+        write = item.write
+        if write.job_id is not None:
+            return self.by_id.get(write.job_id)
+        new = write.new_job
+        if new is not None and new.job.task_id is not None:
+            return self.by_task.get((new.job.provider, new.job.task_id))
+        return None
+
     def job_of(self, item: Record) -> _Row | None:
         """The row `item` is about; a new one for a task not seen yet; None for a token
         that names no job or one `accept` refuses. LookupError for an unknown job id."""
+        row = self.locked(item)
         if item.token_hash is not None:
-            row = self.by_token.get(item.token_hash)
             if row is None or item.accept is None:
                 return None
             match = TokenMatch(job=row.job, secret_hash=row.secret_hash)
             return row if item.accept(match) else None
-        job_id = item.write.job_id
-        if job_id is not None:
-            found = self.by_id.get(job_id)
-            if found is None:
-                raise LookupError(f"no job {job_id}")
-            return found
-        new = item.write.new_job
+        if row is not None:
+            return row
+        write = item.write
+        if write.job_id is not None:
+            raise LookupError(f"no job {write.job_id}")
+        new = write.new_job
         if new is None or new.job.task_id is None:
             raise ValueError("record() needs a job id or a new job with a task id")
-        found = self.by_task.get((new.job.provider, new.job.task_id))
-        if found is not None:
-            return found
         # Not in the batch's rows until its item's step succeeds (see `adopt`).
         return _Row(new.job, -1.0, new.next_poll_at, None, new.secret_hash, new=True)
 
@@ -249,19 +257,8 @@ async def _find_duplicates(db: asyncpg.Connection, batch: _Batch, records: list[
     """Ask in one statement which of the items' dedupe keys the stored events have."""
     keys: list[tuple[str, str]] = []
     for item in records:
-        write = item.write
-        row = (
-            batch.by_token.get(item.token_hash)
-            if item.token_hash is not None
-            else batch.by_id.get(write.job_id)
-            if write.job_id is not None
-            else None
-        )
-        new = write.new_job
-        if row is None and new is not None and new.job.task_id is not None:
-            row = batch.by_task.get((new.job.provider, new.job.task_id))
-        if row is not None:
-            keys.append((row.job.id, dedupe_key_of(row.job, write.update)))
+        if (row := batch.locked(item)) is not None:
+            keys.append((row.job.id, dedupe_key_of(row.job, item.write.update)))
     if keys:
         found = await db.fetch(_FIND_DUPLICATES, *_columns(keys, 2))
         batch.duplicates.update((job_id, key) for job_id, key in found)
