@@ -25,6 +25,8 @@ __all__ = [
     "Status",
     "StoredFile",
     "Update",
+    "first_id_at",
+    "id_at",
     "new_id",
     "now",
 ]
@@ -112,13 +114,34 @@ def new_id(prefix: str) -> str:
     sorting by creation, which the job list's cursor relies on.
     """
     with _id_lock:  # a sync handler's thread may make ids too
-        millis = int(time.time() * 1000)
+        millis = _millis(time.time())
         random_part = _random.take_80_bits()
         if millis <= _last_id[0]:
             millis = _last_id[0]
             random_part = (_last_id[1] + 1 + (random_part >> 64)) % (1 << 80)
         _last_id[0], _last_id[1] = millis, random_part
     return f"{prefix}_{base32((millis << 80) | random_part)}"
+
+
+def id_at(prefix: str, at: float) -> str:
+    """An id as `new_id` makes it at `at` (Unix seconds), with fresh random bits, for a row
+    stamped with a time that is not the clock's: an event's own time, an injected clock's.
+
+    It stays out of `new_id`'s sequence, which never goes back: its order among the ids of
+    the same millisecond is random.
+    """
+    with _id_lock:
+        random_part = _random.take_80_bits()
+    return f"{prefix}_{base32((_millis(at) << 80) | random_part)}"
+
+
+def first_id_at(prefix: str, at: float) -> str:
+    """The smallest id of `prefix` minted at `at`: every id minted earlier sorts below it."""
+    return f"{prefix}_{base32(_millis(at) << 80)}"
+
+
+def _millis(at: float) -> int:
+    return int(at * 1000)
 
 
 def base32(value: int) -> str:
