@@ -40,11 +40,16 @@ def _job_list(status: str) -> str:
 
 
 class TestIndexes:
-    """The time indexes of events and requests are gone; jobs_status holds no succeeded job."""
+    """The time indexes of events and requests are gone; jobs_status holds no succeeded job,
+    and PostgreSQL's token index no job without a token."""
 
     async def test_dropped_and_partial(self, store: Store, backend: str, store_url: str) -> None:
         names = await index_names(backend, store_url)
         assert set() == {"events_received", "requests_received"} & names
+        if backend == "postgres":
+            assert "jobs_token_hash" in names and "jobs_token_hash_key" not in names
+            token = await index_definition(backend, store_url, "jobs_token_hash")
+            assert token.endswith("WHERE (token_hash IS NOT NULL)"), token
         status = await index_definition(backend, store_url, "jobs_status")
         expected = "(status <> 'succeeded'::text)" if backend == "postgres" else NOT_SUCCEEDED
         assert status.endswith(f"WHERE {expected}"), status
@@ -76,6 +81,7 @@ class TestIndexes:
         """With rows enough that the planner has a choice: a month of callbacks, one a minute."""
         import asyncpg
 
+        from receiver.store.pg_batch import _LOCK_JOBS
         from receiver.store.postgres import (
             _COUNT_PRUNABLE,
             _PICK_EVENTS,
@@ -87,11 +93,19 @@ class TestIndexes:
         connection = await asyncpg.connect(pool_options(pg_url)[0])
         try:
             await _fill(connection, [T0 + minute * 60 for minute in range(3000)])
+            await connection.execute("SET plan_cache_mode = force_generic_plan")
 
             async def plan(sql: str, *values: Any) -> str:
-                return "\n".join(
-                    row[0] for row in await connection.fetch(f"EXPLAIN {sql}", *values)
-                )
+                """The generic plan: for any parameter values, as a prepared statement gets
+                after five runs. A partial index applies only where the query's own terms
+                prove its predicate."""
+                await connection.execute(f"PREPARE planned AS {sql}")
+                given = f"({', '.join(_literal(value) for value in values)})" if values else ""
+                try:
+                    rows = await connection.fetch(f"EXPLAIN EXECUTE planned{given}")
+                finally:
+                    await connection.execute("DEALLOCATE planned")
+                return "\n".join(row[0] for row in rows)
 
             cutoff = T0 + 300 * 60  # a tenth of the rows are past it
             for sql in (_PICK_EVENTS, _COUNT_PRUNABLE["events"]):
@@ -103,8 +117,20 @@ class TestIndexes:
             numbered = _job_list("succeeded").replace("?", "$1", 1).replace("?", "$2")
             assert "Index Scan Backward using jobs_pkey" in await plan(numbered, "succeeded", 10)
             assert "jobs_status" in await plan(JOB_COUNTS)
+            tokens = await plan(_LOCK_JOBS, [], ["token"], [], [])
+            assert "Index Scan on jobs_token_hash" in tokens
+            assert "Index Cond: (token_hash = ANY ($2))" in tokens
         finally:
             await connection.close()
+
+
+def _literal(value: Any) -> str:
+    """A parameter's value written into SQL (EXECUTE takes no parameters of its own)."""
+    if isinstance(value, list):
+        return f"ARRAY[{', '.join(_literal(item) for item in value)}]::text[]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return f"'{value}'::float8" if isinstance(value, float) else str(value)
 
 
 async def _fill(connection: Any, times: list[float]) -> None:
