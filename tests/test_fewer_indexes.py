@@ -25,7 +25,13 @@ from receiver.models import Status, id_at
 from receiver.retention import prune_all
 from receiver.store import SQLiteStore, Store
 from receiver.store.migrations import migrations
-from receiver.store.rows import JOB_COUNTS, NOT_SUCCEEDED, list_status_terms
+from receiver.store.rows import (
+    JOB_COUNTS,
+    NOT_SUCCEEDED,
+    PRICED,
+    list_status_terms,
+    spend_bound,
+)
 
 FEWER = 14
 DAY = 86400.0
@@ -53,9 +59,17 @@ class TestIndexes:
         status = await index_definition(backend, store_url, "jobs_status")
         expected = "(status <> 'succeeded'::text)" if backend == "postgres" else NOT_SUCCEEDED
         assert status.endswith(f"WHERE {expected}"), status
+        spend = await index_definition(backend, store_url, "jobs_spend_day")
+        assert spend.endswith(f"({PRICED})" if backend == "postgres" else PRICED), spend
 
     def test_sqlite_queries_use_their_indexes(self, tmp_path: Path) -> None:
-        from receiver.store.sqlite import _COUNT_PRUNABLE, _PICK_EVENTS, _PRUNE_REQUESTS
+        from receiver.store.sqlite import (
+            _COUNT_PRUNABLE,
+            _PICK_EVENTS,
+            _PRUNE_REQUESTS,
+            _SPENT,
+            _spend_query,
+        )
         from receiver.store.sqlite import _prune_params as params
 
         with sqlite3.connect(tmp_path / "plans.db") as db:
@@ -76,6 +90,10 @@ class TestIndexes:
             assert "SCAN jobs USING INDEX sqlite_autoindex_jobs_1" in succeeded
             assert "TEMP B-TREE" not in succeeded
             assert "jobs_status" in plan(JOB_COUNTS, ())
+            spent = "SEARCH jobs USING COVERING INDEX jobs_spend_day (created_at>?)"
+            assert spent in plan(_SPENT, (T0,))
+            spend = plan(_spend_query("NULL"), (spend_bound(T0), T0))
+            assert "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id>?)" in spend
 
     async def test_postgres_queries_use_their_indexes(self, pg_url: str) -> None:
         """With rows enough that the planner has a choice: a month of callbacks, one a minute."""
@@ -89,6 +107,8 @@ class TestIndexes:
             _bind,
             pool_options,
         )
+        from receiver.store.postgres import _SPENT as pg_spent
+        from receiver.store.postgres import _spend_query as pg_spend_query
 
         connection = await asyncpg.connect(pool_options(pg_url)[0])
         try:
@@ -117,6 +137,10 @@ class TestIndexes:
             numbered = _job_list("succeeded").replace("?", "$1", 1).replace("?", "$2")
             assert "Index Scan Backward using jobs_pkey" in await plan(numbered, "succeeded", 10)
             assert "jobs_status" in await plan(JOB_COUNTS)
+            assert "jobs_spend_day" in await plan(pg_spent, T0)
+            month_end = T0 + 2700 * 60  # a tenth of the jobs were created since
+            spend = await plan(pg_spend_query("NULL::text"), month_end, spend_bound(month_end))
+            assert "Index Scan using jobs_pkey" in spend
             tokens = await plan(_LOCK_JOBS, [], ["token"], [], [])
             assert "Index Scan on jobs_token_hash" in tokens
             assert "Index Cond: (token_hash = ANY ($2))" in tokens
@@ -190,6 +214,19 @@ class TestJobsByStatus:
             assert expected[:2] == [job.id for job in page.items], status
         expected_counts = {status.value: statuses.count(status) for status in Status}
         assert expected_counts == await store.job_counts()
+
+
+class TestSpend:
+    """A budget's sum adds priced jobs; the spend report counts unpriced ones too."""
+
+    async def test_priced_and_unpriced(self, store: Store) -> None:
+        since = T0 + DAY
+        await add_job(store, id_at("job", T0), task_id="t-old", at=T0, estimated_cost=5.0)
+        await add_job(store, id_at("job", since), task_id="t-free", at=since)
+        await add_job(store, id_at("job", since + 1), task_id="t-paid", at=since + 1, cost=2.0)
+        [row] = await store.spend(since=since)
+        assert (2, 2.0) == (row.jobs, row.cost)
+        assert [1, 2] == [row.jobs for row in await store.spend(since=0)]
 
 
 # A database as the receiver left it before 0014: an ended job and an open one, each with

@@ -69,12 +69,14 @@ from receiver.store.rows import (
     EVENT_WIDTH,
     JOB_COUNTS,
     JOBS,
+    PRICED,
     QUARANTINE,
     REQUESTS,
     job_counts_of,
     list_status_terms,
     prune_bounds,
     read_event,
+    spend_bound,
     to_json,
 )
 
@@ -446,14 +448,9 @@ class PostgresStore(Store):
         check_budgets(list(new.budgets), spent, new.job.estimated_cost or 0.0)
 
     async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
-        value = "metadata::jsonb ->> $2" if by is not None else "NULL::text"
+        value = "metadata::jsonb ->> $3" if by is not None else "NULL::text"
         rows = await self._fetch(
-            f"SELECT provider, floor(created_at / {DAY})::bigint AS day, {value} AS value,"
-            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
-            " FROM jobs WHERE created_at >= $1 GROUP BY provider, day, value"
-            " ORDER BY day, provider, value",
-            since,
-            *([by] if by is not None else []),
+            _spend_query(value), since, spend_bound(since), *([by] if by is not None else [])
         )
         return [spend_row(row) for row in rows]
 
@@ -1108,7 +1105,18 @@ def _callback(wake: Callable[[], None]) -> Callable[..., None]:
     return on_notify
 
 
-_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1"
+_SPENT = f"SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1 AND {PRICED}"
+
+
+def _spend_query(value: str) -> str:
+    """spend()'s query: every job created since a time ($1), walked by id from $2
+    (rows.spend_bound)."""
+    return (
+        f"SELECT provider, floor(created_at / {DAY})::bigint AS day, {value} AS value,"
+        " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+        " FROM jobs WHERE created_at >= $1 AND id >= $2 GROUP BY provider, day, value"
+        " ORDER BY day, provider, value"
+    )
 
 
 def _budget_lock(name: str) -> int:

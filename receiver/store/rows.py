@@ -24,6 +24,7 @@ __all__ = [
     "JOB_COUNTS",
     "JOB_STATE_COLUMNS",
     "NOT_SUCCEEDED",
+    "PRICED",
     "QUARANTINE",
     "REQUESTS",
     "Table",
@@ -33,6 +34,7 @@ __all__ = [
     "list_status_terms",
     "prune_bounds",
     "read_event",
+    "spend_bound",
     "to_json",
 ]
 
@@ -330,3 +332,16 @@ def job_counts_of(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
     total = sum(int(count) for status, count in rows if status is None)
     counts[Status.SUCCEEDED] = total - sum(counts.values())
     return counts
+
+
+# The predicate of the partial index jobs_spend_day (0014_fewer_indexes): a job with
+# neither a cost nor an estimate adds nothing to a budget's sum, and most jobs of an
+# unpriced provider are such. A budget's sum (_SPENT) repeats it to use the index.
+PRICED = "COALESCE(cost, estimated_cost) IS NOT NULL"
+
+
+def spend_bound(since: float) -> str:
+    """The smallest id a job created at or after `since` can have: spend() walks jobs by
+    id from it (0014_fewer_indexes), as it counts priced and unpriced jobs alike. A job's
+    id is minted after its created_at is stamped (submit.queued_job), never before."""
+    return first_id_at("job", since)

@@ -1,6 +1,6 @@
--- Fewer indexes (issue 14, third step): two walks by time and the job list by its most
--- common status move onto indexes the tables keep anyway; tokens are indexed only where
--- set. Mirrors sqlite/0014_fewer_indexes.sql.
+-- Fewer indexes (issue 14, third step): the retention and spend() walk ids instead of
+-- times, and partial indexes leave out what most rows are: succeeded jobs, unpriced jobs and,
+-- on PostgreSQL, jobs without a callback token. Mirrors sqlite/0014_fewer_indexes.sql.
 
 -- Retention: events and requests are walked by id, not received_at (_PICK_EVENTS,
 -- _PRUNE_REQUESTS and their counts). An id begins with the millisecond it was minted
@@ -19,6 +19,15 @@ DROP INDEX requests_received;
 DROP INDEX jobs_status;
 CREATE INDEX jobs_status ON jobs (status, id) WHERE status <> 'succeeded';
 
+-- Spend: a budget's sum of the day (_SPENT) adds only jobs that have a cost or an estimate,
+-- and repeats this index's predicate (rows.PRICED) to use it; jobs of an unpriced provider
+-- (every job `receiver bench` makes) stay out of it. spend() counts every job, priced or
+-- not: it walks jobs by id from the first id of its `since` (rows.spend_bound), as a job's
+-- id is minted after its created_at is stamped (submit.queued_job).
+DROP INDEX jobs_spend_day;
+CREATE INDEX jobs_spend_day ON jobs (created_at, cost, estimated_cost)
+    WHERE COALESCE(cost, estimated_cost) IS NOT NULL;
+
 -- Callback tokens: only jobs we submitted have one, and the unique constraint's index held
 -- an entry for each NULL too (a callback's new job: 12 bytes a callback in `receiver
 -- bench`). Used by: job_by_token (token_hash = $1) and _LOCK_JOBS (token_hash = ANY($2)),
@@ -29,7 +38,7 @@ CREATE UNIQUE INDEX jobs_token_hash ON jobs (token_hash) WHERE token_hash IS NOT
 
 -- Every index after this migration and the queries it serves (postgres.py, pg_batch.py):
 --   jobs_pkey                  every job by id; _LOCK_JOBS; the job list's cursor; the job
---                              list of succeeded jobs (walked newest first)
+--                              list of succeeded jobs (walked newest first); spend()
 --   jobs_token_hash            a callback on /hooks/{provider}/{token} (_LOCK_JOBS, job_by_token)
 --   jobs_task_provider         a callback naming its task (_LOCK_JOBS, job_by_task), the
 --                              job list by task
@@ -39,7 +48,7 @@ CREATE UNIQUE INDEX jobs_token_hash ON jobs (token_hash) WHERE token_hash IS NOT
 --   jobs_next_poll             _CLAIM_POLLS, next_poll_at
 --   jobs_poll_worker           _REAP: polls leased by a stopped worker
 --   jobs_idempotency_key       create_job's ON CONFLICT, job_by_idempotency_key
---   jobs_spend_day             a budget's spend of the day (_SPENT, covering), spend()
+--   jobs_spend_day             a budget's spend of the day (_SPENT, covering)
 --   jobs_waiting_slot          admit_creates (_ANY_WAITING_SLOT, _ADMIT)
 --   jobs_open_by_provider      admit_creates' jobs in flight (_IN_FLIGHT)
 --   jobs_ended                 `receiver prune --jobs` (_PRUNE_JOBS)

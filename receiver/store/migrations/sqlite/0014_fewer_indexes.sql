@@ -1,5 +1,5 @@
--- Fewer indexes (issue 14, third step): two walks by time and the job list by its most
--- common status move onto indexes the tables keep anyway.
+-- Fewer indexes (issue 14, third step): the retention and spend() walk ids instead of
+-- times, and partial indexes leave out what most rows are: succeeded jobs, unpriced jobs.
 
 -- Retention: events and requests are walked by id, not received_at (_PICK_EVENTS,
 -- _PRUNE_REQUESTS and their counts). An id begins with the millisecond it was minted
@@ -18,9 +18,18 @@ DROP INDEX requests_received;
 DROP INDEX jobs_status;
 CREATE INDEX jobs_status ON jobs (status, id) WHERE status <> 'succeeded';
 
+-- Spend: a budget's sum of the day (_SPENT) adds only jobs that have a cost or an estimate,
+-- and repeats this index's predicate (rows.PRICED) to use it; jobs of an unpriced provider
+-- (every job `receiver bench` makes) stay out of it. spend() counts every job, priced or
+-- not: it walks jobs by id from the first id of its `since` (rows.spend_bound), as a job's
+-- id is minted after its created_at is stamped (submit.queued_job).
+DROP INDEX jobs_spend_day;
+CREATE INDEX jobs_spend_day ON jobs (created_at, cost, estimated_cost)
+    WHERE COALESCE(cost, estimated_cost) IS NOT NULL;
+
 -- Every index after this migration and the queries it serves (sqlite.py):
 --   jobs (id)                  every job by id; the job list's cursor (id < ?, newest first);
---                              the job list of succeeded jobs (walked newest first)
+--                              the job list of succeeded jobs (walked newest first); spend()
 --   jobs (token_hash)          a callback on /hooks/{provider}/{token} (_JOB_BY_TOKEN)
 --   jobs_task_provider         a callback naming its task (job_by_task, _job_for_update);
 --                              the job list by task (list_jobs task_id = ?)
@@ -30,7 +39,7 @@ CREATE INDEX jobs_status ON jobs (status, id) WHERE status <> 'succeeded';
 --   jobs_next_poll             claim_polls, next_poll_at
 --   jobs_poll_worker           reap_workers: polls leased by a stopped worker
 --   jobs_idempotency_key       create_job's "key taken", job_by_idempotency_key
---   jobs_spend_day             a budget's spend of the day (_SPENT, covering), spend()
+--   jobs_spend_day             a budget's spend of the day (_SPENT, covering)
 --   jobs_waiting_slot          admit_creates' next waiting jobs (_NEXT_WAITING, _ANY_WAITING_SLOT)
 --   jobs_open_by_provider      admit_creates' jobs in flight (_IN_FLIGHT)
 --   jobs_ended                 `receiver prune --jobs` (_PRUNABLE_JOBS, INDEXED BY)
