@@ -327,16 +327,16 @@ JOB_COUNTS = (
 
 def job_counts_of(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
     """JOB_COUNTS' rows as a count for every status."""
-    counts = {status.value: 0 for status in Status}
-    counts.update((status, int(count)) for status, count in rows if status is not None)
+    others = {status: int(count) for status, count in rows if status is not None}
     total = sum(int(count) for status, count in rows if status is None)
-    counts[Status.SUCCEEDED] = total - sum(counts.values())
+    counts = {status.value: others.get(status.value, 0) for status in Status}
+    counts[Status.SUCCEEDED.value] = total - sum(others.values())
     return counts
 
 
 # The predicate of the partial index jobs_spend_day (0014_fewer_indexes): a job with
-# neither a cost nor an estimate adds nothing to a budget's sum, and most jobs of an
-# unpriced provider are such. A budget's sum (_SPENT) repeats it to use the index.
+# neither a cost nor an estimate (every job of an unpriced provider) adds nothing to a
+# budget's sum. A budget's sum (_SPENT) repeats it to use the index.
 PRICED = "COALESCE(cost, estimated_cost) IS NOT NULL"
 
 
