@@ -140,8 +140,15 @@ def first_id_at(prefix: str, at: float) -> str:
     return f"{prefix}_{base32(_millis(at) << 80)}"
 
 
+_LAST_MILLIS = (1 << 48) - 1  # an id's time field, full: the year 10889
+
+
 def _millis(at: float) -> int:
-    return int(at * 1000)
+    """`at` as an id holds it: whole milliseconds in 48 bits. A time past them (a query's
+    `since` of infinity) is the last; one before 1970, the first."""
+    if not at * 1000 < _LAST_MILLIS:  # NaN too
+        return _LAST_MILLIS
+    return max(int(at * 1000), 0)
 
 
 def base32(value: int) -> str:

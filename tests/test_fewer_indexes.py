@@ -6,6 +6,7 @@ before. Both backends.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ class TestSpend:
         [row] = await store.spend(since=since)
         assert (2, 2.0) == (row.jobs, row.cost)
         assert [1, 2] == [row.jobs for row in await store.spend(since=0)]
+        assert [] == await store.spend(since=math.inf)  # GET /costs takes any number
 
 
 # A database as the receiver left it before 0014: an ended job and an open one, each with

@@ -82,3 +82,9 @@ class TestIdsOfAMoment:
         assert all(old < first for old in earlier)
         assert all(new >= first for new in later)
         assert new_id("evt") >= first_id_at("evt", time.time() - 1)
+
+    def test_times_an_id_cannot_hold_are_its_ends(self) -> None:
+        """A `since` of infinity (GET /costs takes any number) bounds nothing out of range."""
+        assert "job_" + reference(((1 << 48) - 1) << 80) == first_id_at("job", float("inf"))
+        assert first_id_at("job", 1e300) == first_id_at("job", float("inf"))
+        assert "job_" + "0" * 26 == first_id_at("job", -5.0)
