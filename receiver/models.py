@@ -114,7 +114,7 @@ def new_id(prefix: str) -> str:
     sorting by creation, which the job list's cursor relies on.
     """
     with _id_lock:  # a sync handler's thread may make ids too
-        millis = _millis(time.time())
+        millis = int(time.time() * 1000)
         random_part = _random.take_80_bits()
         if millis <= _last_id[0]:
             millis = _last_id[0]
