@@ -25,6 +25,8 @@ __all__ = [
     "Status",
     "StoredFile",
     "Update",
+    "first_id_at",
+    "id_at",
     "new_id",
     "now",
 ]
@@ -119,6 +121,34 @@ def new_id(prefix: str) -> str:
             random_part = (_last_id[1] + 1 + (random_part >> 64)) % (1 << 80)
         _last_id[0], _last_id[1] = millis, random_part
     return f"{prefix}_{base32((millis << 80) | random_part)}"
+
+
+def id_at(prefix: str, at: float) -> str:
+    """An id as `new_id` makes it at `at` (Unix seconds), with fresh random bits, for a row
+    stamped with a time that is not the clock's: an event's own time, an injected clock's.
+
+    It stays out of `new_id`'s sequence, which never goes back: its order among the ids of
+    the same millisecond is random.
+    """
+    with _id_lock:
+        random_part = _random.take_80_bits()
+    return f"{prefix}_{base32((_millis(at) << 80) | random_part)}"
+
+
+def first_id_at(prefix: str, at: float) -> str:
+    """The smallest id of `prefix` minted at `at`: every id minted earlier sorts below it."""
+    return f"{prefix}_{base32(_millis(at) << 80)}"
+
+
+_LAST_MILLIS = (1 << 48) - 1  # an id's time field, full: the year 10889
+
+
+def _millis(at: float) -> int:
+    """`at` as an id holds it: whole milliseconds in 48 bits. A time past them (a query's
+    `since` of infinity) is the last; one before 1970, the first."""
+    if not at * 1000 < _LAST_MILLIS:  # NaN too
+        return _LAST_MILLIS
+    return max(int(at * 1000), 0)
 
 
 def base32(value: int) -> str:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from receiver.models import Disposition, Event, Job, Status, Update, new_id
+from receiver.models import Disposition, Event, Job, Status, Update, id_at
 
 __all__ = [
     "RENEWAL",
@@ -205,9 +205,10 @@ def event_of(
     request_id: str | None,
 ) -> Event:
     """The event an update to `job` is stored as, with the disposition `advance` gave it:
-    built once for both stores."""
+    built once for both stores. Its id is minted at its own time, `at`: the retention
+    walks events by id up to the cutoff's (first_id_at), an injected clock's too."""
     return Event(
-        id=new_id("evt"),
+        id=id_at("evt", at),
         job_id=job.id,
         provider=job.provider,
         task_id=update.task_id or job.task_id,

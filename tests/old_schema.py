@@ -2,7 +2,8 @@
 
 A database is migrated up to (not including) a version, then filled by plain statements
 (`?` placeholders, numbered for PostgreSQL): rows in the shape that version found them.
-`query` reads either backend's rows back the same way.
+`query` reads either backend's rows back the same way, `index_names` and
+`index_definition` its indexes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ async def query(backend: str, url: str, sql: str, params: Sequence[Any] = ()) ->
         return [tuple(row) for row in await connection.fetch(numbered(sql), *params)]
     finally:
         await connection.close()
+
+
+async def index_names(backend: str, url: str) -> set[str]:
+    """The names of the database's indexes (PostgreSQL: of the URL's schema)."""
+    sql = (
+        "SELECT name FROM sqlite_master WHERE type = 'index'"
+        if backend == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    )
+    return {row[0] for row in await query(backend, url, sql)}
+
+
+async def index_definition(backend: str, url: str, name: str) -> str:
+    """The CREATE INDEX statement of index `name`, as the database gives it back."""
+    sql = (
+        "SELECT sql FROM sqlite_master WHERE name = ?"
+        if backend == "sqlite"
+        else "SELECT indexdef FROM pg_indexes WHERE indexname = ?"
+    )
+    [(definition,)] = await query(backend, url, sql, (name,))
+    return str(definition)
 
 
 def sqlite_migrated(connection: sqlite3.Connection, *, below: int | None = None) -> None:

@@ -9,7 +9,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from old_schema import postgres_before, query, sqlite_before, sqlite_migrated
+from old_schema import (
+    index_definition,
+    index_names,
+    postgres_before,
+    query,
+    sqlite_before,
+    sqlite_migrated,
+)
 from test_store import T0, add_job, make_raw, record
 
 from receiver.models import Status, Update
@@ -18,15 +25,6 @@ from receiver.store.base import AnswerNote
 from receiver.store.migrations import migrations
 
 LEANER = 12
-
-
-async def _index_names(backend: str, url: str) -> set[str]:
-    sql = (
-        "SELECT name FROM sqlite_master WHERE type = 'index'"
-        if backend == "sqlite"
-        else "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
-    )
-    return {row[0] for row in await query(backend, url, sql)}
 
 
 async def _request_jobs(backend: str, url: str) -> dict[str, Any]:
@@ -38,15 +36,10 @@ class TestIndexes:
     """Indexes no query needs are gone; finished deliveries leave the claims' index."""
 
     async def test_dropped_and_added(self, store: Store, backend: str, store_url: str) -> None:
-        definition = (
-            "SELECT sql FROM sqlite_master WHERE name = ?"
-            if backend == "sqlite"
-            else "SELECT indexdef FROM pg_indexes WHERE indexname = ?"
-        )
         for partial in ("jobs_idempotency_key", "requests_job"):
-            [(sql,)] = await query(backend, store_url, definition, (partial,))
+            sql = await index_definition(backend, store_url, partial)
             assert sql.endswith("IS NOT NULL)" if backend == "postgres" else "IS NOT NULL"), sql
-        names = await _index_names(backend, store_url)
+        names = await index_names(backend, store_url)
         assert {"deliveries_dead", "deliveries_unfinished", "requests_job"} <= names
         if backend == "postgres":
             assert set() == {"deliveries_open", "deliveries_due", "events_pkey"} & names
@@ -83,6 +76,7 @@ class TestIndexes:
             _CLAIM_DELIVERIES,
             _JOB_REQUESTS,
             _PRUNE_REQUESTS,
+            _bind,
             pool_options,
         )
 
@@ -100,9 +94,8 @@ class TestIndexes:
                 row[0] for row in await connection.fetch(f"EXPLAIN {_JOB_REQUESTS}", "job_1")
             )
             assert "requests_job" in requests and "events_dedupe" in requests
-            prune = "\n".join(
-                row[0] for row in await connection.fetch(f"EXPLAIN {_PRUNE_REQUESTS}", T0, T0, 200)
-            )
+            sql, *params = _bind(_PRUNE_REQUESTS, T0, 200)
+            prune = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN {sql}", *params))
             assert "events_request" in prune
         finally:
             await connection.close()
@@ -113,7 +106,7 @@ class TestIndexes:
         ended jobs read every entry of events_dedupe for each job."""
         import asyncpg
 
-        from receiver.store.postgres import _PRUNE_JOBS, pool_options
+        from receiver.store.postgres import _PRUNE_JOBS, _bind, pool_options
 
         connection = await asyncpg.connect(pool_options(pg_url)[0])
         try:
@@ -125,9 +118,8 @@ class TestIndexes:
             )
             assert [tuple(row) for row in others] == []
             await connection.execute("SET enable_seqscan = off")
-            prune = "\n".join(
-                row[0] for row in await connection.fetch(f"EXPLAIN {_PRUNE_JOBS}", T0, T0, 200)
-            )
+            sql, *params = _bind(_PRUNE_JOBS, T0, 200)
+            prune = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN {sql}", *params))
             assert "Index Cond: (job_id = j.id)" in prune
         finally:
             await connection.close()

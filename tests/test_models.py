@@ -1,4 +1,5 @@
-"""Ids: the ULID layout in Crockford's alphabet, increasing within a process."""
+"""Ids: the ULID layout in Crockford's alphabet, increasing within a process, and ids of a
+given moment that sort by it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import time
 
 from receiver import models
-from receiver.models import base32, new_id
+from receiver.models import base32, first_id_at, id_at, new_id
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -57,3 +58,33 @@ class TestNewId:
         os.close(read)
         os.waitpid(child, 0)
         assert in_child != models._random.take_80_bits()
+
+
+class TestIdsOfAMoment:
+    """An id minted at a given time sorts by that time, and new_id's sequence is untouched."""
+
+    def test_minted_at_the_time_given(self) -> None:
+        last = list(models._last_id)
+        at = 1_000_000.123
+        prefix, body = id_at("req", at).split("_")
+        assert "req" == prefix
+        assert body[:10] == reference(1_000_000_123 << 80)[:10]
+        assert last == models._last_id
+
+    def test_the_first_id_of_a_moment_bounds_every_earlier_one(self) -> None:
+        """The retention walks ids below the cutoff's first one: everything minted before
+        the cutoff's millisecond, nothing minted at it or later."""
+        cutoff = 1_700_000_000.5
+        first = first_id_at("evt", cutoff)
+        assert "evt_" + reference(1_700_000_000_500 << 80) == first
+        earlier = [id_at("evt", cutoff - delta) for delta in (0.001, 1.0, 86400.0)]
+        later = [id_at("evt", cutoff + delta) for delta in (0.0, 0.001, 86400.0)]
+        assert all(old < first for old in earlier)
+        assert all(new >= first for new in later)
+        assert new_id("evt") >= first_id_at("evt", time.time() - 1)
+
+    def test_times_an_id_cannot_hold_are_its_ends(self) -> None:
+        """A `since` of infinity (GET /costs takes any number) bounds nothing out of range."""
+        assert "job_" + reference(((1 << 48) - 1) << 80) == first_id_at("job", float("inf"))
+        assert first_id_at("job", 1e300) == first_id_at("job", float("inf"))
+        assert "job_" + "0" * 26 == first_id_at("job", -5.0)

@@ -20,7 +20,7 @@ from test_store import make_job, route_to
 
 from receiver.config import load_settings
 from receiver.errors import ConfigError
-from receiver.models import DeliveryState, Quarantined, RawRequest, Status, Update
+from receiver.models import DeliveryState, Quarantined, RawRequest, Status, Update, id_at
 from receiver.retention import Pruner, prune_all
 from receiver.store import NewJob, SQLiteStore, Store
 from receiver.store.base import PRUNED_TABLES, Write
@@ -32,9 +32,10 @@ NOW = T0 + 40 * DAY  # the old jobs ended 40 days before now
 BEFORE = NOW - RETENTION
 
 
-def raw(request_id: str, at: float, *, size: int = 200) -> RawRequest:
+def raw(at: float, *, size: int = 200) -> RawRequest:
+    """A request received at `at`, its id minted then (the retention walks requests by id)."""
     return RawRequest(
-        id=request_id,
+        id=id_at("req", at),
         received_at=at,
         provider="rixapi",
         method="POST",
@@ -74,7 +75,7 @@ async def job_with_story(
                 update=update,
                 source="callback",
                 job_id=job_id,
-                raw=raw(f"req_{job_id}_{n}", at + n),
+                raw=raw(at + n),
                 at=at + n,
             ),
             route=route_to(*(f"h{i}" for i in range(handlers))),
@@ -195,14 +196,15 @@ class TestRequestsOfNoJob:
     """Requests that belong to no job (a nudge for an unknown job) go by their own age."""
 
     async def test_by_age(self, store: Store) -> None:
-        await store.record_nudge("job_unknown", raw("req_old", T0), poll_at=T0)
-        await store.record_nudge("job_unknown", raw("req_new", NOW), poll_at=NOW)
+        old, new, open_ = raw(T0), raw(NOW), raw(T0)
+        await store.record_nudge("job_unknown", old, poll_at=T0)
+        await store.record_nudge("job_unknown", new, poll_at=NOW)
         await store.create_job(NewJob(job=make_job("job_open", at=T0)))
-        await store.record_nudge("job_open", raw("req_open", T0), poll_at=T0)
+        await store.record_nudge("job_open", open_, poll_at=T0)
         report = await prune_all(store, before=BEFORE)
         assert 1 == report.counts["requests"]
-        assert ["req_new"] == [r.id for r in await store.list_requests("job_unknown")]
-        assert ["req_open"] == [r.id for r in await store.list_requests("job_open")]
+        assert [new.id] == [r.id for r in await store.list_requests("job_unknown")]
+        assert [open_.id] == [r.id for r in await store.list_requests("job_open")]
 
 
 class TestPruner:

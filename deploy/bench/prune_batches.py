@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver.models import Event, Job, RawRequest, Status, Update, new_id
+from receiver.models import Event, Job, RawRequest, Status, Update, id_at, new_id
 from receiver.retention import BATCH, prune_all
 from receiver.store import NewJob, SQLiteStore, Write
 
@@ -34,8 +34,9 @@ def route(event: Event, job: Job) -> Sequence[str]:
 
 
 def raw(at: float) -> RawRequest:
+    """A callback's request received at `at`, its id minted then, as the hooks mint it."""
     return RawRequest(
-        id=new_id("req"),
+        id=id_at("req", at),
         received_at=at,
         provider="rixapi",
         method="POST",

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -32,7 +33,6 @@ from receiver.models import (
     Job,
     Quarantined,
     RawRequest,
-    Status,
     StoredFile,
     now,
 )
@@ -67,10 +67,16 @@ from receiver.store.rows import (
     DELIVERIES,
     EVENT_SELECT,
     EVENT_WIDTH,
+    JOB_COUNTS,
     JOBS,
+    PRICED,
     QUARANTINE,
     REQUESTS,
+    job_counts_of,
+    list_status_terms,
+    prune_bounds,
     read_event,
+    spend_bound,
     to_json,
 )
 
@@ -442,14 +448,9 @@ class PostgresStore(Store):
         check_budgets(list(new.budgets), spent, new.job.estimated_cost or 0.0)
 
     async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
-        value = "metadata::jsonb ->> $2" if by is not None else "NULL::text"
+        value = "metadata::jsonb ->> $3" if by is not None else "NULL::text"
         rows = await self._fetch(
-            f"SELECT provider, floor(created_at / {DAY})::bigint AS day, {value} AS value,"
-            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
-            " FROM jobs WHERE created_at >= $1 GROUP BY provider, day, value"
-            " ORDER BY day, provider, value",
-            since,
-            *([by] if by is not None else []),
+            _spend_query(value), since, spend_bound(since), *([by] if by is not None else [])
         )
         return [spend_row(row) for row in rows]
 
@@ -594,6 +595,8 @@ class PostgresStore(Store):
             if value is not None:
                 params.append(value)
                 clauses.append(f"{column} = ${len(params)}")
+        if status is not None:
+            clauses += list_status_terms(status)
         for key, candidates in (metadata or {}).items():
             # Key and values are bound; a scalar's jsonb text is its JSON, as the SQLite `->` gives.
             params.extend((key, list(candidates)))
@@ -919,10 +922,7 @@ class PostgresStore(Store):
         return DeliverySummary(counts=counts, oldest_pending_at=oldest)
 
     async def job_counts(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-        counts = {status.value: 0 for status in Status}
-        counts.update((status, int(count)) for status, count in rows)
-        return counts
+        return job_counts_of(await self._fetch(JOB_COUNTS))
 
     # Polls
 
@@ -1012,38 +1012,44 @@ class PostgresStore(Store):
             counts = {}
             for table, sql in _COUNT_PRUNABLE.items():
                 if table != "jobs" or jobs:
-                    row = await self._fetchrow(sql, *_prune_params(sql, before, keep_from=before))
+                    row = await self._fetchrow(*_bind(sql, before, keep_from=before))
                     counts[table] = int(row[0])
             counts.setdefault("jobs", 0)
             return counts
         # Each table in its own short transaction. Rows are picked FOR UPDATE SKIP LOCKED:
         # pruners in several processes take different rows and never wait on each other.
         async with self._transaction() as db:
-            ids = [row[0] for row in await db.fetch(_PICK_EVENTS, before, limit)]
+            ids = [row[0] for row in await db.fetch(*_bind(_PICK_EVENTS, before, limit))]
             deliveries = await db.execute(_PRUNE_DELIVERIES, ids)
             events = await db.execute(_PRUNE_EVENTS, ids)
         counts = {"deliveries": _count(deliveries), "events": _count(events)}
         for table, sql in (("requests", _PRUNE_REQUESTS), ("quarantine", _PRUNE_QUARANTINE)):
-            counts[table] = _count(await self._execute(sql, *_prune_params(sql, before, limit)))
+            counts[table] = _count(await self._execute(*_bind(sql, before, limit)))
         counts["jobs"] = (
-            _count(await self._execute(_PRUNE_JOBS, *_prune_params(_PRUNE_JOBS, before, limit)))
-            if jobs
-            else 0
+            _count(await self._execute(*_bind(_PRUNE_JOBS, before, limit))) if jobs else 0
         )
         return counts
 
 
-def _prune_params(
+def _bind(
     sql: str, before: float, limit: int | None = None, *, keep_from: float = -math.inf
 ) -> list[Any]:
-    """A pruning statement's parameters: the cutoff, then `keep_from` if it takes one
-    (`$2` next to `$3`), then the limit if given."""
-    params: list[Any] = [before]
-    if "$3" in sql or (limit is None and "$2" in sql):
-        params.append(keep_from)
-    if limit is not None:
-        params.append(limit)
-    return params
+    """A pruning statement with its named parameters numbered, then their values."""
+    given: dict[str, Any] = {
+        **prune_bounds(before),
+        "before": before,
+        "limit": limit,
+        "keep_from": keep_from,
+    }
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    numbered = re.sub(r"(?<!:):([a-z_]+)", number, sql)
+    return [numbered, *(given[name] for name in names)]
 
 
 def _count(status: str) -> int:
@@ -1099,7 +1105,18 @@ def _callback(wake: Callable[[], None]) -> Callable[..., None]:
     return on_notify
 
 
-_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1"
+_SPENT = f"SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= $1 AND {PRICED}"
+
+
+def _spend_query(value: str) -> str:
+    """spend()'s query: every job created since a time ($1), walked by id from $2
+    (rows.spend_bound)."""
+    return (
+        f"SELECT provider, floor(created_at / {DAY})::bigint AS day, {value} AS value,"
+        " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+        " FROM jobs WHERE created_at >= $1 AND id >= $2 GROUP BY provider, day, value"
+        " ORDER BY day, provider, value"
+    )
 
 
 def _budget_lock(name: str) -> int:
@@ -1262,17 +1279,18 @@ _REAP_WORKERS = (
 
 
 # Retention (see Store.prune), as in the SQLite store: a job's rows may go once it ended
-# before the cutoff ($1) and no delivery of it is unfinished; each walk follows its
-# table's time index (0003_retention). `keep_from` ($2 of requests and jobs) is -inf
-# when deleting (any event keeps a request or a job), the cutoff when counting (an event
-# that will stay keeps it); the limit comes last.
+# before the cutoff and no delivery of it is unfinished. Events and requests are walked by
+# id up to the cutoff's first one (0014_fewer_indexes, rows.prune_bounds), received_at
+# still deciding: a row whose id was minted after its received_at is only kept longer.
+# `keep_from` is -inf when deleting (any event keeps a request or a job), the cutoff when
+# counting (an event that will stay keeps it). Parameters are named; `_bind` numbers them.
 _ENDED = (
-    "j.status IN ('succeeded', 'failed', 'cancelled') AND j.updated_at < $1"
+    "j.status IN ('succeeded', 'failed', 'cancelled') AND j.updated_at < :before"
     " AND NOT EXISTS (SELECT 1 FROM deliveries u WHERE u.job_id = j.id"
     "  AND u.state IN ('pending', 'running'))"
 )
 _PRUNABLE_EVENTS = (
-    "FROM events e WHERE e.received_at < $1"
+    "FROM events e WHERE e.id < :events_below AND e.received_at < :before"
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
 # A request's job is its own (a nudge's) or its event's (0012_leaner_rows), whose events
@@ -1280,18 +1298,21 @@ _PRUNABLE_EVENTS = (
 _PRUNABLE_REQUESTS = (
     "FROM requests r LEFT JOIN jobs j ON j.id = COALESCE(r.job_id,"
     "  (SELECT min(k.job_id) FROM events k WHERE k.request_id = r.id))"
-    " WHERE r.received_at < $1"
+    " WHERE r.id < :requests_below AND r.received_at < :before"
     f" AND (j.id IS NULL OR ({_ENDED}))"
-    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id AND k.received_at >= $2)"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id"
+    "  AND k.received_at >= :keep_from)"
 )
-_PRUNABLE_QUARANTINE = "FROM quarantine q WHERE q.received_at < $1"
+_PRUNABLE_QUARANTINE = "FROM quarantine q WHERE q.received_at < :before"
 _PRUNABLE_JOBS = (
     f"FROM jobs j WHERE {_ENDED}"
-    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.job_id = j.id AND k.received_at >= $2)"
-    " AND NOT EXISTS (SELECT 1 FROM requests k WHERE k.job_id = j.id AND k.received_at >= $2)"
+    " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.job_id = j.id"
+    "  AND k.received_at >= :keep_from)"
+    " AND NOT EXISTS (SELECT 1 FROM requests k WHERE k.job_id = j.id"
+    "  AND k.received_at >= :keep_from)"
 )
 _PICK_EVENTS = (
-    f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.received_at LIMIT $2 FOR UPDATE OF e SKIP LOCKED"
+    f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.id LIMIT :limit FOR UPDATE OF e SKIP LOCKED"
 )
 # Only finished deliveries, checked again on the row itself: one a replay put back to
 # pending since the pick stays, and so does its event.
@@ -1304,15 +1325,15 @@ _PRUNE_EVENTS = (
 )
 _PRUNE_REQUESTS = (
     f"DELETE FROM requests WHERE id IN (SELECT r.id {_PRUNABLE_REQUESTS}"
-    " ORDER BY r.received_at LIMIT $3 FOR UPDATE OF r SKIP LOCKED)"
+    " ORDER BY r.id LIMIT :limit FOR UPDATE OF r SKIP LOCKED)"
 )
 _PRUNE_QUARANTINE = (
     f"DELETE FROM quarantine WHERE id IN (SELECT q.id {_PRUNABLE_QUARANTINE}"
-    " ORDER BY q.received_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED)"
+    " ORDER BY q.received_at LIMIT :limit FOR UPDATE OF q SKIP LOCKED)"
 )
 _PRUNE_JOBS = (
     f"DELETE FROM jobs WHERE id IN (SELECT j.id {_PRUNABLE_JOBS}"
-    " ORDER BY j.updated_at LIMIT $3 FOR UPDATE OF j SKIP LOCKED)"
+    " ORDER BY j.updated_at LIMIT :limit FOR UPDATE OF j SKIP LOCKED)"
 )
 _COUNT_PRUNABLE = {
     "deliveries": "SELECT COUNT(*) FROM deliveries d WHERE d.event_id IN"

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from receiver.models import Delivery, Event, Job, Quarantined, RawRequest
+from receiver.models import Delivery, Event, Job, Quarantined, RawRequest, Status, first_id_at
 
 __all__ = [
     "ANSWERED_REQUESTS",
@@ -21,13 +21,20 @@ __all__ = [
     "EVENT_SELECT",
     "EVENT_WIDTH",
     "JOBS",
+    "JOB_COUNTS",
     "JOB_STATE_COLUMNS",
+    "NOT_SUCCEEDED",
+    "PRICED",
     "QUARANTINE",
     "REQUESTS",
     "Table",
     "event_values",
+    "job_counts_of",
     "job_state_values",
+    "list_status_terms",
+    "prune_bounds",
     "read_event",
+    "spend_bound",
     "to_json",
 ]
 
@@ -289,3 +296,52 @@ def read_event(row: Sequence[Any]) -> Event:
         decoded = _decode(body)
         event.payload = decoded if where == "" else decoded.get(where)
     return event
+
+
+def prune_bounds(before: float) -> dict[str, str]:
+    """The first event and request ids minted at the retention's cutoff: the upper ends of
+    its walks by id (0014_fewer_indexes), named as the pruning statements name them."""
+    return {
+        "events_below": first_id_at("evt", before),
+        "requests_below": first_id_at("req", before),
+    }
+
+
+# The predicate of the partial index jobs_status (0014_fewer_indexes): most jobs end
+# succeeded, and those are walked by id. A query uses the index only if it has this term
+# itself: SQLite looks for it, and PostgreSQL cannot prove it from a parameter.
+NOT_SUCCEEDED = "status <> 'succeeded'"
+
+
+def list_status_terms(status: str) -> list[str]:
+    """The job list's terms beside `status = ?`: the index's own for a status it holds."""
+    return [] if status == Status.SUCCEEDED else [NOT_SUCCEEDED]
+
+
+# Every job, and those of each status jobs_status holds; succeeded ones are the rest.
+JOB_COUNTS = (
+    "SELECT NULL, COUNT(*) FROM jobs"
+    f" UNION ALL SELECT status, COUNT(*) FROM jobs WHERE {NOT_SUCCEEDED} GROUP BY status"
+)
+
+
+def job_counts_of(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """JOB_COUNTS' rows as a count for every status."""
+    others = {status: int(count) for status, count in rows if status is not None}
+    total = sum(int(count) for status, count in rows if status is None)
+    counts = {status.value: others.get(status.value, 0) for status in Status}
+    counts[Status.SUCCEEDED.value] = total - sum(others.values())
+    return counts
+
+
+# The predicate of the partial index jobs_spend_day (0014_fewer_indexes): a job with
+# neither a cost nor an estimate (every job of an unpriced provider) adds nothing to a
+# budget's sum. A budget's sum (_SPENT) repeats it to use the index.
+PRICED = "COALESCE(cost, estimated_cost) IS NOT NULL"
+
+
+def spend_bound(since: float) -> str:
+    """The smallest id a job created at or after `since` can have: spend() walks jobs by
+    id from it (0014_fewer_indexes), as it counts priced and unpriced jobs alike. A job's
+    id is minted after its created_at is stamped (submit.queued_job), never before."""
+    return first_id_at("job", since)

@@ -43,7 +43,6 @@ from receiver.models import (
     Job,
     Quarantined,
     RawRequest,
-    Status,
     StoredFile,
     now,
 )
@@ -71,13 +70,19 @@ from receiver.store.rows import (
     EVENT_SELECT,
     EVENT_WIDTH,
     EVENTS,
+    JOB_COUNTS,
     JOB_STATE_COLUMNS,
     JOBS,
+    PRICED,
     QUARANTINE,
     REQUESTS,
     event_values,
+    job_counts_of,
     job_state_values,
+    list_status_terms,
+    prune_bounds,
     read_event,
+    spend_bound,
     to_json,
 )
 
@@ -641,13 +646,7 @@ class SQLiteStore(Store):
     async def spend(self, *, since: float = 0.0, by: str | None = None) -> list[Spend]:
         value = "metadata ->> ?" if by is not None else "NULL"
         params: list[Any] = [metadata_path(by)] if by is not None else []
-        rows = await self._fetchall(
-            f"SELECT provider, CAST(created_at / {DAY} AS INTEGER) AS day, {value} AS value,"
-            " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
-            " FROM jobs WHERE created_at >= ? GROUP BY provider, day, value"
-            " ORDER BY day, provider, value",
-            (*params, since),
-        )
+        rows = await self._fetchall(_spend_query(value), (*params, spend_bound(since), since))
         return [spend_row(row) for row in rows]
 
     async def set_task_id(self, job_id: str, task_id: str, next_poll_at: float | None) -> None:
@@ -690,6 +689,8 @@ class SQLiteStore(Store):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if status is not None:
+            clauses += list_status_terms(status)
         for key, candidates in (metadata or {}).items():
             # The key goes in as a bound JSON path, quoted, so no key can change the query.
             marks = ", ".join("?" * len(candidates))
@@ -952,10 +953,7 @@ class SQLiteStore(Store):
         return DeliverySummary(counts=counts, oldest_pending_at=oldest)
 
     async def job_counts(self) -> dict[str, int]:
-        rows = await self._fetchall("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-        counts = {status.value: 0 for status in Status}
-        counts.update((status, int(count)) for status, count in rows)
-        return counts
+        return job_counts_of(await self._fetchall(JOB_COUNTS))
 
     # Polls
 
@@ -1190,7 +1188,19 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-_SPENT = "SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= ?"
+_SPENT = f"SELECT SUM(COALESCE(cost, estimated_cost)) FROM jobs WHERE created_at >= ? AND {PRICED}"
+
+
+def _spend_query(value: str) -> str:
+    """spend()'s query: every job created since a time, walked by id (rows.spend_bound).
+    `+provider` keeps the planner from reading every job in jobs_provider's order for the
+    grouping instead, as it did before 0014_fewer_indexes."""
+    return (
+        f"SELECT provider, CAST(created_at / {DAY} AS INTEGER) AS day, {value} AS value,"
+        " COUNT(*), SUM(estimated_cost), SUM(COALESCE(cost, estimated_cost))"
+        " FROM jobs WHERE id >= ? AND created_at >= ? GROUP BY +provider, day, value"
+        " ORDER BY day, provider, value"
+    )
 
 
 def _insert_within_budgets(conn: sqlite3.Connection, new: NewJob) -> None:
@@ -1392,7 +1402,11 @@ def _claim(
 
 
 # Retention (see Store.prune). A job's rows may go once it ended before the cutoff and no
-# delivery of it is unfinished; each walk follows its table's time index (0003_retention).
+# delivery of it is unfinished. Events and requests are walked by id (0014_fewer_indexes):
+# an id begins with the millisecond it was minted, so the ids below the cutoff's first one
+# (:events_below, :requests_below) hold every row received before it, and received_at
+# still decides. A row whose id was minted after its received_at (none is, as the hooks
+# and event_of mint them) would only be kept longer, till a later pass: never pruned early.
 _ENDED = (
     "j.status IN ('succeeded', 'failed', 'cancelled') AND j.updated_at < :before"
     " AND NOT EXISTS (SELECT 1 FROM deliveries u WHERE u.job_id = j.id"
@@ -1401,7 +1415,7 @@ _ENDED = (
 # The job is looked up per event (EXISTS, not a join): a join let the planner walk every
 # ended job instead of the events past the cutoff.
 _PRUNABLE_EVENTS = (
-    "FROM events e WHERE e.received_at < :before"
+    "FROM events e WHERE e.id < :events_below AND e.received_at < :before"
     f" AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND {_ENDED})"
 )
 # A request's job: its own (a nudge's) or its event's (0012_leaner_rows).
@@ -1409,7 +1423,8 @@ _REQUEST_JOB = "COALESCE(r.job_id, (SELECT min(k.job_id) FROM events k WHERE k.r
 # A request referred to by an event stays until the event goes. `keep_from` is -inf when
 # deleting (any event keeps it), the cutoff when counting (an event that will stay keeps it).
 _PRUNABLE_REQUESTS = (
-    f"FROM requests r LEFT JOIN jobs j ON j.id = {_REQUEST_JOB} WHERE r.received_at < :before"
+    f"FROM requests r LEFT JOIN jobs j ON j.id = {_REQUEST_JOB}"
+    " WHERE r.id < :requests_below AND r.received_at < :before"
     f" AND (j.id IS NULL OR ({_ENDED}))"
     " AND NOT EXISTS (SELECT 1 FROM events k WHERE k.request_id = r.id"
     "  AND k.received_at >= :keep_from)"
@@ -1424,10 +1439,10 @@ _PRUNABLE_JOBS = (
     " AND NOT EXISTS (SELECT 1 FROM requests k WHERE k.job_id = j.id"
     "  AND k.received_at >= :keep_from)"
 )
-_PICK_EVENTS = f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.received_at LIMIT :limit"
+_PICK_EVENTS = f"SELECT e.id {_PRUNABLE_EVENTS} ORDER BY e.id LIMIT :limit"
 _PRUNE_REQUESTS = (
     f"DELETE FROM requests WHERE id IN (SELECT r.id {_PRUNABLE_REQUESTS}"
-    " ORDER BY r.received_at LIMIT :limit)"
+    " ORDER BY r.id LIMIT :limit)"
 )
 _PRUNE_QUARANTINE = (
     f"DELETE FROM quarantine WHERE id IN (SELECT id {_PRUNABLE_QUARANTINE}"
@@ -1449,9 +1464,14 @@ _COUNT_PRUNABLE = {
 
 def _prune_params(
     sql: str, before: float, *, limit: int = 0, keep_from: float = -math.inf
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """The named parameters `sql` uses, of the ones a pruning statement may take."""
-    given = {"before": before, "limit": limit, "keep_from": keep_from}
+    given: dict[str, float | str] = {
+        **prune_bounds(before),
+        "before": before,
+        "limit": limit,
+        "keep_from": keep_from,
+    }
     return {name: value for name, value in given.items() if f":{name}" in sql}
 
 
