@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config import Settings
 from receiver.errors import ConfigError
+from receiver.one_write import write_once
 from receiver.ratelimit import Network, client_key, parse_networks
 
 __all__ = [
@@ -285,6 +286,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._body_bytes = 0
         super().on_headers_complete()
+        if self.cycle is not None:
+            write_once(self.cycle, self.loop)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
