@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config import Settings
 from receiver.errors import ConfigError
-from receiver.one_write import write_once
+from receiver.one_write import OneWriteProtocol
 from receiver.ratelimit import Network, client_key, parse_networks
 
 __all__ = [
@@ -201,8 +201,9 @@ def _response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-class _GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the deadlines and caps of `limits`."""
+class _GuardedProtocol(OneWriteProtocol):
+    """uvicorn's httptools protocol (one write per response) with the deadlines and caps of
+    `limits`."""
 
     limits: ClassVar[ConnectionLimits]
     counter: ClassVar[ConnectionCounter]
@@ -286,8 +287,6 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._body_bytes = 0
         super().on_headers_complete()
-        if self.cycle is not None:
-            write_once(self.cycle, self.loop)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["write_once"]
+__all__ = ["OneWriteProtocol"]
 
 
 class _HeadHeldTransport:
@@ -56,7 +56,20 @@ class _HeadHeldTransport:
         return getattr(self._transport, name)
 
 
-def write_once(cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
+class OneWriteProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing each response's head with what follows it.
+
+    The receiver's server runs it (under receiver.connections' limits), and so does the
+    benchmark's bare floor: the floor stays the same stack with nothing on top.
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.cycle is not None:
+            _write_once(self.cycle, self.loop)
+
+
+def _write_once(cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
     """Make `cycle` write a response's head together with what follows it."""
     transport = _HeadHeldTransport(cycle.transport, loop)
     send = cycle.send
