@@ -46,7 +46,8 @@ class _HeadHeldTransport:
         head = self._head
         if head is not None:
             self._head = None
-            self._transport.write(head)
+            if not self._transport.is_closing():  # aborted meanwhile: nothing to send
+                self._transport.write(head)
 
     def close(self) -> None:
         self.flush()
