@@ -70,7 +70,12 @@ class Ingest:
         reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
         claim = None
         if runner is not None and reserved:
-            claim = Claim(most=reserved, lease=runner.lease, worker=runner.worker)
+            # The stamp lets other processes take a dead one's deliveries over; a store no
+            # other process shares gives them back at the next start (release_running),
+            # and on SQLite the stamp, dropped again at the finish, left its bytes as free
+            # space in the rows' pages.
+            worker = runner.worker if self.store.shared else None
+            claim = Claim(most=reserved, lease=runner.lease, worker=worker)
         try:
             recorded = await commit(claim)
         except BaseException:
