@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config import Settings
 from receiver.errors import ConfigError
+from receiver.one_write import OneWriteProtocol
 from receiver.ratelimit import Network, client_key, parse_networks
 
 __all__ = [
@@ -200,8 +201,9 @@ def _response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-class _GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the deadlines and caps of `limits`."""
+class _GuardedProtocol(OneWriteProtocol):
+    """uvicorn's httptools protocol (one write per response) with the deadlines and caps of
+    `limits`."""
 
     limits: ClassVar[ConnectionLimits]
     counter: ClassVar[ConnectionCounter]

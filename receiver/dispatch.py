@@ -310,8 +310,12 @@ class Dispatcher(WorkLoop):
         `claim`), then hands them to `start`, and gives back what it did not use with
         `unreserve`: the handler starts as soon as its event commits.
         """
-        if not self._taking or self._stopping or self.store.shared:
-            return 0  # a shared store's workers claim for themselves (see Store.record)
+        if not self._taking or self._stopping:
+            return 0
+        if self.store.shared and self.worker is None:
+            # Other processes' workers take over a dead one's deliveries by its heartbeat:
+            # without one, what this process claims would wait for its leases to run out.
+            return 0
         taken = max(0, min(most, self.concurrency - self._busy))
         self._busy += taken
         return taken

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from receiver.dispatch import Dispatcher, Registry
 from receiver.models import DeliveryState, Disposition, Job
-from receiver.store.base import Claimed, Recorded, Store, TokenMatch, Write
+from receiver.store.base import Claim, Claimed, Recorded, Store, TokenMatch, Write
 
 __all__ = ["Ingest"]
 
@@ -45,8 +45,8 @@ class Ingest:
     async def record(self, write: Write) -> Recorded:
         """Commit `write` (see Store.record), then start or wake whoever runs its deliveries."""
 
-        def commit(claim: int, lease: float) -> Awaitable[Recorded]:
-            return self.store.record(write, route=self.handlers.route, claim=claim, lease=lease)
+        def commit(claim: Claim | None) -> Awaitable[Recorded]:
+            return self.store.record(write, route=self.handlers.route, claim=claim)
 
         return await self._committed(commit)
 
@@ -55,21 +55,29 @@ class Ingest:
     ) -> Recorded | None:
         """`record` for the job of a URL token, if `accept` takes it (see Store.record_by_token)."""
 
-        def commit(claim: int, lease: float) -> Awaitable[Recorded | None]:
+        def commit(claim: Claim | None) -> Awaitable[Recorded | None]:
             return self.store.record_by_token(
-                token_hash, accept, write, route=self.handlers.route, claim=claim, lease=lease
+                token_hash, accept, write, route=self.handlers.route, claim=claim
             )
 
         return await self._committed(commit)
 
-    async def _committed(self, commit: Callable[[int, float], Awaitable[R]]) -> R:
+    async def _committed(self, commit: Callable[[Claim | None], Awaitable[R]]) -> R:
         """Run `commit` with the runner's free slots for this update's deliveries (at most one
         per handler); then start what it committed claimed, give back unused slots, and wake
         the runner for the rest."""
         runner = self.runner
         reserved = runner.reserve(self.handlers.most_routed()) if runner is not None else 0
+        claim = None
+        if runner is not None and reserved:
+            # The stamp lets other processes take a dead one's deliveries over; a store no
+            # other process shares gives them back at the next start (release_running),
+            # and on SQLite the stamp, dropped again at the finish, left its bytes as free
+            # space in the rows' pages.
+            worker = runner.worker if self.store.shared else None
+            claim = Claim(most=reserved, lease=runner.lease, worker=worker)
         try:
-            recorded = await commit(reserved, runner.lease if runner is not None else 0.0)
+            recorded = await commit(claim)
         except BaseException:
             if runner is not None:
                 runner.unreserve(reserved)

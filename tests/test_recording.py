@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from test_state import T0, make_job, make_update
 
 from receiver.models import DeliveryState, Disposition, Event, Job, Status
-from receiver.store import Write
+from receiver.store import Claim, Write
 from receiver.store.recording import apply_write
 
 
@@ -70,8 +70,7 @@ class TestApplyWrite:
             write,
             duplicate=False,
             route=route,
-            claim=1,
-            lease=30.0,
+            claim=Claim(most=1, lease=30.0),
             claimable=claimable,
         )
         assert ["a", "b"] == asked
@@ -97,7 +96,7 @@ class TestApplyWrite:
             write,
             duplicate=False,
             route=route,
-            claim=2,
+            claim=Claim(most=2, lease=30.0),
             claimable=claimable,
         )
         assert [] == asked

@@ -24,7 +24,7 @@ from receiver.models import (
     Update,
 )
 from receiver.store import NewJob, SQLiteStore, Store
-from receiver.store.base import AnswerNote, Router, TokenMatch, Write
+from receiver.store.base import AnswerNote, Claim, Router, TokenMatch, Worker, Write
 from receiver.store.migrations import migrations
 
 T0 = 1_000.0
@@ -540,6 +540,63 @@ class TestQuarantine:
             await store.quarantine(make_quarantined(n))
         assert 0 == await store.trim_quarantine(keep=3, batch=100)
         assert 3 == len(await store.list_quarantine())
+
+
+class TestClaimOnRecord:
+    """Deliveries the recording process has room for are stored claimed by it, as a claim
+    would leave them, behind any unfinished delivery of the same job and handler."""
+
+    async def _claiming(
+        self, store: Store, update: Update, *, route: Router, at: float = T0 + 1
+    ) -> list[Delivery]:
+        write = Write(update=update, source="callback", job_id="job_1", at=at)
+        claim = Claim(most=2, lease=30.0, worker="w1")
+        recorded = await store.record(write, route=route, claim=claim)
+        return list(recorded.deliveries)
+
+    async def test_stored_running_leased_and_stamped_with_the_worker(self, store: Store) -> None:
+        """Running, attempt 1, leased; no one else claims it, and when its worker is
+        declared dead it is taken back like any delivery that worker claimed."""
+        await store.register_worker(Worker(id="w1", host="h", pid=1, pid_scope="", timeout=15))
+        await add_job(store)
+        [delivery] = await self._claiming(
+            store, make_update(Status.RUNNING, 0.1), route=route_to("h")
+        )
+        assert (DeliveryState.RUNNING, 1, T0 + 31) == (
+            delivery.state,
+            delivery.attempts,
+            delivery.lease_until,
+        )
+        assert [] == await store.claim_deliveries(limit=10, lease=60, at=T0 + 2)
+        reaped = await store.reap_workers(late=False, dead=["w1"], at=T0 + 3)
+        assert 1 == reaped.deliveries
+        [claimed] = await store.claim_deliveries(limit=10, lease=60, at=T0 + 4)
+        assert delivery.id == claimed.delivery.id
+
+    async def test_an_unfinished_delivery_of_the_handler_is_not_overtaken(
+        self, store: Store
+    ) -> None:
+        """The job's pending delivery to h1 keeps the new one to h1 pending; h2 is claimed."""
+        await add_job(store)
+        await record(store, make_update(Status.RUNNING, 0.1), route=route_to("h1"))
+        deliveries = await self._claiming(
+            store, make_update(Status.RUNNING, 0.2), route=route_to("h1", "h2"), at=T0 + 2
+        )
+        assert [("h1", DeliveryState.PENDING), ("h2", DeliveryState.RUNNING)] == [
+            (d.handler, d.state) for d in deliveries
+        ]
+
+    async def test_of_two_writes_committed_together_only_the_first_claims(
+        self, store: Store
+    ) -> None:
+        """Two callbacks of one job in one batch: the second's delivery waits for the first."""
+        await add_job(store)
+        first, second = await asyncio.gather(
+            self._claiming(store, make_update(Status.RUNNING, 0.1), route=route_to("h")),
+            self._claiming(store, make_update(Status.RUNNING, 0.2), route=route_to("h"), at=T0 + 2),
+        )
+        assert [DeliveryState.RUNNING] == [d.state for d in first]
+        assert [DeliveryState.PENDING] == [d.state for d in second]
 
 
 class TestClaimDeliveries:

@@ -18,6 +18,7 @@ from receiver.config import load_settings
 from receiver.dispatch import Dispatcher, Registry
 from receiver.errors import ConfigError, StoreUnavailable
 from receiver.heartbeat import Heartbeat, pid_scope, proven_dead, this_process
+from receiver.ingest import Ingest
 from receiver.models import DeliveryState, Event, Job, Status, Update, now
 from receiver.runtime import Runtime
 from receiver.store import NewJob, Store
@@ -295,6 +296,13 @@ def runner(store: Store, registry: Registry, heartbeat: Heartbeat | None = None)
     return dispatcher
 
 
+async def _ready(dispatcher: Dispatcher) -> bool:
+    """Whether the dispatcher takes deliveries from ingest (after its start-up steps)."""
+    taken = dispatcher.reserve(1)
+    dispatcher.unreserve(taken)
+    return taken == 1
+
+
 def slow_handler(registry: Registry, runs: list[str], seconds: float) -> None:
     active: list[str] = []
 
@@ -341,6 +349,33 @@ class TestHeartbeat:
         finally:
             await dead_store.close()
             await live_store.close()
+
+    async def test_what_ingest_claims_on_a_shared_store_goes_with_its_worker(
+        self, store: Store
+    ) -> None:
+        """A delivery committed already claimed by this process's runner carries its worker
+        id on PostgreSQL, so declaring the worker dead takes it back; on SQLite, which no
+        other process shares, the next start's release does that instead."""
+        registry = Registry()
+        runs: list[str] = []
+        slow_handler(registry, runs, seconds=5)
+        heartbeat = Heartbeat(store, timeout=15.0, worker=worker("w-ingest"))
+        await heartbeat.beat()
+        dispatcher = runner(store, registry, heartbeat)
+        ingest = Ingest(store, registry, dispatcher.wake, runner=dispatcher)
+        await add_job(store)
+        async with running(dispatcher):
+            await wait_for(lambda: _ready(dispatcher), timeout=5)
+            recorded = await ingest.record(
+                Write(
+                    update=Update(status=Status.RUNNING, raw_status="processing", progress=0.5),
+                    source="callback",
+                    job_id="job_1",
+                )
+            )
+            assert [DeliveryState.RUNNING] == [d.state for d in recorded.deliveries]
+            reaped = await store.reap_workers(late=False, dead=[heartbeat.id], at=now())
+            assert (1 if store.shared else 0) == reaped.deliveries
 
     async def test_after_an_outage_for_everyone_nobody_is_taken_over(self, store: Store) -> None:
         """When no heartbeat landed for longer than the timeout (the database was away), the

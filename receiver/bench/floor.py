@@ -1,7 +1,8 @@
 """The stack's floor: an ASGI app that reads the body and answers 200, on the receiver's uvicorn.
 
-`python -m receiver.bench.floor PORT` serves it with the same uvicorn options as
-`receiver serve`, so the ratio of the two measures the receiver's own cost.
+`python -m receiver.bench.floor PORT` serves it with the same uvicorn options and the same
+way of writing answers (receiver.one_write) as `receiver serve`, so the ratio of the two
+measures the receiver's own cost.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ def main() -> None:
     import uvicorn
 
     from receiver.cli.serve import UVICORN_OPTIONS
+    from receiver.one_write import OneWriteProtocol
 
     uvicorn.run(
-        app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", **UVICORN_OPTIONS
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        http=OneWriteProtocol,  # the receiver's own way of writing answers
+        **UVICORN_OPTIONS,
     )
 
 

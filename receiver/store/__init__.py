@@ -6,6 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from receiver.errors import ConfigError
 from receiver.store.base import (
+    Claim,
     Claimed,
     JobPage,
     NewJob,
@@ -18,6 +19,7 @@ from receiver.store.base import (
 from receiver.store.sqlite import SQLiteStore
 
 __all__ = [
+    "Claim",
     "Claimed",
     "JobPage",
     "NewJob",

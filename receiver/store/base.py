@@ -31,6 +31,7 @@ from receiver.models import (
 __all__ = [
     "PRUNED_TABLES",
     "AnswerNote",
+    "Claim",
     "Claimed",
     "DeliverySummary",
     "JobPage",
@@ -110,6 +111,20 @@ class Write(msgspec.Struct, kw_only=True):
     new_job: NewJob | None = None
     next_poll_at: float | None = None
     at: float = msgspec.field(default_factory=now)
+
+
+class Claim(msgspec.Struct, kw_only=True, frozen=True):
+    """Room the recording process has to run new deliveries itself (`Store.record`).
+
+    Up to `most` of a write's new deliveries are stored already claimed, as
+    `claim_deliveries` would leave them: running, attempt 1, leased for `lease` seconds
+    and stamped with `worker` (its heartbeat's id, None where no heartbeat runs), so a
+    worker that dies has them taken over as it would its other deliveries.
+    """
+
+    most: int
+    lease: float
+    worker: str | None = None
 
 
 class KeyedJob(msgspec.Struct, kw_only=True):
@@ -330,16 +345,13 @@ class Store(abc.ABC):
     # The hot path
 
     @abc.abstractmethod
-    async def record(
-        self, write: Write, *, route: Router, claim: int = 0, lease: float = 0.0
-    ) -> Recorded:
+    async def record(self, write: Write, *, route: Router, claim: Claim | None = None) -> Recorded:
         """Store one write in a single transaction: raw request, event, job state, deliveries.
 
-        `route` names the handlers each applied event goes to. With `claim`, up to that
-        many of the new deliveries are stored already claimed by the caller (running,
-        attempt 1, leased for `lease` seconds), as `claim_deliveries` would: only those with
-        no unfinished earlier delivery of their job and handler. A backend may claim fewer,
-        or none; the rest are pending.
+        `route` names the handlers each applied event goes to. With `claim`, up to
+        `claim.most` of the new deliveries are stored already claimed by the caller (see
+        Claim): only those with no unfinished earlier delivery of their job and handler. A
+        backend may claim fewer, or none; the rest are pending.
         """
 
     async def record_by_token(
@@ -349,8 +361,7 @@ class Store(abc.ABC):
         write: Write,
         *,
         route: Router,
-        claim: int = 0,
-        lease: float = 0.0,
+        claim: Claim | None = None,
     ) -> Recorded | None:
         """`record` for the job whose URL token hashes to `token_hash`, if `accept` takes it.
 
@@ -361,7 +372,7 @@ class Store(abc.ABC):
         if match is None or not accept(match):
             return None
         write = msgspec.structs.replace(write, job_id=match.job.id)
-        return await self.record(write, route=route, claim=claim, lease=lease)
+        return await self.record(write, route=route, claim=claim)
 
     @abc.abstractmethod
     async def record_nudge(self, job_id: str, raw: RawRequest, *, poll_at: float) -> None:

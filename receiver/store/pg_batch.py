@@ -2,12 +2,19 @@
 
 A batch costs a fixed number of round trips whatever its size: lock every job it names
 (one statement, in id order, so two batches in two processes never deadlock), ask which
-of its events are duplicates (one statement), then write every request, new job, job
-state, event and delivery, with the NOTIFY, as one statement of data-modifying CTEs fed
-by arrays. Between the two, the state machine (receiver.state) runs here for each item
-in arrival order on the jobs as the earlier items left them, exactly as one transaction
-per item would have. An item whose own step fails (no such job, a refusing `accept`)
-fails alone and writes nothing; the rest of the batch goes on.
+of its events are duplicates and which of its jobs' handlers have a delivery unfinished
+(one statement), then write every request, new job, job state, event and delivery, with
+the NOTIFY, as one statement of data-modifying CTEs fed by arrays. Between the two, the
+state machine (receiver.state) runs here for each item in arrival order on the jobs as
+the earlier items left them, exactly as one transaction per item would have. An item
+whose own step fails (no such job, a refusing `accept`) fails alone and writes nothing;
+the rest of the batch goes on.
+
+A delivery the recording process has room for is written claimed by it (Store.record's
+`claim`), as on SQLite: it runs there as soon as the batch commits, with no claim
+statement and no second write of its row. The job's lock keeps another process from
+adding a delivery of the same job and handler meanwhile, and workers elsewhere only
+claim the earliest unfinished one of each.
 
 Deliveries' outcomes (done, a retry, dead) are batched too: one UPDATE fed by arrays,
 which commits by itself.
@@ -22,9 +29,9 @@ import asyncpg
 import msgspec
 
 from receiver.models import DeliveryState, Job, RawRequest
-from receiver.store.base import NewJob, Recorded, Router, TokenMatch, Write
+from receiver.store.base import Claim, NewJob, Recorded, Router, TokenMatch, Write
 from receiver.store.batcher import Outcome
-from receiver.store.recording import apply_write, dedupe_key_of
+from receiver.store.recording import apply_write, claimer, dedupe_key_of
 from receiver.store.rows import (
     DELIVERIES,
     EVENTS,
@@ -56,6 +63,7 @@ class Record(msgspec.Struct, kw_only=True):
 
     write: Write
     route: Router
+    claim: Claim | None = None
     token_hash: str | None = None
     accept: Callable[[TokenMatch], bool] | None = None
 
@@ -149,7 +157,8 @@ class _Row:
 
 
 class _Batch:
-    """The rows a batch locked, the duplicates known, and the writes it has gathered."""
+    """The rows a batch locked, the duplicates and unfinished deliveries known, and the
+    writes it has gathered."""
 
     def __init__(self, rows: Sequence[Any], duplicates: set[tuple[str, str]]):
         self.by_id: dict[str, _Row] = {}
@@ -161,10 +170,13 @@ class _Batch:
             self._add(_Row(job, rank, next_poll_at, worker, secret_hash), token_hash)
         self.duplicates = duplicates
         self.checked: set[tuple[str, str]] = set()
+        # (job id, handler) of every delivery pending or running: stored, or added here.
+        self.unfinished: set[tuple[str, str]] = set()
         self.requests: list[tuple[Any, ...]] = []
         self.new_jobs: list[tuple[_Row, NewJob]] = []
         self.events: list[tuple[Any, ...]] = []
         self.deliveries: list[tuple[Any, ...]] = []
+        self.wake_workers = False  # a pending delivery was added: NOTIFY
         self.polls_moved = False
 
     def _add(self, row: _Row, token_hash: str | None) -> None:
@@ -233,7 +245,7 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
         ),
     )
     batch = _Batch(rows, set())
-    await _find_duplicates(db, batch, records)
+    await _look_up(db, batch, records)
     outcomes: list[Outcome] = []
     for item in items:
         try:
@@ -253,16 +265,24 @@ def _job_id(item: Record | Nudge) -> str | None:
     return item.write.job_id if isinstance(item, Record) else item.job_id
 
 
-async def _find_duplicates(db: asyncpg.Connection, batch: _Batch, records: list[Record]) -> None:
-    """Ask in one statement which of the items' dedupe keys the stored events have."""
+async def _look_up(db: asyncpg.Connection, batch: _Batch, records: list[Record]) -> None:
+    """Ask in one statement which of the items' dedupe keys the stored events have, and,
+    for the locked jobs of items that may claim, which handlers have a delivery unfinished."""
     keys: list[tuple[str, str]] = []
+    claiming: list[str] = []
     for item in records:
         if (row := batch.locked(item)) is not None:
             keys.append((row.job.id, dedupe_key_of(row.job, item.write.update)))
-    if keys:
-        found = await db.fetch(_FIND_DUPLICATES, *_columns(keys, 2))
-        batch.duplicates.update((job_id, key) for job_id, key in found)
-        batch.checked.update(keys)
+            if item.claim is not None:
+                claiming.append(row.job.id)
+    if not keys:
+        return
+    for job_id, key, handler in await db.fetch(_LOOK_UP, *_columns(keys, 2), claiming):
+        if handler is None:
+            batch.duplicates.add((job_id, key))
+        else:
+            batch.unfinished.add((job_id, handler))
+    batch.checked.update(keys)
 
 
 async def _is_duplicate(db: asyncpg.Connection, batch: _Batch, row: _Row, key: str) -> bool:
@@ -287,12 +307,20 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     job, write = row.job, item.write
     key = dedupe_key_of(job, write.update)
     duplicate = await _is_duplicate(db, batch, row, key)
-    # None claimed here: workers in other processes share this database.
+    # A job new to the database may have had an earlier item in this batch.
+    unseen = row.new and job.id not in batch.by_id
     recorded, transition = apply_write(
-        job, row.rank, row.new, write, duplicate=duplicate, route=item.route
+        job,
+        row.rank,
+        unseen,
+        write,
+        duplicate=duplicate,
+        route=item.route,
+        claim=item.claim,
+        claimable=lambda handler: (job.id, handler) not in batch.unfinished,
     )
     # Nothing above failed: the item's effects join the batch.
-    if row.new and write.new_job is not None and job.id not in batch.by_id:
+    if unseen and write.new_job is not None:
         batch.adopt(row, write.new_job)
     _move(row, recorded.job, transition.changed, transition.preview_rank, write.next_poll_at)
     batch.duplicates.add((job.id, key))
@@ -301,7 +329,11 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     if raw is not None:  # its job is its event's (0012_leaner_rows): no job id of its own
         batch.requests.append((*REQUESTS.values(raw), None))
     batch.events.append((*event_values(recorded.event, raw.body if raw is not None else None), key))
-    batch.deliveries.extend(DELIVERIES.values(delivery) for delivery in recorded.deliveries)
+    worker = item.claim.worker if item.claim is not None else None
+    for delivery in recorded.deliveries:
+        batch.deliveries.append((*DELIVERIES.values(delivery), claimer(delivery, worker)))
+        batch.unfinished.add((job.id, delivery.handler))
+        batch.wake_workers |= delivery.state is DeliveryState.PENDING
     return recorded
 
 
@@ -378,6 +410,7 @@ def _write_params(batch: _Batch) -> list[Any]:
         *_columns(states, len(_STATE_COLUMNS)),
         *_columns(batch.events, len(_EVENT_COLUMNS)),
         *_columns(batch.deliveries, len(_DELIVERY_COLUMNS)),
+        batch.wake_workers,
         batch.polls_moved,
     ]
 
@@ -425,7 +458,7 @@ _NEW_JOB_COLUMNS = (
 )
 _STATE_COLUMNS = ("id", *JOB_STATE_COLUMNS, "next_poll_at", "poll_worker_id")
 _EVENT_COLUMNS = (*EVENTS.columns, "payload_from", "dedupe_key")
-_DELIVERY_COLUMNS = DELIVERIES.columns
+_DELIVERY_COLUMNS = (*DELIVERIES.columns, "worker_id")
 
 
 def _write_statement() -> str:
@@ -443,14 +476,12 @@ def _write_statement() -> str:
     for name, columns in (("events", _EVENT_COLUMNS), ("deliveries", _DELIVERY_COLUMNS)):
         parts.append(f"{name}_w AS ({_insert_all(name, columns, first)})")
         first += len(columns)
-    # NOTIFY is delivered at commit, to every listening process. Deliveries' arrays start
-    # right after the events'; the flag for moved polls is the last parameter.
-    deliveries_first = first - len(_DELIVERY_COLUMNS)
+    # NOTIFY is delivered at commit, to every listening process: for a pending delivery
+    # (what is claimed already runs here) and for a moved poll, the last two parameters.
     return (
         f"WITH {', '.join(parts)}"
-        f" SELECT CASE WHEN cardinality(${deliveries_first}::text[]) > 0"
-        f"  THEN pg_notify('{DELIVERIES_CHANNEL}', '') END,"
-        f" CASE WHEN ${first}::bool THEN pg_notify('{POLLS_CHANNEL}', '') END"
+        f" SELECT CASE WHEN ${first}::bool THEN pg_notify('{DELIVERIES_CHANNEL}', '') END,"
+        f" CASE WHEN ${first + 1}::bool THEN pg_notify('{POLLS_CHANNEL}', '') END"
     )
 
 
@@ -466,10 +497,14 @@ _LOCK_JOBS = (
     "   ON j.provider = t.provider AND j.task_id = t.task_id)"
     " ORDER BY id FOR UPDATE"
 )
-_FIND_DUPLICATES = (
-    "SELECT e.job_id, e.dedupe_key FROM events e"
+# The stored duplicates (job id, key, NULL) and the handlers with a delivery unfinished
+# (job id, NULL, handler), which a claim must not overtake.
+_LOOK_UP = (
+    "SELECT e.job_id, e.dedupe_key, NULL::text FROM events e"
     " JOIN unnest($1::text[], $2::text[]) AS k(job_id, dedupe_key)"
     " ON e.job_id = k.job_id AND e.dedupe_key = k.dedupe_key"
+    " UNION ALL SELECT DISTINCT d.job_id, NULL, d.handler FROM deliveries d"
+    " WHERE d.job_id = ANY($3::text[]) AND d.state IN ('pending', 'running')"
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"
 # A runner's write applies only while its own claim stands (see Store.finish_delivery).

@@ -38,6 +38,7 @@ from receiver.models import (
 )
 from receiver.store.base import (
     AnswerNote,
+    Claim,
     Claimed,
     DeliverySummary,
     JobPage,
@@ -655,15 +656,10 @@ class PostgresStore(Store):
 
     # The hot path
 
-    async def record(
-        self,
-        write: Write,
-        *,
-        route: Router,
-        claim: int = 0,  # none claimed here: workers in other processes share this database
-        lease: float = 0.0,
-    ) -> Recorded:
-        recorded: Recorded = await self._batches.submit(Record(write=write, route=route))
+    async def record(self, write: Write, *, route: Router, claim: Claim | None = None) -> Recorded:
+        recorded: Recorded = await self._batches.submit(
+            Record(write=write, route=route, claim=claim)
+        )
         return recorded
 
     async def record_by_token(
@@ -673,12 +669,11 @@ class PostgresStore(Store):
         write: Write,
         *,
         route: Router,
-        claim: int = 0,
-        lease: float = 0.0,
+        claim: Claim | None = None,
     ) -> Recorded | None:
         # The lookup is the batch's own lock of the job: no read of its own first.
         recorded: Recorded | None = await self._batches.submit(
-            Record(write=write, route=route, token_hash=token_hash, accept=accept)
+            Record(write=write, route=route, claim=claim, token_hash=token_hash, accept=accept)
         )
         return recorded
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from receiver.models import Delivery, DeliveryState, Disposition, Job, Update, new_id
 from receiver.state import RENEWAL, Transition, advance, dedupe_key, event_of
-from receiver.store.base import Recorded, Router, Write
+from receiver.store.base import Claim, Recorded, Router, Write
 
-__all__ = ["apply_write", "dedupe_key_of"]
+__all__ = ["apply_write", "claimer", "dedupe_key_of"]
 
 
 def dedupe_key_of(job: Job, update: Update) -> str:
@@ -30,18 +30,17 @@ def apply_write(
     *,
     duplicate: bool,
     route: Router,
-    claim: int = 0,
-    lease: float = 0.0,
+    claim: Claim | None = None,
     claimable: Callable[[str], bool] | None = None,
 ) -> tuple[Recorded, Transition]:
     """`write` applied to `job` as found (its preview's `rank`, `new` when not yet stored).
 
     `duplicate` says whether the job has an event with the write's dedupe key already.
     Returns what `Store.record` answers and the transition the backend stores the job by.
-    Up to `claim` deliveries are claimed, leased for `lease` seconds, in route order:
-    those whose handler has nothing of the job unfinished, which `claimable(handler)`
-    says (a new job has nothing and is not asked about; without `claimable`, only a new
-    job's are).
+    Up to `claim.most` deliveries are claimed, leased for `claim.lease` seconds, in route
+    order: those whose handler has nothing of the job unfinished, which
+    `claimable(handler)` says (a new job has nothing and is not asked about; without
+    `claimable`, only a new job's are). The backend stamps `claim.worker` on them.
     """
     update, at, raw = write.update, write.at, write.raw
     transition = advance(
@@ -62,11 +61,13 @@ def apply_write(
     )
     after = transition.job
     deliveries: list[Delivery] = []
+    room = claim.most if claim is not None else 0
+    lease = claim.lease if claim is not None else 0.0
     if transition.disposition is Disposition.APPLIED:
         for handler in route(event, after):
             # Claimed at once when the caller has room for it and nothing of this job
             # waits before it for the handler: no claim round trip.
-            claimed = claim > 0 and (new or (claimable is not None and claimable(handler)))
+            claimed = room > 0 and (new or (claimable is not None and claimable(handler)))
             deliveries.append(
                 Delivery(
                     id=new_id("dlv"),
@@ -81,5 +82,10 @@ def apply_write(
                     updated_at=at,
                 )
             )
-            claim -= claimed
+            room -= claimed
     return Recorded(event=event, job=after, deliveries=deliveries), transition
+
+
+def claimer(delivery: Delivery, worker: str | None) -> str | None:
+    """The worker id a new delivery's row is stamped with: its claimer's, if it was claimed."""
+    return worker if delivery.state is DeliveryState.RUNNING else None

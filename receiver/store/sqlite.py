@@ -49,6 +49,7 @@ from receiver.models import (
 from receiver.state import dedupe_digest
 from receiver.store.base import (
     AnswerNote,
+    Claim,
     Claimed,
     DeliverySummary,
     JobPage,
@@ -63,7 +64,7 @@ from receiver.store.base import (
     Write,
 )
 from receiver.store.migrations import migrations
-from receiver.store.recording import apply_write, dedupe_key_of
+from receiver.store.recording import apply_write, claimer, dedupe_key_of
 from receiver.store.rows import (
     ANSWERED_REQUESTS,
     DELIVERIES,
@@ -170,7 +171,7 @@ _INSERT_JOB = _insert(
     ),
 )
 _INSERT_EVENT = _insert("events", (*EVENTS.columns, "payload_from", "dedupe_key"))
-_INSERT_DELIVERY = _insert("deliveries", DELIVERIES.columns)
+_INSERT_DELIVERY = _insert("deliveries", (*DELIVERIES.columns, "worker_id"))
 _INSERT_REQUEST = _insert("requests", (*REQUESTS.columns, "job_id"))
 # An answer to a request that is not stored (any more) is dropped: nothing would show it.
 _SAVE_ANSWERS = (
@@ -743,13 +744,9 @@ class SQLiteStore(Store):
 
     # The hot path
 
-    async def record(
-        self, write: Write, *, route: Router, claim: int = 0, lease: float = 0.0
-    ) -> Recorded:
+    async def record(self, write: Write, *, route: Router, claim: Claim | None = None) -> Recorded:
         return await self._write(
-            functools.partial(
-                _record, write=write, job_id=write.job_id, route=route, claim=claim, lease=lease
-            )
+            functools.partial(_record, write=write, job_id=write.job_id, route=route, claim=claim)
         )
 
     async def record_by_token(
@@ -759,8 +756,7 @@ class SQLiteStore(Store):
         write: Write,
         *,
         route: Router,
-        claim: int = 0,
-        lease: float = 0.0,
+        claim: Claim | None = None,
     ) -> Recorded | None:
         # The lookup rides in the same batch as the write: a read of its own first would
         # serialize callbacks on the reading connection, and batches would stop forming.
@@ -768,9 +764,7 @@ class SQLiteStore(Store):
             match = _accepted_by_token(conn, token_hash, accept)
             if match is None:
                 return None
-            return _record(
-                conn, write=write, job_id=match.job.id, route=route, claim=claim, lease=lease
-            )
+            return _record(conn, write=write, job_id=match.job.id, route=route, claim=claim)
 
         return await self._write(work)
 
@@ -1237,8 +1231,7 @@ def _record(
     write: Write,
     job_id: str | None,
     route: Router,
-    claim: int,
-    lease: float,
+    claim: Claim | None,
 ) -> Recorded:
     """Store one write to the job `job_id` (or `write.new_job`): raw request, event, job
     state and deliveries (see Store.record)."""
@@ -1258,7 +1251,6 @@ def _record(
         duplicate=duplicate,
         route=route,
         claim=claim,
-        lease=lease,
         claimable=functools.partial(_nothing_unfinished, conn, job.id) if claim else None,
     )
     after, next_poll_at, raw = recorded.job, write.next_poll_at, write.raw
@@ -1277,8 +1269,9 @@ def _record(
         _insert_request(conn, raw, None)
     body = raw.body if raw is not None else None
     conn.execute(_INSERT_EVENT, (*event_values(recorded.event, body), key))
+    worker = claim.worker if claim is not None else None
     for delivery in recorded.deliveries:
-        conn.execute(_INSERT_DELIVERY, DELIVERIES.values(delivery))
+        conn.execute(_INSERT_DELIVERY, (*DELIVERIES.values(delivery), claimer(delivery, worker)))
     return recorded
 
 
