@@ -1,13 +1,16 @@
 """The hook routes' own cost, without HTTP: callbacks handed straight to the ASGI app.
 
-    python deploy/bench/inprocess.py [N] [--token | --rixapi] [--no-loops] [--profile]
+    python deploy/bench/inprocess.py [N] [--token | --rixapi | --signed] [--no-loops] [--profile]
 
 Builds the app on a fresh SQLite file with the benchmark's no-op handler, then passes N
 apiframe callbacks, 50 at a time, to the app as uvicorn would (scope, receive, send), and
 waits until every delivery has run. `--token` posts each to its own job's URL
 (`/hooks/apiframe/{token}` with the job's secret, jobs made beforehand) instead of the
 static route; `--rixapi` posts rixapi's unauthenticated progress callbacks to their jobs'
-URLs (`/hooks/rixapi/{token}`, no secret: the token is the credential);
+URLs (`/hooks/rixapi/{token}`, no secret: the token is the credential); `--signed` posts
+Standard Webhooks messages, a new task each, to the generic provider `receiver bench`
+declares (`/hooks/stdhooks`), signed before the clock starts, so the signing (which the
+bench's own generator does during its load) is not counted;
 `--no-loops` leaves the dispatcher off (ingest alone); `--profile` prints cProfile's top
 functions. Prints callbacks per second and CPU per callback (every thread of the process).
 """
@@ -27,11 +30,15 @@ from typing import Any
 
 import uvloop
 
+from receiver.bench.routes import route_env
+
 CONCURRENCY = 50
 SECRET = "bench-secret"
 
 
-def scope(path: str, body: bytes, secret: str | None) -> dict[str, Any]:
+def scope(
+    path: str, body: bytes, secret: str | None, signed: dict[str, str] | None = None
+) -> dict[str, Any]:
     headers = [
         (b"host", b"bench"),
         (b"content-type", b"application/json"),
@@ -39,6 +46,8 @@ def scope(path: str, body: bytes, secret: str | None) -> dict[str, Any]:
     ]
     if secret is not None:
         headers.append((b"x-webhook-secret", secret.encode()))
+    for name, value in (signed or {}).items():
+        headers.append((name.lower().encode(), value.encode()))
     return {
         "type": "http",
         "method": "POST",
@@ -57,21 +66,29 @@ def rixapi_body(task_id: str) -> bytes:
 async def main(count: int, *, style: str, loops: bool, profile: bool) -> None:
     from receiver.app import create_app
     from receiver.bench.load import callback_body
+    from receiver.bench.routes import SIGNED_PROVIDER, signed_message, signing_secret
     from receiver.store.base import NewJob
     from receiver.submit import queued_job
     from receiver.verify import digest
 
     app = create_app(run_loops=loops)
-    provider = "rixapi" if style == "rixapi" else "apiframe"
+    provider = {"rixapi": "rixapi", "signed": SIGNED_PROVIDER}.get(style, "apiframe")
+    # Signed before the clock starts: what is timed is the receiver's work alone.
+    whsec = signing_secret(SECRET)
+    messages = [signed_message(whsec, f"t-{n}") for n in range(count)] if style == "signed" else []
 
     async def one(n: int) -> None:
-        if style == "rixapi":
+        signed = None
+        if style == "signed":
+            path, (body, signed) = f"/hooks/{SIGNED_PROVIDER}", messages[n]
+            secret = None
+        elif style == "rixapi":
             path, body, secret = f"/hooks/rixapi/tok-{n}", rixapi_body(f"t-{n}"), None
         elif style == "token":
             path, body, secret = f"/hooks/apiframe/tok-{n}", callback_body(f"t-{n}"), f"sec-{n}"
         else:
             path, body, secret = "/hooks/apiframe", callback_body(f"t-{n}"), SECRET
-        request = scope(path, body, secret)
+        request = scope(path, body, secret, signed)
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
@@ -87,7 +104,7 @@ async def main(count: int, *, style: str, loops: bool, profile: bool) -> None:
     async with app.lifespan():
         await app.framework()  # loaded before the clock starts, whichever route needs it
         runtime = app.state.runtime
-        if style != "static":  # jobs as POST /jobs would make them: a token (and secret) each
+        if style in ("token", "rixapi"):  # jobs as POST /jobs makes them: a token (and secret)
             for n in range(count):
                 job = NewJob(
                     job=queued_job(provider, f"t-{n}"),
@@ -114,7 +131,7 @@ async def main(count: int, *, style: str, loops: bool, profile: bool) -> None:
             profiler.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     what = "ingest and delivery" if loops else "ingest"
-    route = f"/hooks/{provider}/{{token}}" if style != "static" else "/hooks/apiframe"
+    route = f"/hooks/{provider}/{{token}}" if style in ("token", "rixapi") else f"/hooks/{provider}"
     print(
         f"{route}, {what}: {count / wall:.0f} callbacks/s,"
         f" {cpu / count * 1e6:.0f} µs of CPU per callback"
@@ -134,8 +151,9 @@ if __name__ == "__main__":
             RECEIVER_ADMIN_TOKEN=secrets.token_urlsafe(32),
             RECEIVER_RIXAPI_BASE_URL="http://127.0.0.1:9",  # its posts confirmed by pulling
             RECEIVER_LOG_LEVEL="WARNING",
+            **route_env(SECRET),  # the generic Standard Webhooks sender of --signed
         )
-        style = "token" if "--token" in args else "rixapi" if "--rixapi" in args else "static"
+        style = next((a[2:] for a in args if a in ("--token", "--rixapi", "--signed")), "static")
         uvloop.run(
             main(
                 count,

@@ -44,6 +44,7 @@ __all__ = [
     "make_jobs",
     "request_maker",
     "route_env",
+    "signed_message",
     "signing_secret",
     "stored_keys",
 ]
@@ -133,6 +134,15 @@ def _signed_body(task_id: str) -> bytes:
     return msgspec.json.encode(envelope)
 
 
+def signed_message(whsec: str, task_id: str) -> tuple[bytes, dict[str, str]]:
+    """A Standard Webhooks `job.succeeded` message for `task_id`: its body, and the
+    `webhook-*` headers that sign it with `whsec`."""
+    from receiver.standard_webhooks import headers_for
+
+    body = _signed_body(task_id)
+    return body, headers_for(whsec, f"msg_{task_id}", body)
+
+
 def _progress(n: int) -> tuple[int, float]:
     """The slot (which of the connection's jobs) and progress of its n-th post (n from 1)."""
     return (n - 1) // PER_JOB, ((n - 1) % PER_JOB + 1) / 10_000
@@ -153,11 +163,9 @@ def request_maker(route: str, prefix: str, secret: str, pool: JobPool | None) ->
         whsec = signing_secret(secret)
 
         def signed(worker: int, n: int) -> tuple[bytes, str]:
-            from receiver.standard_webhooks import headers_for
-
             task = f"{prefix}{worker}-{n}"
-            body = _signed_body(task)
-            headers = {**json_head, **headers_for(whsec, f"msg_{task}", body)}
+            body, signature = signed_message(whsec, task)
+            headers = {**json_head, **signature}
             return http_request("POST", f"/hooks/{SIGNED_PROVIDER}", headers, body), task
 
         return signed
