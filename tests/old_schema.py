@@ -2,19 +2,21 @@
 
 A database is migrated up to (not including) a version, then filled by plain statements
 (`?` placeholders, numbered for PostgreSQL): rows in the shape that version found them.
-`query` reads either backend's rows back the same way, `index_names` and
-`index_definition` its indexes.
+`carried_forward` opens a store on such a database, migrated forward. `query` reads
+either backend's rows back the same way, `index_names` and `index_definition` its indexes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from receiver.state import dedupe_digest
+from receiver.store import SQLiteStore, Store
 from receiver.store.migrations import migrations
 
 Statements = Iterable[tuple[str, Sequence[Any]]]
@@ -109,3 +111,30 @@ async def postgres_before(url: str, version: int, statements: Statements) -> Non
             await connection.execute(numbered(sql), *params)
     finally:
         await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def carried_forward(
+    backend: str, place: str, version: int, statements: Statements
+) -> AsyncIterator[tuple[Store, str]]:
+    """An open store, and its URL, on a database left before `version` (holding
+    `statements`' rows) and migrated forward: a SQLite file at `place` by its own opening;
+    the PostgreSQL database `place` by `receiver migrate`, which must apply exactly the
+    migrations from `version` on."""
+    if backend == "sqlite":
+        sqlite_before(Path(place), version, statements)
+        url = f"sqlite:///{place}"
+        store: Store = SQLiteStore(url)
+    else:
+        from receiver.store.postgres import PostgresStore
+
+        await postgres_before(place, version, statements)
+        assert [m.name for m in migrations("postgres") if m.version >= version] == (
+            await PostgresStore(place).migrate()
+        )
+        url, store = place, PostgresStore(place)
+    await store.open()
+    try:
+        yield store, url
+    finally:
+        await store.close()

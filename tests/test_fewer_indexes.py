@@ -13,10 +13,9 @@ from typing import Any
 
 import msgspec
 from old_schema import (
+    carried_forward,
     index_definition,
     index_names,
-    postgres_before,
-    sqlite_before,
     sqlite_migrated,
 )
 from test_retention import raw
@@ -24,8 +23,7 @@ from test_store import add_job
 
 from receiver.models import Status, id_at
 from receiver.retention import prune_all
-from receiver.store import SQLiteStore, Store
-from receiver.store.migrations import migrations
+from receiver.store import Store
 from receiver.store.rows import (
     JOB_COUNTS,
     NOT_SUCCEEDED,
@@ -270,25 +268,11 @@ class TestMigration0014:
         assert 1 == len(await store.list_events("job_open"))
 
     async def test_sqlite(self, tmp_path: Path) -> None:
-        path = tmp_path / "old.db"
-        sqlite_before(path, FEWER, _old_statements())
-        store = SQLiteStore(f"sqlite:///{path}")
-        await store.open()
-        try:
+        old = carried_forward("sqlite", str(tmp_path / "old.db"), FEWER, _old_statements())
+        async with old as (store, _url):
             await self._check(store)
-        finally:
-            await store.close()
 
     async def test_postgres(self, pg_database: str) -> None:
-        from receiver.store.postgres import PostgresStore
-
-        await postgres_before(pg_database, FEWER, _old_statements())
-        assert [m.name for m in migrations("postgres") if m.version >= FEWER] == (
-            await PostgresStore(pg_database).migrate()
-        )
-        store = PostgresStore(pg_database)
-        await store.open()
-        try:
+        old = carried_forward("postgres", pg_database, FEWER, _old_statements())
+        async with old as (store, _url):
             await self._check(store)
-        finally:
-            await store.close()

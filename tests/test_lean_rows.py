@@ -11,12 +11,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from old_schema import postgres_before, query, sqlite_before
+from old_schema import carried_forward, query
 from test_store import T0, add_job, make_raw, record, route_to
 
 from receiver.models import Disposition, Status, Update
-from receiver.store import SQLiteStore, Store, Write
-from receiver.store.migrations import migrations
+from receiver.store import Store, Write
 
 LEAN = 11  # the migration that moved payloads out of events
 
@@ -159,29 +158,14 @@ class TestMigration0011:
         assert not recorded.deliveries
 
     async def test_sqlite(self, tmp_path: Path) -> None:
-        path = tmp_path / "old.db"
-        sqlite_before(path, LEAN, _old_statements())
-        url = f"sqlite:///{path}"
-        store = SQLiteStore(url)
-        await store.open()
-        try:
+        old = carried_forward("sqlite", str(tmp_path / "old.db"), LEAN, _old_statements())
+        async with old as (store, url):
             await self._check(store, "sqlite", url)
-        finally:
-            await store.close()
 
     async def test_postgres(self, pg_database: str) -> None:
-        from receiver.store.postgres import PostgresStore
-
-        await postgres_before(pg_database, LEAN, _old_statements())
-        assert [m.name for m in migrations("postgres") if m.version >= LEAN] == (
-            await PostgresStore(pg_database).migrate()
-        )
-        store = PostgresStore(pg_database)
-        await store.open()
-        try:
-            await self._check(store, "postgres", pg_database)
-        finally:
-            await store.close()
+        old = carried_forward("postgres", pg_database, LEAN, _old_statements())
+        async with old as (store, url):
+            await self._check(store, "postgres", url)
 
 
 class TestFinishedDeliveries:

@@ -10,19 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from old_schema import (
+    carried_forward,
     index_definition,
     index_names,
-    postgres_before,
     query,
-    sqlite_before,
     sqlite_migrated,
 )
 from test_store import T0, add_job, make_raw, record
 
 from receiver.models import Status, Update
-from receiver.store import SQLiteStore, Store
+from receiver.store import Store
 from receiver.store.base import AnswerNote
-from receiver.store.migrations import migrations
 
 LEANER = 12
 
@@ -181,26 +179,11 @@ class TestMigration0012:
         assert {"req_1": None, "req_2": "job_1"} == await _request_jobs(backend, url)
 
     async def test_sqlite(self, tmp_path: Path) -> None:
-        path = tmp_path / "old.db"
-        sqlite_before(path, LEANER, _old_statements())
-        url = f"sqlite:///{path}"
-        store = SQLiteStore(url)
-        await store.open()
-        try:
+        old = carried_forward("sqlite", str(tmp_path / "old.db"), LEANER, _old_statements())
+        async with old as (store, url):
             await self._check(store, "sqlite", url)
-        finally:
-            await store.close()
 
     async def test_postgres(self, pg_database: str) -> None:
-        from receiver.store.postgres import PostgresStore
-
-        await postgres_before(pg_database, LEANER, _old_statements())
-        assert [m.name for m in migrations("postgres") if m.version >= LEANER] == (
-            await PostgresStore(pg_database).migrate()
-        )
-        store = PostgresStore(pg_database)
-        await store.open()
-        try:
-            await self._check(store, "postgres", pg_database)
-        finally:
-            await store.close()
+        old = carried_forward("postgres", pg_database, LEANER, _old_statements())
+        async with old as (store, url):
+            await self._check(store, "postgres", url)
