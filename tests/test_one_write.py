@@ -71,11 +71,17 @@ async def _stream(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"late"})
 
 
-async def _serve(app: Any, request: bytes) -> RecordingTransport:
+def _connected(app: Any) -> tuple[Any, RecordingTransport]:
+    """`receiver serve`'s protocol for `app`, on a fresh connection to a recording transport."""
     config = Config(app, lifespan="off", log_level="warning")
     protocol = guarded_protocol(LIMITS)(config=config, server_state=ServerState(), app_state={})
     transport = RecordingTransport()
     protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def _serve(app: Any, request: bytes) -> RecordingTransport:
+    protocol, transport = _connected(app)
     protocol.data_received(request)
     for _ in range(100):
         if protocol.cycle is not None and protocol.cycle.response_complete:
@@ -94,10 +100,7 @@ async def test_a_short_answer_is_one_write_with_head_and_body() -> None:
 
 
 async def test_a_streamed_answer_sends_its_head_without_waiting_for_the_body() -> None:
-    config = Config(_stream, lifespan="off", log_level="warning")
-    protocol = guarded_protocol(LIMITS)(config=config, server_state=ServerState(), app_state={})
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
+    protocol, transport = _connected(_stream)
     protocol.data_received(POST)
     for _ in range(4):  # a few turns of the loop, well before the body's 50 ms
         await asyncio.sleep(0)
@@ -110,10 +113,7 @@ async def test_a_streamed_answer_sends_its_head_without_waiting_for_the_body() -
 async def test_a_100_continue_is_not_held_back_for_the_answer() -> None:
     head_only = POST.replace(b"Content-Length: 2", b"Expect: 100-continue\r\nContent-Length: 2")
     head_only = head_only[: -len(b"{}")]
-    config = Config(_answer_quickly, lifespan="off", log_level="warning")
-    protocol = guarded_protocol(LIMITS)(config=config, server_state=ServerState(), app_state={})
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
+    protocol, transport = _connected(_answer_quickly)
     protocol.data_received(head_only)
     for _ in range(4):
         await asyncio.sleep(0)
