@@ -75,7 +75,7 @@ from receiver.store.rows import (
     REQUESTS,
     job_counts_of,
     list_status_terms,
-    prune_bounds,
+    prune_values,
     read_event,
     spend_bound,
     to_json,
@@ -1030,12 +1030,7 @@ def _bind(
     sql: str, before: float, limit: int | None = None, *, keep_from: float = -math.inf
 ) -> list[Any]:
     """A pruning statement with its named parameters numbered, then their values."""
-    given: dict[str, Any] = {
-        **prune_bounds(before),
-        "before": before,
-        "limit": limit,
-        "keep_from": keep_from,
-    }
+    given = prune_values(before, limit=limit, keep_from=keep_from)
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -1275,7 +1270,7 @@ _REAP_WORKERS = (
 
 # Retention (see Store.prune), as in the SQLite store: a job's rows may go once it ended
 # before the cutoff and no delivery of it is unfinished. Events and requests are walked by
-# id up to the cutoff's first one (0014_fewer_indexes, rows.prune_bounds), received_at
+# id up to the cutoff's first one (0014_fewer_indexes, rows.prune_values), received_at
 # still deciding: a row whose id was minted after its received_at is only kept longer.
 # `keep_from` is -inf when deleting (any event keeps a request or a job), the cutoff when
 # counting (an event that will stay keeps it). Parameters are named; `_bind` numbers them.

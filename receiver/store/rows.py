@@ -32,7 +32,7 @@ __all__ = [
     "job_counts_of",
     "job_state_values",
     "list_status_terms",
-    "prune_bounds",
+    "prune_values",
     "read_event",
     "spend_bound",
     "to_json",
@@ -298,10 +298,14 @@ def read_event(row: Sequence[Any]) -> Event:
     return event
 
 
-def prune_bounds(before: float) -> dict[str, str]:
-    """The first event and request ids minted at the retention's cutoff: the upper ends of
-    its walks by id (0014_fewer_indexes), named as the pruning statements name them."""
+def prune_values(before: float, *, limit: int | None, keep_from: float) -> dict[str, Any]:
+    """Every named parameter a pruning statement may take: the cutoff, the batch's limit,
+    where an event starts to keep its request, and the first event and request ids minted
+    at the cutoff, the upper ends of the walks by id (0014_fewer_indexes)."""
     return {
+        "before": before,
+        "limit": limit,
+        "keep_from": keep_from,
         "events_below": first_id_at("evt", before),
         "requests_below": first_id_at("req", before),
     }

@@ -81,7 +81,7 @@ from receiver.store.rows import (
     job_counts_of,
     job_state_values,
     list_status_terms,
-    prune_bounds,
+    prune_values,
     read_event,
     spend_bound,
     to_json,
@@ -1457,14 +1457,9 @@ _COUNT_PRUNABLE = {
 
 def _prune_params(
     sql: str, before: float, *, limit: int = 0, keep_from: float = -math.inf
-) -> dict[str, float | str]:
+) -> dict[str, Any]:
     """The named parameters `sql` uses, of the ones a pruning statement may take."""
-    given: dict[str, float | str] = {
-        **prune_bounds(before),
-        "before": before,
-        "limit": limit,
-        "keep_from": keep_from,
-    }
+    given = prune_values(before, limit=limit, keep_from=keep_from)
     return {name: value for name, value in given.items() if f":{name}" in sql}
 
 

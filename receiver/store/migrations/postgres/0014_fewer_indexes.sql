@@ -5,7 +5,7 @@
 -- Retention: events and requests are walked by id, not received_at (_PICK_EVENTS,
 -- _PRUNE_REQUESTS and their counts). An id begins with the millisecond it was minted
 -- (models.new_id, ULID layout), so the ids below the first one minted at the cutoff
--- (rows.prune_bounds) are a range of the id's own unique index that holds every row
+-- (rows.prune_values) are a range of the id's own unique index that holds every row
 -- received before the cutoff; `received_at < cutoff` still decides within it. A request's
 -- id is minted before its received_at is stamped, an event's at its received_at
 -- (state.event_of): a row minted after its received_at would only be kept longer.
