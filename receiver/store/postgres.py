@@ -205,7 +205,7 @@ class PostgresStore(Store):
         await self.check_schema()
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._pool_min, max_size=self._pool_size
+                self._dsn, min_size=self._pool_min, max_size=self._pool_size, reset=_keep_session
             )
         except Exception as exc:
             if is_fault(exc) or isinstance(exc, asyncpg.PostgresError):
@@ -837,14 +837,7 @@ class PostgresStore(Store):
         return int(status.split()[-1])
 
     async def next_delivery_at(self) -> float | None:
-        row = await self._fetchrow(
-            "SELECT MIN(due) FROM ("
-            " SELECT MIN(d.next_attempt_at) AS due FROM deliveries d WHERE d.state = 'pending'"
-            "  AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
-            "   AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running'))"
-            " UNION ALL"
-            " SELECT MIN(lease_until) FROM deliveries WHERE state = 'running') AS due"
-        )
+        row = await self._fetchrow(_NEXT_DUE)
         return row[0] if row else None
 
     async def list_deliveries(
@@ -1109,6 +1102,15 @@ def _spend_query(value: str) -> str:
     )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after asyncpg's own rollback of a
+    transaction left open: nothing. Its default also sent `RESET ALL`, `UNLISTEN *` and an
+    advisory unlock, a round trip per release (two per callback), for session state no
+    pooled connection takes: settings are never SET, advisory locks are taken per
+    transaction, and LISTEN has a connection of its own."""
+    del connection
+
+
 def _budget_lock(name: str) -> int:
     """The advisory lock key of a budget: 64 bits of a digest of its name."""
     return _lock_key(f"receiver-budget:{name}")
@@ -1189,22 +1191,49 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET $1)"
     " ORDER BY id LIMIT $2)"
 )
-# Due pending deliveries whose earlier sibling (same job and handler) is finished, and
-# running ones whose lease ran out (their runner died), for a worker still registered
-# ($4; a worker declared dead claims nothing). The state test sits on the
-# locked row itself, so PostgreSQL re-checks it after waiting on a concurrent claim:
-# a delivery another worker took in the meantime is dropped, never claimed twice.
+# A pending delivery waits while an earlier one of its job and handler is unfinished:
+# that keeps one job's events in order for each handler. Walked backwards from the
+# delivery, the sibling that holds it back is the first entry met.
+_FIRST_UNFINISHED = (
+    "(SELECT e.seq FROM deliveries e WHERE e.job_id = d.job_id AND e.handler = d.handler"
+    "  AND e.seq < d.seq AND e.state IN ('pending', 'running')"
+    "  ORDER BY e.seq DESC LIMIT 1) IS NULL"
+)
+# Pending deliveries nothing holds back, in due order (deliveries_pending).
+_NEXT_PENDING = (
+    "SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"
+    f" AND {_FIRST_UNFINISHED}"
+    " ORDER BY d.next_attempt_at, d.seq"
+)
+# When claim_deliveries next has something to take: the first such pending delivery, or
+# the first lease to run out. Each part walks its own index in order and stops at its
+# first row (0015_due_indexes).
+_NEXT_DUE = (
+    f"SELECT LEAST(({_NEXT_PENDING} LIMIT 1),"
+    " (SELECT lease_until FROM deliveries WHERE state = 'running'"
+    "  ORDER BY lease_until LIMIT 1))"
+)
+# Due pending deliveries nothing holds back, and running ones whose lease ran out (their
+# runner died), for a worker still registered ($4; a worker declared dead claims
+# nothing): each kind from its own index (0015_due_indexes), the earliest $3 of both
+# taken. The state test sits on the locked row itself, so PostgreSQL re-checks it on
+# the row's latest version: a delivery another worker took in the meantime is dropped,
+# never claimed twice. Rows locked but not taken are let go as the statement commits.
 _CLAIM_DELIVERIES = (
-    "WITH picked AS ("
-    "  SELECT d.seq, CASE WHEN d.state = 'pending' THEN d.next_attempt_at"
-    "   ELSE d.lease_until END AS due FROM deliveries d"
-    "  WHERE d.state IN ('pending', 'running')"
-    "   AND ((d.state = 'pending' AND d.next_attempt_at <= $2"
-    "     AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id"
-    "      AND e.handler = d.handler AND e.seq < d.seq AND e.state IN ('pending', 'running')))"
-    "    OR (d.state = 'running' AND d.lease_until < $2))"
+    "WITH pending AS ("
+    "  SELECT d.seq, d.next_attempt_at AS due FROM deliveries d"
+    "  WHERE d.state = 'pending' AND d.next_attempt_at <= $2"
+    f"   AND {_FIRST_UNFINISHED}"
     "   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
-    "  ORDER BY due, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
+    "  ORDER BY d.next_attempt_at, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
+    " lapsed AS ("
+    "  SELECT d.seq, d.lease_until AS due FROM deliveries d"
+    "  WHERE d.state = 'running' AND d.lease_until < $2"
+    "   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
+    "  ORDER BY d.lease_until, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
+    " picked AS ("
+    "  SELECT seq, due FROM pending UNION ALL SELECT seq, due FROM lapsed"
+    "  ORDER BY due, seq LIMIT $3),"
     " claimed AS ("
     "  UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
     "   lease_until = $1, updated_at = $2, worker_id = $4"
