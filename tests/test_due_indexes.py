@@ -100,7 +100,7 @@ class TestDeadEntries:
 
     async def test_claims_walk_the_due_indexes(self, connection: Any) -> None:
         await _finished_deliveries(connection, FINISHED)
-        _, claim = await _blocks(connection, _CLAIM_DELIVERIES, T0 + 400, T0 + 70, 64, None)
+        _, claim = await _blocks(connection, _CLAIM_DELIVERIES, T0 + 400, T0 + 70, 64, None, [], [])
         text = json.dumps(claim)
         assert "deliveries_pending" in text and "deliveries_leased" in text, text
         assert _walks_indexes(claim), text

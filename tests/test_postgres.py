@@ -260,6 +260,97 @@ class TestNotify:
             await listener.close()
 
 
+async def _write_outcome(store: PostgresStore, delivery_id: str, outcome: str) -> None:
+    """A runner's write of its attempt 1's outcome: done, dead, or a retry a minute on."""
+    if outcome == "done":
+        await store.finish_delivery(delivery_id, at=now(), attempt=1)
+    elif outcome == "dead":
+        await store.kill_delivery(delivery_id, error="gave up", at=now(), attempt=1)
+    else:
+        due = now() + 60
+        await store.retry_delivery(
+            delivery_id, error="boom", next_attempt_at=due, at=now(), attempt=1
+        )
+
+
+class TestFinishingSibling:
+    """A delivery whose handler has returned here does not hold back the next delivery of
+    its job and handler while that outcome is still being written (on SQLite the one write
+    queue has committed it before the next record reads). The outcome's write is held up
+    by another connection's lock on the delivery's row."""
+
+    async def _next_while_held(self, pg_url: str, pg: PostgresStore, outcome: str) -> list[Any]:
+        """Record callback 1 claimed, write `outcome` for its delivery while its row is
+        locked, record callback 2 meanwhile: callback 2's deliveries, then the first's."""
+        from receiver.store import Claim
+
+        await pg.create_job(NewJob(job=job("job_1", "t-1")))
+        claim = Claim(most=4, lease=60.0, worker=None)
+        write = Write(update=running(0.1), source="t", job_id="job_1")
+        [first] = (await pg.record(write, route=route_h, claim=claim)).deliveries
+        assert DeliveryState.RUNNING is first.state
+        blocker = await asyncpg.connect(pool_options(pg_url)[0])
+        try:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", first.id)
+                held = asyncio.ensure_future(_write_outcome(pg, first.id, outcome))
+                await asyncio.sleep(0.2)
+                assert not held.done()  # the outcome waits for the row's lock
+                write = Write(update=running(0.2), source="t", job_id="job_1")
+                second = (await pg.record(write, route=route_h, claim=claim)).deliveries
+            await asyncio.wait_for(held, 5)
+        finally:
+            await blocker.close()
+        return [*second, *(await pg.list_deliveries(job_id="job_1"))[:1]]
+
+    async def test_a_finished_sibling_does_not_hold_back_the_next(
+        self, pg_url: str, pg: PostgresStore
+    ) -> None:
+        [second, first] = await self._next_while_held(pg_url, pg, "done")
+        assert DeliveryState.RUNNING is second.state  # claimed as it was written
+        assert DeliveryState.DONE is first.state
+
+    async def test_a_sibling_to_retry_still_does(self, pg_url: str, pg: PostgresStore) -> None:
+        """A retry runs the sibling again later: the next one waits behind it."""
+        [second, first] = await self._next_while_held(pg_url, pg, "retry")
+        assert DeliveryState.PENDING is second.state
+        assert DeliveryState.PENDING is first.state
+
+
+class TestFinishingSiblingClaims:
+    """A claim does not wait for the outcome of a delivery whose handler has returned here:
+    the next delivery of its job and handler is claimed while that outcome is written."""
+
+    async def _claimed_while_held(self, pg_url: str, pg: PostgresStore, outcome: str) -> list[str]:
+        await pg.create_job(NewJob(job=job("job_1", "t-1")))
+        for progress in (0.1, 0.2):  # two pending deliveries of one job and handler
+            write = Write(update=running(progress), source="t", job_id="job_1")
+            await pg.record(write, route=route_h)
+        [first] = await pg.claim_deliveries(limit=10, lease=60, at=now())
+        blocker = await asyncpg.connect(pool_options(pg_url)[0])
+        try:
+            async with blocker.transaction():
+                row = "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE"
+                await blocker.execute(row, first.delivery.id)
+                held = asyncio.ensure_future(_write_outcome(pg, first.delivery.id, outcome))
+                await asyncio.sleep(0.2)
+                assert not held.done()
+                claimed = await pg.claim_deliveries(limit=10, lease=60, at=now())
+            await asyncio.wait_for(held, 5)
+        finally:
+            await blocker.close()
+        return [c.event.progress for c in claimed]
+
+    async def test_after_a_finished_one(self, pg_url: str, pg: PostgresStore) -> None:
+        assert [0.2] == await self._claimed_while_held(pg_url, pg, "done")
+
+    async def test_after_a_dead_one(self, pg_url: str, pg: PostgresStore) -> None:
+        assert [0.2] == await self._claimed_while_held(pg_url, pg, "dead")
+
+    async def test_not_after_one_to_retry(self, pg_url: str, pg: PostgresStore) -> None:
+        assert [] == await self._claimed_while_held(pg_url, pg, "retry")
+
+
 class TestLeaseTakeover:
     """A delivery leased by a worker that died runs elsewhere once the lease runs out."""
 

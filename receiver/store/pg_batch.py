@@ -14,7 +14,9 @@ A delivery the recording process has room for is written claimed by it (Store.re
 `claim`), as on SQLite: it runs there as soon as the batch commits, with no claim
 statement and no second write of its row. The job's lock keeps another process from
 adding a delivery of the same job and handler meanwhile, and workers elsewhere only
-claim the earliest unfinished one of each.
+claim the earliest unfinished one of each. A delivery whose handler has returned in this
+process, its outcome (done or dead) not yet committed, holds nothing back: the outcomes
+commit on their own, and a job's next callback often arrives before its last outcome has.
 
 Deliveries' outcomes (done, a retry, dead) are batched too: one UPDATE fed by arrays,
 which commits by itself.
@@ -22,7 +24,7 @@ which commits by itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import asyncpg
@@ -224,9 +226,17 @@ class _Batch:
         self.new_jobs.append((row, new))
 
 
-async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
+async def write_batch(
+    db: asyncpg.Connection,
+    items: Sequence[Record | Nudge],
+    *,
+    finishing: Container[tuple[str, int]] = (),
+) -> list[Outcome]:
     """Run every item in one transaction (already begun on `db`); one Outcome per item.
 
+    `finishing` names the deliveries (id, attempt) whose handler has run to its end in
+    this process while the write of that outcome has not committed yet: they do not
+    hold back a claim.
     Raises only for the batch as a whole: a database error, on which the caller rolls
     back (and, for an error of one item's rows, runs the items again one at a time).
     """
@@ -245,7 +255,7 @@ async def write_batch(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -
         ),
     )
     batch = _Batch(rows, set())
-    await _look_up(db, batch, records)
+    await _look_up(db, batch, records, finishing)
     outcomes: list[Outcome] = []
     for item in items:
         try:
@@ -265,9 +275,16 @@ def _job_id(item: Record | Nudge) -> str | None:
     return item.write.job_id if isinstance(item, Record) else item.job_id
 
 
-async def _look_up(db: asyncpg.Connection, batch: _Batch, records: list[Record]) -> None:
+async def _look_up(
+    db: asyncpg.Connection,
+    batch: _Batch,
+    records: list[Record],
+    finishing: Container[tuple[str, int]],
+) -> None:
     """Ask in one statement which of the items' dedupe keys the stored events have, and,
-    for the locked jobs of items that may claim, which handlers have a delivery unfinished."""
+    for the locked jobs of items that may claim, which handlers have a delivery unfinished
+    (one whose finish is being written is not, unless another runner has claimed it again
+    since: its handler has returned, and the next one of its job may start)."""
     keys: list[tuple[str, str]] = []
     claiming: list[str] = []
     for item in records:
@@ -277,10 +294,12 @@ async def _look_up(db: asyncpg.Connection, batch: _Batch, records: list[Record])
                 claiming.append(row.job.id)
     if not keys:
         return
-    for job_id, key, handler in await db.fetch(_LOOK_UP, *_columns(keys, 2), claiming):
+    for job_id, key, handler, delivery_id, attempts in await db.fetch(
+        _LOOK_UP, *_columns(keys, 2), claiming
+    ):
         if handler is None:
             batch.duplicates.add((job_id, key))
-        else:
+        elif (delivery_id, attempts) not in finishing:
             batch.unfinished.add((job_id, handler))
     batch.checked.update(keys)
 
@@ -497,13 +516,13 @@ _LOCK_JOBS = (
     "   ON j.provider = t.provider AND j.task_id = t.task_id)"
     " ORDER BY id FOR UPDATE"
 )
-# The stored duplicates (job id, key, NULL) and the handlers with a delivery unfinished
-# (job id, NULL, handler), which a claim must not overtake.
+# The stored duplicates (job id, key, NULL...) and the unfinished deliveries (job id,
+# NULL, handler, delivery id, attempts), which a claim must not overtake.
 _LOOK_UP = (
-    "SELECT e.job_id, e.dedupe_key, NULL::text FROM events e"
+    "SELECT e.job_id, e.dedupe_key, NULL::text, NULL::text, NULL::int FROM events e"
     " JOIN unnest($1::text[], $2::text[]) AS k(job_id, dedupe_key)"
     " ON e.job_id = k.job_id AND e.dedupe_key = k.dedupe_key"
-    " UNION ALL SELECT DISTINCT d.job_id, NULL, d.handler FROM deliveries d"
+    " UNION ALL SELECT d.job_id, NULL, d.handler, d.id, d.attempts FROM deliveries d"
     " WHERE d.job_id = ANY($3::text[]) AND d.state IN ('pending', 'running')"
 )
 _CHECK_DUPLICATE = "SELECT EXISTS (SELECT 1 FROM events WHERE job_id = $1 AND dedupe_key = $2)"

@@ -17,7 +17,16 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Hashable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -172,9 +181,16 @@ class PostgresStore(Store):
         self._pool_size: int = options["max_size"]
         self._pool_min: int = options["min_size"]
         self._acquire_timeout: float = options["timeout"]
+        # Deliveries (id, attempt) whose handler has run to its end here (done or dead)
+        # while that outcome's write has not committed: no longer unfinished for a claim
+        # at record time (pg_batch._look_up). On SQLite the one write queue commits the
+        # outcome before a later record reads.
+        self._finishing: Counter[tuple[str, int]] = Counter()
         # Ingest writes (record, record_by_token, record_nudge) are group-committed.
         self._batches: GroupCommit[Record | Nudge] = GroupCommit(
-            functools.partial(self._commit_group, _ingest),
+            functools.partial(
+                self._commit_group, functools.partial(_ingest, finishing=self._finishing)
+            ),
             limit=options["batch_size"],
             flights=max(1, min(_FLIGHTS, self._pool_size - _SPARE)),
             key=_job_named,
@@ -765,7 +781,16 @@ class PostgresStore(Store):
         self, *, limit: int, lease: float, at: float, worker: str | None = None
     ) -> list[Claimed]:
         async with self._transaction() as db:
-            rows = await db.fetch(_CLAIM_DELIVERIES, at + lease, at, limit, worker)
+            finishing = list(self._finishing)
+            rows = await db.fetch(
+                _CLAIM_DELIVERIES,
+                at + lease,
+                at,
+                limit,
+                worker,
+                [delivery_id for delivery_id, _ in finishing],
+                [attempt for _, attempt in finishing],
+            )
             deliveries = [DELIVERIES.read(row) for row in rows]
             if not deliveries:
                 return []
@@ -792,16 +817,25 @@ class PostgresStore(Store):
         at: float,
         attempt: int | None,
     ) -> None:
-        await self._outcomes.submit(
-            DeliveryWrite(
-                delivery_id=delivery_id,
-                state=state,
-                error=error,
-                next_attempt_at=next_attempt_at,
-                at=at,
-                attempt=attempt,
-            )
+        write = DeliveryWrite(
+            delivery_id=delivery_id,
+            state=state,
+            error=error,
+            next_attempt_at=next_attempt_at,
+            at=at,
+            attempt=attempt,
         )
+        if state not in _FINAL or attempt is None:
+            await self._outcomes.submit(write)
+            return
+        finishing = (delivery_id, attempt)
+        self._finishing[finishing] += 1
+        try:
+            await self._outcomes.submit(write)
+        finally:
+            self._finishing[finishing] -= 1
+            if not self._finishing[finishing]:
+                del self._finishing[finishing]
 
     async def release_delivery(
         self, delivery_id: str, *, at: float, attempt: int | None = None
@@ -1043,9 +1077,18 @@ def _count(status: str) -> int:
 _Run = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[list[Outcome]]]
 
 
-async def _ingest(db: asyncpg.Connection, items: Sequence[Record | Nudge]) -> list[Outcome]:
+async def _ingest(
+    db: asyncpg.Connection,
+    items: Sequence[Record | Nudge],
+    *,
+    finishing: Container[tuple[str, int]],
+) -> list[Outcome]:
     async with db.transaction():
-        return await write_batch(db, items)
+        return await write_batch(db, items, finishing=finishing)
+
+
+# A delivery's outcomes after which nothing of it runs again.
+_FINAL = frozenset({DeliveryState.DONE, DeliveryState.DEAD})
 
 
 def _job_named(item: Record | Nudge) -> Hashable:
@@ -1191,18 +1234,28 @@ _TRIM_QUARANTINE = (
     " WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET $1)"
     " ORDER BY id LIMIT $2)"
 )
-# A pending delivery waits while an earlier one of its job and handler is unfinished:
-# that keeps one job's events in order for each handler. Walked backwards from the
-# delivery, the sibling that holds it back is the first entry met.
-_FIRST_UNFINISHED = (
-    "(SELECT e.seq FROM deliveries e WHERE e.job_id = d.job_id AND e.handler = d.handler"
-    "  AND e.seq < d.seq AND e.state IN ('pending', 'running')"
-    "  ORDER BY e.seq DESC LIMIT 1) IS NULL"
+
+
+def _nothing_before(*, but: str = "") -> str:
+    """That no earlier delivery of pending delivery `d`'s job and handler is unfinished
+    (but those `but` excepts): that keeps one job's events in order for each handler.
+    Walked backwards from `d`, the sibling that holds it back is the first entry met."""
+    return (
+        "(SELECT e.seq FROM deliveries e WHERE e.job_id = d.job_id AND e.handler = d.handler"
+        f"  AND e.seq < d.seq AND e.state IN ('pending', 'running'){but}"
+        "  ORDER BY e.seq DESC LIMIT 1) IS NULL"
+    )
+
+
+# A claim's view: a delivery whose handler has returned in this process, its outcome (done
+# or dead) not yet committed ($5 ids, $6 attempts), holds nothing back (see _finishing).
+_NOTHING_UNFINISHED_BEFORE = _nothing_before(
+    but=" AND (e.id, e.attempts) <> ALL (SELECT * FROM unnest($5::text[], $6::int4[]))"
 )
 # Pending deliveries nothing holds back, in due order (deliveries_pending).
 _NEXT_PENDING = (
     "SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"
-    f" AND {_FIRST_UNFINISHED}"
+    f" AND {_nothing_before()}"
     " ORDER BY d.next_attempt_at, d.seq"
 )
 # When claim_deliveries next has something to take: the first such pending delivery, or
@@ -1223,7 +1276,7 @@ _CLAIM_DELIVERIES = (
     "WITH pending AS ("
     "  SELECT d.seq, d.next_attempt_at AS due FROM deliveries d"
     "  WHERE d.state = 'pending' AND d.next_attempt_at <= $2"
-    f"   AND {_FIRST_UNFINISHED}"
+    f"   AND {_NOTHING_UNFINISHED_BEFORE}"
     "   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workers w WHERE w.id = $4))"
     "  ORDER BY d.next_attempt_at, d.seq LIMIT $3 FOR UPDATE OF d SKIP LOCKED),"
     " lapsed AS ("
