@@ -84,7 +84,7 @@ class TestIndexes:
             claim = "\n".join(
                 row[0]
                 for row in await connection.fetch(
-                    f"EXPLAIN {_CLAIM_DELIVERIES}", T0 + 30, T0, 10, None
+                    f"EXPLAIN {_CLAIM_DELIVERIES}", T0 + 30, T0, 10, None, [], []
                 )
             )
             assert "deliveries_unfinished" in claim
