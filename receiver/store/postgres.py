@@ -780,31 +780,24 @@ class PostgresStore(Store):
     async def claim_deliveries(
         self, *, limit: int, lease: float, at: float, worker: str | None = None
     ) -> list[Claimed]:
-        async with self._transaction() as db:
-            finishing = list(self._finishing)
-            rows = await db.fetch(
-                _CLAIM_DELIVERIES,
-                at + lease,
-                at,
-                limit,
-                worker,
-                [delivery_id for delivery_id, _ in finishing],
-                [attempt for _, attempt in finishing],
-            )
-            deliveries = [DELIVERIES.read(row) for row in rows]
-            if not deliveries:
-                return []
-            joined = await db.fetch(
-                f"SELECT {EVENT_SELECT}, {JOBS.select_as('j')}"
-                " FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id = ANY($1::text[])",
-                [delivery.event_id for delivery in deliveries],
-            )
-        by_event = {
-            row[0]: (read_event(row), JOBS.read(tuple(row)[EVENT_WIDTH:])) for row in joined
-        }
+        finishing = list(self._finishing)
+        rows = await self._fetch(
+            _CLAIM_DELIVERIES,
+            at + lease,
+            at,
+            limit,
+            worker,
+            [delivery_id for delivery_id, _ in finishing],
+            [attempt for _, attempt in finishing],
+        )
+        width = DELIVERIES.width
         return [
-            Claimed(delivery=d, event=by_event[d.event_id][0], job=by_event[d.event_id][1])
-            for d in deliveries
+            Claimed(
+                delivery=DELIVERIES.read(row),
+                event=read_event(tuple(row)[width : width + EVENT_WIDTH]),
+                job=JOBS.read(tuple(row)[width + EVENT_WIDTH :]),
+            )
+            for row in rows
         ]
 
     async def set_delivery_state(
@@ -1292,7 +1285,10 @@ _CLAIM_DELIVERIES = (
     "   lease_until = $1, updated_at = $2, worker_id = $4"
     "  FROM picked WHERE deliveries.seq = picked.seq"
     f"  RETURNING {DELIVERIES.select_as('deliveries')}, picked.due, picked.seq)"
-    f" SELECT {DELIVERIES.select} FROM claimed ORDER BY due, seq"
+    # With each delivery's event and job: one round trip, committed by itself.
+    f" SELECT {DELIVERIES.select_as('claimed')}, {EVENT_SELECT}, {JOBS.select_as('j')}"
+    " FROM claimed JOIN events e ON e.id = claimed.event_id JOIN jobs j ON j.id = e.job_id"
+    " ORDER BY claimed.due, claimed.seq"
 )
 _CLAIM_POLLS = (
     "WITH picked AS ("
