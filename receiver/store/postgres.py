@@ -1141,9 +1141,9 @@ def _spend_query(value: str) -> str:
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """What the pool runs on a connection given back, after asyncpg's own rollback of a
     transaction left open: nothing. Its default also sent `RESET ALL`, `UNLISTEN *` and an
-    advisory unlock, a round trip per release (two per callback), for session state no
-    pooled connection takes: settings are never SET, advisory locks are taken per
-    transaction, and LISTEN has a connection of its own."""
+    advisory unlock: a round trip per release (under the bench about as many releases as
+    callbacks), for session state no pooled connection takes: settings are never SET,
+    advisory locks are taken per transaction, and LISTEN has a connection of its own."""
     del connection
 
 

@@ -12,8 +12,8 @@
 CREATE INDEX deliveries_pending ON deliveries (next_attempt_at, seq) WHERE state = 'pending';
 CREATE INDEX deliveries_leased ON deliveries (lease_until, seq) WHERE state = 'running';
 
--- _REAP_WORKERS walks the running deliveries through deliveries_leased now: the same rows,
--- under a shorter key than a worker id.
+-- _REAP_WORKERS reads the running deliveries: deliveries_leased holds the rows
+-- deliveries_worker did, under a shorter key than a worker id.
 DROP INDEX deliveries_worker;
 
 -- Every index of deliveries, and what uses it:
@@ -22,6 +22,6 @@ DROP INDEX deliveries_worker;
 --   deliveries_pending         claims and next_delivery_at: pending deliveries by due time
 --   deliveries_leased          claims and next_delivery_at: leases by expiry; _REAP_WORKERS
 --   deliveries_unfinished      an earlier unfinished one of the job for the handler
---                              (_FIRST_UNFINISHED, the batch's _LOOK_UP); _ENDED
+--                              (_nothing_before, the batch's _LOOK_UP); _ENDED
 --   deliveries_dead            dead letters
 --   deliveries_event           a job's deliveries (_of_job); pruned events' deliveries
