@@ -4,6 +4,8 @@ NOTIFY wake-ups across connections, lease takeover, and connection faults as 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -273,15 +275,36 @@ async def _write_outcome(store: PostgresStore, delivery_id: str, outcome: str) -
         )
 
 
-class TestFinishingSibling:
-    """A delivery whose handler has returned here does not hold back the next delivery of
-    its job and handler while that outcome is still being written (on SQLite the one write
-    queue has committed it before the next record reads). The outcome's write is held up
-    by another connection's lock on the delivery's row."""
+@contextlib.asynccontextmanager
+async def _outcome_held(
+    pg_url: str, store: PostgresStore, delivery_id: str, outcome: str
+) -> AsyncIterator[None]:
+    """Inside the block, `outcome`'s write for attempt 1 of the delivery has been made and
+    waits on another connection's lock of the delivery's row; it commits after the block."""
+    blocker = await asyncpg.connect(pool_options(pg_url)[0])
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            held = asyncio.ensure_future(_write_outcome(store, delivery_id, outcome))
+            await asyncio.sleep(0.2)
+            assert not held.done()  # the outcome waits for the row's lock
+            yield
+        await asyncio.wait_for(held, 5)
+    finally:
+        await blocker.close()
 
-    async def _next_while_held(self, pg_url: str, pg: PostgresStore, outcome: str) -> list[Any]:
-        """Record callback 1 claimed, write `outcome` for its delivery while its row is
-        locked, record callback 2 meanwhile: callback 2's deliveries, then the first's."""
+
+class TestFinishingSibling:
+    """A delivery whose handler has returned here holds back neither the next delivery of
+    its job and handler written meanwhile nor a claim of the next one, while that outcome
+    is still being written (on SQLite the one write queue has committed it before either
+    reads); a retry, which runs the sibling again, still does."""
+
+    async def _recorded_while_held(
+        self, pg_url: str, pg: PostgresStore, outcome: str
+    ) -> list[DeliveryState]:
+        """Callback 1 recorded claimed, callback 2 recorded while the outcome of callback
+        1's delivery is held: the state of callback 2's delivery, then of callback 1's."""
         from receiver.store import Claim
 
         await pg.create_job(NewJob(job=job("job_1", "t-1")))
@@ -289,65 +312,45 @@ class TestFinishingSibling:
         write = Write(update=running(0.1), source="t", job_id="job_1")
         [first] = (await pg.record(write, route=route_h, claim=claim)).deliveries
         assert DeliveryState.RUNNING is first.state
-        blocker = await asyncpg.connect(pool_options(pg_url)[0])
-        try:
-            async with blocker.transaction():
-                await blocker.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", first.id)
-                held = asyncio.ensure_future(_write_outcome(pg, first.id, outcome))
-                await asyncio.sleep(0.2)
-                assert not held.done()  # the outcome waits for the row's lock
-                write = Write(update=running(0.2), source="t", job_id="job_1")
-                second = (await pg.record(write, route=route_h, claim=claim)).deliveries
-            await asyncio.wait_for(held, 5)
-        finally:
-            await blocker.close()
-        return [*second, *(await pg.list_deliveries(job_id="job_1"))[:1]]
+        async with _outcome_held(pg_url, pg, first.id, outcome):
+            write = Write(update=running(0.2), source="t", job_id="job_1")
+            [second] = (await pg.record(write, route=route_h, claim=claim)).deliveries
+        [stored] = [d for d in await pg.list_deliveries(job_id="job_1") if d.id == first.id]
+        return [second.state, stored.state]
 
-    async def test_a_finished_sibling_does_not_hold_back_the_next(
-        self, pg_url: str, pg: PostgresStore
-    ) -> None:
-        [second, first] = await self._next_while_held(pg_url, pg, "done")
-        assert DeliveryState.RUNNING is second.state  # claimed as it was written
-        assert DeliveryState.DONE is first.state
-
-    async def test_a_sibling_to_retry_still_does(self, pg_url: str, pg: PostgresStore) -> None:
-        """A retry runs the sibling again later: the next one waits behind it."""
-        [second, first] = await self._next_while_held(pg_url, pg, "retry")
-        assert DeliveryState.PENDING is second.state
-        assert DeliveryState.PENDING is first.state
-
-
-class TestFinishingSiblingClaims:
-    """A claim does not wait for the outcome of a delivery whose handler has returned here:
-    the next delivery of its job and handler is claimed while that outcome is written."""
-
-    async def _claimed_while_held(self, pg_url: str, pg: PostgresStore, outcome: str) -> list[str]:
+    async def _claimed_while_held(
+        self, pg_url: str, pg: PostgresStore, outcome: str
+    ) -> list[float | None]:
+        """Two pending deliveries, the first claimed: the progress of what a claim takes
+        while the first one's outcome is held."""
         await pg.create_job(NewJob(job=job("job_1", "t-1")))
-        for progress in (0.1, 0.2):  # two pending deliveries of one job and handler
+        for progress in (0.1, 0.2):
             write = Write(update=running(progress), source="t", job_id="job_1")
             await pg.record(write, route=route_h)
         [first] = await pg.claim_deliveries(limit=10, lease=60, at=now())
-        blocker = await asyncpg.connect(pool_options(pg_url)[0])
-        try:
-            async with blocker.transaction():
-                row = "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE"
-                await blocker.execute(row, first.delivery.id)
-                held = asyncio.ensure_future(_write_outcome(pg, first.delivery.id, outcome))
-                await asyncio.sleep(0.2)
-                assert not held.done()
-                claimed = await pg.claim_deliveries(limit=10, lease=60, at=now())
-            await asyncio.wait_for(held, 5)
-        finally:
-            await blocker.close()
+        async with _outcome_held(pg_url, pg, first.delivery.id, outcome):
+            claimed = await pg.claim_deliveries(limit=10, lease=60, at=now())
         return [c.event.progress for c in claimed]
 
-    async def test_after_a_finished_one(self, pg_url: str, pg: PostgresStore) -> None:
+    async def test_written_claimed_after_a_finished_one(
+        self, pg_url: str, pg: PostgresStore
+    ) -> None:
+        done = await self._recorded_while_held(pg_url, pg, "done")
+        assert [DeliveryState.RUNNING, DeliveryState.DONE] == done
+
+    async def test_written_pending_behind_one_to_retry(
+        self, pg_url: str, pg: PostgresStore
+    ) -> None:
+        retried = await self._recorded_while_held(pg_url, pg, "retry")
+        assert [DeliveryState.PENDING, DeliveryState.PENDING] == retried
+
+    async def test_claimed_after_a_finished_one(self, pg_url: str, pg: PostgresStore) -> None:
         assert [0.2] == await self._claimed_while_held(pg_url, pg, "done")
 
-    async def test_after_a_dead_one(self, pg_url: str, pg: PostgresStore) -> None:
+    async def test_claimed_after_a_dead_one(self, pg_url: str, pg: PostgresStore) -> None:
         assert [0.2] == await self._claimed_while_held(pg_url, pg, "dead")
 
-    async def test_not_after_one_to_retry(self, pg_url: str, pg: PostgresStore) -> None:
+    async def test_not_claimed_behind_one_to_retry(self, pg_url: str, pg: PostgresStore) -> None:
         assert [] == await self._claimed_while_held(pg_url, pg, "retry")
 
 
