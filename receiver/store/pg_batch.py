@@ -237,6 +237,7 @@ async def write_batch(
     `finishing` names the deliveries (id, attempt) whose handler has run to its end in
     this process while the write of that outcome has not committed yet: they do not
     hold back a claim.
+
     Raises only for the batch as a whole: a database error, on which the caller rolls
     back (and, for an error of one item's rows, runs the items again one at a time).
     """
@@ -348,9 +349,8 @@ async def _record(db: asyncpg.Connection, batch: _Batch, item: Record) -> Record
     if raw is not None:  # its job is its event's (0012_leaner_rows): no job id of its own
         batch.requests.append((*REQUESTS.values(raw), None))
     batch.events.append((*event_values(recorded.event, raw.body if raw is not None else None), key))
-    worker = item.claim.worker if item.claim is not None else None
     for delivery in recorded.deliveries:
-        batch.deliveries.append((*DELIVERIES.values(delivery), claimer(delivery, worker)))
+        batch.deliveries.append((*DELIVERIES.values(delivery), claimer(delivery, item.claim)))
         batch.unfinished.add((job.id, delivery.handler))
         batch.wake_workers |= delivery.state is DeliveryState.PENDING
     return recorded

@@ -86,6 +86,8 @@ def apply_write(
     return Recorded(event=event, job=after, deliveries=deliveries), transition
 
 
-def claimer(delivery: Delivery, worker: str | None) -> str | None:
-    """The worker id a new delivery's row is stamped with: its claimer's, if it was claimed."""
-    return worker if delivery.state is DeliveryState.RUNNING else None
+def claimer(delivery: Delivery, claim: Claim | None) -> str | None:
+    """The worker id a new delivery's row is stamped with: the claim's, if it was claimed."""
+    if claim is None or delivery.state is not DeliveryState.RUNNING:
+        return None
+    return claim.worker

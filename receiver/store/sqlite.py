@@ -1269,9 +1269,8 @@ def _record(
         _insert_request(conn, raw, None)
     body = raw.body if raw is not None else None
     conn.execute(_INSERT_EVENT, (*event_values(recorded.event, body), key))
-    worker = claim.worker if claim is not None else None
     for delivery in recorded.deliveries:
-        conn.execute(_INSERT_DELIVERY, (*DELIVERIES.values(delivery), claimer(delivery, worker)))
+        conn.execute(_INSERT_DELIVERY, (*DELIVERIES.values(delivery), claimer(delivery, claim)))
     return recorded
 
 
